@@ -1,0 +1,493 @@
+//! The token ledger: how many tokens exist, who holds them, who waits for one.
+//!
+//! The ledger is pure bookkeeping, with no I/O and no clock, so every transport (named pipe,
+//! character device, FUSE file) and every test can drive it the same way. A *client* is whatever
+//! the transport accounts by: a process id for per-process transports, a unit key for a pipe.
+//!
+//! Every token that exists is in exactly one of three places, and this always holds:
+//!
+//! ```text
+//! free + held + withheld == size
+//! ```
+//!
+//! - `free`: may be handed out now.
+//! - `held`: handed out to a client and not yet returned.
+//! - `withheld`: exists, but an allowance (a scheduling limit) keeps it back for now.
+//!
+//! `size` follows the configured `target` (the `-j` value): growing creates tokens at once and
+//! grants them to waiters; shrinking retires free tokens at once and retires held tokens as they
+//! come back, never taking one from its holder.
+//!
+//! ```
+//! use steve_core::ledger::{Acquire, Ledger, Wait};
+//!
+//! let mut ledger = Ledger::new(1);
+//! assert_eq!(ledger.acquire("make", Wait::Queue), Acquire::Granted);
+//! let Acquire::Queued(waiter) = ledger.acquire("ninja", Wait::Queue) else { panic!() };
+//! let grants = ledger.release(&"make").unwrap();
+//! assert_eq!(grants[0].waiter, waiter);
+//! assert_eq!(ledger.held_by(&"ninja"), 1);
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::Hash;
+
+/// Identifies one queued request, so a transport can answer it when it is granted or drop it
+/// when the caller gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WaiterId(u64);
+
+impl fmt::Display for WaiterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "waiter#{}", self.0)
+    }
+}
+
+/// Whether a request that cannot be granted now may wait in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Queue behind earlier waiters (a blocking read).
+    Queue,
+    /// Fail at once (a read with `O_NONBLOCK`, answered with `EAGAIN`).
+    NoWait,
+}
+
+/// What became of a request for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquire {
+    /// The client holds one more token now.
+    Granted,
+    /// Nothing is free; the request waits in the queue under this id.
+    Queued(WaiterId),
+    /// Nothing is free and the request asked not to wait.
+    WouldBlock,
+}
+
+/// A queued request that was just granted: the transport must now answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant<C> {
+    /// The request that was granted.
+    pub waiter: WaiterId,
+    /// Who now holds the token.
+    pub client: C,
+}
+
+/// The ledger refused a return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerError {
+    /// The client returned a token it does not hold (a device answers `ENOSPC`).
+    NotHeld,
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LedgerError::NotHeld => f.write_str("token returned by a client that holds none"),
+        }
+    }
+}
+
+impl std::error::Error for LedgerError {}
+
+/// What reclaiming a departed client freed and granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reclaimed<C> {
+    /// Tokens the client held when it went away.
+    pub tokens: usize,
+    /// Its requests that were still queued; they are gone from the queue now.
+    pub cancelled: Vec<WaiterId>,
+    /// Queued requests of other clients that the reclaimed tokens granted.
+    pub grants: Vec<Grant<C>>,
+}
+
+/// A snapshot of the ledger's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// The configured number of tokens (`-j`).
+    pub target: usize,
+    /// Tokens that exist now; differs from `target` only while a shrink waits for returns.
+    pub size: usize,
+    /// Tokens that may be handed out now.
+    pub free: usize,
+    /// Tokens out with clients.
+    pub held: usize,
+    /// Tokens kept back by the allowance.
+    pub withheld: usize,
+    /// Requests in the queue.
+    pub waiting: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Waiter<C> {
+    id: WaiterId,
+    client: C,
+}
+
+/// The token pool with per-client holdings and one fair FIFO queue of waiters.
+#[derive(Debug, Clone)]
+pub struct Ledger<C> {
+    target: usize,
+    size: usize,
+    free: usize,
+    withheld: usize,
+    held: usize,
+    /// How many tokens may be out with clients in total; `None` is no limit.
+    allowance: Option<usize>,
+    holders: HashMap<C, usize>,
+    queue: VecDeque<Waiter<C>>,
+    next_waiter: u64,
+}
+
+impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
+    /// A ledger of `size` free tokens.
+    pub fn new(size: usize) -> Self {
+        Ledger {
+            target: size,
+            size,
+            free: size,
+            withheld: 0,
+            held: 0,
+            allowance: None,
+            holders: HashMap::new(),
+            queue: VecDeque::new(),
+            next_waiter: 0,
+        }
+    }
+
+    /// Asks for one token for `client`. A request never overtakes one already queued.
+    pub fn acquire(&mut self, client: C, wait: Wait) -> Acquire {
+        let outcome = if self.free > 0 && self.queue.is_empty() {
+            self.hand_out(&client);
+            Acquire::Granted
+        } else if wait == Wait::Queue {
+            let id = WaiterId(self.next_waiter);
+            self.next_waiter += 1;
+            self.queue.push_back(Waiter { id, client });
+            Acquire::Queued(id)
+        } else {
+            Acquire::WouldBlock
+        };
+        self.debug_check();
+        outcome
+    }
+
+    /// Takes back one token from `client` and grants it on, if anyone waits.
+    pub fn release(&mut self, client: &C) -> Result<Vec<Grant<C>>, LedgerError> {
+        match self.holders.get_mut(client) {
+            Some(count) => {
+                *count -= 1;
+                if *count == 0 {
+                    self.holders.remove(client);
+                }
+            }
+            None => return Err(LedgerError::NotHeld),
+        }
+        self.held -= 1;
+        self.take_back(1);
+        let grants = self.grant_waiters();
+        self.debug_check();
+        Ok(grants)
+    }
+
+    /// Forgets a client that went away: its tokens come back and its queued requests go.
+    pub fn reclaim(&mut self, client: &C) -> Reclaimed<C> {
+        let tokens = self.holders.remove(client).unwrap_or(0);
+        self.held -= tokens;
+        self.take_back(tokens);
+        let mut cancelled = Vec::new();
+        self.queue.retain(|waiter| {
+            let keep = waiter.client != *client;
+            if !keep {
+                cancelled.push(waiter.id);
+            }
+            keep
+        });
+        let grants = self.grant_waiters();
+        self.debug_check();
+        Reclaimed {
+            tokens,
+            cancelled,
+            grants,
+        }
+    }
+
+    /// Drops a queued request (the caller was interrupted or gave up). Returns whether it was
+    /// still queued; a request already granted is not undone here: release its token instead.
+    pub fn cancel(&mut self, waiter: WaiterId) -> bool {
+        let before = self.queue.len();
+        self.queue.retain(|queued| queued.id != waiter);
+        self.queue.len() != before
+    }
+
+    /// Changes the configured number of tokens. Growing grants waiters at once; shrinking
+    /// retires free tokens now and held ones as they come back.
+    pub fn set_target(&mut self, target: usize) -> Vec<Grant<C>> {
+        self.target = target;
+        if target > self.size {
+            let added = target - self.size;
+            self.size = target;
+            self.free += added;
+        } else {
+            self.retire_excess();
+        }
+        self.rebalance();
+        let grants = self.grant_waiters();
+        self.debug_check();
+        grants
+    }
+
+    /// Limits how many tokens may be out with clients in total (`None`: no limit). Tokens above
+    /// the allowance are withheld, never taken from a holder.
+    pub fn set_allowance(&mut self, allowance: Option<usize>) -> Vec<Grant<C>> {
+        self.allowance = allowance;
+        self.rebalance();
+        let grants = self.grant_waiters();
+        self.debug_check();
+        grants
+    }
+
+    /// How many tokens `client` holds.
+    pub fn held_by(&self, client: &C) -> usize {
+        self.holders.get(client).copied().unwrap_or(0)
+    }
+
+    /// Every client holding tokens, with its count.
+    pub fn holdings(&self) -> impl Iterator<Item = (&C, usize)> {
+        self.holders.iter().map(|(client, count)| (client, *count))
+    }
+
+    /// The queued requests, oldest first.
+    pub fn waiters(&self) -> impl Iterator<Item = (WaiterId, &C)> {
+        self.queue.iter().map(|waiter| (waiter.id, &waiter.client))
+    }
+
+    /// The counters as they are now.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            target: self.target,
+            size: self.size,
+            free: self.free,
+            held: self.held,
+            withheld: self.withheld,
+            waiting: self.queue.len(),
+        }
+    }
+
+    /// Whether the accounting is consistent: `free + held + withheld == size`, holdings add up
+    /// to `held`, and nobody waits while a token could be handed out.
+    pub fn is_consistent(&self) -> bool {
+        let holdings: usize = self.holders.values().sum();
+        self.free + self.held + self.withheld == self.size
+            && holdings == self.held
+            && self.holders.values().all(|count| *count > 0)
+            && (self.queue.is_empty() || self.free == 0)
+            && self.size >= self.target
+            && (self.size == self.target || self.free + self.withheld == 0)
+    }
+
+    fn debug_check(&self) {
+        debug_assert!(self.is_consistent(), "ledger invariant broken: {self:?}");
+    }
+
+    fn hand_out(&mut self, client: &C) {
+        self.free -= 1;
+        self.held += 1;
+        *self.holders.entry(client.clone()).or_insert(0) += 1;
+    }
+
+    /// `count` tokens came back from clients: retire what a shrink still owes, keep the rest.
+    fn take_back(&mut self, count: usize) {
+        let retired = count.min(self.size - self.target);
+        self.size -= retired;
+        self.free += count - retired;
+        self.rebalance();
+    }
+
+    /// Retires free and withheld tokens while more tokens exist than the target asks for.
+    fn retire_excess(&mut self) {
+        let excess = self.size - self.target;
+        let from_withheld = excess.min(self.withheld);
+        self.withheld -= from_withheld;
+        let from_free = (excess - from_withheld).min(self.free);
+        self.free -= from_free;
+        self.size -= from_withheld + from_free;
+    }
+
+    /// Splits the tokens not held between free and withheld, as the allowance says.
+    fn rebalance(&mut self) {
+        let unheld = self.free + self.withheld;
+        let may_hand_out = match self.allowance {
+            Some(allowance) => allowance.saturating_sub(self.held),
+            None => unheld,
+        };
+        self.free = unheld.min(may_hand_out);
+        self.withheld = unheld - self.free;
+    }
+
+    fn grant_waiters(&mut self) -> Vec<Grant<C>> {
+        let mut grants = Vec::new();
+        while self.free > 0 {
+            let Some(waiter) = self.queue.pop_front() else {
+                break;
+            };
+            self.hand_out(&waiter.client);
+            grants.push(Grant {
+                waiter: waiter.id,
+                client: waiter.client,
+            });
+        }
+        grants
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_until_empty_then_queues_in_order() {
+        let mut ledger = Ledger::new(2);
+        assert_eq!(ledger.acquire(1, Wait::Queue), Acquire::Granted);
+        assert_eq!(ledger.acquire(2, Wait::Queue), Acquire::Granted);
+        assert_eq!(ledger.acquire(3, Wait::NoWait), Acquire::WouldBlock);
+        let Acquire::Queued(first) = ledger.acquire(3, Wait::Queue) else {
+            panic!()
+        };
+        let Acquire::Queued(second) = ledger.acquire(4, Wait::Queue) else {
+            panic!()
+        };
+        let grants = ledger.release(&1).unwrap();
+        assert_eq!(
+            grants,
+            vec![Grant {
+                waiter: first,
+                client: 3
+            }]
+        );
+        let grants = ledger.release(&2).unwrap();
+        assert_eq!(
+            grants,
+            vec![Grant {
+                waiter: second,
+                client: 4
+            }]
+        );
+        assert_eq!(ledger.counts().held, 2);
+        assert_eq!(ledger.counts().waiting, 0);
+    }
+
+    #[test]
+    fn a_new_request_does_not_overtake_the_queue() {
+        let mut ledger = Ledger::new(1);
+        ledger.acquire(1, Wait::Queue);
+        let Acquire::Queued(_) = ledger.acquire(2, Wait::Queue) else {
+            panic!()
+        };
+        // The release grants the queued request at once, so nothing is free for a newcomer.
+        ledger.release(&1).unwrap();
+        assert_eq!(ledger.acquire(3, Wait::NoWait), Acquire::WouldBlock);
+        assert_eq!(ledger.held_by(&2), 1);
+    }
+
+    #[test]
+    fn returning_a_token_not_held_is_refused_and_changes_nothing() {
+        let mut ledger = Ledger::new(2);
+        ledger.acquire(1, Wait::Queue);
+        let before = ledger.counts();
+        assert_eq!(ledger.release(&2), Err(LedgerError::NotHeld));
+        assert_eq!(ledger.counts(), before);
+    }
+
+    #[test]
+    fn reclaim_returns_every_token_and_drops_the_clients_waiters() {
+        let mut ledger = Ledger::new(3);
+        for _ in 0..3 {
+            ledger.acquire(1, Wait::Queue);
+        }
+        let Acquire::Queued(own) = ledger.acquire(1, Wait::Queue) else {
+            panic!()
+        };
+        let Acquire::Queued(other) = ledger.acquire(2, Wait::Queue) else {
+            panic!()
+        };
+        let reclaimed = ledger.reclaim(&1);
+        assert_eq!(reclaimed.tokens, 3);
+        assert_eq!(reclaimed.cancelled, vec![own]);
+        assert_eq!(
+            reclaimed.grants,
+            vec![Grant {
+                waiter: other,
+                client: 2
+            }]
+        );
+        assert_eq!(ledger.counts().free, 2);
+    }
+
+    #[test]
+    fn cancelled_waiter_is_not_granted() {
+        let mut ledger = Ledger::new(1);
+        ledger.acquire(1, Wait::Queue);
+        let Acquire::Queued(waiter) = ledger.acquire(2, Wait::Queue) else {
+            panic!()
+        };
+        assert!(ledger.cancel(waiter));
+        assert!(!ledger.cancel(waiter));
+        assert!(ledger.release(&1).unwrap().is_empty());
+        assert_eq!(ledger.counts().free, 1);
+    }
+
+    #[test]
+    fn growing_grants_waiters_at_once() {
+        let mut ledger = Ledger::new(1);
+        ledger.acquire(1, Wait::Queue);
+        ledger.acquire(2, Wait::Queue);
+        ledger.acquire(3, Wait::Queue);
+        let grants = ledger.set_target(3);
+        assert_eq!(
+            grants.iter().map(|g| g.client).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(ledger.counts().size, 3);
+    }
+
+    #[test]
+    fn shrinking_retires_free_tokens_now_and_held_tokens_as_they_return() {
+        let mut ledger = Ledger::new(4);
+        for client in 1..=3 {
+            ledger.acquire(client, Wait::Queue);
+        }
+        ledger.set_target(1);
+        let counts = ledger.counts();
+        assert_eq!((counts.size, counts.free, counts.held), (3, 0, 3));
+        // Nobody lost a token; the first two returns retire, the third becomes free.
+        ledger.release(&1).unwrap();
+        ledger.release(&2).unwrap();
+        assert_eq!(ledger.counts().size, 1);
+        assert_eq!(ledger.counts().free, 0);
+        ledger.release(&3).unwrap();
+        assert_eq!(ledger.counts().free, 1);
+    }
+
+    #[test]
+    fn allowance_withholds_without_taking_from_holders() {
+        let mut ledger = Ledger::new(4);
+        ledger.acquire(1, Wait::Queue);
+        ledger.acquire(1, Wait::Queue);
+        ledger.set_allowance(Some(1));
+        let counts = ledger.counts();
+        assert_eq!((counts.free, counts.held, counts.withheld), (0, 2, 2));
+        assert_eq!(ledger.acquire(2, Wait::NoWait), Acquire::WouldBlock);
+        let Acquire::Queued(_) = ledger.acquire(2, Wait::Queue) else {
+            panic!()
+        };
+        // One return brings held to 1, still at the allowance: the waiter keeps waiting.
+        assert!(ledger.release(&1).unwrap().is_empty());
+        ledger.release(&1).unwrap();
+        assert_eq!(ledger.held_by(&2), 1);
+        let grants = ledger.set_allowance(None);
+        assert!(grants.is_empty());
+        assert_eq!(ledger.counts().free, 3);
+    }
+}

@@ -1,0 +1,172 @@
+//! Property tests: the ledger's invariant over random operation sequences, checked against a
+//! plain model of who holds what, and the MAKEFLAGS parser over arbitrary input.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use steve_core::ledger::{Acquire, Ledger, Wait, WaiterId};
+use steve_core::makeflags::{jobserver_makeflags, JobserverAuth, MakeFlags};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire { client: u8, queue: bool },
+    Release { client: u8 },
+    Reclaim { client: u8 },
+    Cancel { nth_waiter: usize },
+    SetTarget(usize),
+    SetAllowance(Option<usize>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..5, any::<bool>()).prop_map(|(client, queue)| Op::Acquire { client, queue }),
+        4 => (0u8..5).prop_map(|client| Op::Release { client }),
+        1 => (0u8..5).prop_map(|client| Op::Reclaim { client }),
+        1 => (0usize..8).prop_map(|nth_waiter| Op::Cancel { nth_waiter }),
+        1 => (0usize..8).prop_map(Op::SetTarget),
+        1 => proptest::option::of(0usize..8).prop_map(Op::SetAllowance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn ledger_keeps_its_invariant_and_agrees_with_a_model(
+        size in 0usize..6,
+        ops in proptest::collection::vec(op(), 0..80),
+    ) {
+        let mut ledger: Ledger<u8> = Ledger::new(size);
+        // The model: tokens each client holds, and the queue in order.
+        let mut held: HashMap<u8, usize> = HashMap::new();
+        let mut queue: Vec<(WaiterId, u8)> = Vec::new();
+        let granted = |held: &mut HashMap<u8, usize>, queue: &mut Vec<(WaiterId, u8)>,
+                           grants: Vec<steve_core::ledger::Grant<u8>>| {
+            for grant in grants {
+                // Grants go to the oldest waiters, in order.
+                let (id, client) = queue.remove(0);
+                assert_eq!((grant.waiter, grant.client), (id, client));
+                *held.entry(client).or_default() += 1;
+            }
+        };
+        for op in ops {
+            let before = ledger.counts();
+            match op {
+                Op::Acquire { client, queue: wants_queue } => {
+                    let wait = if wants_queue { Wait::Queue } else { Wait::NoWait };
+                    match ledger.acquire(client, wait) {
+                        Acquire::Granted => {
+                            prop_assert!(before.free > 0 && before.waiting == 0);
+                            *held.entry(client).or_default() += 1;
+                        }
+                        Acquire::Queued(id) => {
+                            prop_assert!(wants_queue);
+                            queue.push((id, client));
+                        }
+                        Acquire::WouldBlock => {
+                            prop_assert!(!wants_queue);
+                            prop_assert!(before.free == 0 || before.waiting > 0);
+                        }
+                    }
+                }
+                Op::Release { client } => {
+                    let holds = held.get(&client).copied().unwrap_or(0);
+                    match ledger.release(&client) {
+                        Ok(grants) => {
+                            prop_assert!(holds > 0);
+                            *held.get_mut(&client).unwrap() -= 1;
+                            granted(&mut held, &mut queue, grants);
+                        }
+                        Err(_) => {
+                            prop_assert_eq!(holds, 0);
+                            prop_assert_eq!(ledger.counts(), before);
+                        }
+                    }
+                }
+                Op::Reclaim { client } => {
+                    let reclaimed = ledger.reclaim(&client);
+                    prop_assert_eq!(reclaimed.tokens, held.remove(&client).unwrap_or(0));
+                    let own: Vec<WaiterId> =
+                        queue.iter().filter(|(_, c)| *c == client).map(|(id, _)| *id).collect();
+                    prop_assert_eq!(reclaimed.cancelled, own);
+                    queue.retain(|(_, c)| *c != client);
+                    granted(&mut held, &mut queue, reclaimed.grants);
+                }
+                Op::Cancel { nth_waiter } => {
+                    if let Some((id, _)) = queue.get(nth_waiter).copied() {
+                        prop_assert!(ledger.cancel(id));
+                        queue.remove(nth_waiter);
+                    }
+                }
+                Op::SetTarget(target) => {
+                    let grants = ledger.set_target(target);
+                    granted(&mut held, &mut queue, grants);
+                    let counts = ledger.counts();
+                    // A shrink never takes a token from its holder.
+                    prop_assert!(counts.held >= before.held);
+                    prop_assert!(counts.size >= target);
+                }
+                Op::SetAllowance(allowance) => {
+                    let grants = ledger.set_allowance(allowance);
+                    granted(&mut held, &mut queue, grants);
+                    prop_assert!(ledger.counts().held >= before.held);
+                }
+            }
+            let counts = ledger.counts();
+            prop_assert!(ledger.is_consistent(), "{:?}", ledger);
+            prop_assert_eq!(counts.free + counts.held + counts.withheld, counts.size);
+            prop_assert_eq!(counts.held, held.values().sum::<usize>());
+            for (client, count) in &held {
+                prop_assert_eq!(ledger.held_by(client), *count);
+            }
+            prop_assert_eq!(
+                ledger.waiters().map(|(id, c)| (id, *c)).collect::<Vec<_>>(),
+                queue.clone()
+            );
+        }
+        // Once everything is returned, the pool is whole at its target again. Reclaiming one
+        // client may grant a later client's queued request; that client is reclaimed in turn.
+        for client in 0..5u8 {
+            ledger.reclaim(&client);
+        }
+        ledger.set_allowance(None);
+        let counts = ledger.counts();
+        prop_assert_eq!((counts.size, counts.free, counts.held), (counts.target, counts.target, 0));
+    }
+
+    #[test]
+    fn makeflags_parser_never_panics(value in ".{0,200}") {
+        let _ = MakeFlags::parse(&value);
+    }
+
+    #[test]
+    fn makeflags_parser_never_panics_on_option_like_input(
+        words in proptest::collection::vec(
+            prop_oneof![
+                Just("--jobserver-auth=".to_string()),
+                Just("--jobserver-fds=".to_string()),
+                Just("fifo:".to_string()),
+                Just("-j".to_string()),
+                Just("--".to_string()),
+                Just("\\".to_string()),
+                "[-0-9,a-z:/ ]{0,12}",
+            ],
+            0..12,
+        )
+    ) {
+        let _ = MakeFlags::parse(&words.concat());
+    }
+
+    #[test]
+    fn formatted_flags_parse_back(
+        jobs in 1u32..1000,
+        read in 0i32..1024,
+        write in 0i32..1024,
+        path in "/[a-zA-Z0-9 _./-]{1,40}",
+    ) {
+        for auth in [JobserverAuth::Fds { read, write }, JobserverAuth::Fifo(path.clone().into())] {
+            let flags = MakeFlags::parse(&jobserver_makeflags(jobs, auth.clone())).unwrap();
+            prop_assert_eq!(flags.jobserver(), Some(&auth));
+        }
+    }
+}
