@@ -1,0 +1,254 @@
+//! `steve`: the command line. Parses arguments, sets up logging, and hands the work to the
+//! backend chosen from steve-core's registry; no protocol logic lives here.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use steve_core::backend::{
+    self, Announcement, Availability, RunConfig, RunStyle, ServeConfig, Start,
+};
+use tracing::info;
+
+// Referenced so that the linker keeps each backend crate and its registry entries.
+use steve_fifo as _;
+
+/// A GNU-make-compatible jobserver: one pool of job slots shared by every build on the machine.
+#[derive(Debug, Parser)]
+#[command(name = "steve", version, about, propagate_version = true)]
+struct Cli {
+    /// Log more: what the server does with each client.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Log everything, for debugging steve itself.
+    #[arg(short, long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Serve a jobserver shared by every build that is given its MAKEFLAGS.
+    Serve(ServeArgs),
+    /// Run a command tree under a private jobserver.
+    Run(RunArgs),
+    /// List the backends and whether each works on this machine.
+    Backends,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Which backend serves: `steve backends` lists them.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Where clients find the jobserver [default: /run/steve/jobserver as root,
+    /// $XDG_RUNTIME_DIR/steve/jobserver otherwise].
+    #[arg(long)]
+    path: Option<PathBuf>,
+    /// Number of job tokens [default: the number of CPUs].
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<u32>,
+    /// Permission bits of the path, in octal [default: 0600 for a user's server; for root's,
+    /// 0666, or 0660 with --group].
+    #[arg(long, value_parser = parse_mode)]
+    mode: Option<u32>,
+    /// Group to give the path (name or number).
+    #[arg(long)]
+    group: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Job slots for the command tree, its own implicit one included [default: the number of
+    /// CPUs].
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<u32>,
+    /// pipe: inherited descriptors (make 4.2 and later); fifo: a private named pipe (make 4.4).
+    #[arg(long, value_enum, default_value_t = Style::Pipe)]
+    style: Style,
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Style {
+    Pipe,
+    Fifo,
+}
+
+/// The preference of `--backend auto`, best first.
+const AUTO_ORDER: [&str; 3] = ["cuse", "fuse", "fifo"];
+
+/// `steve run`'s own failures, told apart from the command's statuses as env(1) does.
+const EXIT_STEVE_FAILED: u8 = 125;
+const EXIT_CANNOT_RUN: u8 = 126;
+const EXIT_NOT_FOUND: u8 = 127;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.debug);
+    let outcome = match cli.command {
+        Commands::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Commands::Run(args) => return run(args),
+        Commands::Backends => list_backends().map(|()| ExitCode::SUCCESS),
+    };
+    outcome.unwrap_or_else(|error| {
+        eprintln!("steve: error: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn init_logging(verbose: bool, debug: bool) {
+    let default = if debug {
+        "trace"
+    } else if verbose {
+        "debug"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STEVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn default_jobs() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!("{text:?} is not an octal mode like 0660")),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let chosen = choose_backend(&args.backend)?;
+    let Start::Server(start) = chosen.start else {
+        bail!(
+            "backend {} serves one command tree: use `steve run`",
+            chosen.name
+        );
+    };
+    let config = ServeConfig {
+        jobs: args.jobs.unwrap_or_else(default_jobs),
+        path: args.path,
+        mode: args.mode,
+        group: args.group,
+    };
+    let mut announce = |announcement: &Announcement| {
+        info!("clients use MAKEFLAGS='{}'", announcement.makeflags);
+        let mut stdout = std::io::stdout().lock();
+        // The first line on stdout says the server is ready, in a form a shell can use.
+        let _ = writeln!(
+            stdout,
+            "MAKEFLAGS='{}'",
+            announcement.makeflags.replace('\'', r"'\''")
+        );
+        let _ = stdout.flush();
+    };
+    start(&config, &mut announce).map_err(|error| anyhow!(error))
+}
+
+fn choose_backend(name: &str) -> anyhow::Result<&'static backend::Backend> {
+    if name != "auto" {
+        let chosen = backend::find(name)
+            .with_context(|| format!("no backend named {name:?}; `steve backends` lists them"))?;
+        if let Availability::Unavailable(why) = (chosen.availability)() {
+            bail!("backend {name} cannot work here: {why}");
+        }
+        return Ok(chosen);
+    }
+    for candidate in AUTO_ORDER {
+        let Some(found) = backend::find(candidate) else {
+            continue;
+        };
+        match (found.availability)() {
+            Availability::Available => {
+                info!("backend {candidate} chosen: the first available of {AUTO_ORDER:?}");
+                return Ok(found);
+            }
+            Availability::Unavailable(why) => info!("backend {candidate} passed over: {why}"),
+        }
+    }
+    bail!("no server backend works on this machine; `steve backends` says why")
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let Some(backend) = backend::find("pipe") else {
+        eprintln!("steve: error: the pipe backend is not built in");
+        return ExitCode::from(EXIT_STEVE_FAILED);
+    };
+    let Start::CommandTree(start) = backend.start else {
+        eprintln!("steve: error: the pipe backend cannot run a command tree");
+        return ExitCode::from(EXIT_STEVE_FAILED);
+    };
+    let config = RunConfig {
+        jobs: args.jobs.unwrap_or_else(default_jobs),
+        style: match args.style {
+            Style::Pipe => RunStyle::Pipe,
+            Style::Fifo => RunStyle::Fifo,
+        },
+        command: args.command,
+    };
+    match start(&config) {
+        Ok(status) => ExitCode::from(exit_code_of(status)),
+        Err(error) => {
+            eprintln!("steve: error: {error}");
+            let code = match error.downcast_ref::<steve_fifo::FifoError>() {
+                Some(steve_fifo::FifoError::Spawn { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    EXIT_NOT_FOUND
+                }
+                Some(steve_fifo::FifoError::Spawn { .. }) => EXIT_CANNOT_RUN,
+                _ => EXIT_STEVE_FAILED,
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The command's exit code, or 128 + the signal that killed it, as a shell reports it.
+fn exit_code_of(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
+        (None, None) => EXIT_STEVE_FAILED,
+    }
+}
+
+fn list_backends() -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    for found in backend::backends() {
+        let kind = match found.start {
+            Start::Server(_) => "steve serve",
+            Start::CommandTree(_) => "steve run",
+        };
+        let availability = match (found.availability)() {
+            Availability::Available => "available".to_string(),
+            Availability::Unavailable(why) => format!("unavailable: {why}"),
+        };
+        writeln!(
+            stdout,
+            "{:<6} {:<12} {availability}\n       {}",
+            found.name, kind, found.summary
+        )?;
+    }
+    Ok(())
+}
