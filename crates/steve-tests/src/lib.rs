@@ -1,1 +1,45 @@
-//! placeholder
+//! steve-tests: the harness behind steve's integration tests.
+//!
+//! The tests run the real `steve` binary and the real clients: GNU make 4.4.1 and ninja 1.13.2
+//! (from PyPI, in the virtualenv `scripts/test` makes), Debian's make 4.3, and cargo. Nothing here
+//! is a mock: the harness only starts programs, writes build files whose jobs log when they run,
+//! and reads the logs.
+//!
+//! - [`steve`]: builds the binary and runs servers and commands with it;
+//! - [`clients`]: finds the real clients, and fails loudly when one is missing;
+//! - [`projects`]: Makefiles, ninja files and cargo workspaces whose jobs log start and end;
+//! - [`timeline`]: the peak number of jobs running at once, from such a log;
+//! - [`pipe`]: counts the tokens in a named pipe by draining it and putting them back.
+
+pub mod clients;
+pub mod pipe;
+pub mod projects;
+pub mod steve;
+pub mod timeline;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The workspace's root folder.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// Calls `check` until it returns `Some`, or panics with `what` after `limit`. For waiting on
+/// another process (a log line, a file): a liveness bound, not a speed measurement.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,141 @@
+//! Build projects for the real clients, whose jobs log to a timeline file (see
+//! [`crate::timeline`]): a Makefile, a ninja file, and a cargo workspace built through a
+//! logging `RUSTC_WRAPPER`.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The shell words that log one event of job `$name` to `log`.
+fn log_event(event: &str, name: &str, log: &Path) -> String {
+    format!("echo {event} {name} $(date +%s%N) >> {}", log.display())
+}
+
+/// Writes `dir/Makefile`: `jobs` independent targets named `PREFIX-N`, each running for
+/// `seconds`, made by the default goal `all`.
+pub fn makefile(dir: &Path, prefix: &str, jobs: usize, seconds: f64, log: &Path) -> PathBuf {
+    let names: Vec<String> = (0..jobs).map(|n| format!("{prefix}-{n}")).collect();
+    let mut text = format!(".PHONY: all {0}\nall: {0}\n", names.join(" "));
+    for name in &names {
+        // $$ is make's escape for the shell's $.
+        let start = log_event("start", name, log).replace('$', "$$");
+        let end = log_event("end", name, log).replace('$', "$$");
+        writeln!(text, "{name}:\n\t@{start}; sleep {seconds}; {end}").unwrap();
+    }
+    let path = dir.join("Makefile");
+    fs::write(&path, text).expect("write Makefile");
+    path
+}
+
+/// Writes `dir/build.ninja`: `jobs` independent edges, each running for `seconds`.
+pub fn ninja_file(dir: &Path, jobs: usize, seconds: f64, log: &Path) -> PathBuf {
+    let start = log_event("start", "$out", log)
+        .replace('$', "$$")
+        .replace("$$out", "$out");
+    let end = log_event("end", "$out", log)
+        .replace('$', "$$")
+        .replace("$$out", "$out");
+    let mut text = format!("rule job\n  command = sh -c '{start}; sleep {seconds}; {end}'\n");
+    for n in 0..jobs {
+        writeln!(text, "build job-{n}: job").unwrap();
+    }
+    let path = dir.join("build.ninja");
+    fs::write(&path, text).expect("write build.ninja");
+    path
+}
+
+/// A generated cargo workspace and the wrapper that logs each rustc.
+#[derive(Debug)]
+pub struct CargoWorkspace {
+    /// The workspace's root folder.
+    pub root: PathBuf,
+    /// The `RUSTC_WRAPPER` script: it logs start and end of every crate's compilation, and
+    /// holds each for a moment so that concurrency shows.
+    pub wrapper: PathBuf,
+    /// How many crates the build compiles.
+    pub crates: usize,
+}
+
+/// Writes a workspace of `libs` independent library crates and one binary that uses them all.
+pub fn cargo_workspace(dir: &Path, libs: usize, log: &Path) -> CargoWorkspace {
+    let root = dir.join("workspace");
+    let mut members = Vec::new();
+    let mut app_deps = String::new();
+    let mut app_main = String::from("fn main() {\n    let mut total = 0u64;\n");
+    for n in 0..libs {
+        let name = format!("lib{n}");
+        let src = root.join(&name).join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(
+            root.join(&name).join("Cargo.toml"),
+            format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"),
+        )
+        .unwrap();
+        let mut code = String::new();
+        for f in 0..40 {
+            writeln!(
+                code,
+                "pub fn f{f}(x: u64) -> u64 {{ (0..x).map(|i| i * {f} + {n}).filter(|v| v % 3 == 0).sum() }}"
+            )
+            .unwrap();
+        }
+        fs::write(src.join("lib.rs"), code).unwrap();
+        writeln!(app_deps, "{name} = {{ path = \"../{name}\" }}").unwrap();
+        writeln!(app_main, "    total += {name}::f1(10);").unwrap();
+        members.push(format!("\"{name}\""));
+    }
+    app_main.push_str("    println!(\"{total}\");\n}\n");
+    fs::create_dir_all(root.join("app/src")).unwrap();
+    fs::write(
+        root.join("app/Cargo.toml"),
+        format!(
+            "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{app_deps}"
+        ),
+    )
+    .unwrap();
+    fs::write(root.join("app/src/main.rs"), app_main).unwrap();
+    members.push("\"app\"".to_string());
+    fs::write(
+        root.join("Cargo.toml"),
+        format!(
+            "[workspace]\nresolver = \"2\"\nmembers = [{}]\n",
+            members.join(", ")
+        ),
+    )
+    .unwrap();
+
+    // cargo also asks rustc for its version and target facts (`--crate-name ___ --print ...`);
+    // only compilations are logged.
+    let wrapper = dir.join("rustc-wrapper.sh");
+    let start = log_event("start", "$name", log);
+    let end = log_event("end", "$name", log);
+    fs::write(
+        &wrapper,
+        format!(
+            r#"#!/bin/sh
+rustc="$1"; shift
+name=""
+prev=""
+for arg in "$@"; do
+  if [ "$prev" = "--crate-name" ]; then name="$arg-$$"; fi
+  prev="$arg"
+done
+case "$name" in ""|___-*) exec "$rustc" "$@";; esac
+{start}
+sleep 0.3
+"$rustc" "$@"
+status=$?
+{end}
+exit $status
+"#
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    CargoWorkspace {
+        root,
+        wrapper,
+        crates: libs + 1,
+    }
+}

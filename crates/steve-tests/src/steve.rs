@@ -1,0 +1,192 @@
+//! The `steve` binary under test: built once per test run with cargo, so the tests always run
+//! the code in the working tree, and started as a server or a command runner.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::{clients, wait_for};
+
+/// The path of the freshly built `steve` binary.
+pub fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        // Test binaries live in target/<profile>/deps; steve goes to target/<profile>.
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let mut build = Command::new(clients::cargo());
+        build.args(["build", "--quiet", "-p", "steve-cli", "--bin", "steve"]);
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of steve failed");
+        profile_dir.join("steve")
+    })
+}
+
+/// A `steve` command, ready for arguments.
+pub fn command() -> Command {
+    Command::new(binary())
+}
+
+/// The non-empty lines a finished command wrote to stderr.
+pub fn stderr_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A running `steve serve --backend fifo`, stopped with SIGTERM when dropped.
+#[derive(Debug)]
+pub struct FifoServer {
+    child: Option<Child>,
+    /// The named pipe it serves.
+    pub path: PathBuf,
+    /// The MAKEFLAGS value it announced.
+    pub makeflags: String,
+    /// Its log (stderr).
+    pub log_path: PathBuf,
+    /// The folder of the pipe and the log, when the server made its own.
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// How a server failed to start: its exit status and what it wrote to stderr.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// Its stderr, line by line, blank lines left out.
+    pub stderr_lines: Vec<String>,
+}
+
+impl FifoServer {
+    /// Serves `jobs` tokens on a pipe in a new temporary folder.
+    pub fn start(jobs: u32) -> FifoServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("jobserver");
+        let log = dir.path().join("steve.log");
+        let mut server = FifoServer::start_at(&path, &log, &["-j", &jobs.to_string()])
+            .unwrap_or_else(|failure| panic!("steve serve failed: {failure:?}"));
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Serves on `path` with `args` added, logging to `log`; waits until it announces itself.
+    pub fn start_at(path: &Path, log: &Path, args: &[&str]) -> Result<FifoServer, StartFailure> {
+        let mut child = command()
+            .args(["serve", "--backend", "fifo", "--path"])
+            .arg(path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(log).expect("create the log"))
+            .spawn()
+            .expect("start steve serve");
+        let mut first_line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first_line)
+            .expect("read steve's announcement");
+        let Some(makeflags) = first_line
+            .trim_end()
+            .strip_prefix("MAKEFLAGS='")
+            .and_then(|rest| rest.strip_suffix('\''))
+        else {
+            let status = child.wait().expect("wait for steve");
+            let log_text = fs::read_to_string(log).unwrap_or_default();
+            let stderr_lines = log_text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .collect();
+            return Err(StartFailure {
+                status,
+                stderr_lines,
+            });
+        };
+        Ok(FifoServer {
+            child: Some(child),
+            path: path.to_path_buf(),
+            makeflags: makeflags.to_string(),
+            log_path: log.to_path_buf(),
+            _dir: None,
+        })
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log has a line containing `needle`, and returns that line.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        wait_for(
+            &format!("{needle:?} in the steve log"),
+            Duration::from_secs(20),
+            || {
+                self.log()
+                    .lines()
+                    .find(|line| line.contains(needle))
+                    .map(str::to_string)
+            },
+        )
+    }
+
+    /// The tokens in the pipe now.
+    pub fn tokens(&self) -> usize {
+        crate::pipe::count_tokens(&self.path)
+    }
+
+    /// Sends `signal` to the server.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal steve");
+    }
+
+    /// Stops the server with `signal` and returns its exit status.
+    pub fn stop_with(mut self, signal: Signal) -> ExitStatus {
+        self.signal(signal);
+        self.child
+            .take()
+            .expect("running")
+            .wait()
+            .expect("wait for steve")
+    }
+
+    /// A make, ninja or cargo command pointed at this server.
+    pub fn client(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env("MAKEFLAGS", &self.makeflags)
+            .env_remove("MFLAGS")
+            .env_remove("CARGO_MAKEFLAGS");
+        command
+    }
+}
+
+impl Drop for FifoServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}

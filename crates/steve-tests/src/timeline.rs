@@ -1,0 +1,120 @@
+//! How many jobs ran at once, from a log where each job wrote `start NAME NANOS` when it began
+//! and `end NAME NANOS` when it finished (nanoseconds since the epoch, from `date +%s%N`).
+//!
+//! A job logs its start after its token was granted and its end before the token goes back, so
+//! the peak seen here never exceeds the number of tokens really out: an assertion that the peak
+//! is at most N cannot pass by accident of timing.
+
+use std::fs;
+use std::path::Path;
+
+/// One job's span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// The job's name.
+    pub name: String,
+    /// When it started.
+    pub start: u128,
+    /// When it ended.
+    pub end: u128,
+}
+
+/// The jobs a log records, each with a start and an end.
+pub fn spans(log: &Path) -> Vec<Span> {
+    let text = fs::read_to_string(log)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", log.display()));
+    let mut open: Vec<(String, u128)> = Vec::new();
+    let mut spans = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(kind), Some(name), Some(time)) = (words.next(), words.next(), words.next())
+        else {
+            panic!("malformed timeline line {line:?} in {}", log.display());
+        };
+        let time: u128 = time
+            .parse()
+            .unwrap_or_else(|_| panic!("bad time in {line:?}"));
+        match kind {
+            "start" => open.push((name.to_string(), time)),
+            "end" => {
+                let index = open
+                    .iter()
+                    .position(|(open_name, _)| open_name == name)
+                    .unwrap_or_else(|| panic!("{name} ended without starting"));
+                let (name, start) = open.remove(index);
+                spans.push(Span {
+                    name,
+                    start,
+                    end: time,
+                });
+            }
+            other => panic!("unknown event {other:?} in {}", log.display()),
+        }
+    }
+    assert!(open.is_empty(), "jobs that never ended: {open:?}");
+    spans
+}
+
+/// The most spans that overlap at any moment. A span ending at the instant another starts does
+/// not overlap it.
+pub fn peak(spans: &[Span]) -> usize {
+    let mut events: Vec<(u128, i32)> = Vec::new();
+    for span in spans {
+        events.push((span.start, 1));
+        events.push((span.end, -1));
+    }
+    // At equal times, ends (-1) sort before starts (+1).
+    events.sort();
+    let mut running = 0i32;
+    let mut peak = 0i32;
+    for (_, change) in events {
+        running += change;
+        peak = peak.max(running);
+    }
+    peak as usize
+}
+
+/// The peak of the log at `log`, which must record `expected_jobs` jobs.
+pub fn peak_of(log: &Path, expected_jobs: usize) -> usize {
+    let spans = spans(log);
+    assert_eq!(
+        spans.len(),
+        expected_jobs,
+        "jobs recorded in {}",
+        log.display()
+    );
+    peak(&spans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(start: u128, end: u128) -> Span {
+        Span {
+            name: format!("{start}"),
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn counts_overlaps_and_not_touching_ends() {
+        assert_eq!(peak(&[]), 0);
+        assert_eq!(peak(&[span(0, 10), span(10, 20)]), 1);
+        assert_eq!(peak(&[span(0, 10), span(5, 20), span(6, 7)]), 3);
+        assert_eq!(peak(&[span(0, 10), span(5, 20), span(12, 30)]), 2);
+    }
+
+    #[test]
+    fn reads_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        fs::write(
+            &log,
+            "start a 1\nstart b 2\nend a 3\nstart c 4\nend b 5\nend c 6\n",
+        )
+        .unwrap();
+        assert_eq!(peak_of(&log, 3), 2);
+    }
+}

@@ -1,0 +1,195 @@
+//! Bad input gets one clear error line and a non-zero exit, and steve deletes nothing it did not
+//! create: malformed MAKEFLAGS, a path that is not a pipe, a pipe steve did not make, a second
+//! daemon, an unwritable directory. A crashed daemon's leftovers are replaced.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use nix::sys::signal::Signal;
+use steve_tests::steve::{binary, command, stderr_lines, FifoServer, StartFailure};
+
+fn serve_fails(path: &Path, args: &[&str]) -> StartFailure {
+    let log = path.parent().unwrap().join("refused-steve.log");
+    match FifoServer::start_at(path, &log, args) {
+        Ok(server) => panic!(
+            "steve served {} where it should have refused",
+            server.path.display()
+        ),
+        Err(failure) => {
+            assert!(!failure.status.success());
+            assert_eq!(
+                failure.stderr_lines.len(),
+                1,
+                "not one error line: {:?}",
+                failure.stderr_lines
+            );
+            failure
+        }
+    }
+}
+
+#[test]
+fn malformed_makeflags_in_steve_runs_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    for (variable, value, quoted) in [
+        ("MAKEFLAGS", " -j4 --jobserver-auth=3", "\"3\""),
+        ("MAKEFLAGS", "--jobserver-auth=fifo:", "\"fifo:\""),
+        ("CARGO_MAKEFLAGS", "-j --jobserver-fds=x,4", "\"x,4\""),
+    ] {
+        let output = command()
+            .args(["run", "--", "touch"])
+            .arg(&marker)
+            .env_remove("MAKEFLAGS")
+            .env_remove("CARGO_MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env(variable, value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(125));
+        let lines = stderr_lines(&output);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains(&format!("malformed {variable}")),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains(quoted),
+            "{} does not quote {quoted}",
+            lines[0]
+        );
+        assert!(
+            !marker.exists(),
+            "the command ran despite the malformed {variable}"
+        );
+    }
+}
+
+#[test]
+fn a_regular_file_at_the_path_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobserver");
+    fs::write(&path, "precious").unwrap();
+    let failure = serve_fails(&path, &["-j", "2"]);
+    assert!(
+        failure.stderr_lines[0].contains("is a regular file, not a named pipe"),
+        "{:?}",
+        failure.stderr_lines
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), "precious");
+    assert!(
+        !dir.path().join("jobserver.lock").exists(),
+        "steve left its lock file behind"
+    );
+}
+
+#[test]
+fn a_directory_at_the_path_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobserver");
+    fs::create_dir(&path).unwrap();
+    fs::write(path.join("inside"), "x").unwrap();
+    let failure = serve_fails(&path, &[]);
+    assert!(
+        failure.stderr_lines[0].contains("is a directory"),
+        "{:?}",
+        failure.stderr_lines
+    );
+    assert!(path.join("inside").exists());
+}
+
+#[test]
+fn a_named_pipe_steve_did_not_make_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobserver");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let failure = serve_fails(&path, &[]);
+    assert!(
+        failure.stderr_lines[0].contains("named pipe that steve did not create"),
+        "{:?}",
+        failure.stderr_lines
+    );
+    assert!(path.exists());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_path_is_refused_and_the_first_keeps_serving() {
+    let first = FifoServer::start(3);
+    let failure = serve_fails(&first.path, &["-j", "5"]);
+    let expected = format!("another steve (pid {}) is already serving", first.pid());
+    assert!(
+        failure.stderr_lines[0].contains(&expected),
+        "{:?}",
+        failure.stderr_lines
+    );
+    assert_eq!(first.tokens(), 3, "the first daemon's pool was touched");
+}
+
+#[test]
+fn a_pipe_left_by_a_killed_daemon_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobserver");
+    let crashed = FifoServer::start_at(&path, &dir.path().join("first.log"), &["-j", "2"]).unwrap();
+    let crashed_pid = crashed.pid();
+    crashed.stop_with(Signal::SIGKILL);
+    assert!(path.exists(), "a SIGKILLed steve cannot clean up");
+
+    let server = FifoServer::start_at(&path, &dir.path().join("second.log"), &["-j", "3"]).unwrap();
+    let line = server.wait_for_log("replacing the stale pipe");
+    assert!(line.contains(&format!("pid {crashed_pid}")), "{line}");
+    assert_eq!(server.tokens(), 3);
+}
+
+#[test]
+fn an_unwritable_directory_gives_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let locked = dir.path().join("locked");
+    fs::create_dir(&locked).unwrap();
+    let path = locked.join("jobserver");
+    let mut serve = if nix::unistd::geteuid().is_root() {
+        // Root may write anywhere: run steve as nobody, from a copy nobody can reach.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.path().join("steve");
+        fs::copy(binary(), &copy).unwrap();
+        let mut setpriv = Command::new("setpriv");
+        setpriv
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(copy);
+        setpriv
+    } else {
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).unwrap();
+        command()
+    };
+    let output = serve
+        .args(["serve", "--backend", "fifo", "--path"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let lines = stderr_lines(&output);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("Permission denied") && lines[0].contains(&locked.display().to_string()),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        fs::read_dir(&locked).unwrap().count(),
+        0,
+        "steve left something in the directory"
+    );
+}
+
+#[test]
+fn a_job_count_out_of_range_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let failure = serve_fails(&dir.path().join("jobserver"), &["-j", "0"]);
+    assert!(
+        failure.stderr_lines[0].contains("job count 0 is out of range"),
+        "{:?}",
+        failure.stderr_lines
+    );
+}

@@ -1,0 +1,37 @@
+//! The command line itself: listing backends and choosing one.
+
+use steve_tests::steve::{command, stderr_lines};
+
+#[test]
+fn backends_lists_fifo_and_pipe_as_available() {
+    let output = command().arg("backends").output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    for name in ["fifo", "pipe"] {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        assert!(line.ends_with("available"), "{line}");
+    }
+}
+
+#[test]
+fn serve_refuses_an_unknown_or_unfit_backend() {
+    for (backend, message) in [
+        ("nosuch", "no backend named \"nosuch\""),
+        (
+            "pipe",
+            "backend pipe serves one command tree: use `steve run`",
+        ),
+    ] {
+        let output = command()
+            .args(["serve", "--backend", backend])
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let lines = stderr_lines(&output);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains(message), "{}", lines[0]);
+    }
+}
