@@ -87,10 +87,20 @@ struct NamedPipeServer {
     recovered: u64,
     /// The process last seen holding the pipe, checked first next time.
     last_holder: Option<u32>,
-    /// The directory, if the daemon made it (removed again when empty).
-    made_dir: Option<PathBuf>,
-    // Dropped last: the lock outlives the pipe's removal.
+    // Fields drop in order, after `drop` below removed the pipe: first the lock (and its file),
+    // then the directory, which is only empty once both are gone.
     _lock: PathLock,
+    _made_dir: Option<MadeDir>,
+}
+
+/// A directory the daemon made, removed when dropped if nothing else is in it.
+struct MadeDir(PathBuf);
+
+impl Drop for MadeDir {
+    fn drop(&mut self) {
+        // Fails, harmlessly, while anything else is in it.
+        let _ = fs::remove_dir(&self.0);
+    }
 }
 
 impl NamedPipeServer {
@@ -111,7 +121,8 @@ impl NamedPipeServer {
         });
 
         let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let made_dir = make_dir(&dir)?;
+        // Declared before the lock, so that on an early return the lock goes first.
+        let made_dir = make_dir(&dir)?.map(MadeDir);
         let lock = PathLock::acquire(&path)?;
         remove_stale_pipe(&path, &lock)?;
 
@@ -139,8 +150,8 @@ impl NamedPipeServer {
             recovery: Recovery::On,
             recovered: 0,
             last_holder: None,
-            made_dir,
             _lock: lock,
+            _made_dir: made_dir,
         };
         server.set_access(mode, gid)?;
         server
@@ -336,10 +347,6 @@ impl Drop for NamedPipeServer {
             if let Err(error) = fs::remove_file(&self.path) {
                 warn!("could not remove {}: {error}", self.path.display());
             }
-        }
-        if let Some(dir) = &self.made_dir {
-            // Fails, harmlessly, while anything else is in it.
-            let _ = fs::remove_dir(dir);
         }
     }
 }

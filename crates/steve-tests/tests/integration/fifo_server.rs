@@ -147,3 +147,18 @@ fn sigint_stops_the_server_cleanly_too() {
     assert!(status.success(), "steve exited with {status}");
     assert!(!path.exists());
 }
+
+#[test]
+fn a_directory_steve_made_is_removed_at_exit_and_one_it_found_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = dir.path().join("made-by-steve");
+    let path = made.join("jobserver");
+    let server = FifoServer::start_at(&path, &dir.path().join("steve.log"), &["-j", "1"]).unwrap();
+    assert!(made.is_dir());
+    assert!(server.stop_with(Signal::SIGTERM).success());
+    assert!(!made.exists(), "the directory steve made is still there");
+    assert!(
+        dir.path().join("steve.log").exists(),
+        "a file steve did not make was removed"
+    );
+}
