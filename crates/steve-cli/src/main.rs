@@ -139,10 +139,7 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let chosen = choose_backend(&args.backend)?;
     let Start::Server(start) = chosen.start else {
-        bail!(
-            "backend {} serves one command tree: use `steve run`",
-            chosen.name
-        );
+        bail!("backend {} serves one command tree: use `steve run`", chosen.name);
     };
     let config = ServeConfig {
         jobs: args.jobs.unwrap_or_else(default_jobs),
@@ -154,11 +151,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         info!("clients use MAKEFLAGS='{}'", announcement.makeflags);
         let mut stdout = std::io::stdout().lock();
         // The first line on stdout says the server is ready, in a form a shell can use.
-        let _ = writeln!(
-            stdout,
-            "MAKEFLAGS='{}'",
-            announcement.makeflags.replace('\'', r"'\''")
-        );
+        let _ = writeln!(stdout, "MAKEFLAGS='{}'", announcement.makeflags.replace('\'', r"'\''"));
         let _ = stdout.flush();
     };
     start(&config, &mut announce).map_err(|error| anyhow!(error))

@@ -127,15 +127,11 @@ pub fn backends() -> Vec<&'static Backend> {
 
 /// The backend registered under `name`.
 pub fn find(name: &str) -> Option<&'static Backend> {
-    inventory::iter::<Backend>
-        .into_iter()
-        .find(|backend| backend.name == name)
+    inventory::iter::<Backend>.into_iter().find(|backend| backend.name == name)
 }
 
 impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Backend")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("Backend").field("name", &self.name).finish_non_exhaustive()
     }
 }

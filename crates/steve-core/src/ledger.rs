@@ -206,11 +206,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
         });
         let grants = self.grant_waiters();
         self.debug_check();
-        Reclaimed {
-            tokens,
-            cancelled,
-            grants,
-        }
+        Reclaimed { tokens, cancelled, grants }
     }
 
     /// Drops a queued request (the caller was interrupted or gave up). Returns whether it was
@@ -333,10 +329,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
                 break;
             };
             self.hand_out(&waiter.client);
-            grants.push(Grant {
-                waiter: waiter.id,
-                client: waiter.client,
-            });
+            grants.push(Grant { waiter: waiter.id, client: waiter.client });
         }
         grants
     }
@@ -352,28 +345,12 @@ mod tests {
         assert_eq!(ledger.acquire(1, Wait::Queue), Acquire::Granted);
         assert_eq!(ledger.acquire(2, Wait::Queue), Acquire::Granted);
         assert_eq!(ledger.acquire(3, Wait::NoWait), Acquire::WouldBlock);
-        let Acquire::Queued(first) = ledger.acquire(3, Wait::Queue) else {
-            panic!()
-        };
-        let Acquire::Queued(second) = ledger.acquire(4, Wait::Queue) else {
-            panic!()
-        };
+        let Acquire::Queued(first) = ledger.acquire(3, Wait::Queue) else { panic!() };
+        let Acquire::Queued(second) = ledger.acquire(4, Wait::Queue) else { panic!() };
         let grants = ledger.release(&1).unwrap();
-        assert_eq!(
-            grants,
-            vec![Grant {
-                waiter: first,
-                client: 3
-            }]
-        );
+        assert_eq!(grants, vec![Grant { waiter: first, client: 3 }]);
         let grants = ledger.release(&2).unwrap();
-        assert_eq!(
-            grants,
-            vec![Grant {
-                waiter: second,
-                client: 4
-            }]
-        );
+        assert_eq!(grants, vec![Grant { waiter: second, client: 4 }]);
         assert_eq!(ledger.counts().held, 2);
         assert_eq!(ledger.counts().waiting, 0);
     }
@@ -382,9 +359,7 @@ mod tests {
     fn a_new_request_does_not_overtake_the_queue() {
         let mut ledger = Ledger::new(1);
         ledger.acquire(1, Wait::Queue);
-        let Acquire::Queued(_) = ledger.acquire(2, Wait::Queue) else {
-            panic!()
-        };
+        let Acquire::Queued(_) = ledger.acquire(2, Wait::Queue) else { panic!() };
         // The release grants the queued request at once, so nothing is free for a newcomer.
         ledger.release(&1).unwrap();
         assert_eq!(ledger.acquire(3, Wait::NoWait), Acquire::WouldBlock);
@@ -406,22 +381,12 @@ mod tests {
         for _ in 0..3 {
             ledger.acquire(1, Wait::Queue);
         }
-        let Acquire::Queued(own) = ledger.acquire(1, Wait::Queue) else {
-            panic!()
-        };
-        let Acquire::Queued(other) = ledger.acquire(2, Wait::Queue) else {
-            panic!()
-        };
+        let Acquire::Queued(own) = ledger.acquire(1, Wait::Queue) else { panic!() };
+        let Acquire::Queued(other) = ledger.acquire(2, Wait::Queue) else { panic!() };
         let reclaimed = ledger.reclaim(&1);
         assert_eq!(reclaimed.tokens, 3);
         assert_eq!(reclaimed.cancelled, vec![own]);
-        assert_eq!(
-            reclaimed.grants,
-            vec![Grant {
-                waiter: other,
-                client: 2
-            }]
-        );
+        assert_eq!(reclaimed.grants, vec![Grant { waiter: other, client: 2 }]);
         assert_eq!(ledger.counts().free, 2);
     }
 
@@ -429,9 +394,7 @@ mod tests {
     fn cancelled_waiter_is_not_granted() {
         let mut ledger = Ledger::new(1);
         ledger.acquire(1, Wait::Queue);
-        let Acquire::Queued(waiter) = ledger.acquire(2, Wait::Queue) else {
-            panic!()
-        };
+        let Acquire::Queued(waiter) = ledger.acquire(2, Wait::Queue) else { panic!() };
         assert!(ledger.cancel(waiter));
         assert!(!ledger.cancel(waiter));
         assert!(ledger.release(&1).unwrap().is_empty());
@@ -445,10 +408,7 @@ mod tests {
         ledger.acquire(2, Wait::Queue);
         ledger.acquire(3, Wait::Queue);
         let grants = ledger.set_target(3);
-        assert_eq!(
-            grants.iter().map(|g| g.client).collect::<Vec<_>>(),
-            vec![2, 3]
-        );
+        assert_eq!(grants.iter().map(|g| g.client).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(ledger.counts().size, 3);
     }
 
@@ -479,9 +439,7 @@ mod tests {
         let counts = ledger.counts();
         assert_eq!((counts.free, counts.held, counts.withheld), (0, 2, 2));
         assert_eq!(ledger.acquire(2, Wait::NoWait), Acquire::WouldBlock);
-        let Acquire::Queued(_) = ledger.acquire(2, Wait::Queue) else {
-            panic!()
-        };
+        let Acquire::Queued(_) = ledger.acquire(2, Wait::Queue) else { panic!() };
         // One return brings held to 1, still at the allowance: the waiter keeps waiting.
         assert!(ledger.release(&1).unwrap().is_empty());
         ledger.release(&1).unwrap();

@@ -53,10 +53,7 @@ impl JobserverAuth {
     pub fn to_option(&self) -> String {
         match self {
             JobserverAuth::Fifo(path) => {
-                format!(
-                    "--jobserver-auth=fifo:{}",
-                    escape_word(&path.to_string_lossy())
-                )
+                format!("--jobserver-auth=fifo:{}", escape_word(&path.to_string_lossy()))
             }
             JobserverAuth::Fds { read, write } => {
                 format!("--jobserver-fds={read},{write} --jobserver-auth={read},{write}")
@@ -123,10 +120,7 @@ impl MakeFlagsError {
     }
 
     fn new(kind: MakeFlagsErrorKind, text: &str) -> Self {
-        MakeFlagsError {
-            kind,
-            text: text.to_string(),
-        }
+        MakeFlagsError { kind, text: text.to_string() }
     }
 }
 
@@ -170,9 +164,8 @@ impl MakeFlags {
                 last_auth = Some(value.to_string());
             } else if word == "-j" || word == "--jobs" {
                 flags.jobs = Some(Jobs::Unlimited);
-            } else if let Some(count) = word
-                .strip_prefix("--jobs=")
-                .or_else(|| word.strip_prefix("-j"))
+            } else if let Some(count) =
+                word.strip_prefix("--jobs=").or_else(|| word.strip_prefix("-j"))
             {
                 flags.jobs = Some(parse_jobs(count, &word)?);
             } else {
@@ -196,11 +189,7 @@ impl MakeFlags {
 
     /// The same flags with `jobs` and `auth` as the jobserver, every other flag kept.
     pub fn with_jobserver(&self, jobs: Jobs, auth: JobserverAuth) -> MakeFlags {
-        MakeFlags {
-            jobs: Some(jobs),
-            jobserver: Some(auth),
-            ..self.clone()
-        }
+        MakeFlags { jobs: Some(jobs), jobserver: Some(auth), ..self.clone() }
     }
 }
 
@@ -232,9 +221,7 @@ impl fmt::Display for MakeFlags {
 
 /// The MAKEFLAGS a client should be given to use `auth` with `jobs` job slots.
 pub fn jobserver_makeflags(jobs: u32, auth: JobserverAuth) -> String {
-    MakeFlags::default()
-        .with_jobserver(Jobs::Limit(jobs), auth)
-        .to_string()
+    MakeFlags::default().with_jobserver(Jobs::Limit(jobs), auth).to_string()
 }
 
 /// Which variable named the jobserver, and what it said.
@@ -283,9 +270,7 @@ pub fn from_env_with(
         let Some(value) = lookup(variable) else {
             continue;
         };
-        let value = value
-            .into_string()
-            .map_err(|_| EnvError::NotUnicode { variable })?;
+        let value = value.into_string().map_err(|_| EnvError::NotUnicode { variable })?;
         let flags =
             MakeFlags::parse(&value).map_err(|error| EnvError::Malformed { variable, error })?;
         return Ok(Some(FoundMakeFlags { variable, flags }));
@@ -320,10 +305,7 @@ fn parse_jobs(count: &str, word: &str) -> Result<Jobs, MakeFlagsError> {
 fn parse_auth(value: &str) -> Result<JobserverAuth, MakeFlagsError> {
     if let Some(path) = value.strip_prefix("fifo:") {
         if path.is_empty() {
-            return Err(MakeFlagsError::new(
-                MakeFlagsErrorKind::EmptyFifoPath,
-                value,
-            ));
+            return Err(MakeFlagsError::new(MakeFlagsErrorKind::EmptyFifoPath, value));
         }
         return Ok(JobserverAuth::Fifo(PathBuf::from(path)));
     }
@@ -396,18 +378,9 @@ mod tests {
             auth(" -j4 --jobserver-auth=3,4"),
             Some(JobserverAuth::Fds { read: 3, write: 4 })
         );
-        assert_eq!(
-            auth("-j --jobserver-fds=5,6"),
-            Some(JobserverAuth::Fds { read: 5, write: 6 })
-        );
-        assert_eq!(
-            auth(" --jobserver-auth=-2,-2"),
-            Some(JobserverAuth::Disabled)
-        );
-        assert_eq!(
-            auth(" --jobserver-auth=-1,4"),
-            Some(JobserverAuth::Disabled)
-        );
+        assert_eq!(auth("-j --jobserver-fds=5,6"), Some(JobserverAuth::Fds { read: 5, write: 6 }));
+        assert_eq!(auth(" --jobserver-auth=-2,-2"), Some(JobserverAuth::Disabled));
+        assert_eq!(auth(" --jobserver-auth=-1,4"), Some(JobserverAuth::Disabled));
         assert_eq!(auth("ks -j2"), None);
         assert_eq!(auth(""), None);
     }
@@ -424,13 +397,9 @@ mod tests {
 
     #[test]
     fn dry_run_only_from_the_short_flag_cluster() {
-        assert!(MakeFlags::parse("kn -j4 --jobserver-auth=3,4")
-            .unwrap()
-            .is_dry_run());
+        assert!(MakeFlags::parse("kn -j4 --jobserver-auth=3,4").unwrap().is_dry_run());
         assert!(MakeFlags::parse("-n").unwrap().is_dry_run());
-        assert!(!MakeFlags::parse(" -j4 --no-print-directory")
-            .unwrap()
-            .is_dry_run());
+        assert!(!MakeFlags::parse(" -j4 --no-print-directory").unwrap().is_dry_run());
         assert!(!MakeFlags::parse("ks -- n=1").unwrap().is_dry_run());
     }
 
@@ -444,31 +413,11 @@ mod tests {
     #[test]
     fn malformed_values_are_typed_and_quote_the_text() {
         for (value, kind, quoted) in [
-            (
-                "--jobserver-auth=3",
-                MakeFlagsErrorKind::BadJobserverAuth,
-                "3",
-            ),
-            (
-                "--jobserver-auth=a,b",
-                MakeFlagsErrorKind::BadJobserverAuth,
-                "a,b",
-            ),
-            (
-                "--jobserver-fds=3,",
-                MakeFlagsErrorKind::BadJobserverAuth,
-                "3,",
-            ),
-            (
-                "--jobserver-auth=",
-                MakeFlagsErrorKind::BadJobserverAuth,
-                "",
-            ),
-            (
-                "--jobserver-auth=fifo:",
-                MakeFlagsErrorKind::EmptyFifoPath,
-                "fifo:",
-            ),
+            ("--jobserver-auth=3", MakeFlagsErrorKind::BadJobserverAuth, "3"),
+            ("--jobserver-auth=a,b", MakeFlagsErrorKind::BadJobserverAuth, "a,b"),
+            ("--jobserver-fds=3,", MakeFlagsErrorKind::BadJobserverAuth, "3,"),
+            ("--jobserver-auth=", MakeFlagsErrorKind::BadJobserverAuth, ""),
+            ("--jobserver-auth=fifo:", MakeFlagsErrorKind::EmptyFifoPath, "fifo:"),
             (" -jx", MakeFlagsErrorKind::BadJobs, "-jx"),
             (" -j0", MakeFlagsErrorKind::BadJobs, "-j0"),
             ("-j4 \\", MakeFlagsErrorKind::TrailingBackslash, "-j4 \\"),
@@ -476,10 +425,7 @@ mod tests {
             let error = MakeFlags::parse(value).unwrap_err();
             assert_eq!(error.kind(), kind, "{value}");
             assert_eq!(error.text(), quoted, "{value}");
-            assert!(
-                error.to_string().contains(&format!("{quoted:?}")),
-                "{error}"
-            );
+            assert!(error.to_string().contains(&format!("{quoted:?}")), "{error}");
         }
     }
 
@@ -507,11 +453,7 @@ mod tests {
     #[test]
     fn environment_is_read_in_cargo_make_mflags_order() {
         let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                vars.iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, v)| OsString::from(*v))
-            }
+            move |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| OsString::from(*v))
         };
         let found = from_env_with(env(&[("MAKEFLAGS", "-j2"), ("MFLAGS", "-j3")])).unwrap();
         assert_eq!(found.unwrap().variable, "MAKEFLAGS");

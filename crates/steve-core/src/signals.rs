@@ -37,13 +37,8 @@ pub struct Received {
     pub sent_by_process: bool,
 }
 
-const HANDLED: [Signal; 5] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-    Signal::SIGCHLD,
-];
+const HANDLED: [Signal; 5] =
+    [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGCHLD];
 
 impl Signals {
     /// Blocks the handled signals in the calling thread (and the threads it starts later) and
@@ -73,11 +68,7 @@ impl Signals {
         };
         // SI_USER (0) and SI_QUEUE (negative) come from a process; SI_KERNEL and others do not.
         let sent_by_process = info.ssi_code <= 0;
-        Ok(Some(Received {
-            event,
-            signal,
-            sent_by_process,
-        }))
+        Ok(Some(Received { event, signal, sent_by_process }))
     }
 }
 

@@ -71,11 +71,7 @@ impl FifoError {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(io::Error) -> FifoError {
         let path = path.into();
-        move |source| FifoError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| FifoError::Io { action, path, source }
     }
 }
 

@@ -25,10 +25,41 @@ mod sys;
 
 pub use error::FifoError;
 
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use error::MAX_JOBS;
 use steve_core::backend::{Availability, Backend, Start};
 
 /// The byte handed out as a token. Clients may write back any byte.
 pub(crate) const TOKEN: u8 = b'+';
+
+/// Refuses a pool no pipe can serve: empty, or larger than a client could always write back to.
+pub(crate) fn check_jobs(jobs: u32) -> Result<(), FifoError> {
+    if jobs == 0 || jobs > MAX_JOBS {
+        return Err(FifoError::BadJobs { jobs });
+    }
+    Ok(())
+}
+
+/// Makes a named pipe at `path` (mode 0600 until the caller sets it) and opens it for reading and
+/// writing without blocking: the opener keeps it alive and can count, add and take out tokens. If
+/// it cannot be opened, it is removed again.
+pub(crate) fn make_fifo(path: &Path) -> Result<File, FifoError> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|errno| FifoError::io("create the named pipe", path)(io::Error::from(errno)))?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|error| {
+            let _ = std::fs::remove_file(path);
+            FifoError::io("open the named pipe", path)(error)
+        })
+}
 
 fn always_available() -> Availability {
     Availability::Available

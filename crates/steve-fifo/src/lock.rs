@@ -48,10 +48,7 @@ impl PathLock {
                 Ok(locked) => locked,
                 Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
                     let pid = read_owner(&mut file).ok().flatten();
-                    return Err(FifoError::AlreadyServed {
-                        path: path.to_path_buf(),
-                        pid,
-                    });
+                    return Err(FifoError::AlreadyServed { path: path.to_path_buf(), pid });
                 }
                 Err((_, errno)) => {
                     return Err(FifoError::io("lock", &lock_path)(errno.into()));
@@ -72,16 +69,9 @@ impl PathLock {
                 }
             };
             write_owner(&mut file).map_err(FifoError::io("write the lock file", &lock_path))?;
-            return Ok(PathLock {
-                lock_path,
-                file,
-                previous_owner,
-            });
+            return Ok(PathLock { lock_path, file, previous_owner });
         }
-        Err(FifoError::AlreadyServed {
-            path: path.to_path_buf(),
-            pid: None,
-        })
+        Err(FifoError::AlreadyServed { path: path.to_path_buf(), pid: None })
     }
 
     /// The pid of the steve that held this lock before and died without cleaning up, if the
@@ -110,9 +100,7 @@ fn read_owner(file: &mut File) -> Result<Option<u32>, Foreign> {
     if text.is_empty() {
         return Ok(None);
     }
-    let pid = text
-        .strip_prefix(MARK)
-        .and_then(|rest| rest.trim().parse().ok());
+    let pid = text.strip_prefix(MARK).and_then(|rest| rest.trim().parse().ok());
     pid.map(Some).ok_or(Foreign)
 }
 

@@ -10,10 +10,10 @@
 //! close events, and confirms that nobody else holds it by scanning `/proc/*/fd`.
 #![forbid(unsafe_code)]
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -25,11 +25,11 @@ use steve_core::signals::{SignalEvent, Signals};
 use steve_core::status::Status;
 use tracing::{debug, info, warn};
 
-use crate::error::{FifoError, MAX_JOBS};
+use crate::error::FifoError;
 use crate::lock::PathLock;
 use crate::openers::{find_holder, FileId};
 use crate::sys::bytes_in_pipe;
-use crate::TOKEN;
+use crate::{check_jobs, make_fifo, TOKEN};
 
 /// Where root's daemon serves when no `--path` is given.
 pub const SYSTEM_PATH: &str = "/run/steve/jobserver";
@@ -105,9 +105,7 @@ impl Drop for MadeDir {
 
 impl NamedPipeServer {
     fn create(config: &ServeConfig) -> Result<NamedPipeServer, FifoError> {
-        if config.jobs == 0 || config.jobs > MAX_JOBS {
-            return Err(FifoError::BadJobs { jobs: config.jobs });
-        }
+        check_jobs(config.jobs)?;
         let path = match &config.path {
             Some(path) => absolute(path)?,
             None => default_path()?,
@@ -126,17 +124,7 @@ impl NamedPipeServer {
         let lock = PathLock::acquire(&path)?;
         remove_stale_pipe(&path, &lock)?;
 
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .map_err(|e| FifoError::io("create the named pipe", &path)(e.into()))?;
-        let pipe = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|error| {
-                let _ = fs::remove_file(&path);
-                FifoError::io("open the named pipe", &path)(error)
-            })?;
+        let pipe = make_fifo(&path)?;
         // From here on the pipe is ours: dropping the server removes it, also on error.
         let metadata = pipe.metadata().map_err(FifoError::io("inspect", &path))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
@@ -332,9 +320,7 @@ impl NamedPipeServer {
     }
 
     fn put_tokens(&self, count: usize) -> Result<(), FifoError> {
-        (&self.pipe)
-            .write_all(&vec![TOKEN; count])
-            .map_err(FifoError::io("fill", &self.path))
+        (&self.pipe).write_all(&vec![TOKEN; count]).map_err(FifoError::io("fill", &self.path))
     }
 }
 
@@ -366,9 +352,7 @@ fn absolute(path: &Path) -> Result<PathBuf, FifoError> {
 }
 
 fn lookup_group(group: &str) -> Result<Gid, FifoError> {
-    let unknown = || FifoError::UnknownGroup {
-        group: group.to_string(),
-    };
+    let unknown = || FifoError::UnknownGroup { group: group.to_string() };
     if let Ok(number) = group.parse::<u32>() {
         return Ok(Gid::from_raw(number));
     }
@@ -411,10 +395,7 @@ fn remove_stale_pipe(path: &Path, lock: &PathLock) -> Result<(), FifoError> {
         } else {
             "regular file"
         };
-        return Err(FifoError::NotAPipe {
-            path: path.to_path_buf(),
-            found,
-        });
+        return Err(FifoError::NotAPipe { path: path.to_path_buf(), found });
     }
     match lock.previous_owner() {
         Some(pid) => {
@@ -424,8 +405,6 @@ fn remove_stale_pipe(path: &Path, lock: &PathLock) -> Result<(), FifoError> {
             );
             fs::remove_file(path).map_err(FifoError::io("remove the stale pipe", path))
         }
-        None => Err(FifoError::ForeignPipe {
-            path: path.to_path_buf(),
-        }),
+        None => Err(FifoError::ForeignPipe { path: path.to_path_buf() }),
     }
 }

@@ -18,10 +18,7 @@ pub struct FileId {
 impl FileId {
     /// The identity of an open file.
     pub fn of(metadata: &fs::Metadata) -> FileId {
-        FileId {
-            dev: metadata.dev(),
-            ino: metadata.ino(),
-        }
+        FileId { dev: metadata.dev(), ino: metadata.ino() }
     }
 }
 
@@ -46,10 +43,7 @@ pub fn find_holder(file: FileId, own_pid: u32, hint: Option<u32>) -> io::Result<
         }
     }
     for entry in fs::read_dir("/proc")? {
-        let Some(pid) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
+        let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok())
         else {
             continue;
         };
@@ -98,17 +92,10 @@ mod tests {
         let id = FileId::of(&ours.metadata().unwrap());
         assert_eq!(find_holder(id, own, None).unwrap().holder, None);
 
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .stdin(ours)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child =
+            Command::new("sleep").arg("30").stdin(ours).stdout(Stdio::null()).spawn().unwrap();
         assert_eq!(find_holder(id, own, None).unwrap().holder, Some(child.id()));
-        assert_eq!(
-            find_holder(id, own, Some(child.id())).unwrap().holder,
-            Some(child.id())
-        );
+        assert_eq!(find_holder(id, own, Some(child.id())).unwrap().holder, Some(child.id()));
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(find_holder(id, own, Some(child.id())).unwrap().holder, None);

@@ -9,10 +9,10 @@
 //! steve waits for the command and returns its status, and warns if tokens are missing then.
 #![forbid(unsafe_code)]
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 
@@ -26,9 +26,9 @@ use steve_core::signals::{SignalEvent, Signals};
 use steve_core::status::Status;
 use tracing::{debug, info, warn};
 
-use crate::error::{FifoError, MAX_JOBS};
+use crate::error::FifoError;
 use crate::sys::bytes_in_pipe;
-use crate::TOKEN;
+use crate::{check_jobs, make_fifo, TOKEN};
 
 /// `steve run`: runs the command under a private jobserver and returns its exit status.
 pub fn run(config: &RunConfig) -> Result<ExitStatus, BackendError> {
@@ -36,9 +36,7 @@ pub fn run(config: &RunConfig) -> Result<ExitStatus, BackendError> {
 }
 
 fn run_command_tree(config: &RunConfig) -> Result<ExitStatus, FifoError> {
-    if config.jobs == 0 || config.jobs > MAX_JOBS {
-        return Err(FifoError::BadJobs { jobs: config.jobs });
-    }
+    check_jobs(config.jobs)?;
     // Refuse a malformed MAKEFLAGS before anything is created, and keep its other flags.
     let inherited = makeflags::from_env().map_err(FifoError::Makeflags)?;
     let base = inherited.map(|found| found.flags).unwrap_or_default();
@@ -46,23 +44,16 @@ fn run_command_tree(config: &RunConfig) -> Result<ExitStatus, FifoError> {
         .map_err(|e| FifoError::io("block signals for", "steve run")(io::Error::from(e)))?;
 
     let pool = PrivatePool::create(config.style, config.jobs as usize - 1)?;
-    let flags = base
-        .with_jobserver(Jobs::Limit(config.jobs), pool.auth())
-        .to_string();
+    let flags = base.with_jobserver(Jobs::Limit(config.jobs), pool.auth()).to_string();
     debug!(makeflags = %flags, "starting {:?}", config.command);
 
     let (program, args) = config.command.split_first().ok_or(FifoError::NoCommand)?;
     let mut command = Command::new(program);
-    command
-        .args(args)
-        .env("MAKEFLAGS", &flags)
-        .env("CARGO_MAKEFLAGS", &flags);
-    let child = pool
-        .spawn(&mut command)
-        .map_err(|source| FifoError::Spawn {
-            command: program.to_string_lossy().into_owned(),
-            source,
-        })?;
+    command.args(args).env("MAKEFLAGS", &flags).env("CARGO_MAKEFLAGS", &flags);
+    let child = pool.spawn(&mut command).map_err(|source| FifoError::Spawn {
+        command: program.to_string_lossy().into_owned(),
+        source,
+    })?;
     let status = supervise(child, signals, &pool)?;
     pool.check_returned();
     Ok(status)
@@ -77,10 +68,7 @@ fn supervise(
     let failed = |action| move |e: nix::errno::Errno| FifoError::io(action, "steve run")(e.into());
     loop {
         // SIGCHLD is among the signals read here, so the child's exit wakes the poll.
-        if let Some(status) = child
-            .try_wait()
-            .map_err(FifoError::io("wait for", "the command"))?
-        {
+        if let Some(status) = child.try_wait().map_err(FifoError::io("wait for", "the command"))? {
             return Ok(status);
         }
         let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
@@ -124,50 +112,19 @@ impl PrivatePool {
             RunStyle::Pipe => {
                 let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
                     .map_err(|e| FifoError::io("create", "a pipe")(e.into()))?;
-                PrivatePool {
-                    style,
-                    read,
-                    write: Some(write),
-                    dir: None,
-                    tokens,
-                }
+                PrivatePool { style, read, write: Some(write), dir: None, tokens }
             }
             RunStyle::Fifo => {
                 let dir = private_dir()?;
-                let path = dir.join("jobserver");
-                let opened =
-                    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                        .map_err(io::Error::from)
-                        .and_then(|()| {
-                            OpenOptions::new()
-                                .read(true)
-                                .write(true)
-                                .custom_flags(nix::libc::O_NONBLOCK)
-                                .open(&path)
-                        });
-                match opened {
-                    Ok(file) => PrivatePool {
-                        style,
-                        read: file.into(),
-                        write: None,
-                        dir: Some(dir),
-                        tokens,
-                    },
-                    Err(error) => {
-                        let _ = fs::remove_dir_all(&dir);
-                        return Err(FifoError::io("create the named pipe", path)(error));
-                    }
-                }
+                let pipe = make_fifo(&dir.join("jobserver")).inspect_err(|_| {
+                    let _ = fs::remove_dir_all(&dir);
+                })?;
+                PrivatePool { style, read: pipe.into(), write: None, dir: Some(dir), tokens }
             }
         };
-        let mut writer = File::from(
-            pool.write_end()
-                .try_clone()
-                .map_err(FifoError::io("fill", "the pipe"))?,
-        );
-        writer
-            .write_all(&vec![TOKEN; tokens])
-            .map_err(FifoError::io("fill", "the pipe"))?;
+        let mut writer =
+            File::from(pool.write_end().try_clone().map_err(FifoError::io("fill", "the pipe"))?);
+        writer.write_all(&vec![TOKEN; tokens]).map_err(FifoError::io("fill", "the pipe"))?;
         Ok(pool)
     }
 
@@ -193,11 +150,7 @@ impl PrivatePool {
             RunStyle::Fifo => vec![],
         };
         let set_inherit = |inherit: bool| -> io::Result<()> {
-            let flags = if inherit {
-                FdFlag::empty()
-            } else {
-                FdFlag::FD_CLOEXEC
-            };
+            let flags = if inherit { FdFlag::empty() } else { FdFlag::FD_CLOEXEC };
             for fd in &inherited {
                 fcntl(fd, FcntlArg::F_SETFD(flags)).map_err(io::Error::from)?;
             }
@@ -244,10 +197,7 @@ impl PrivatePool {
                 self.tokens
             );
         } else if free > self.tokens {
-            warn!(
-                "the command tree returned {} more tokens than it took",
-                free - self.tokens
-            );
+            warn!("the command tree returned {} more tokens than it took", free - self.tokens);
         }
     }
 }

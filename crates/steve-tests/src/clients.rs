@@ -13,32 +13,17 @@ use crate::workspace_root;
 
 /// GNU make 4.4.1: speaks `--jobserver-auth=fifo:PATH`.
 pub fn make44() -> PathBuf {
-    find(
-        "STEVE_TEST_MAKE44",
-        venv_bin("make"),
-        &["--version"],
-        "GNU Make 4.4.1",
-    )
+    find("STEVE_TEST_MAKE44", venv_bin("make"), &["--version"], "GNU Make 4.4.1")
 }
 
 /// GNU make 4.3 (Debian's): speaks only inherited descriptors (`R,W`).
 pub fn make43() -> PathBuf {
-    find(
-        "STEVE_TEST_MAKE43",
-        PathBuf::from("/usr/bin/make"),
-        &["--version"],
-        "GNU Make 4.3",
-    )
+    find("STEVE_TEST_MAKE43", PathBuf::from("/usr/bin/make"), &["--version"], "GNU Make 4.3")
 }
 
 /// ninja 1.13.2 with jobserver support: needs a real FIFO.
 pub fn ninja() -> PathBuf {
-    find(
-        "STEVE_TEST_NINJA",
-        venv_bin("ninja"),
-        &["--version"],
-        "1.13.2",
-    )
+    find("STEVE_TEST_NINJA", venv_bin("ninja"), &["--version"], "1.13.2")
 }
 
 /// The cargo running the tests (cargo sets `CARGO`), or `cargo` on the PATH.
@@ -53,16 +38,13 @@ fn venv_bin(name: &str) -> PathBuf {
 
 fn find(variable: &str, default: PathBuf, args: &[&str], expected: &str) -> PathBuf {
     let path = std::env::var_os(variable).map_or(default, PathBuf::from);
-    let output = Command::new(&path)
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| {
-            panic!(
+    let output = Command::new(&path).args(args).output().unwrap_or_else(|error| {
+        panic!(
             "cannot run {} ({error}): run scripts/test, which installs the real clients, or set \
              {variable}",
             path.display()
         )
-        });
+    });
     let version = String::from_utf8_lossy(&output.stdout);
     assert!(
         version.starts_with(expected),

@@ -30,12 +30,8 @@ pub fn makefile(dir: &Path, prefix: &str, jobs: usize, seconds: f64, log: &Path)
 
 /// Writes `dir/build.ninja`: `jobs` independent edges, each running for `seconds`.
 pub fn ninja_file(dir: &Path, jobs: usize, seconds: f64, log: &Path) -> PathBuf {
-    let start = log_event("start", "$out", log)
-        .replace('$', "$$")
-        .replace("$$out", "$out");
-    let end = log_event("end", "$out", log)
-        .replace('$', "$$")
-        .replace("$$out", "$out");
+    let start = log_event("start", "$out", log).replace('$', "$$").replace("$$out", "$out");
+    let end = log_event("end", "$out", log).replace('$', "$$").replace("$$out", "$out");
     let mut text = format!("rule job\n  command = sh -c '{start}; sleep {seconds}; {end}'\n");
     for n in 0..jobs {
         writeln!(text, "build job-{n}: job").unwrap();
@@ -98,10 +94,7 @@ pub fn cargo_workspace(dir: &Path, libs: usize, log: &Path) -> CargoWorkspace {
     members.push("\"app\"".to_string());
     fs::write(
         root.join("Cargo.toml"),
-        format!(
-            "[workspace]\nresolver = \"2\"\nmembers = [{}]\n",
-            members.join(", ")
-        ),
+        format!("[workspace]\nresolver = \"2\"\nmembers = [{}]\n", members.join(", ")),
     )
     .unwrap();
 
@@ -133,9 +126,5 @@ exit $status
     )
     .unwrap();
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-    CargoWorkspace {
-        root,
-        wrapper,
-        crates: libs + 1,
-    }
+    CargoWorkspace { root, wrapper, crates: libs + 1 }
 }

@@ -19,16 +19,10 @@ pub fn binary() -> &'static Path {
     BINARY.get_or_init(|| {
         // Test binaries live in target/<profile>/deps; steve goes to target/<profile>.
         let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
         let mut build = Command::new(clients::cargo());
         build.args(["build", "--quiet", "-p", "steve-cli", "--bin", "steve"]);
-        if profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release")
-        {
+        if profile_dir.file_name().is_some_and(|name| name == "release") {
             build.arg("--release");
         }
         let status = build.status().expect("run cargo build");
@@ -108,15 +102,9 @@ impl FifoServer {
         else {
             let status = child.wait().expect("wait for steve");
             let log_text = fs::read_to_string(log).unwrap_or_default();
-            let stderr_lines = log_text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string)
-                .collect();
-            return Err(StartFailure {
-                status,
-                stderr_lines,
-            });
+            let stderr_lines =
+                log_text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+            return Err(StartFailure { status, stderr_lines });
         };
         Ok(FifoServer {
             child: Some(child),
@@ -139,16 +127,9 @@ impl FifoServer {
 
     /// Waits until the log has a line containing `needle`, and returns that line.
     pub fn wait_for_log(&self, needle: &str) -> String {
-        wait_for(
-            &format!("{needle:?} in the steve log"),
-            Duration::from_secs(20),
-            || {
-                self.log()
-                    .lines()
-                    .find(|line| line.contains(needle))
-                    .map(str::to_string)
-            },
-        )
+        wait_for(&format!("{needle:?} in the steve log"), Duration::from_secs(20), || {
+            self.log().lines().find(|line| line.contains(needle)).map(str::to_string)
+        })
     }
 
     /// The tokens in the pipe now.
@@ -164,11 +145,7 @@ impl FifoServer {
     /// Stops the server with `signal` and returns its exit status.
     pub fn stop_with(mut self, signal: Signal) -> ExitStatus {
         self.signal(signal);
-        self.child
-            .take()
-            .expect("running")
-            .wait()
-            .expect("wait for steve")
+        self.child.take().expect("running").wait().expect("wait for steve")
     }
 
     /// A make, ninja or cargo command pointed at this server.

@@ -31,9 +31,7 @@ pub fn spans(log: &Path) -> Vec<Span> {
         else {
             panic!("malformed timeline line {line:?} in {}", log.display());
         };
-        let time: u128 = time
-            .parse()
-            .unwrap_or_else(|_| panic!("bad time in {line:?}"));
+        let time: u128 = time.parse().unwrap_or_else(|_| panic!("bad time in {line:?}"));
         match kind {
             "start" => open.push((name.to_string(), time)),
             "end" => {
@@ -42,11 +40,7 @@ pub fn spans(log: &Path) -> Vec<Span> {
                     .position(|(open_name, _)| open_name == name)
                     .unwrap_or_else(|| panic!("{name} ended without starting"));
                 let (name, start) = open.remove(index);
-                spans.push(Span {
-                    name,
-                    start,
-                    end: time,
-                });
+                spans.push(Span { name, start, end: time });
             }
             other => panic!("unknown event {other:?} in {}", log.display()),
         }
@@ -77,13 +71,19 @@ pub fn peak(spans: &[Span]) -> usize {
 /// The peak of the log at `log`, which must record `expected_jobs` jobs.
 pub fn peak_of(log: &Path, expected_jobs: usize) -> usize {
     let spans = spans(log);
-    assert_eq!(
-        spans.len(),
-        expected_jobs,
-        "jobs recorded in {}",
-        log.display()
-    );
+    assert_eq!(spans.len(), expected_jobs, "jobs recorded in {}", log.display());
     peak(&spans)
+}
+
+/// The peak of the log at `log` (which must record `jobs` jobs), checked against the jobserver's
+/// `bound`, and at least 2 so that a client running one job at a time fails too. The figure is
+/// printed for the record (`cargo test -- --nocapture` shows it).
+pub fn assert_peak_within(log: &Path, jobs: usize, bound: usize, what: &str) -> usize {
+    let peak = peak_of(log, jobs);
+    eprintln!("{what}: peak {peak} jobs at once (bound {bound})");
+    assert!(peak <= bound, "{what}: peak {peak} exceeds the bound {bound}");
+    assert!(peak >= 2, "{what}: peak {peak}, no jobs ran in parallel");
+    peak
 }
 
 #[cfg(test)]
@@ -91,11 +91,7 @@ mod tests {
     use super::*;
 
     fn span(start: u128, end: u128) -> Span {
-        Span {
-            name: format!("{start}"),
-            start,
-            end,
-        }
+        Span { name: format!("{start}"), start, end }
     }
 
     #[test]
@@ -110,11 +106,7 @@ mod tests {
     fn reads_a_log() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        fs::write(
-            &log,
-            "start a 1\nstart b 2\nend a 3\nstart c 4\nend b 5\nend c 6\n",
-        )
-        .unwrap();
+        fs::write(&log, "start a 1\nstart b 2\nend a 3\nstart c 4\nend b 5\nend c 6\n").unwrap();
         assert_eq!(peak_of(&log, 3), 2);
     }
 }

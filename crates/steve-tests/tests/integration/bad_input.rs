@@ -13,10 +13,7 @@ use steve_tests::steve::{binary, command, stderr_lines, FifoServer, StartFailure
 fn serve_fails(path: &Path, args: &[&str]) -> StartFailure {
     let log = path.parent().unwrap().join("refused-steve.log");
     match FifoServer::start_at(path, &log, args) {
-        Ok(server) => panic!(
-            "steve served {} where it should have refused",
-            server.path.display()
-        ),
+        Ok(server) => panic!("steve served {} where it should have refused", server.path.display()),
         Err(failure) => {
             assert!(!failure.status.success());
             assert_eq!(
@@ -51,20 +48,9 @@ fn malformed_makeflags_in_steve_runs_environment() {
         assert_eq!(output.status.code(), Some(125));
         let lines = stderr_lines(&output);
         assert_eq!(lines.len(), 1, "{lines:?}");
-        assert!(
-            lines[0].contains(&format!("malformed {variable}")),
-            "{}",
-            lines[0]
-        );
-        assert!(
-            lines[0].contains(quoted),
-            "{} does not quote {quoted}",
-            lines[0]
-        );
-        assert!(
-            !marker.exists(),
-            "the command ran despite the malformed {variable}"
-        );
+        assert!(lines[0].contains(&format!("malformed {variable}")), "{}", lines[0]);
+        assert!(lines[0].contains(quoted), "{} does not quote {quoted}", lines[0]);
+        assert!(!marker.exists(), "the command ran despite the malformed {variable}");
     }
 }
 
@@ -80,10 +66,7 @@ fn a_regular_file_at_the_path_is_refused_and_kept() {
         failure.stderr_lines
     );
     assert_eq!(fs::read_to_string(&path).unwrap(), "precious");
-    assert!(
-        !dir.path().join("jobserver.lock").exists(),
-        "steve left its lock file behind"
-    );
+    assert!(!dir.path().join("jobserver.lock").exists(), "steve left its lock file behind");
 }
 
 #[test]
@@ -93,11 +76,7 @@ fn a_directory_at_the_path_is_refused_and_kept() {
     fs::create_dir(&path).unwrap();
     fs::write(path.join("inside"), "x").unwrap();
     let failure = serve_fails(&path, &[]);
-    assert!(
-        failure.stderr_lines[0].contains("is a directory"),
-        "{:?}",
-        failure.stderr_lines
-    );
+    assert!(failure.stderr_lines[0].contains("is a directory"), "{:?}", failure.stderr_lines);
     assert!(path.join("inside").exists());
 }
 
@@ -120,11 +99,7 @@ fn a_second_daemon_on_the_same_path_is_refused_and_the_first_keeps_serving() {
     let first = FifoServer::start(3);
     let failure = serve_fails(&first.path, &["-j", "5"]);
     let expected = format!("another steve (pid {}) is already serving", first.pid());
-    assert!(
-        failure.stderr_lines[0].contains(&expected),
-        "{:?}",
-        failure.stderr_lines
-    );
+    assert!(failure.stderr_lines[0].contains(&expected), "{:?}", failure.stderr_lines);
     assert_eq!(first.tokens(), 3, "the first daemon's pool was touched");
 }
 
@@ -155,19 +130,13 @@ fn an_unwritable_directory_gives_one_clear_line() {
         let copy = dir.path().join("steve");
         fs::copy(binary(), &copy).unwrap();
         let mut setpriv = Command::new("setpriv");
-        setpriv
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(copy);
+        setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(copy);
         setpriv
     } else {
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).unwrap();
         command()
     };
-    let output = serve
-        .args(["serve", "--backend", "fifo", "--path"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = serve.args(["serve", "--backend", "fifo", "--path"]).arg(&path).output().unwrap();
     assert!(!output.status.success());
     let lines = stderr_lines(&output);
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -176,11 +145,7 @@ fn an_unwritable_directory_gives_one_clear_line() {
         "{}",
         lines[0]
     );
-    assert_eq!(
-        fs::read_dir(&locked).unwrap().count(),
-        0,
-        "steve left something in the directory"
-    );
+    assert_eq!(fs::read_dir(&locked).unwrap().count(), 0, "steve left something in the directory");
 }
 
 #[test]
@@ -192,4 +157,17 @@ fn a_job_count_out_of_range_is_refused() {
         "{:?}",
         failure.stderr_lines
     );
+}
+
+#[test]
+fn an_unknown_group_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobserver");
+    let failure = serve_fails(&path, &["--group", "no-such-group-steve"]);
+    assert!(
+        failure.stderr_lines[0].contains("no such group: no-such-group-steve"),
+        "{:?}",
+        failure.stderr_lines
+    );
+    assert!(!path.exists());
 }

@@ -2,17 +2,20 @@
 //! succeeds and rustc concurrency stays within the jobserver's bound, though cargo's own `-j`
 //! would allow more.
 
+use std::path::Path;
 use std::process::Command;
 
 use steve_tests::steve::{command, FifoServer};
-use steve_tests::{clients, projects, timeline};
+use steve_tests::{assert_success, clients, projects, timeline};
 
 /// cargo's own limit, set high so that only the jobserver can hold the build back.
 const CARGO_JOBS: &str = "16";
 const LIBS: usize = 6;
 
-fn cargo_build(mut cargo: Command, dir: &std::path::Path, log: &std::path::Path) -> usize {
-    let workspace = projects::cargo_workspace(dir, LIBS, log);
+/// Builds a generated workspace with `cargo` and checks that at most `bound` rustc ran at once.
+fn cargo_build(mut cargo: Command, dir: &Path, bound: usize, what: &str) {
+    let log = dir.join("timeline");
+    let workspace = projects::cargo_workspace(dir, LIBS, &log);
     let output = cargo
         .args(["build", "--offline", "-j", CARGO_JOBS])
         .current_dir(&workspace.root)
@@ -22,21 +25,16 @@ fn cargo_build(mut cargo: Command, dir: &std::path::Path, log: &std::path::Path)
         .env_remove("CARGO_BUILD_JOBS")
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "cargo build failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output, "cargo build");
     let app = Command::new(dir.join("target/debug/app")).output().unwrap();
-    assert!(app.status.success(), "the built program does not run");
-    timeline::peak_of(log, workspace.crates)
+    assert_success(&app, "the program cargo built");
+    timeline::assert_peak_within(&log, workspace.crates, bound, what);
 }
 
 #[test]
 fn cargo_under_steve_run_stays_within_n() {
     let jobs = 3;
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("timeline");
     let mut cargo = command();
     cargo
         .args(["run", "-j", &jobs.to_string(), "--"])
@@ -44,13 +42,7 @@ fn cargo_under_steve_run_stays_within_n() {
         .env_remove("MAKEFLAGS")
         .env_remove("MFLAGS")
         .env_remove("CARGO_MAKEFLAGS");
-    let peak = cargo_build(cargo, dir.path(), &log);
-    eprintln!("cargo under steve run -j{jobs}: peak {peak} rustc at once");
-    assert!(peak <= jobs, "peak {peak} rustc exceeds -j{jobs}");
-    assert!(
-        peak >= 2,
-        "peak {peak}: cargo did not build crates in parallel"
-    );
+    cargo_build(cargo, dir.path(), jobs, &format!("cargo under steve run -j{jobs}, rustc"));
 }
 
 #[test]
@@ -58,16 +50,7 @@ fn cargo_against_the_fifo_server_stays_within_the_pool_plus_one() {
     let jobs = 2;
     let server = FifoServer::start(jobs);
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("timeline");
-    let peak = cargo_build(server.client(clients::cargo()), dir.path(), &log);
-    eprintln!("cargo on the fifo server, -j{jobs}: peak {peak} rustc at once");
-    assert!(
-        peak <= jobs as usize + 1,
-        "peak {peak} rustc exceeds {jobs} tokens + 1 implicit"
-    );
-    assert!(
-        peak >= 2,
-        "peak {peak}: cargo did not build crates in parallel"
-    );
+    let what = format!("cargo on the fifo server with {jobs} tokens, rustc");
+    cargo_build(server.client(clients::cargo()), dir.path(), jobs as usize + 1, &what);
     assert_eq!(server.tokens(), jobs as usize);
 }

@@ -1,22 +1,11 @@
 //! `steve serve --backend fifo` with GNU make 4.4.1 and ninja 1.13.2: concurrency stays within
 //! the pool, several builds share it, and the pool is whole afterwards.
 
-use std::process::Output;
-
 use nix::sys::signal::Signal;
 use steve_tests::steve::FifoServer;
-use steve_tests::{clients, projects, timeline};
+use steve_tests::{assert_success, clients, projects, timeline};
 
 const JOBS: u32 = 3;
-
-fn assert_built(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 #[test]
 fn make_4_4_1_stays_within_the_pool_plus_its_implicit_token() {
@@ -25,25 +14,12 @@ fn make_4_4_1_stays_within_the_pool_plus_its_implicit_token() {
     let log = dir.path().join("timeline");
     projects::makefile(dir.path(), "job", 10, 0.4, &log);
 
-    let output = server
-        .client(clients::make44())
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_built(&output, "make 4.4.1");
+    let output = server.client(clients::make44()).current_dir(dir.path()).output().unwrap();
+    assert_success(&output, "make 4.4.1");
 
-    let peak = timeline::peak_of(&log, 10);
-    eprintln!("make 4.4.1 on the fifo server, -j{JOBS}: peak {peak}");
-    assert!(
-        peak <= JOBS as usize + 1,
-        "peak {peak} exceeds {JOBS} tokens + 1 implicit"
-    );
-    assert!(peak >= 2, "peak {peak}: make did not run jobs in parallel");
-    assert_eq!(
-        server.tokens(),
-        JOBS as usize,
-        "tokens in the pipe after the build"
-    );
+    let what = format!("make 4.4.1 on the fifo server with {JOBS} tokens");
+    timeline::assert_peak_within(&log, 10, JOBS as usize + 1, &what);
+    assert_eq!(server.tokens(), JOBS as usize, "tokens in the pipe after the build");
 }
 
 fn concurrent_makes(makes: usize) {
@@ -55,26 +31,16 @@ fn concurrent_makes(makes: usize) {
             let project = dir.path().join(format!("make{n}"));
             std::fs::create_dir(&project).unwrap();
             projects::makefile(&project, &format!("m{n}"), 6, 0.4, &log);
-            server
-                .client(clients::make44())
-                .current_dir(&project)
-                .spawn()
-                .unwrap()
+            server.client(clients::make44()).current_dir(&project).spawn().unwrap()
         })
         .collect();
     for child in children {
-        assert_built(&child.wait_with_output().unwrap(), "make 4.4.1");
+        assert_success(&child.wait_with_output().unwrap(), "make 4.4.1");
     }
-    let peak = timeline::peak_of(&log, 6 * makes);
+    // The pool plus one implicit token per make.
     let bound = JOBS as usize + makes;
-    eprintln!(
-        "{makes} makes at once on the fifo server, -j{JOBS}: combined peak {peak} (bound {bound})"
-    );
-    assert!(
-        peak <= bound,
-        "combined peak {peak} exceeds {JOBS} tokens + {makes} implicit"
-    );
-    assert!(peak >= 2, "peak {peak}: nothing ran in parallel");
+    let what = format!("{makes} makes 4.4.1 at once on the fifo server with {JOBS} tokens");
+    timeline::assert_peak_within(&log, 6 * makes, bound, &what);
     assert_eq!(server.tokens(), JOBS as usize);
 }
 
@@ -95,25 +61,13 @@ fn ninja_1_13_2_stays_within_the_pool_plus_its_implicit_token() {
     let log = dir.path().join("timeline");
     projects::ninja_file(dir.path(), 10, 0.4, &log);
 
-    let output = server
-        .client(clients::ninja())
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_built(&output, "ninja");
+    let output = server.client(clients::ninja()).current_dir(dir.path()).output().unwrap();
+    assert_success(&output, "ninja");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        !stdout.contains("Not a fifo"),
-        "ninja refused the pipe: {stdout}"
-    );
+    assert!(!stdout.contains("Not a fifo"), "ninja refused the pipe: {stdout}");
 
-    let peak = timeline::peak_of(&log, 10);
-    eprintln!("ninja 1.13.2 on the fifo server, -j{JOBS}: peak {peak}");
-    assert!(
-        peak <= JOBS as usize + 1,
-        "peak {peak} exceeds {JOBS} tokens + 1 implicit"
-    );
-    assert!(peak >= 2, "peak {peak}: ninja did not run jobs in parallel");
+    let what = format!("ninja 1.13.2 on the fifo server with {JOBS} tokens");
+    timeline::assert_peak_within(&log, 10, JOBS as usize + 1, &what);
     assert_eq!(server.tokens(), JOBS as usize);
 }
 
@@ -123,9 +77,7 @@ fn sigusr1_logs_a_status_report_and_sigterm_removes_the_pipe() {
     server.signal(Signal::SIGUSR1);
     let report = server.wait_for_log("status of fifo jobserver");
     assert!(
-        report.contains(&format!(
-            "jobs {JOBS}, pool {JOBS}, free {JOBS}, held 0, withheld 0"
-        )),
+        report.contains(&format!("jobs {JOBS}, pool {JOBS}, free {JOBS}, held 0, withheld 0")),
         "{report}"
     );
     assert!(report.contains("waiters unknown"), "{report}");
@@ -157,8 +109,27 @@ fn a_directory_steve_made_is_removed_at_exit_and_one_it_found_is_kept() {
     assert!(made.is_dir());
     assert!(server.stop_with(Signal::SIGTERM).success());
     assert!(!made.exists(), "the directory steve made is still there");
-    assert!(
-        dir.path().join("steve.log").exists(),
-        "a file steve did not make was removed"
-    );
+    assert!(dir.path().join("steve.log").exists(), "a file steve did not make was removed");
+}
+
+#[test]
+fn mode_and_group_options_set_the_pipes_access() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let own_gid = nix::unistd::getegid();
+    let group = nix::unistd::Group::from_gid(own_gid).unwrap().expect("own group has a name");
+    let path = dir.path().join("jobserver");
+    let log = dir.path().join("steve.log");
+    let server =
+        FifoServer::start_at(&path, &log, &["--mode", "0640", "--group", &group.name]).unwrap();
+    let metadata = std::fs::metadata(&server.path).unwrap();
+    assert_eq!(metadata.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(metadata.gid(), own_gid.as_raw());
+    drop(server);
+
+    // Without --mode: 0666 for root's machine-wide server, 0600 for a user's own.
+    let server = FifoServer::start(1);
+    let mode = std::fs::metadata(&server.path).unwrap().permissions().mode() & 0o7777;
+    let expected = if nix::unistd::geteuid().is_root() { 0o666 } else { 0o600 };
+    assert_eq!(mode, expected, "default mode {mode:o}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use steve_tests::steve::{command, stderr_lines};
-use steve_tests::{clients, projects, timeline, wait_for};
+use steve_tests::{assert_success, clients, projects, timeline, wait_for};
 
 const JOBS: u32 = 3;
 
@@ -32,23 +32,11 @@ fn make_4_3_under_steve_run_stays_within_n() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output, "make 4.3 under steve run");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("jobserver"),
-        "make complained about the jobserver: {stderr}"
-    );
-    let peak = timeline::peak_of(&log, 10);
-    eprintln!("make 4.3 under steve run -j{JOBS}: peak {peak}");
-    assert!(peak <= JOBS as usize, "peak {peak} exceeds -j{JOBS}");
-    assert!(
-        peak >= 2,
-        "peak {peak}: make 4.3 did not use the jobserver's tokens"
-    );
+    assert!(!stderr.contains("jobserver"), "make complained about the jobserver: {stderr}");
+    let what = format!("make 4.3 under steve run -j{JOBS}");
+    timeline::assert_peak_within(&log, 10, JOBS as usize, &what);
 }
 
 #[test]
@@ -70,85 +58,62 @@ fn make_4_4_1_under_steve_run_style_fifo_stays_within_n_and_the_pipe_is_removed(
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let peak = timeline::peak_of(&log, 10);
-    eprintln!("make 4.4.1 under steve run --style fifo -j{JOBS}: peak {peak}");
-    assert!(peak <= JOBS as usize, "peak {peak} exceeds -j{JOBS}");
-    assert!(
-        peak >= 2,
-        "peak {peak}: make did not use the jobserver's tokens"
-    );
+    assert_success(&output, "make 4.4.1 under steve run --style fifo");
+    let what = format!("make 4.4.1 under steve run -j{JOBS} --style fifo");
+    timeline::assert_peak_within(&log, 10, JOBS as usize, &what);
 
     let flags = std::fs::read_to_string(&flags_file).unwrap();
     let fifo = flags
         .split_whitespace()
         .find_map(|w| w.strip_prefix("--jobserver-auth=fifo:"))
         .unwrap_or_else(|| panic!("no fifo in {flags:?}"));
-    assert!(
-        !std::path::Path::new(fifo).exists(),
-        "{fifo} was left behind"
-    );
+    assert!(!std::path::Path::new(fifo).exists(), "{fifo} was left behind");
 }
 
 #[test]
 fn the_commands_exit_status_is_steves() {
     let status = steve_run(&["--", "sh", "-c", "exit 7"]).status().unwrap();
     assert_eq!(status.code(), Some(7));
-    let status = steve_run(&["--", "sh", "-c", "kill -KILL $$"])
-        .status()
-        .unwrap();
+    let status = steve_run(&["--", "sh", "-c", "kill -KILL $$"]).status().unwrap();
     assert_eq!(status.code(), Some(128 + 9));
     let output = steve_run(&["--", "/nonexistent/command"]).output().unwrap();
     assert_eq!(output.status.code(), Some(127));
-    assert_eq!(
-        stderr_lines(&output).len(),
-        1,
-        "{:?}",
-        stderr_lines(&output)
-    );
+    assert_eq!(stderr_lines(&output).len(), 1, "{:?}", stderr_lines(&output));
 }
 
 #[test]
-fn sigterm_to_steve_reaches_the_command() {
+fn sigusr1_reports_and_sigterm_reaches_the_command() {
     let dir = tempfile::tempdir().unwrap();
     let ready = dir.path().join("ready");
-    let script = format!(
-        "trap 'exit 42' TERM; touch {}; while :; do sleep 0.05; done",
-        ready.display()
-    );
-    let mut child = steve_run(&["--", "sh", "-c", &script])
+    let log = dir.path().join("steve.log");
+    let script =
+        format!("trap 'exit 42' TERM; touch {}; while :; do sleep 0.05; done", ready.display());
+    let mut child = steve_run(&["-j", "4", "--", "sh", "-c", &script])
         .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    wait_for("the command to start", Duration::from_secs(20), || {
-        ready.exists().then_some(())
+    wait_for("the command to start", Duration::from_secs(20), || ready.exists().then_some(()));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGUSR1).unwrap();
+    let report = wait_for("a status report", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.lines().find(|line| line.contains("status of pipe jobserver")).map(str::to_string)
     });
+    assert!(report.contains("jobs 4, pool 3, free 3, held 0"), "{report}");
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(
-        status.code(),
-        Some(42),
-        "the command did not see SIGTERM: {status}"
-    );
+    assert_eq!(status.code(), Some(42), "the command did not see SIGTERM: {status}");
 }
 
 #[test]
 fn a_token_not_returned_is_reported() {
     // The command takes one token from the private named pipe and exits holding it.
     let script = r#"p="${MAKEFLAGS##*fifo:}"; dd if="$p" of=/dev/null bs=1 count=1 2>/dev/null"#;
-    let output = steve_run(&["-j", "3", "--style", "fifo", "--", "sh", "-c", script])
-        .output()
-        .unwrap();
+    let output =
+        steve_run(&["-j", "3", "--style", "fifo", "--", "sh", "-c", script]).output().unwrap();
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("1 of 2 jobserver tokens were not returned"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("1 of 2 jobserver tokens were not returned"), "{stderr}");
 
     let output = steve_run(&["-j", "3", "--", "true"]).output().unwrap();
     assert!(
