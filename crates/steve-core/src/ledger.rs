@@ -14,9 +14,11 @@
 //! - `held`: handed out to a client and not yet returned.
 //! - `withheld`: exists, but an allowance (a scheduling limit) keeps it back for now.
 //!
-//! `size` follows the configured `target` (the `-j` value): growing creates tokens at once and
-//! grants them to waiters; shrinking retires free tokens at once and retires held tokens as they
-//! come back, never taking one from its holder.
+//! `size` follows the configured `target` (the `-j` value) plus the tokens clients have *lent*:
+//! growing creates tokens at once and grants them to waiters; shrinking retires free tokens at
+//! once and retires held tokens as they come back, never taking one from its holder. A client
+//! that hands back its implicit token before taking any (a grace return) lends it to the pool
+//! for as long as it lives; [`Ledger::repay`] retires it again the same way a shrink would.
 //!
 //! ```
 //! use steve_core::ledger::{Acquire, Ledger, Wait};
@@ -107,7 +109,9 @@ pub struct Reclaimed<C> {
 pub struct Counts {
     /// The configured number of tokens (`-j`).
     pub target: usize,
-    /// Tokens that exist now; differs from `target` only while a shrink waits for returns.
+    /// Tokens lent to the pool by clients' grace returns, until those clients go.
+    pub lent: usize,
+    /// Tokens that exist now: `target + lent`, or more while a shrink waits for returns.
     pub size: usize,
     /// Tokens that may be handed out now.
     pub free: usize,
@@ -129,6 +133,7 @@ struct Waiter<C> {
 #[derive(Debug, Clone)]
 pub struct Ledger<C> {
     target: usize,
+    lent: usize,
     size: usize,
     free: usize,
     withheld: usize,
@@ -145,6 +150,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     pub fn new(size: usize) -> Self {
         Ledger {
             target: size,
+            lent: 0,
             size,
             free: size,
             withheld: 0,
@@ -221,17 +227,21 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     /// retires free tokens now and held ones as they come back.
     pub fn set_target(&mut self, target: usize) -> Vec<Grant<C>> {
         self.target = target;
-        if target > self.size {
-            let added = target - self.size;
-            self.size = target;
-            self.free += added;
-        } else {
-            self.retire_excess();
-        }
-        self.rebalance();
-        let grants = self.grant_waiters();
-        self.debug_check();
-        grants
+        self.resize()
+    }
+
+    /// A client lends one token to the pool (it returned its implicit token): the pool grows by
+    /// one until [`Ledger::repay`].
+    pub fn lend(&mut self) -> Vec<Grant<C>> {
+        self.lent += 1;
+        self.resize()
+    }
+
+    /// A lending client went away: the token it lent is retired, at once if one is free, else
+    /// from the next return. Does nothing if nothing is lent.
+    pub fn repay(&mut self) -> Vec<Grant<C>> {
+        self.lent = self.lent.saturating_sub(1);
+        self.resize()
     }
 
     /// Limits how many tokens may be out with clients in total (`None`: no limit). Tokens above
@@ -263,6 +273,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     pub fn counts(&self) -> Counts {
         Counts {
             target: self.target,
+            lent: self.lent,
             size: self.size,
             free: self.free,
             held: self.held,
@@ -279,8 +290,28 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             && holdings == self.held
             && self.holders.values().all(|count| *count > 0)
             && (self.queue.is_empty() || self.free == 0)
-            && self.size >= self.target
-            && (self.size == self.target || self.free + self.withheld == 0)
+            && self.size >= self.wanted()
+            && (self.size == self.wanted() || self.free + self.withheld == 0)
+    }
+
+    /// How many tokens should exist.
+    fn wanted(&self) -> usize {
+        self.target + self.lent
+    }
+
+    /// Brings `size` towards `wanted()` after either changed, and grants what became free.
+    fn resize(&mut self) -> Vec<Grant<C>> {
+        let wanted = self.wanted();
+        if wanted > self.size {
+            self.free += wanted - self.size;
+            self.size = wanted;
+        } else {
+            self.retire_excess();
+        }
+        self.rebalance();
+        let grants = self.grant_waiters();
+        self.debug_check();
+        grants
     }
 
     fn debug_check(&self) {
@@ -295,7 +326,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
 
     /// `count` tokens came back from clients: retire what a shrink still owes, keep the rest.
     fn take_back(&mut self, count: usize) {
-        let retired = count.min(self.size - self.target);
+        let retired = count.min(self.size - self.wanted());
         self.size -= retired;
         self.free += count - retired;
         self.rebalance();
@@ -303,7 +334,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
 
     /// Retires free and withheld tokens while more tokens exist than the target asks for.
     fn retire_excess(&mut self) {
-        let excess = self.size - self.target;
+        let excess = self.size - self.wanted();
         let from_withheld = excess.min(self.withheld);
         self.withheld -= from_withheld;
         let from_free = (excess - from_withheld).min(self.free);
@@ -428,6 +459,22 @@ mod tests {
         assert_eq!(ledger.counts().free, 0);
         ledger.release(&3).unwrap();
         assert_eq!(ledger.counts().free, 1);
+    }
+
+    #[test]
+    fn a_lent_token_grows_the_pool_until_repaid() {
+        let mut ledger = Ledger::new(1);
+        ledger.acquire(1, Wait::Queue);
+        let Acquire::Queued(waiter) = ledger.acquire(2, Wait::Queue) else { panic!() };
+        // Client 3 lends its implicit token: it goes to the waiting client at once.
+        assert_eq!(ledger.lend(), vec![Grant { waiter, client: 2 }]);
+        assert_eq!((ledger.counts().size, ledger.counts().lent), (2, 1));
+        // The lender goes while both tokens are out: the next token returned is retired.
+        assert!(ledger.repay().is_empty());
+        assert_eq!(ledger.counts().size, 2);
+        ledger.release(&1).unwrap();
+        let counts = ledger.counts();
+        assert_eq!((counts.size, counts.free, counts.held, counts.lent), (1, 0, 1, 0));
     }
 
     #[test]

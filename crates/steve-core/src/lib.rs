@@ -21,6 +21,7 @@
 //! ```
 
 pub mod backend;
+pub mod device;
 pub mod ledger;
 pub mod makeflags;
 pub mod signals;

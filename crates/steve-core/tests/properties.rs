@@ -15,6 +15,8 @@ enum Op {
     Cancel { nth_waiter: usize },
     SetTarget(usize),
     SetAllowance(Option<usize>),
+    Lend,
+    Repay,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -25,6 +27,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..8).prop_map(|nth_waiter| Op::Cancel { nth_waiter }),
         1 => (0usize..8).prop_map(Op::SetTarget),
         1 => proptest::option::of(0usize..8).prop_map(Op::SetAllowance),
+        1 => Just(Op::Lend),
+        1 => Just(Op::Repay),
     ]
 }
 
@@ -111,6 +115,17 @@ proptest! {
                     granted(&mut held, &mut queue, grants);
                     prop_assert!(ledger.counts().held >= before.held);
                 }
+                Op::Lend => {
+                    let grants = ledger.lend();
+                    granted(&mut held, &mut queue, grants);
+                    prop_assert_eq!(ledger.counts().lent, before.lent + 1);
+                }
+                Op::Repay => {
+                    let grants = ledger.repay();
+                    granted(&mut held, &mut queue, grants);
+                    prop_assert_eq!(ledger.counts().lent, before.lent.saturating_sub(1));
+                    prop_assert!(ledger.counts().held >= before.held);
+                }
             }
             let counts = ledger.counts();
             prop_assert!(ledger.is_consistent(), "{:?}", ledger);
@@ -124,10 +139,14 @@ proptest! {
                 queue.clone()
             );
         }
-        // Once everything is returned, the pool is whole at its target again. Reclaiming one
-        // client may grant a later client's queued request; that client is reclaimed in turn.
+        // Once everything is returned and repaid, the pool is whole at its target again.
+        // Reclaiming one client may grant a later client's queued request; that client is
+        // reclaimed in turn.
         for client in 0..5u8 {
             ledger.reclaim(&client);
+        }
+        while ledger.counts().lent > 0 {
+            ledger.repay();
         }
         ledger.set_allowance(None);
         let counts = ledger.counts();

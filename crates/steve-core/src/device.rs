@@ -1,0 +1,637 @@
+//! Device semantics: the jobserver rules every per-process transport follows (the CUSE character
+//! device, a FUSE file), written once here and tested without a kernel.
+//!
+//! The transport turns kernel requests into calls ([`Device::read`], [`Device::write`],
+//! [`Device::poll`], [`Device::interrupt`], [`Device::process_exited`], [`Device::expire`]) and
+//! carries out the [`Event`]s the device queues in return: answering a read that waited, waking a
+//! poller. Time is passed in, never read here, so tests can drive it.
+//!
+//! The rules:
+//! - one token per read, whatever the buffer size; any byte written back is one token;
+//! - accounting is per process (the caller's thread-group id), not per open file: make reads
+//!   from one descriptor and writes to another;
+//! - a blocking read with nothing free waits in one fair FIFO queue, shared with pollers; a
+//!   non-blocking read gets `EAGAIN` ([`ReadOutcome::WouldBlock`]);
+//! - a poll says readable only when the caller can take a token now, and then reserves it for
+//!   the caller; a poller that reaches the head of the queue gets a token reserved for a short
+//!   time and a wake-up, so blocking readers cannot starve it; an unused reservation expires and
+//!   the token moves on;
+//! - a process that exits gives back everything it held, and its queued requests go;
+//! - writing back a token the process does not hold is refused (`ENOSPC`), except one *grace
+//!   return* by a process that has taken nothing yet: it lends its implicit token to the pool
+//!   until it exits;
+//! - an interrupted blocking read leaves the queue without losing a token.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use steve_core::device::{Device, Event, ReadOutcome, RequestId};
+//!
+//! let now = Instant::now();
+//! let mut device = Device::new(1, Duration::from_millis(500));
+//! assert_eq!(device.read(100, RequestId(1), false), ReadOutcome::Token);
+//! assert_eq!(device.read(200, RequestId(2), false), ReadOutcome::Pending);
+//! device.write(100, 1, now).unwrap();
+//! assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(2), pid: 200 }]);
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::ledger::{Acquire, Counts, Grant, Ledger, Wait, WaiterId};
+
+/// A process, by its thread-group id.
+pub type Pid = u32;
+
+/// A request the transport must answer: the kernel's `unique`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// A kernel poll handle, given back in a poll notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PollHandle(pub u64);
+
+/// The answer to a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Hand out one token now.
+    Token,
+    /// Nothing free and the reader asked not to wait: `EAGAIN`.
+    WouldBlock,
+    /// The read waits; an [`Event::Answer`] or [`Event::Interrupted`] will settle it.
+    Pending,
+}
+
+/// Something the transport must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Answer the waiting read `request` with one token: `pid` holds it now.
+    Answer {
+        /// The read to answer.
+        request: RequestId,
+        /// The process that holds the token.
+        pid: Pid,
+    },
+    /// Answer the waiting read `request` with `EINTR`: its process is gone.
+    Interrupted {
+        /// The read to answer.
+        request: RequestId,
+    },
+    /// Wake the pollers behind `handle`: a token is reserved for `pid`.
+    Wake {
+        /// The kernel's poll handle.
+        handle: PollHandle,
+        /// The process the token is reserved for.
+        pid: Pid,
+    },
+}
+
+/// A write was refused: the process holds no token to return and its grace return is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotHeld;
+
+impl fmt::Display for NotHeld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("token written back by a process that holds none")
+    }
+}
+
+impl std::error::Error for NotHeld {}
+
+/// What a departed process left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Departed {
+    /// Tokens it had taken and not returned.
+    pub tokens: usize,
+    /// Whether a token was reserved for it (not counted in `tokens`).
+    pub reservation: bool,
+    /// Whether it had lent its implicit token (now retired again).
+    pub lent: bool,
+}
+
+/// Running totals since the device started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Tokens handed out (reads answered with a token).
+    pub grants: u64,
+    /// Tokens written back by their holders.
+    pub returns: u64,
+    /// Tokens taken back from processes that exited holding them.
+    pub reclaimed: u64,
+    /// Writes refused with `ENOSPC`.
+    pub refused: u64,
+    /// Grace returns accepted.
+    pub grace_returns: u64,
+    /// Waiting reads ended by an interrupt.
+    pub interrupts: u64,
+    /// Reservations that expired unused.
+    pub expired_reservations: u64,
+}
+
+/// How a process waits, as shown in a status report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitKind {
+    /// A blocking read.
+    Blocking,
+    /// A poll that asked to be notified.
+    Polling,
+}
+
+#[derive(Debug, Default)]
+struct Process {
+    /// It has been handed a token at least once (so a write cannot be a grace return).
+    taken_any: bool,
+    /// It used its grace return, lending its implicit token to the pool.
+    lent: bool,
+    /// A token held for it in the ledger, until this deadline.
+    reserved_until: Option<Instant>,
+    /// Its place in the queue as a poller.
+    poll_waiter: Option<WaiterId>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Waiting {
+    Read(RequestId),
+    Poll(PollHandle),
+}
+
+/// The jobserver state of one per-process transport.
+#[derive(Debug)]
+pub struct Device {
+    ledger: Ledger<Pid>,
+    reservation: Duration,
+    processes: HashMap<Pid, Process>,
+    waiting: HashMap<WaiterId, (Pid, Waiting)>,
+    reads: HashMap<RequestId, WaiterId>,
+    events: Vec<Event>,
+    counters: Counters,
+}
+
+impl Device {
+    /// A device with `jobs` tokens, holding a poller's token for `reservation`.
+    pub fn new(jobs: usize, reservation: Duration) -> Device {
+        Device {
+            ledger: Ledger::new(jobs),
+            reservation,
+            processes: HashMap::new(),
+            waiting: HashMap::new(),
+            reads: HashMap::new(),
+            events: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// `pid` reads one token with request `request`.
+    pub fn read(&mut self, pid: Pid, request: RequestId, nonblocking: bool) -> ReadOutcome {
+        let process = self.processes.entry(pid).or_default();
+        if process.reserved_until.take().is_some() {
+            process.taken_any = true;
+            self.counters.grants += 1;
+            return ReadOutcome::Token;
+        }
+        let wait = if nonblocking { Wait::NoWait } else { Wait::Queue };
+        match self.ledger.acquire(pid, wait) {
+            Acquire::Granted => {
+                process.taken_any = true;
+                self.counters.grants += 1;
+                ReadOutcome::Token
+            }
+            Acquire::Queued(waiter) => {
+                self.waiting.insert(waiter, (pid, Waiting::Read(request)));
+                self.reads.insert(request, waiter);
+                ReadOutcome::Pending
+            }
+            Acquire::WouldBlock => ReadOutcome::WouldBlock,
+        }
+    }
+
+    /// `pid` writes `count` bytes back: each is one token. Returns how many were taken; a write
+    /// of which none could be taken is refused. What may be returned is judged as the write
+    /// arrives: a token this write's own returns grant to the writer was never in its hands.
+    pub fn write(&mut self, pid: Pid, count: usize, now: Instant) -> Result<usize, NotHeld> {
+        let process = self.processes.entry(pid).or_default();
+        let reserved = usize::from(process.reserved_until.is_some());
+        let holds = self.ledger.held_by(&pid) - reserved;
+        // A process that never took a token holds none, so a grace return replaces no return.
+        let grace = !process.taken_any && !process.lent;
+        let returns = count.min(holds);
+        let lends = usize::from(grace && count > 0 && returns == 0);
+        if returns + lends == 0 {
+            self.counters.refused += 1;
+            return Err(NotHeld);
+        }
+        if lends == 1 {
+            process.lent = true;
+            self.counters.grace_returns += 1;
+        }
+        let mut grants = Vec::new();
+        for _ in 0..returns {
+            grants.extend(self.ledger.release(&pid).expect("the process holds a token"));
+        }
+        if lends == 1 {
+            grants.extend(self.ledger.lend());
+        }
+        self.counters.returns += returns as u64;
+        self.settle(grants, now);
+        Ok(returns + lends)
+    }
+
+    /// `pid` polls. Returns whether it can read a token now; if so the token is reserved for it.
+    /// With a `handle` (the kernel will wait), a poller that cannot read now queues for a token
+    /// and is woken through the handle when one is reserved for it.
+    pub fn poll(&mut self, pid: Pid, handle: Option<PollHandle>, now: Instant) -> bool {
+        let deadline = now + self.reservation;
+        let process = self.processes.entry(pid).or_default();
+        if process.reserved_until.is_some() {
+            return true;
+        }
+        if process.poll_waiter.is_none()
+            && self.ledger.acquire(pid, Wait::NoWait) == Acquire::Granted
+        {
+            process.reserved_until = Some(deadline);
+            return true;
+        }
+        if let Some(handle) = handle {
+            match process.poll_waiter {
+                // Already queued: keep its place, notify the newest handle.
+                Some(waiter) => {
+                    self.waiting.insert(waiter, (pid, Waiting::Poll(handle)));
+                }
+                None => {
+                    let Acquire::Queued(waiter) = self.ledger.acquire(pid, Wait::Queue) else {
+                        unreachable!("nothing was free a moment ago");
+                    };
+                    process.poll_waiter = Some(waiter);
+                    self.waiting.insert(waiter, (pid, Waiting::Poll(handle)));
+                }
+            }
+        }
+        false
+    }
+
+    /// The read `request` was interrupted. Returns whether it was still waiting (answer it with
+    /// `EINTR`); `false` if it was answered already or never waited.
+    pub fn interrupt(&mut self, request: RequestId) -> bool {
+        let Some(waiter) = self.reads.remove(&request) else { return false };
+        self.waiting.remove(&waiter);
+        self.ledger.cancel(waiter);
+        self.counters.interrupts += 1;
+        true
+    }
+
+    /// `pid` exited: everything it held comes back, its requests leave the queue, a token it
+    /// lent is retired. `None` if the device never saw it.
+    pub fn process_exited(&mut self, pid: Pid, now: Instant) -> Option<Departed> {
+        let process = self.processes.remove(&pid)?;
+        let reclaimed = self.ledger.reclaim(&pid);
+        for waiter in reclaimed.cancelled {
+            if let Some((_, Waiting::Read(request))) = self.waiting.remove(&waiter) {
+                self.reads.remove(&request);
+                self.events.push(Event::Interrupted { request });
+            }
+        }
+        let reservation = process.reserved_until.is_some();
+        let tokens = reclaimed.tokens - usize::from(reservation);
+        self.counters.reclaimed += tokens as u64;
+        self.settle(reclaimed.grants, now);
+        if process.lent {
+            let grants = self.ledger.repay();
+            self.settle(grants, now);
+        }
+        Some(Departed { tokens, reservation, lent: process.lent })
+    }
+
+    /// Ends the reservations due by `now`; their tokens move on to the next in the queue.
+    pub fn expire(&mut self, now: Instant) {
+        let due: Vec<Pid> = self
+            .processes
+            .iter()
+            .filter(|(_, process)| process.reserved_until.is_some_and(|until| until <= now))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in due {
+            if let Some(process) = self.processes.get_mut(&pid) {
+                process.reserved_until = None;
+            }
+            self.counters.expired_reservations += 1;
+            let grants = self.ledger.release(&pid).expect("a reservation is a held token");
+            self.settle(grants, now);
+        }
+    }
+
+    /// When the next reservation expires, if any is held.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.processes.values().filter_map(|process| process.reserved_until).min()
+    }
+
+    /// Changes the pool size: growing answers waiters at once, shrinking takes tokens as they
+    /// come back.
+    pub fn set_jobs(&mut self, jobs: usize, now: Instant) {
+        let grants = self.ledger.set_target(jobs);
+        self.settle(grants, now);
+    }
+
+    /// The events queued since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Whether the device knows `pid` (it made a request and has not exited).
+    pub fn knows(&self, pid: Pid) -> bool {
+        self.processes.contains_key(&pid)
+    }
+
+    /// The pool's counters.
+    pub fn counts(&self) -> Counts {
+        self.ledger.counts()
+    }
+
+    /// Running totals.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Tokens `pid` has taken and not returned (a reservation not counted).
+    pub fn held_by(&self, pid: Pid) -> usize {
+        let reserved = self.processes.get(&pid).is_some_and(|p| p.reserved_until.is_some());
+        self.ledger.held_by(&pid) - usize::from(reserved)
+    }
+
+    /// Every process holding tokens, with how many it has taken (reservations not counted).
+    pub fn holders(&self) -> Vec<(Pid, usize)> {
+        let mut holders: Vec<(Pid, usize)> = self
+            .ledger
+            .holdings()
+            .map(|(pid, _)| (*pid, self.held_by(*pid)))
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        holders.sort_unstable();
+        holders
+    }
+
+    /// The queue, oldest first.
+    pub fn waiters(&self) -> Vec<(Pid, WaitKind)> {
+        self.ledger
+            .waiters()
+            .map(|(waiter, pid)| {
+                let kind = match self.waiting.get(&waiter) {
+                    Some((_, Waiting::Poll(_))) => WaitKind::Polling,
+                    _ => WaitKind::Blocking,
+                };
+                (*pid, kind)
+            })
+            .collect()
+    }
+
+    /// Whether the device's own books agree with the ledger's.
+    pub fn is_consistent(&self) -> bool {
+        let waiters_agree = self.ledger.waiters().count() == self.waiting.len()
+            && self.reads.len()
+                == self.waiting.values().filter(|(_, w)| matches!(w, Waiting::Read(_))).count();
+        let reservations_held = self
+            .processes
+            .iter()
+            .all(|(pid, process)| process.reserved_until.is_none() || self.ledger.held_by(pid) > 0);
+        self.ledger.is_consistent() && waiters_agree && reservations_held
+    }
+
+    /// Carries out the ledger's grants: answer a waiting read, or reserve for a poller and wake
+    /// it.
+    fn settle(&mut self, grants: Vec<Grant<Pid>>, now: Instant) {
+        for grant in grants {
+            let Some((pid, waiting)) = self.waiting.remove(&grant.waiter) else {
+                unreachable!("every queued request is on the books");
+            };
+            let process = self.processes.entry(pid).or_default();
+            match waiting {
+                Waiting::Read(request) => {
+                    self.reads.remove(&request);
+                    process.taken_any = true;
+                    self.counters.grants += 1;
+                    self.events.push(Event::Answer { request, pid });
+                }
+                Waiting::Poll(handle) => {
+                    process.poll_waiter = None;
+                    process.reserved_until = Some(now + self.reservation);
+                    self.events.push(Event::Wake { handle, pid });
+                }
+            }
+        }
+        debug_assert!(self.is_consistent(), "device books disagree: {self:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESERVE: Duration = Duration::from_millis(500);
+
+    fn device(jobs: usize) -> (Device, Instant) {
+        (Device::new(jobs, RESERVE), Instant::now())
+    }
+
+    #[test]
+    fn one_token_per_read_then_eagain_when_nonblocking() {
+        let (mut device, _) = device(2);
+        assert_eq!(device.read(1, RequestId(1), true), ReadOutcome::Token);
+        assert_eq!(device.read(1, RequestId(2), true), ReadOutcome::Token);
+        assert_eq!(device.read(1, RequestId(3), true), ReadOutcome::WouldBlock);
+        assert_eq!(device.held_by(1), 2);
+    }
+
+    #[test]
+    fn blocking_reads_wait_in_order_and_are_answered_by_returns() {
+        let (mut device, now) = device(1);
+        device.read(1, RequestId(1), false);
+        assert_eq!(device.read(2, RequestId(2), false), ReadOutcome::Pending);
+        assert_eq!(device.read(3, RequestId(3), false), ReadOutcome::Pending);
+        device.write(1, 1, now).unwrap();
+        assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(2), pid: 2 }]);
+        device.write(2, 1, now).unwrap();
+        assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(3), pid: 3 }]);
+    }
+
+    #[test]
+    fn accounting_is_per_process_whatever_the_request() {
+        let (mut device, now) = device(2);
+        // make reads on one descriptor and writes on another: the pid is what counts.
+        device.read(7, RequestId(1), false);
+        assert_eq!(device.write(7, 1, now), Ok(1));
+        assert_eq!(device.write(8, 1, now), Ok(1), "a new process's first write is its grace");
+        assert_eq!(device.write(8, 1, now), Err(NotHeld));
+    }
+
+    #[test]
+    fn a_write_not_held_is_refused_except_one_grace_return_before_any_read() {
+        let (mut device, now) = device(1);
+        // A new process lends its implicit token: the pool grows by one while it lives.
+        assert_eq!(device.write(5, 1, now), Ok(1));
+        assert_eq!(device.counts().size, 2);
+        assert_eq!(device.write(5, 1, now), Err(NotHeld), "only one grace return");
+        // A process that has read once gets no grace: its write must be of a held token.
+        device.read(6, RequestId(1), false);
+        device.write(6, 1, now).unwrap();
+        assert_eq!(device.write(6, 1, now), Err(NotHeld));
+        let counters = device.counters();
+        assert_eq!((counters.grace_returns, counters.refused, counters.returns), (1, 2, 1));
+        // When the lender exits, its token is retired again.
+        device.process_exited(5, now).unwrap();
+        assert_eq!(device.counts().size, 1);
+        assert_eq!(device.counts().free, 1);
+    }
+
+    #[test]
+    fn a_write_does_not_return_a_token_its_own_grace_return_granted() {
+        // Found by the property test: a waiting reader writes two bytes holding nothing. The
+        // first is its grace return, whose token answers its own waiting read; the second must
+        // not return that token, which the process never saw.
+        let (mut device, now) = device(0);
+        assert_eq!(device.read(1, RequestId(1), false), ReadOutcome::Pending);
+        assert_eq!(device.write(1, 2, now), Ok(1));
+        assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(1), pid: 1 }]);
+        assert_eq!(device.held_by(1), 1);
+    }
+
+    #[test]
+    fn a_write_of_many_bytes_takes_what_is_held() {
+        let (mut device, now) = device(3);
+        device.read(1, RequestId(1), false);
+        device.read(1, RequestId(2), false);
+        assert_eq!(device.write(1, 5, now), Ok(2));
+        assert_eq!(device.counts().free, 3);
+    }
+
+    #[test]
+    fn poll_is_readable_only_when_a_token_can_be_taken_and_reserves_it() {
+        let (mut device, now) = device(1);
+        assert!(device.poll(1, Some(PollHandle(10)), now));
+        // The token is reserved for process 1: a blocking reader waits, a non-blocking one
+        // gets EAGAIN, and process 1 reads it.
+        assert_eq!(device.read(2, RequestId(1), true), ReadOutcome::WouldBlock);
+        assert!(!device.poll(3, None, now));
+        assert_eq!(device.read(1, RequestId(2), true), ReadOutcome::Token);
+        assert_eq!(device.held_by(1), 1);
+    }
+
+    #[test]
+    fn a_poller_at_the_head_of_the_queue_gets_a_reservation_before_a_later_blocking_reader() {
+        let (mut device, now) = device(1);
+        device.read(1, RequestId(1), false);
+        assert!(!device.poll(2, Some(PollHandle(20)), now));
+        assert_eq!(device.read(3, RequestId(3), false), ReadOutcome::Pending);
+        assert_eq!(device.waiters(), vec![(2, WaitKind::Polling), (3, WaitKind::Blocking)]);
+
+        device.write(1, 1, now).unwrap();
+        assert_eq!(device.take_events(), vec![Event::Wake { handle: PollHandle(20), pid: 2 }]);
+        // The blocking reader cannot take the poller's token.
+        assert_eq!(device.read(3, RequestId(4), true), ReadOutcome::WouldBlock);
+        assert_eq!(device.read(2, RequestId(5), true), ReadOutcome::Token);
+        device.write(2, 1, now).unwrap();
+        assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(3), pid: 3 }]);
+    }
+
+    #[test]
+    fn an_unused_reservation_expires_and_the_token_moves_on() {
+        let (mut device, now) = device(1);
+        assert!(device.poll(1, Some(PollHandle(1)), now));
+        assert_eq!(device.read(2, RequestId(1), false), ReadOutcome::Pending);
+        assert_eq!(device.next_deadline(), Some(now + RESERVE));
+        device.expire(now + RESERVE / 2);
+        assert!(device.take_events().is_empty(), "expired early");
+        device.expire(now + RESERVE);
+        assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(1), pid: 2 }]);
+        assert_eq!(device.counters().expired_reservations, 1);
+        assert_eq!(device.next_deadline(), None);
+        assert_eq!(device.held_by(1), 0);
+    }
+
+    #[test]
+    fn a_repeated_poll_keeps_its_place_and_notifies_the_newest_handle() {
+        let (mut device, now) = device(1);
+        device.read(1, RequestId(1), false);
+        device.poll(2, Some(PollHandle(1)), now);
+        device.read(3, RequestId(2), false);
+        device.poll(2, Some(PollHandle(2)), now);
+        assert_eq!(device.waiters().len(), 2);
+        device.write(1, 1, now).unwrap();
+        assert_eq!(device.take_events(), vec![Event::Wake { handle: PollHandle(2), pid: 2 }]);
+    }
+
+    #[test]
+    fn an_interrupted_read_leaves_the_queue_without_losing_a_token() {
+        let (mut device, now) = device(1);
+        device.read(1, RequestId(1), false);
+        device.read(2, RequestId(2), false);
+        assert!(device.interrupt(RequestId(2)));
+        assert!(!device.interrupt(RequestId(2)), "interrupted twice");
+        device.write(1, 1, now).unwrap();
+        assert!(device.take_events().is_empty());
+        assert_eq!(device.counts().free, 1);
+        // An interrupt for a read already answered changes nothing.
+        assert_eq!(device.read(2, RequestId(3), false), ReadOutcome::Token);
+        assert!(!device.interrupt(RequestId(3)));
+        assert_eq!(device.held_by(2), 1);
+    }
+
+    #[test]
+    fn an_exiting_holder_gives_everything_back_to_the_queue_in_order() {
+        let (mut device, now) = device(3);
+        for request in 1..=3 {
+            device.read(1, RequestId(request), false);
+        }
+        device.poll(2, Some(PollHandle(9)), now);
+        device.read(3, RequestId(4), false);
+        let departed = device.process_exited(1, now).unwrap();
+        assert_eq!(departed, Departed { tokens: 3, reservation: false, lent: false });
+        assert_eq!(
+            device.take_events(),
+            vec![
+                Event::Wake { handle: PollHandle(9), pid: 2 },
+                Event::Answer { request: RequestId(4), pid: 3 }
+            ]
+        );
+        assert_eq!(device.counts().free, 1);
+        assert_eq!(device.counters().reclaimed, 3);
+    }
+
+    #[test]
+    fn a_poller_exiting_with_a_reservation_passes_the_token_on() {
+        let (mut device, now) = device(1);
+        assert!(device.poll(1, Some(PollHandle(1)), now));
+        device.read(2, RequestId(1), false);
+        let departed = device.process_exited(1, now).unwrap();
+        assert_eq!(departed, Departed { tokens: 0, reservation: true, lent: false });
+        assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(1), pid: 2 }]);
+        assert_eq!(device.counters().reclaimed, 0, "a reservation was never taken");
+    }
+
+    #[test]
+    fn an_exiting_process_with_a_waiting_read_gets_it_interrupted() {
+        let (mut device, now) = device(1);
+        device.read(1, RequestId(1), false);
+        device.read(2, RequestId(2), false);
+        device.process_exited(2, now).unwrap();
+        assert_eq!(device.take_events(), vec![Event::Interrupted { request: RequestId(2) }]);
+        device.write(1, 1, now).unwrap();
+        assert!(device.take_events().is_empty());
+        assert!(device.process_exited(2, now).is_none(), "exited twice");
+    }
+
+    #[test]
+    fn growing_the_pool_answers_waiters() {
+        let (mut device, now) = device(1);
+        device.read(1, RequestId(1), false);
+        device.read(2, RequestId(2), false);
+        device.poll(3, Some(PollHandle(3)), now);
+        device.set_jobs(3, now);
+        assert_eq!(
+            device.take_events(),
+            vec![
+                Event::Answer { request: RequestId(2), pid: 2 },
+                Event::Wake { handle: PollHandle(3), pid: 3 }
+            ]
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Property tests of the device semantics: random reads, writes, polls, interrupts, exits, pool
+//! changes and the passing of time, with the books checked after every step, every waiting read
+//! settled exactly once and for its own process, and the pool whole once everyone has gone.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use steve_core::device::{Device, Event, PollHandle, ReadOutcome, RequestId};
+
+const RESERVE: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+enum Op {
+    Read { pid: u32, nonblocking: bool },
+    Write { pid: u32, count: usize },
+    Poll { pid: u32, notify: bool },
+    Interrupt { nth: usize },
+    Exit { pid: u32 },
+    Advance { millis: u64 },
+    SetJobs(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1u32..5, any::<bool>()).prop_map(|(pid, nonblocking)| Op::Read { pid, nonblocking }),
+        4 => (1u32..5, 1usize..3).prop_map(|(pid, count)| Op::Write { pid, count }),
+        3 => (1u32..5, any::<bool>()).prop_map(|(pid, notify)| Op::Poll { pid, notify }),
+        1 => (0usize..4).prop_map(|nth| Op::Interrupt { nth }),
+        1 => (1u32..5).prop_map(|pid| Op::Exit { pid }),
+        2 => (0u64..800).prop_map(|millis| Op::Advance { millis }),
+        1 => (0usize..5).prop_map(Op::SetJobs),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn device_books_balance_and_every_waiting_read_is_settled_once(
+        jobs in 0usize..4,
+        ops in proptest::collection::vec(op(), 0..100),
+    ) {
+        let start = Instant::now();
+        let mut now = start;
+        let mut device = Device::new(jobs, RESERVE);
+        let mut next_request = 0u64;
+        // Reads waiting for an answer, with their process.
+        let mut waiting: HashMap<RequestId, u32> = HashMap::new();
+        let mut order: Vec<RequestId> = Vec::new();
+
+        for op in ops {
+            match op {
+                Op::Read { pid, nonblocking } => {
+                    next_request += 1;
+                    let request = RequestId(next_request);
+                    let before = device.held_by(pid);
+                    match device.read(pid, request, nonblocking) {
+                        ReadOutcome::Token => prop_assert_eq!(device.held_by(pid), before + 1),
+                        ReadOutcome::Pending => {
+                            prop_assert!(!nonblocking);
+                            waiting.insert(request, pid);
+                            order.push(request);
+                        }
+                        ReadOutcome::WouldBlock => prop_assert!(nonblocking),
+                    }
+                }
+                Op::Write { pid, count } => {
+                    let before = device.held_by(pid);
+                    match device.write(pid, count, now) {
+                        Ok(accepted) => {
+                            prop_assert!(accepted >= 1 && accepted <= count);
+                            // Held tokens, or one grace return by a process holding none.
+                            prop_assert!(accepted <= before.max(1), "{} of {}", accepted, before);
+                        }
+                        Err(_) => prop_assert_eq!(before, 0),
+                    }
+                }
+                Op::Poll { pid, notify } => {
+                    let handle = notify.then_some(PollHandle(u64::from(pid)));
+                    if device.poll(pid, handle, now) {
+                        // Readable means a read now gets a token without waiting.
+                        next_request += 1;
+                        let outcome = device.read(pid, RequestId(next_request), true);
+                        prop_assert_eq!(outcome, ReadOutcome::Token);
+                    }
+                }
+                Op::Interrupt { nth } => {
+                    if let Some(request) = order.get(nth).copied() {
+                        let was_waiting = waiting.remove(&request).is_some();
+                        prop_assert_eq!(device.interrupt(request), was_waiting);
+                    }
+                }
+                Op::Exit { pid } => {
+                    device.process_exited(pid, now);
+                    prop_assert!(!device.knows(pid));
+                    prop_assert_eq!(device.held_by(pid), 0);
+                }
+                Op::Advance { millis } => {
+                    now += Duration::from_millis(millis);
+                    device.expire(now);
+                    if let Some(deadline) = device.next_deadline() {
+                        prop_assert!(deadline > now);
+                    }
+                }
+                Op::SetJobs(jobs) => device.set_jobs(jobs, now),
+            }
+            for event in device.take_events() {
+                match event {
+                    Event::Answer { request, pid } => {
+                        prop_assert_eq!(waiting.remove(&request), Some(pid), "answered twice or for another");
+                    }
+                    Event::Interrupted { request } => {
+                        prop_assert!(waiting.remove(&request).is_some(), "interrupted twice");
+                    }
+                    Event::Wake { pid, .. } => {
+                        // The woken poller can read at once.
+                        prop_assert!(device.poll(pid, None, now));
+                    }
+                }
+            }
+            prop_assert!(device.is_consistent(), "{:?}", device);
+        }
+
+        // Everyone leaves; every waiting read is settled and the pool is whole.
+        for pid in 1..5 {
+            device.process_exited(pid, now);
+            for event in device.take_events() {
+                if let Event::Answer { request, .. } | Event::Interrupted { request } = event {
+                    prop_assert!(waiting.remove(&request).is_some());
+                }
+            }
+        }
+        // Later exits can grant to earlier-exited pids only through new requests: none remain.
+        prop_assert!(waiting.is_empty(), "reads never settled: {:?}", waiting);
+        let counts = device.counts();
+        prop_assert_eq!((counts.held, counts.lent, counts.waiting), (0, 0, 0));
+        prop_assert_eq!((counts.size, counts.free), (counts.target, counts.target));
+    }
+}
