@@ -14,6 +14,7 @@ use steve_core::backend::{
 use tracing::info;
 
 // Referenced so that the linker keeps each backend crate and its registry entries.
+use steve_cuse as _;
 use steve_fifo as _;
 
 /// A GNU-make-compatible jobserver: one pool of job slots shared by every build on the machine.
@@ -59,6 +60,16 @@ struct ServeArgs {
     /// Group to give the path (name or number).
     #[arg(long)]
     group: Option<String>,
+    /// cuse: the device's name under /dev.
+    #[arg(long, value_name = "NAME", default_value = "steve")]
+    dev_name: String,
+    /// cuse: the user to run as once the device is set up (name or number).
+    #[arg(long)]
+    user: Option<String>,
+    /// cuse: how long a token reserved for a poll()ing client waits for its read, in
+    /// milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    poll_reservation_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,6 +157,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         path: args.path,
         mode: args.mode,
         group: args.group,
+        device_name: Some(args.dev_name),
+        user: args.user,
+        poll_reservation: std::time::Duration::from_millis(args.poll_reservation_ms),
     };
     let mut announce = |announcement: &Announcement| {
         info!("clients use MAKEFLAGS='{}'", announcement.makeflags);

@@ -31,6 +31,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::time::Duration;
 
 /// The error a backend reports: its own typed error, boxed so that the registry can carry any.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -86,7 +87,16 @@ pub struct ServeConfig {
     pub mode: Option<u32>,
     /// Group to give the path, by name or number.
     pub group: Option<String>,
+    /// Device backends: the device's name under /dev; `None` for `steve`.
+    pub device_name: Option<String>,
+    /// Device backends: the user to become once the device is set up.
+    pub user: Option<String>,
+    /// Device backends: how long a token reserved for a poller waits to be read.
+    pub poll_reservation: Duration,
 }
+
+/// How long a poller's reserved token waits for its read, unless told otherwise.
+pub const DEFAULT_POLL_RESERVATION: Duration = Duration::from_millis(500);
 
 /// What a server tells once it is ready for clients.
 #[derive(Debug, Clone, PartialEq, Eq)]

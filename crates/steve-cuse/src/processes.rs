@@ -1,0 +1,142 @@
+//! The client processes the device has seen: each request names the calling *thread*, the
+//! device accounts per *process*, and a pidfd per process tells when it exits.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use steve_core::device::Pid;
+
+use crate::sys::pidfd_open;
+
+/// A process being watched.
+#[derive(Debug)]
+struct Watched {
+    pidfd: OwnedFd,
+    name: String,
+    threads: Vec<u32>,
+}
+
+/// The processes seen, by thread-group id.
+#[derive(Debug, Default)]
+pub struct Processes {
+    watched: HashMap<Pid, Watched>,
+    process_of_thread: HashMap<u32, Pid>,
+}
+
+/// Why a caller could not be watched: it is already gone.
+#[derive(Debug)]
+pub struct Gone(pub io::Error);
+
+impl Processes {
+    /// The process of thread `tid`, watched from now on.
+    pub fn resolve(&mut self, tid: u32) -> Result<Pid, Gone> {
+        if let Some(pid) = self.process_of_thread.get(&tid) {
+            return Ok(*pid);
+        }
+        let pid = thread_group_of(tid).map_err(Gone)?;
+        let watched = match self.watched.entry(pid) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let pidfd = pidfd_open(pid).map_err(Gone)?;
+                let name = fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|name| name.trim_end().to_string())
+                    .unwrap_or_else(|_| "?".to_string());
+                entry.insert(Watched { pidfd, name, threads: Vec::new() })
+            }
+        };
+        watched.threads.push(tid);
+        self.process_of_thread.insert(tid, pid);
+        Ok(pid)
+    }
+
+    /// Whether `pid` has exited (its pidfd is readable).
+    pub fn has_exited(&self, pid: Pid) -> bool {
+        self.watched.get(&pid).is_some_and(|watched| is_readable(watched.pidfd.as_fd()))
+    }
+
+    /// Forgets an exited process and returns its command name.
+    pub fn forget(&mut self, pid: Pid) -> Option<String> {
+        let watched = self.watched.remove(&pid)?;
+        for tid in &watched.threads {
+            self.process_of_thread.remove(tid);
+        }
+        Some(watched.name)
+    }
+
+    /// The command name of a watched process.
+    pub fn name(&self, pid: Pid) -> &str {
+        self.watched.get(&pid).map_or("?", |watched| watched.name.as_str())
+    }
+
+    /// Every watched process with its pidfd, to poll.
+    pub fn pidfds(&self) -> Vec<(Pid, BorrowedFd<'_>)> {
+        self.watched.iter().map(|(pid, watched)| (*pid, watched.pidfd.as_fd())).collect()
+    }
+
+    /// How many processes are watched.
+    pub fn count(&self) -> usize {
+        self.watched.len()
+    }
+}
+
+/// The thread-group id of thread `tid`, from `/proc/TID/status`.
+fn thread_group_of(tid: u32) -> io::Result<Pid> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Tgid in /proc status"))
+}
+
+fn is_readable(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_resolve_to_their_process() {
+        let mut processes = Processes::default();
+        let own = std::process::id();
+        assert_eq!(processes.resolve(own).unwrap(), own);
+        // Another thread of this process resolves to the same process.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            sender.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            stopped.recv().ok();
+        });
+        let tid = receiver.recv().unwrap();
+        assert_ne!(tid, own);
+        assert_eq!(processes.resolve(tid).unwrap(), own);
+        assert_eq!(processes.count(), 1);
+        stop.send(()).unwrap();
+        thread.join().unwrap();
+        assert!(!processes.has_exited(own));
+        // The kernel's command name: the executable's name, cut to 15 bytes.
+        let exe = std::env::current_exe().unwrap();
+        let exe_name = exe.file_name().unwrap().to_string_lossy();
+        assert_eq!(processes.name(own), &exe_name[..exe_name.len().min(15)]);
+    }
+
+    #[test]
+    fn an_exited_child_is_seen_and_forgotten() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut processes = Processes::default();
+        let pid = processes.resolve(child.id()).unwrap();
+        assert_eq!(processes.name(pid), "sleep");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(processes.has_exited(pid));
+        assert_eq!(processes.forget(pid).as_deref(), Some("sleep"));
+        assert_eq!(processes.count(), 0);
+    }
+}

@@ -1,0 +1,156 @@
+//! `steve serve --backend cuse`: opens `/dev/cuse`, registers `/dev/DEV_NAME`, gives the node its
+//! mode and group, drops to `--user`, announces the MAKEFLAGS and serves until stopped.
+#![forbid(unsafe_code)]
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::unistd::{AccessFlags, Gid, Group, Uid, User};
+use steve_core::backend::{Announcement, Availability, BackendError, ServeConfig};
+use steve_core::device::Device;
+use steve_core::makeflags::{jobserver_makeflags, JobserverAuth};
+use steve_core::signals::Signals;
+use tracing::{info, warn};
+
+use crate::error::{CuseError, MAX_JOBS};
+use crate::session::{Ended, Session};
+
+/// The kernel's CUSE control device.
+pub const CUSE_PATH: &str = "/dev/cuse";
+/// The device name when none is given.
+pub const DEFAULT_DEV_NAME: &str = "steve";
+
+/// Whether this machine can serve a CUSE device, and if not, why.
+pub fn availability() -> Availability {
+    match fs::metadata(CUSE_PATH) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Availability::Unavailable(
+            "no /dev/cuse: the kernel has no CUSE (CONFIG_CUSE), or the cuse module is not loaded \
+             (modprobe cuse)"
+                .to_string(),
+        ),
+        Err(error) => Availability::Unavailable(format!("{CUSE_PATH}: {error}")),
+        Ok(_) => match nix::unistd::access(CUSE_PATH, AccessFlags::R_OK | AccessFlags::W_OK) {
+            Ok(()) => Availability::Available,
+            Err(errno) => Availability::Unavailable(format!(
+                "{CUSE_PATH} cannot be opened by this user ({errno}): run steve as root"
+            )),
+        },
+    }
+}
+
+/// Serves the device until SIGINT, SIGTERM or SIGHUP.
+pub fn serve(
+    config: &ServeConfig,
+    announce: &mut dyn FnMut(&Announcement),
+) -> Result<(), BackendError> {
+    // Blocked before the device exists, so that a stop signal is never lost.
+    let mut signals = Signals::block()
+        .map_err(|errno| CuseError::io("block signals for", "the server", errno))?;
+    let (mut session, dev_path) = register(config)?;
+    announce(&Announcement {
+        makeflags: jobserver_makeflags(config.jobs, JobserverAuth::Fifo(dev_path.clone())),
+        path: dev_path.clone(),
+    });
+    info!(
+        jobs = config.jobs,
+        "serving {} tokens on {} (per-process accounting; reservations of {:?} for pollers)",
+        config.jobs,
+        dev_path.display(),
+        config.poll_reservation
+    );
+    match session.run(Some(&mut signals))? {
+        Ended::Stopped(signal) => {
+            info!("{signal} received: stopping; {} goes with the connection", dev_path.display())
+        }
+        Ended::Disconnected => warn!("the kernel closed the CUSE connection"),
+    }
+    Ok(())
+}
+
+/// Everything up to serving: checks, the CUSE handshake, the node's access, the privilege drop.
+fn register(config: &ServeConfig) -> Result<(Session, PathBuf), CuseError> {
+    if config.jobs == 0 || config.jobs > MAX_JOBS {
+        return Err(CuseError::BadJobs { jobs: config.jobs });
+    }
+    let dev_name = config.device_name.as_deref().unwrap_or(DEFAULT_DEV_NAME);
+    if dev_name.is_empty() || dev_name.contains('/') || dev_name.contains('\0') {
+        return Err(CuseError::Handshake(format!("{dev_name:?} is not a device name")));
+    }
+    let dev_path = Path::new("/dev").join(dev_name);
+    if fs::symlink_metadata(&dev_path).is_ok() {
+        return Err(CuseError::DeviceExists { path: dev_path });
+    }
+    let gid = config.group.as_deref().map(lookup_group).transpose()?;
+    let user = config.user.as_deref().map(lookup_user).transpose()?;
+    let mode = config.mode.unwrap_or(if gid.is_some() { 0o660 } else { 0o666 });
+
+    let channel = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(CUSE_PATH)
+        .map_err(|source| CuseError::Open { source })?;
+    let device = Device::new(config.jobs as usize, config.poll_reservation);
+    let session = Session::start(channel.into(), dev_name, device)?;
+    wait_for_node(&dev_path)?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(&dev_path, None, Some(gid.as_raw())).map_err(|source| {
+            CuseError::Io {
+                action: "set the group of",
+                what: dev_path.display().to_string(),
+                source,
+            }
+        })?;
+    }
+    fs::set_permissions(&dev_path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        CuseError::Io { action: "set the mode of", what: dev_path.display().to_string(), source }
+    })?;
+    if let Some(user) = user {
+        drop_privileges(&user)?;
+    }
+    Ok((session, dev_path))
+}
+
+/// The kernel creates the node while it handles the CUSE_INIT answer; give devtmpfs a moment.
+fn wait_for_node(path: &Path) -> Result<(), CuseError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fs::symlink_metadata(path).is_err() {
+        if Instant::now() > deadline {
+            return Err(CuseError::NoDeviceNode { path: path.to_path_buf() });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn lookup_group(group: &str) -> Result<Gid, CuseError> {
+    if let Ok(number) = group.parse::<u32>() {
+        return Ok(Gid::from_raw(number));
+    }
+    match Group::from_name(group) {
+        Ok(Some(found)) => Ok(found.gid),
+        _ => Err(CuseError::UnknownAccount { kind: "group", name: group.to_string() }),
+    }
+}
+
+fn lookup_user(user: &str) -> Result<User, CuseError> {
+    let found = match user.parse::<u32>() {
+        Ok(number) => User::from_uid(Uid::from_raw(number)),
+        Err(_) => User::from_name(user),
+    };
+    match found {
+        Ok(Some(found)) => Ok(found),
+        _ => Err(CuseError::UnknownAccount { kind: "user", name: user.to_string() }),
+    }
+}
+
+/// Becomes `user` for good: supplementary groups, group, then user.
+fn drop_privileges(user: &User) -> Result<(), CuseError> {
+    let failed = |action| move |errno| CuseError::io(action, user.name.clone(), errno);
+    nix::unistd::setgroups(&[user.gid]).map_err(failed("set the groups of"))?;
+    nix::unistd::setgid(user.gid).map_err(failed("take the group of"))?;
+    nix::unistd::setuid(user.uid).map_err(failed("become"))?;
+    info!("running as user {} (uid {}) from now on", user.name, user.uid);
+    Ok(())
+}
