@@ -9,13 +9,16 @@
 //! - [`clients`]: finds the real clients, and fails loudly when one is missing;
 //! - [`projects`]: Makefiles, ninja files and cargo workspaces whose jobs log start and end;
 //! - [`timeline`]: the peak number of jobs running at once, from such a log;
-//! - [`pipe`]: counts the tokens in a named pipe by draining it and putting them back.
+//! - [`pipe`]: counts the tokens in a named pipe by draining it and putting them back;
+//! - [`vm`]: a QEMU VM with Debian's kernel, for the CUSE tests (`src/bin/vm-payload.rs` is
+//!   what runs inside it).
 
 pub mod clients;
 pub mod pipe;
 pub mod projects;
 pub mod steve;
 pub mod timeline;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

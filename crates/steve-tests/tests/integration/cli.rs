@@ -48,3 +48,39 @@ fn verbose_logs_what_steve_run_gives_the_command() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn serve_without_backend_picks_the_best_available_and_says_why() {
+    use std::io::BufRead;
+    let listing = command().arg("backends").output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    let cuse_available =
+        listing.lines().any(|line| line.starts_with("cuse") && line.ends_with(" available"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobserver");
+    let log = dir.path().join("steve.log");
+    let mut server = command()
+        .args(["serve", "-j", "1", "--dev-name", "steve-auto-test", "--path"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut announcement = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    server.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    if cuse_available {
+        assert!(text.contains("backend cuse chosen"), "{text}");
+        assert!(announcement.contains("fifo:/dev/steve-auto-test"), "{announcement}");
+    } else {
+        assert!(text.contains("backend cuse passed over: no /dev/cuse"), "{text}");
+        assert!(text.contains("backend fifo chosen"), "{text}");
+        assert!(announcement.contains(&format!("fifo:{}", path.display())), "{announcement}");
+    }
+}

@@ -1,0 +1,554 @@
+//! What runs inside the test VM, where the kernel has CUSE: real clients against
+//! `steve serve --backend cuse`.
+//!
+//! `vm-payload run SCENARIO...` runs scenarios and prints one line per scenario,
+//! `scenario NAME ok` or `scenario NAME FAILED: why`, and figures as `figure NAME VALUE`. The
+//! host side (`tests/integration/cuse_vm.rs`) boots the VM with this program and asserts on those
+//! lines. Other subcommands are client roles the scenarios start as separate processes, because
+//! the device accounts per process.
+//!
+//! Paths come from the environment the VM's init passes on: `STEVE_BIN` (the steve binary),
+//! `STEVE_TEST_MAKE44` (GNU make 4.4.1), `STEVE_TEST_CARGO` (cargo).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use steve_tests::{projects, timeline, wait_for};
+
+const DEVICE: &str = "/dev/steve";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") => run_scenarios(&args[1..]),
+        Some("hold") => hold(args[1].parse().expect("hold COUNT")),
+        Some("blocking-client") => compete(false, &args[1]),
+        Some("polling-client") => compete(true, &args[1]),
+        Some("grace") => grace(),
+        Some("round-trips") => {
+            round_trips(&args[1], args[2].parse().expect("round-trips PATH SECONDS"))
+        }
+        _ => {
+            eprintln!(
+                "usage: vm-payload run SCENARIO... (this program runs inside steve's test VM)"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+type Scenario = fn() -> Result<(), String>;
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("make_peak", make_peak),
+    ("two_makes", two_makes),
+    ("enospc_and_grace", enospc_and_grace),
+    ("nonblocking_eagain", nonblocking_eagain),
+    ("sigkill_reclaim", sigkill_reclaim),
+    ("poller_fairness", poller_fairness),
+    ("second_daemon", second_daemon),
+    ("round_trips", round_trip_figures),
+    ("auto_backend", auto_backend),
+    ("mode_group_user", mode_group_user),
+    ("cargo_build", cargo_build),
+];
+
+fn run_scenarios(names: &[String]) {
+    for name in names {
+        let Some((_, scenario)) = SCENARIOS.iter().find(|(known, _)| known == name) else {
+            println!("scenario {name} FAILED: no such scenario");
+            continue;
+        };
+        let outcome = std::panic::catch_unwind(scenario)
+            .unwrap_or_else(|panic| Err(panic_text(panic.as_ref())));
+        match outcome {
+            Ok(()) => println!("scenario {name} ok"),
+            Err(why) => println!("scenario {name} FAILED: {}", why.replace('\n', " | ")),
+        }
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+        .unwrap_or_else(|| "panicked".to_string())
+}
+
+fn env_path(name: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(name).unwrap_or_else(|| panic!("{name} is not set in the VM")))
+}
+
+fn ensure(condition: bool, why: impl FnOnce() -> String) -> Result<(), String> {
+    if condition {
+        Ok(())
+    } else {
+        Err(why())
+    }
+}
+
+/// A running `steve serve --backend cuse`, stopped when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(jobs: u32) -> Daemon {
+        Daemon::start_with(cuse_command(jobs, &[]))
+    }
+
+    fn makeflags(&self, jobs: u32) -> String {
+        format!(" -j{jobs} --jobserver-auth=fifo:{DEVICE}")
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every token must be free: `jobs` non-blocking reads succeed and one more gets EAGAIN.
+    /// The tokens are written back afterwards.
+    fn assert_pool_whole(&self, jobs: usize) -> Result<(), String> {
+        let mut device = open_device(true);
+        let mut taken = 0;
+        let mut byte = [0u8; 1];
+        loop {
+            match device.read(&mut byte) {
+                Ok(1) => taken += 1,
+                Ok(_) => return Err("end of file on the device".into()),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                Err(error) => return Err(format!("read: {error}")),
+            }
+            if taken > jobs {
+                break;
+            }
+        }
+        device.write_all(&vec![b'+'; taken]).map_err(|e| format!("write back: {e}"))?;
+        ensure(taken == jobs, || format!("{taken} tokens free, expected {jobs}\n{}", self.log()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// A client process, killed and reaped when dropped, whatever path the scenario takes.
+struct Client(Child);
+
+impl Client {
+    fn start(role: &[&str]) -> Client {
+        Client(
+            Command::new(std::env::current_exe().unwrap())
+                .args(role)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn open_device(nonblocking: bool) -> File {
+    let flags = if nonblocking { nix::libc::O_NONBLOCK } else { 0 };
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags)
+        .open(DEVICE)
+        .expect("open /dev/steve")
+}
+
+fn make_peak() -> Result<(), String> {
+    let jobs = 3;
+    let daemon = Daemon::start(jobs);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    projects::makefile(dir.path(), "job", 10, 0.3, &log);
+    let output = Command::new(env_path("STEVE_TEST_MAKE44"))
+        .current_dir(dir.path())
+        .env("MAKEFLAGS", daemon.makeflags(jobs))
+        .output()
+        .unwrap();
+    ensure(output.status.success(), || {
+        format!("make failed: {}", String::from_utf8_lossy(&output.stderr))
+    })?;
+    let peak = timeline::peak_of(&log, 10);
+    println!("figure make_peak {peak}");
+    ensure(peak <= jobs as usize + 1 && peak >= 2, || format!("peak {peak} with {jobs} tokens"))?;
+    daemon.assert_pool_whole(jobs as usize)
+}
+
+fn two_makes() -> Result<(), String> {
+    let jobs = 3;
+    let daemon = Daemon::start(jobs);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let makes: Vec<Child> = (0..2)
+        .map(|n| {
+            let project = dir.path().join(format!("make{n}"));
+            fs::create_dir(&project).unwrap();
+            projects::makefile(&project, &format!("m{n}"), 6, 0.3, &log);
+            Command::new(env_path("STEVE_TEST_MAKE44"))
+                .current_dir(&project)
+                .env("MAKEFLAGS", daemon.makeflags(jobs))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut make in makes {
+        ensure(make.wait().unwrap().success(), || "a make failed".to_string())?;
+    }
+    let peak = timeline::peak_of(&log, 12);
+    println!("figure two_makes_peak {peak}");
+    ensure(peak <= jobs as usize + 2 && peak >= 2, || {
+        format!("combined peak {peak} with {jobs} tokens")
+    })?;
+    daemon.assert_pool_whole(jobs as usize)
+}
+
+/// Client role: a new process that writes before reading (its grace return), then again
+/// (refused), then reads and writes (fine), then writes once more (refused).
+fn grace() {
+    let mut device = open_device(false);
+    let outcome = |result: std::io::Result<()>| match result {
+        Ok(()) => "ok".to_string(),
+        Err(error) => {
+            error.raw_os_error().map_or("error".to_string(), |errno| format!("errno {errno}"))
+        }
+    };
+    let first = outcome(device.write_all(b"+"));
+    let second = outcome(device.write_all(b"+"));
+    let mut byte = [0u8; 1];
+    let read = outcome(device.read_exact(&mut byte));
+    let third = outcome(device.write_all(&byte));
+    let fourth = outcome(device.write_all(b"+"));
+    println!("{first} {second} {read} {third} {fourth}");
+}
+
+fn enospc_and_grace() -> Result<(), String> {
+    let daemon = Daemon::start(2);
+    let output = Command::new(std::env::current_exe().unwrap()).arg("grace").output().unwrap();
+    let seen = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let enospc = format!("errno {}", nix::libc::ENOSPC);
+    let expected = format!("ok {enospc} ok ok {enospc}");
+    ensure(seen == expected, || format!("grace client saw {seen:?}, expected {expected:?}"))?;
+    // The lender has exited: its lent token is retired, the pool is 2 again.
+    wait_for("the grace client to be reaped", Duration::from_secs(10), || {
+        daemon.assert_pool_whole(2).ok()
+    });
+    Ok(())
+}
+
+fn nonblocking_eagain() -> Result<(), String> {
+    let jobs = 2;
+    let daemon = Daemon::start(jobs);
+    let mut device = open_device(true);
+    let mut byte = [0u8; 1];
+    for _ in 0..jobs {
+        device.read_exact(&mut byte).map_err(|e| format!("read: {e}"))?;
+    }
+    let error = device.read(&mut byte).expect_err("a read with the pool empty must fail");
+    ensure(error.raw_os_error() == Some(nix::libc::EAGAIN), || {
+        format!("expected EAGAIN, got {error}")
+    })?;
+    device.write_all(b"++").map_err(|e| format!("write: {e}"))?;
+    drop(device);
+    daemon.assert_pool_whole(jobs as usize)
+}
+
+/// Client role: takes `count` tokens with blocking reads, says so, and holds them forever.
+fn hold(count: usize) {
+    let mut device = open_device(false);
+    let mut byte = [0u8; 1];
+    for _ in 0..count {
+        device.read_exact(&mut byte).unwrap();
+    }
+    println!("holding {count}");
+    std::io::stdout().flush().unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn sigkill_reclaim() -> Result<(), String> {
+    let jobs = 4;
+    let daemon = Daemon::start(jobs);
+    let mut holder = Client::start(&["hold", "3"]);
+    let mut line = String::new();
+    BufReader::new(holder.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    ensure(line.trim() == "holding 3", || format!("holder said {line:?}"))?;
+
+    // Exactly one token is free while the holder lives.
+    let mut device = open_device(true);
+    let mut byte = [0u8; 1];
+    device.read_exact(&mut byte).map_err(|e| format!("read: {e}"))?;
+    ensure(device.read(&mut byte).is_err(), || "more than one token free while held".to_string())?;
+    device.write_all(b"+").unwrap();
+
+    // Kill it, then take the 4 tokens as soon as they are free.
+    let killed_at = Instant::now();
+    kill(Pid::from_raw(holder.pid() as i32), Signal::SIGKILL).unwrap();
+    let mut taken = 0;
+    while taken < jobs {
+        match device.read(&mut byte) {
+            Ok(1) => taken += 1,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                ensure(killed_at.elapsed() < Duration::from_secs(10), || {
+                    format!("only {taken} tokens free 10 s after the kill\n{}", daemon.log())
+                })?;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            other => return Err(format!("read: {other:?}")),
+        }
+    }
+    let delay = killed_at.elapsed();
+    println!("figure reclaim_delay_ms {:.1}", delay.as_secs_f64() * 1000.0);
+    device.write_all(&vec![b'+'; jobs as usize]).unwrap();
+    let log = daemon.log();
+    let logged = log.lines().any(|line| {
+        line.contains(&format!("reclaimed 3 token(s) from pid {} (vm-payload)", holder.pid()))
+    });
+    ensure(logged, || format!("no reclaim line naming pid and command:\n{log}"))?;
+    daemon.assert_pool_whole(jobs as usize)
+}
+
+/// Client role: takes and returns a token over and over, logging each acquisition to `log`,
+/// with blocking reads or with poll() and non-blocking reads.
+fn compete(polling: bool, log: &str) {
+    let mut device = open_device(polling);
+    let mut log = OpenOptions::new().append(true).open(log).unwrap();
+    let mut byte = [0u8; 1];
+    let me = if polling { "poll" } else { "block" };
+    loop {
+        if polling {
+            let mut fds = [PollFd::new(device.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::NONE).unwrap();
+            match device.read(&mut byte) {
+                Ok(1) => {}
+                Err(error) if error.kind() == ErrorKind::WouldBlock => continue,
+                other => panic!("read: {other:?}"),
+            }
+        } else {
+            device.read_exact(&mut byte).unwrap();
+        }
+        writeln!(log, "{me}").unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        device.write_all(&byte).unwrap();
+    }
+}
+
+/// The share of the first `total` acquisitions the poller got, with a pool of one token.
+fn poller_share(reservation_ms: u64, total: usize) -> Result<(usize, usize), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("acquisitions");
+    File::create(&log).unwrap();
+    let log_text = log.to_str().unwrap();
+    let mut daemon_command = Command::new(env_path("STEVE_BIN"));
+    daemon_command.args([
+        "serve",
+        "--backend",
+        "cuse",
+        "-j",
+        "1",
+        "--poll-reservation-ms",
+        &reservation_ms.to_string(),
+    ]);
+    let daemon = Daemon::start_with(daemon_command);
+    let clients: Vec<Client> = ["blocking-client", "polling-client"]
+        .iter()
+        .map(|role| Client::start(&[role, log_text]))
+        .collect();
+    wait_for("200 acquisitions", Duration::from_secs(120), || {
+        (fs::read_to_string(&log).unwrap().lines().count() >= total).then_some(())
+    });
+    drop(clients);
+    drop(daemon);
+    let text = fs::read_to_string(&log).unwrap();
+    let first: Vec<&str> = text.lines().take(total).collect();
+    let polls = first.iter().filter(|line| **line == "poll").count();
+    Ok((polls, first.len() - polls))
+}
+
+/// `steve serve --backend cuse -j JOBS` with `extra` arguments.
+fn cuse_command(jobs: u32, extra: &[&str]) -> Command {
+    let mut command = Command::new(env_path("STEVE_BIN"));
+    command.args(["serve", "--backend", "cuse", "-j", &jobs.to_string()]).args(extra);
+    command
+}
+
+impl Daemon {
+    /// Starts the daemon `command` describes and waits for its announcement.
+    fn start_with(mut command: Command) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("steve.log");
+        let mut child =
+            command.stdout(Stdio::piped()).stderr(File::create(&log).unwrap()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("MAKEFLAGS=")
+                && line.contains(&format!("--jobserver-auth=fifo:{DEVICE}")),
+            "steve did not announce the device: {line:?}\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        Daemon { child, log, _dir: dir }
+    }
+}
+
+fn poller_fairness() -> Result<(), String> {
+    let total = 200;
+    let (polls, blocks) = poller_share(500, total)?;
+    println!("figure poller_share_with_reservation {polls}/{total}");
+    // For the record: the same race with reservations of 0 ms (expired at once).
+    let (polls_without, _) = poller_share(0, total)?;
+    println!("figure poller_share_without_reservation {polls_without}/{total}");
+    ensure(polls * 3 >= total && blocks * 3 >= total, || {
+        format!("poller got {polls}, blocking reader {blocks} of {total}")
+    })
+}
+
+fn second_daemon() -> Result<(), String> {
+    let _first = Daemon::start(2);
+    let output = Command::new(env_path("STEVE_BIN"))
+        .args(["serve", "--backend", "cuse", "-j", "2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+    ensure(!output.status.success(), || "a second daemon started".to_string())?;
+    ensure(lines.len() == 1 && lines[0].contains("/dev/steve exists already"), || {
+        format!("{lines:?}")
+    })?;
+    _first.assert_pool_whole(2)
+}
+
+/// Client role: acquire and release one token for `seconds` on `path`; prints the count.
+fn round_trips(path: &str, seconds: f64) {
+    let mut file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut byte = [0u8; 1];
+    let start = Instant::now();
+    let mut count = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        file.read_exact(&mut byte).unwrap();
+        file.write_all(&byte).unwrap();
+        count += 1;
+    }
+    println!("{:.0}", count as f64 / start.elapsed().as_secs_f64());
+}
+
+fn round_trip_figures() -> Result<(), String> {
+    let me = std::env::current_exe().unwrap();
+    let rate = |path: &Path| -> Result<String, String> {
+        let output =
+            Command::new(&me).args(["round-trips", path.to_str().unwrap(), "2"]).output().unwrap();
+        ensure(output.status.success(), || format!("round trips on {} failed", path.display()))?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    let daemon = Daemon::start(4);
+    let device_rate = rate(Path::new(DEVICE))?;
+    daemon.assert_pool_whole(4)?;
+    drop(daemon);
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut keeper = OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+    keeper.write_all(b"++++").unwrap();
+    let pipe_rate = rate(&fifo)?;
+    println!("figure round_trips_per_second_dev_steve {device_rate}");
+    println!("figure round_trips_per_second_pipe {pipe_rate}");
+    Ok(())
+}
+
+fn cargo_build() -> Result<(), String> {
+    let jobs = 2;
+    // Verbose, to see in the log that cargo's tokens came from the device.
+    let daemon = Daemon::start_with(cuse_command(jobs, &["-v"]));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let workspace = projects::cargo_workspace(dir.path(), 3, &log);
+    let output = Command::new(env_path("STEVE_TEST_CARGO"))
+        .args(["build", "--offline", "-j", "8"])
+        .current_dir(&workspace.root)
+        .env("MAKEFLAGS", daemon.makeflags(jobs))
+        .env_remove("CARGO_MAKEFLAGS")
+        .env("RUSTC_WRAPPER", &workspace.wrapper)
+        .env("CARGO_TARGET_DIR", dir.path().join("target"))
+        .output()
+        .unwrap();
+    ensure(output.status.success(), || {
+        format!("cargo build failed: {}", String::from_utf8_lossy(&output.stderr))
+    })?;
+    let peak = timeline::peak_of(&log, workspace.crates);
+    println!("figure cargo_rustc_peak {peak}");
+    ensure(peak <= jobs as usize + 1 && peak >= 2, || {
+        format!("peak {peak} rustc with {jobs} tokens")
+    })?;
+    let log = daemon.log();
+    ensure(log.contains("token handed out"), || {
+        format!("cargo never took a token from the device:\n{log}")
+    })?;
+    daemon.assert_pool_whole(jobs as usize)
+}
+
+/// Without --backend, steve picks cuse where /dev/cuse exists, and says so.
+fn auto_backend() -> Result<(), String> {
+    let mut command = Command::new(env_path("STEVE_BIN"));
+    command.args(["serve", "-j", "2"]);
+    let daemon = Daemon::start_with(command);
+    let log = daemon.log();
+    ensure(log.contains("backend cuse chosen"), || format!("cuse was not chosen:\n{log}"))?;
+    daemon.assert_pool_whole(2)
+}
+
+/// The device node gets --mode and --group, and the daemon becomes --user after setup and
+/// still serves and reclaims.
+fn mode_group_user() -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let daemon = Daemon::start_with(cuse_command(
+        2,
+        &["--mode", "0640", "--group", "100", "--user", "65534"],
+    ));
+    let node = fs::metadata(DEVICE).map_err(|e| format!("{DEVICE}: {e}"))?;
+    ensure(node.permissions().mode() & 0o7777 == 0o640, || {
+        format!("mode {:o}", node.permissions().mode())
+    })?;
+    ensure(node.gid() == 100, || format!("group {}", node.gid()))?;
+    let status = fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+    let uid_line = status.lines().find(|line| line.starts_with("Uid:")).unwrap_or("");
+    ensure(uid_line.split_whitespace().skip(1).all(|uid| uid == "65534"), || {
+        format!("daemon still runs as {uid_line:?}")
+    })?;
+    // Unprivileged now, it still tracks a root client and reclaims its tokens.
+    let mut holder = Client::start(&["hold", "2"]);
+    let mut line = String::new();
+    BufReader::new(holder.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    drop(holder);
+    wait_for("the holder's tokens to come back", Duration::from_secs(10), || {
+        daemon.assert_pool_whole(2).ok()
+    });
+    Ok(())
+}
