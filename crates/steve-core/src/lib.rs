@@ -6,6 +6,8 @@
 //!
 //! - [`ledger`]: the pool, who holds what, one fair queue of waiters, reclaim and resizing;
 //! - [`makeflags`]: reading and writing the `MAKEFLAGS` that tell clients where the jobserver is;
+//! - [`device`]: the rules of a per-process jobserver device, written once for every transport;
+//! - [`accounts`]: users and groups named on the command line;
 //! - [`backend`]: the registry through which transport crates (named pipe, CUSE, ...) plug in;
 //! - [`status`]: the report a server gives of itself;
 //! - [`signals`]: signals read from a signalfd in a server's one poll loop.
@@ -20,6 +22,7 @@
 //! assert_eq!(flags, " -j4 --jobserver-auth=fifo:/run/steve/jobserver");
 //! ```
 
+pub mod accounts;
 pub mod backend;
 pub mod device;
 pub mod ledger;

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::unistd::{AccessFlags, Gid, Group, Uid, User};
+use nix::unistd::{AccessFlags, Gid, User};
 use steve_core::backend::{Announcement, Availability, BackendError, ServeConfig};
 use steve_core::device::Device;
 use steve_core::makeflags::{jobserver_makeflags, JobserverAuth};
@@ -125,24 +125,13 @@ fn wait_for_node(path: &Path) -> Result<(), CuseError> {
 }
 
 fn lookup_group(group: &str) -> Result<Gid, CuseError> {
-    if let Ok(number) = group.parse::<u32>() {
-        return Ok(Gid::from_raw(number));
-    }
-    match Group::from_name(group) {
-        Ok(Some(found)) => Ok(found.gid),
-        _ => Err(CuseError::UnknownAccount { kind: "group", name: group.to_string() }),
-    }
+    steve_core::accounts::group_id(group)
+        .ok_or_else(|| CuseError::UnknownAccount { kind: "group", name: group.to_string() })
 }
 
 fn lookup_user(user: &str) -> Result<User, CuseError> {
-    let found = match user.parse::<u32>() {
-        Ok(number) => User::from_uid(Uid::from_raw(number)),
-        Err(_) => User::from_name(user),
-    };
-    match found {
-        Ok(Some(found)) => Ok(found),
-        _ => Err(CuseError::UnknownAccount { kind: "user", name: user.to_string() }),
-    }
+    steve_core::accounts::user(user)
+        .ok_or_else(|| CuseError::UnknownAccount { kind: "user", name: user.to_string() })
 }
 
 /// Becomes `user` for good: supplementary groups, group, then user.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use nix::unistd::{Gid, Group};
+use nix::unistd::Gid;
 use steve_core::backend::{Announcement, BackendError, ServeConfig};
 use steve_core::makeflags::{jobserver_makeflags, JobserverAuth};
 use steve_core::signals::{SignalEvent, Signals};
@@ -352,14 +352,8 @@ fn absolute(path: &Path) -> Result<PathBuf, FifoError> {
 }
 
 fn lookup_group(group: &str) -> Result<Gid, FifoError> {
-    let unknown = || FifoError::UnknownGroup { group: group.to_string() };
-    if let Ok(number) = group.parse::<u32>() {
-        return Ok(Gid::from_raw(number));
-    }
-    match Group::from_name(group) {
-        Ok(Some(found)) => Ok(found.gid),
-        _ => Err(unknown()),
-    }
+    steve_core::accounts::group_id(group)
+        .ok_or_else(|| FifoError::UnknownGroup { group: group.to_string() })
 }
 
 /// Makes the pipe's directory if it is missing; returns it if it was made.

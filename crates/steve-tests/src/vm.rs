@@ -3,7 +3,8 @@
 //!
 //! The guest sees the host's whole file system, read-only through virtio-9p, under a tmpfs
 //! overlay that takes its writes: the steve binary, the clients and the cargo toolchain run there
-//! unchanged, from their host paths. A second, writable 9p share carries results back. The
+//! unchanged, from their host paths, wherever those are (`/tmp` included: nothing is mounted over
+//! host directories). A second, writable 9p share carries results back. The
 //! initramfs holds only busybox, the kernel modules needed (found with their dependencies in the
 //! kernel package's `.modinfo` sections) and an `/init` script that sets this up, runs one
 //! command, writes its exit status and powers off.
@@ -267,7 +268,6 @@ mount -t proc proc /proc && mount -t sysfs sys /sys && mount -t devtmpfs dev /de
 mount -t tmpfs -o size=75% tmpfs /upper && mkdir -p /upper/u /upper/w || fail 'mounting tmpfs'
 mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /newroot || fail 'mounting the overlay'
 for d in proc sys dev; do mount --move /$d /newroot/$d || fail "moving /$d"; done
-mount -t tmpfs tmpfs /newroot/tmp || fail 'mounting /tmp'
 mkdir -p /newroot/steve-results
 mount -t 9p -o trans=virtio,version=9p2000.L results /newroot/steve-results || fail 'mounting the results share'
 echo "steve-vm: running the command"
