@@ -140,6 +140,8 @@ pub struct Ledger<C> {
     held: usize,
     /// How many tokens may be out with clients in total; `None` is no limit.
     allowance: Option<usize>,
+    /// How many tokens one client may hold; `None` is no limit.
+    per_client_limit: Option<usize>,
     holders: HashMap<C, usize>,
     queue: VecDeque<Waiter<C>>,
     next_waiter: u64,
@@ -156,15 +158,17 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             withheld: 0,
             held: 0,
             allowance: None,
+            per_client_limit: None,
             holders: HashMap::new(),
             queue: VecDeque::new(),
             next_waiter: 0,
         }
     }
 
-    /// Asks for one token for `client`. A request never overtakes one already queued.
+    /// Asks for one token for `client`. A request never overtakes one already queued, and a
+    /// client at the per-client limit waits (or is refused) until it returns one.
     pub fn acquire(&mut self, client: C, wait: Wait) -> Acquire {
-        let outcome = if self.free > 0 && self.queue.is_empty() {
+        let outcome = if self.free > 0 && !self.has_eligible_waiter() && self.may_take(&client) {
             self.hand_out(&client);
             Acquire::Granted
         } else if wait == Wait::Queue {
@@ -254,6 +258,15 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
         grants
     }
 
+    /// Limits how many tokens one client may hold (`None`: no limit). Nothing is taken back
+    /// from a client above a lowered limit; it just gets no more until it is below.
+    pub fn set_per_client_limit(&mut self, limit: Option<usize>) -> Vec<Grant<C>> {
+        self.per_client_limit = limit;
+        let grants = self.grant_waiters();
+        self.debug_check();
+        grants
+    }
+
     /// How many tokens `client` holds.
     pub fn held_by(&self, client: &C) -> usize {
         self.holders.get(client).copied().unwrap_or(0)
@@ -283,13 +296,13 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     }
 
     /// Whether the accounting is consistent: `free + held + withheld == size`, holdings add up
-    /// to `held`, and nobody waits while a token could be handed out.
+    /// to `held`, and no client that may take a token waits while one is free.
     pub fn is_consistent(&self) -> bool {
         let holdings: usize = self.holders.values().sum();
         self.free + self.held + self.withheld == self.size
             && holdings == self.held
             && self.holders.values().all(|count| *count > 0)
-            && (self.queue.is_empty() || self.free == 0)
+            && (self.free == 0 || !self.has_eligible_waiter())
             && self.size >= self.wanted()
             && (self.size == self.wanted() || self.free + self.withheld == 0)
     }
@@ -316,6 +329,15 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
 
     fn debug_check(&self) {
         debug_assert!(self.is_consistent(), "ledger invariant broken: {self:?}");
+    }
+
+    /// Whether `client` is below the per-client limit.
+    fn may_take(&self, client: &C) -> bool {
+        self.per_client_limit.is_none_or(|limit| self.held_by(client) < limit)
+    }
+
+    fn has_eligible_waiter(&self) -> bool {
+        self.queue.iter().any(|waiter| self.may_take(&waiter.client))
     }
 
     fn hand_out(&mut self, client: &C) {
@@ -353,12 +375,15 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
         self.withheld = unheld - self.free;
     }
 
+    /// Hands free tokens to the oldest waiters that may take one, in queue order.
     fn grant_waiters(&mut self) -> Vec<Grant<C>> {
         let mut grants = Vec::new();
         while self.free > 0 {
-            let Some(waiter) = self.queue.pop_front() else {
+            let Some(index) = self.queue.iter().position(|waiter| self.may_take(&waiter.client))
+            else {
                 break;
             };
+            let waiter = self.queue.remove(index).expect("index from position");
             self.hand_out(&waiter.client);
             grants.push(Grant { waiter: waiter.id, client: waiter.client });
         }
@@ -475,6 +500,23 @@ mod tests {
         ledger.release(&1).unwrap();
         let counts = ledger.counts();
         assert_eq!((counts.size, counts.free, counts.held, counts.lent), (1, 0, 1, 0));
+    }
+
+    #[test]
+    fn a_client_at_its_limit_waits_without_holding_up_the_queue() {
+        let mut ledger = Ledger::new(3);
+        ledger.set_per_client_limit(Some(1));
+        assert_eq!(ledger.acquire(1, Wait::Queue), Acquire::Granted);
+        assert_eq!(ledger.acquire(1, Wait::NoWait), Acquire::WouldBlock, "at its limit");
+        let Acquire::Queued(capped) = ledger.acquire(1, Wait::Queue) else { panic!() };
+        // Client 2, behind the capped client in the queue, is served at once.
+        assert_eq!(ledger.acquire(2, Wait::Queue), Acquire::Granted);
+        // Client 1 returns its token: its waiting request takes one again.
+        let grants = ledger.release(&1).unwrap();
+        assert_eq!(grants, vec![Grant { waiter: capped, client: 1 }]);
+        // Raising the limit grants what was held back.
+        let Acquire::Queued(more) = ledger.acquire(1, Wait::Queue) else { panic!() };
+        assert_eq!(ledger.set_per_client_limit(Some(2)), vec![Grant { waiter: more, client: 1 }]);
     }
 
     #[test]

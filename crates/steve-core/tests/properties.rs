@@ -17,6 +17,7 @@ enum Op {
     SetAllowance(Option<usize>),
     Lend,
     Repay,
+    SetPerClientLimit(Option<usize>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -29,6 +30,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => proptest::option::of(0usize..8).prop_map(Op::SetAllowance),
         1 => Just(Op::Lend),
         1 => Just(Op::Repay),
+        1 => proptest::option::of(1usize..4).prop_map(Op::SetPerClientLimit),
     ]
 }
 
@@ -44,12 +46,23 @@ proptest! {
         // The model: tokens each client holds, and the queue in order.
         let mut held: HashMap<u8, usize> = HashMap::new();
         let mut queue: Vec<(WaiterId, u8)> = Vec::new();
+        let mut limit: Option<usize> = None;
+        let at_limit = |held: &HashMap<u8, usize>, limit: Option<usize>, client: u8| {
+            limit.is_some_and(|limit| held.get(&client).copied().unwrap_or(0) >= limit)
+        };
         let granted = |held: &mut HashMap<u8, usize>, queue: &mut Vec<(WaiterId, u8)>,
+                           limit: Option<usize>,
                            grants: Vec<steve_core::ledger::Grant<u8>>| {
             for grant in grants {
-                // Grants go to the oldest waiters, in order.
-                let (id, client) = queue.remove(0);
-                assert_eq!((grant.waiter, grant.client), (id, client));
+                // Grants go to the oldest waiter that may take a token: with a per-client limit
+                // that need not be the head, but every waiter before it must be at its limit.
+                let index = queue.iter().position(|(id, _)| *id == grant.waiter).expect("granted a queued request");
+                for (_, skipped) in &queue[..index] {
+                    assert!(at_limit(held, limit, *skipped), "skipped client {skipped} below its limit");
+                }
+                let (_, client) = queue.remove(index);
+                assert_eq!(grant.client, client);
+                assert!(!at_limit(held, limit, client), "granted past the limit");
                 *held.entry(client).or_default() += 1;
             }
         };
@@ -60,7 +73,11 @@ proptest! {
                     let wait = if wants_queue { Wait::Queue } else { Wait::NoWait };
                     match ledger.acquire(client, wait) {
                         Acquire::Granted => {
-                            prop_assert!(before.free > 0 && before.waiting == 0);
+                            // A free token, no waiter that could have taken it, and room under
+                            // the limit.
+                            prop_assert!(before.free > 0);
+                            prop_assert!(!at_limit(&held, limit, client));
+                            prop_assert!(queue.iter().all(|(_, waiting)| at_limit(&held, limit, *waiting)));
                             *held.entry(client).or_default() += 1;
                         }
                         Acquire::Queued(id) => {
@@ -69,7 +86,9 @@ proptest! {
                         }
                         Acquire::WouldBlock => {
                             prop_assert!(!wants_queue);
-                            prop_assert!(before.free == 0 || before.waiting > 0);
+                            let eligible_waiter =
+                                queue.iter().any(|(_, waiting)| !at_limit(&held, limit, *waiting));
+                            prop_assert!(before.free == 0 || eligible_waiter || at_limit(&held, limit, client));
                         }
                     }
                 }
@@ -79,7 +98,7 @@ proptest! {
                         Ok(grants) => {
                             prop_assert!(holds > 0);
                             *held.get_mut(&client).unwrap() -= 1;
-                            granted(&mut held, &mut queue, grants);
+                            granted(&mut held, &mut queue, limit, grants);
                         }
                         Err(_) => {
                             prop_assert_eq!(holds, 0);
@@ -94,7 +113,7 @@ proptest! {
                         queue.iter().filter(|(_, c)| *c == client).map(|(id, _)| *id).collect();
                     prop_assert_eq!(reclaimed.cancelled, own);
                     queue.retain(|(_, c)| *c != client);
-                    granted(&mut held, &mut queue, reclaimed.grants);
+                    granted(&mut held, &mut queue, limit, reclaimed.grants);
                 }
                 Op::Cancel { nth_waiter } => {
                     if let Some((id, _)) = queue.get(nth_waiter).copied() {
@@ -104,7 +123,7 @@ proptest! {
                 }
                 Op::SetTarget(target) => {
                     let grants = ledger.set_target(target);
-                    granted(&mut held, &mut queue, grants);
+                    granted(&mut held, &mut queue, limit, grants);
                     let counts = ledger.counts();
                     // A shrink never takes a token from its holder.
                     prop_assert!(counts.held >= before.held);
@@ -112,17 +131,22 @@ proptest! {
                 }
                 Op::SetAllowance(allowance) => {
                     let grants = ledger.set_allowance(allowance);
-                    granted(&mut held, &mut queue, grants);
+                    granted(&mut held, &mut queue, limit, grants);
                     prop_assert!(ledger.counts().held >= before.held);
                 }
                 Op::Lend => {
                     let grants = ledger.lend();
-                    granted(&mut held, &mut queue, grants);
+                    granted(&mut held, &mut queue, limit, grants);
                     prop_assert_eq!(ledger.counts().lent, before.lent + 1);
+                }
+                Op::SetPerClientLimit(new_limit) => {
+                    limit = new_limit;
+                    let grants = ledger.set_per_client_limit(limit);
+                    granted(&mut held, &mut queue, limit, grants);
                 }
                 Op::Repay => {
                     let grants = ledger.repay();
-                    granted(&mut held, &mut queue, grants);
+                    granted(&mut held, &mut queue, limit, grants);
                     prop_assert_eq!(ledger.counts().lent, before.lent.saturating_sub(1));
                     prop_assert!(ledger.counts().held >= before.held);
                 }
