@@ -28,8 +28,8 @@
 //!
 //! let now = Instant::now();
 //! let mut device = Device::new(1, Duration::from_millis(500));
-//! assert_eq!(device.read(100, RequestId(1), false), ReadOutcome::Token);
-//! assert_eq!(device.read(200, RequestId(2), false), ReadOutcome::Pending);
+//! assert_eq!(device.read(100, RequestId(1), false, now), ReadOutcome::Token);
+//! assert_eq!(device.read(200, RequestId(2), false, now), ReadOutcome::Pending);
 //! device.write(100, 1, now).unwrap();
 //! assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(2), pid: 200 }]);
 //! ```
@@ -148,6 +148,30 @@ struct Process {
     reserved_until: Option<Instant>,
     /// Its place in the queue as a poller.
     poll_waiter: Option<WaiterId>,
+    /// Since when it has held at least one token.
+    holding_since: Option<Instant>,
+}
+
+/// A process holding tokens, for a status report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// The process.
+    pub pid: Pid,
+    /// Tokens it has taken and not returned (a reservation not counted).
+    pub tokens: usize,
+    /// Since when it has held at least one.
+    pub since: Instant,
+}
+
+/// A queued request, for a status report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiter {
+    /// The process.
+    pub pid: Pid,
+    /// Blocking read or poll.
+    pub kind: WaitKind,
+    /// Since when it has waited.
+    pub since: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -162,7 +186,7 @@ pub struct Device {
     ledger: Ledger<Pid>,
     reservation: Duration,
     processes: HashMap<Pid, Process>,
-    waiting: HashMap<WaiterId, (Pid, Waiting)>,
+    waiting: HashMap<WaiterId, (Pid, Waiting, Instant)>,
     reads: HashMap<RequestId, WaiterId>,
     events: Vec<Event>,
     counters: Counters,
@@ -183,27 +207,53 @@ impl Device {
     }
 
     /// `pid` reads one token with request `request`.
-    pub fn read(&mut self, pid: Pid, request: RequestId, nonblocking: bool) -> ReadOutcome {
+    pub fn read(
+        &mut self,
+        pid: Pid,
+        request: RequestId,
+        nonblocking: bool,
+        now: Instant,
+    ) -> ReadOutcome {
         let process = self.processes.entry(pid).or_default();
         if process.reserved_until.take().is_some() {
-            process.taken_any = true;
-            self.counters.grants += 1;
+            self.took_token(pid, now);
             return ReadOutcome::Token;
         }
         let wait = if nonblocking { Wait::NoWait } else { Wait::Queue };
         match self.ledger.acquire(pid, wait) {
             Acquire::Granted => {
-                process.taken_any = true;
-                self.counters.grants += 1;
+                self.took_token(pid, now);
                 ReadOutcome::Token
             }
             Acquire::Queued(waiter) => {
-                self.waiting.insert(waiter, (pid, Waiting::Read(request)));
+                self.waiting.insert(waiter, (pid, Waiting::Read(request), now));
                 self.reads.insert(request, waiter);
                 ReadOutcome::Pending
             }
             Acquire::WouldBlock => ReadOutcome::WouldBlock,
         }
+    }
+
+    /// `pid` was handed a token (a read answered, or a reservation read).
+    fn took_token(&mut self, pid: Pid, now: Instant) {
+        let process = self.processes.entry(pid).or_default();
+        process.taken_any = true;
+        process.holding_since.get_or_insert(now);
+        self.counters.grants += 1;
+    }
+
+    /// Clears `pid`'s holding time once it holds nothing, and checks the books.
+    fn note_returns(&mut self, pid: Pid) {
+        if self.held_by(pid) == 0 {
+            if let Some(process) = self.processes.get_mut(&pid) {
+                process.holding_since = None;
+            }
+        }
+        self.debug_check();
+    }
+
+    fn debug_check(&self) {
+        debug_assert!(self.is_consistent(), "device books disagree: {self:?}");
     }
 
     /// `pid` writes `count` bytes back: each is one token. Returns how many were taken; a write
@@ -233,7 +283,9 @@ impl Device {
             grants.extend(self.ledger.lend());
         }
         self.counters.returns += returns as u64;
+        // After settling: a returned token may come straight back as the writer's reservation.
         self.settle(grants, now);
+        self.note_returns(pid);
         Ok(returns + lends)
     }
 
@@ -256,14 +308,16 @@ impl Device {
             match process.poll_waiter {
                 // Already queued: keep its place, notify the newest handle.
                 Some(waiter) => {
-                    self.waiting.insert(waiter, (pid, Waiting::Poll(handle)));
+                    if let Some(entry) = self.waiting.get_mut(&waiter) {
+                        entry.1 = Waiting::Poll(handle);
+                    }
                 }
                 None => {
                     let Acquire::Queued(waiter) = self.ledger.acquire(pid, Wait::Queue) else {
                         unreachable!("nothing was free a moment ago");
                     };
                     process.poll_waiter = Some(waiter);
-                    self.waiting.insert(waiter, (pid, Waiting::Poll(handle)));
+                    self.waiting.insert(waiter, (pid, Waiting::Poll(handle), now));
                 }
             }
         }
@@ -286,7 +340,7 @@ impl Device {
         let process = self.processes.remove(&pid)?;
         let reclaimed = self.ledger.reclaim(&pid);
         for waiter in reclaimed.cancelled {
-            if let Some((_, Waiting::Read(request))) = self.waiting.remove(&waiter) {
+            if let Some((_, Waiting::Read(request), _)) = self.waiting.remove(&waiter) {
                 self.reads.remove(&request);
                 self.events.push(Event::Interrupted { request });
             }
@@ -299,6 +353,7 @@ impl Device {
             let grants = self.ledger.repay();
             self.settle(grants, now);
         }
+        self.debug_check();
         Some(Departed { tokens, reservation, lent: process.lent })
     }
 
@@ -317,6 +372,7 @@ impl Device {
             self.counters.expired_reservations += 1;
             let grants = self.ledger.release(&pid).expect("a reservation is a held token");
             self.settle(grants, now);
+            self.note_returns(pid);
         }
     }
 
@@ -330,6 +386,21 @@ impl Device {
     pub fn set_jobs(&mut self, jobs: usize, now: Instant) {
         let grants = self.ledger.set_target(jobs);
         self.settle(grants, now);
+        self.debug_check();
+    }
+
+    /// Limits how many tokens may be out in total (a load or memory limit); `None` lifts it.
+    pub fn set_allowance(&mut self, allowance: Option<usize>, now: Instant) {
+        let grants = self.ledger.set_allowance(allowance);
+        self.settle(grants, now);
+        self.debug_check();
+    }
+
+    /// Limits how many tokens one process may hold; `None` lifts it.
+    pub fn set_per_process_limit(&mut self, limit: Option<usize>, now: Instant) {
+        let grants = self.ledger.set_per_client_limit(limit);
+        self.settle(grants, now);
+        self.debug_check();
     }
 
     /// The events queued since the last call, oldest first.
@@ -358,28 +429,32 @@ impl Device {
         self.ledger.held_by(&pid) - usize::from(reserved)
     }
 
-    /// Every process holding tokens, with how many it has taken (reservations not counted).
-    pub fn holders(&self) -> Vec<(Pid, usize)> {
-        let mut holders: Vec<(Pid, usize)> = self
-            .ledger
-            .holdings()
-            .map(|(pid, _)| (*pid, self.held_by(*pid)))
-            .filter(|(_, count)| *count > 0)
+    /// Every process holding tokens (reservations not counted), by pid.
+    pub fn holders(&self) -> Vec<Holder> {
+        let mut holders: Vec<Holder> = self
+            .processes
+            .iter()
+            .filter_map(|(pid, process)| {
+                let tokens = self.held_by(*pid);
+                let since = process.holding_since?;
+                (tokens > 0).then_some(Holder { pid: *pid, tokens, since })
+            })
             .collect();
-        holders.sort_unstable();
+        holders.sort_unstable_by_key(|holder| holder.pid);
         holders
     }
 
     /// The queue, oldest first.
-    pub fn waiters(&self) -> Vec<(Pid, WaitKind)> {
+    pub fn waiters(&self) -> Vec<Waiter> {
         self.ledger
             .waiters()
-            .map(|(waiter, pid)| {
-                let kind = match self.waiting.get(&waiter) {
-                    Some((_, Waiting::Poll(_))) => WaitKind::Polling,
-                    _ => WaitKind::Blocking,
+            .filter_map(|(waiter, pid)| {
+                let (_, waiting, since) = self.waiting.get(&waiter)?;
+                let kind = match waiting {
+                    Waiting::Poll(_) => WaitKind::Polling,
+                    Waiting::Read(_) => WaitKind::Blocking,
                 };
-                (*pid, kind)
+                Some(Waiter { pid: *pid, kind, since: *since })
             })
             .collect()
     }
@@ -388,37 +463,39 @@ impl Device {
     pub fn is_consistent(&self) -> bool {
         let waiters_agree = self.ledger.waiters().count() == self.waiting.len()
             && self.reads.len()
-                == self.waiting.values().filter(|(_, w)| matches!(w, Waiting::Read(_))).count();
+                == self.waiting.values().filter(|(_, w, _)| matches!(w, Waiting::Read(_))).count();
+        let holding_times_agree = self
+            .processes
+            .iter()
+            .all(|(pid, process)| process.holding_since.is_some() == (self.held_by(*pid) > 0));
         let reservations_held = self
             .processes
             .iter()
             .all(|(pid, process)| process.reserved_until.is_none() || self.ledger.held_by(pid) > 0);
-        self.ledger.is_consistent() && waiters_agree && reservations_held
+        self.ledger.is_consistent() && waiters_agree && reservations_held && holding_times_agree
     }
 
     /// Carries out the ledger's grants: answer a waiting read, or reserve for a poller and wake
-    /// it.
+    /// it. Callers that took tokens back call `note_returns` afterwards.
     fn settle(&mut self, grants: Vec<Grant<Pid>>, now: Instant) {
         for grant in grants {
-            let Some((pid, waiting)) = self.waiting.remove(&grant.waiter) else {
+            let Some((pid, waiting, _)) = self.waiting.remove(&grant.waiter) else {
                 unreachable!("every queued request is on the books");
             };
-            let process = self.processes.entry(pid).or_default();
             match waiting {
                 Waiting::Read(request) => {
                     self.reads.remove(&request);
-                    process.taken_any = true;
-                    self.counters.grants += 1;
+                    self.took_token(pid, now);
                     self.events.push(Event::Answer { request, pid });
                 }
                 Waiting::Poll(handle) => {
+                    let process = self.processes.entry(pid).or_default();
                     process.poll_waiter = None;
                     process.reserved_until = Some(now + self.reservation);
                     self.events.push(Event::Wake { handle, pid });
                 }
             }
         }
-        debug_assert!(self.is_consistent(), "device books disagree: {self:?}");
     }
 }
 
@@ -434,19 +511,19 @@ mod tests {
 
     #[test]
     fn one_token_per_read_then_eagain_when_nonblocking() {
-        let (mut device, _) = device(2);
-        assert_eq!(device.read(1, RequestId(1), true), ReadOutcome::Token);
-        assert_eq!(device.read(1, RequestId(2), true), ReadOutcome::Token);
-        assert_eq!(device.read(1, RequestId(3), true), ReadOutcome::WouldBlock);
+        let (mut device, now) = device(2);
+        assert_eq!(device.read(1, RequestId(1), true, now), ReadOutcome::Token);
+        assert_eq!(device.read(1, RequestId(2), true, now), ReadOutcome::Token);
+        assert_eq!(device.read(1, RequestId(3), true, now), ReadOutcome::WouldBlock);
         assert_eq!(device.held_by(1), 2);
     }
 
     #[test]
     fn blocking_reads_wait_in_order_and_are_answered_by_returns() {
         let (mut device, now) = device(1);
-        device.read(1, RequestId(1), false);
-        assert_eq!(device.read(2, RequestId(2), false), ReadOutcome::Pending);
-        assert_eq!(device.read(3, RequestId(3), false), ReadOutcome::Pending);
+        device.read(1, RequestId(1), false, now);
+        assert_eq!(device.read(2, RequestId(2), false, now), ReadOutcome::Pending);
+        assert_eq!(device.read(3, RequestId(3), false, now), ReadOutcome::Pending);
         device.write(1, 1, now).unwrap();
         assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(2), pid: 2 }]);
         device.write(2, 1, now).unwrap();
@@ -457,7 +534,7 @@ mod tests {
     fn accounting_is_per_process_whatever_the_request() {
         let (mut device, now) = device(2);
         // make reads on one descriptor and writes on another: the pid is what counts.
-        device.read(7, RequestId(1), false);
+        device.read(7, RequestId(1), false, now);
         assert_eq!(device.write(7, 1, now), Ok(1));
         assert_eq!(device.write(8, 1, now), Ok(1), "a new process's first write is its grace");
         assert_eq!(device.write(8, 1, now), Err(NotHeld));
@@ -471,7 +548,7 @@ mod tests {
         assert_eq!(device.counts().size, 2);
         assert_eq!(device.write(5, 1, now), Err(NotHeld), "only one grace return");
         // A process that has read once gets no grace: its write must be of a held token.
-        device.read(6, RequestId(1), false);
+        device.read(6, RequestId(1), false, now);
         device.write(6, 1, now).unwrap();
         assert_eq!(device.write(6, 1, now), Err(NotHeld));
         let counters = device.counters();
@@ -488,7 +565,7 @@ mod tests {
         // first is its grace return, whose token answers its own waiting read; the second must
         // not return that token, which the process never saw.
         let (mut device, now) = device(0);
-        assert_eq!(device.read(1, RequestId(1), false), ReadOutcome::Pending);
+        assert_eq!(device.read(1, RequestId(1), false, now), ReadOutcome::Pending);
         assert_eq!(device.write(1, 2, now), Ok(1));
         assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(1), pid: 1 }]);
         assert_eq!(device.held_by(1), 1);
@@ -497,8 +574,8 @@ mod tests {
     #[test]
     fn a_write_of_many_bytes_takes_what_is_held() {
         let (mut device, now) = device(3);
-        device.read(1, RequestId(1), false);
-        device.read(1, RequestId(2), false);
+        device.read(1, RequestId(1), false, now);
+        device.read(1, RequestId(2), false, now);
         assert_eq!(device.write(1, 5, now), Ok(2));
         assert_eq!(device.counts().free, 3);
     }
@@ -509,25 +586,27 @@ mod tests {
         assert!(device.poll(1, Some(PollHandle(10)), now));
         // The token is reserved for process 1: a blocking reader waits, a non-blocking one
         // gets EAGAIN, and process 1 reads it.
-        assert_eq!(device.read(2, RequestId(1), true), ReadOutcome::WouldBlock);
+        assert_eq!(device.read(2, RequestId(1), true, now), ReadOutcome::WouldBlock);
         assert!(!device.poll(3, None, now));
-        assert_eq!(device.read(1, RequestId(2), true), ReadOutcome::Token);
+        assert_eq!(device.read(1, RequestId(2), true, now), ReadOutcome::Token);
         assert_eq!(device.held_by(1), 1);
     }
 
     #[test]
     fn a_poller_at_the_head_of_the_queue_gets_a_reservation_before_a_later_blocking_reader() {
         let (mut device, now) = device(1);
-        device.read(1, RequestId(1), false);
+        device.read(1, RequestId(1), false, now);
         assert!(!device.poll(2, Some(PollHandle(20)), now));
-        assert_eq!(device.read(3, RequestId(3), false), ReadOutcome::Pending);
-        assert_eq!(device.waiters(), vec![(2, WaitKind::Polling), (3, WaitKind::Blocking)]);
+        assert_eq!(device.read(3, RequestId(3), false, now), ReadOutcome::Pending);
+        let waiters: Vec<(Pid, WaitKind)> =
+            device.waiters().iter().map(|w| (w.pid, w.kind)).collect();
+        assert_eq!(waiters, vec![(2, WaitKind::Polling), (3, WaitKind::Blocking)]);
 
         device.write(1, 1, now).unwrap();
         assert_eq!(device.take_events(), vec![Event::Wake { handle: PollHandle(20), pid: 2 }]);
         // The blocking reader cannot take the poller's token.
-        assert_eq!(device.read(3, RequestId(4), true), ReadOutcome::WouldBlock);
-        assert_eq!(device.read(2, RequestId(5), true), ReadOutcome::Token);
+        assert_eq!(device.read(3, RequestId(4), true, now), ReadOutcome::WouldBlock);
+        assert_eq!(device.read(2, RequestId(5), true, now), ReadOutcome::Token);
         device.write(2, 1, now).unwrap();
         assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(3), pid: 3 }]);
     }
@@ -536,7 +615,7 @@ mod tests {
     fn an_unused_reservation_expires_and_the_token_moves_on() {
         let (mut device, now) = device(1);
         assert!(device.poll(1, Some(PollHandle(1)), now));
-        assert_eq!(device.read(2, RequestId(1), false), ReadOutcome::Pending);
+        assert_eq!(device.read(2, RequestId(1), false, now), ReadOutcome::Pending);
         assert_eq!(device.next_deadline(), Some(now + RESERVE));
         device.expire(now + RESERVE / 2);
         assert!(device.take_events().is_empty(), "expired early");
@@ -550,9 +629,9 @@ mod tests {
     #[test]
     fn a_repeated_poll_keeps_its_place_and_notifies_the_newest_handle() {
         let (mut device, now) = device(1);
-        device.read(1, RequestId(1), false);
+        device.read(1, RequestId(1), false, now);
         device.poll(2, Some(PollHandle(1)), now);
-        device.read(3, RequestId(2), false);
+        device.read(3, RequestId(2), false, now);
         device.poll(2, Some(PollHandle(2)), now);
         assert_eq!(device.waiters().len(), 2);
         device.write(1, 1, now).unwrap();
@@ -562,15 +641,15 @@ mod tests {
     #[test]
     fn an_interrupted_read_leaves_the_queue_without_losing_a_token() {
         let (mut device, now) = device(1);
-        device.read(1, RequestId(1), false);
-        device.read(2, RequestId(2), false);
+        device.read(1, RequestId(1), false, now);
+        device.read(2, RequestId(2), false, now);
         assert!(device.interrupt(RequestId(2)));
         assert!(!device.interrupt(RequestId(2)), "interrupted twice");
         device.write(1, 1, now).unwrap();
         assert!(device.take_events().is_empty());
         assert_eq!(device.counts().free, 1);
         // An interrupt for a read already answered changes nothing.
-        assert_eq!(device.read(2, RequestId(3), false), ReadOutcome::Token);
+        assert_eq!(device.read(2, RequestId(3), false, now), ReadOutcome::Token);
         assert!(!device.interrupt(RequestId(3)));
         assert_eq!(device.held_by(2), 1);
     }
@@ -579,10 +658,10 @@ mod tests {
     fn an_exiting_holder_gives_everything_back_to_the_queue_in_order() {
         let (mut device, now) = device(3);
         for request in 1..=3 {
-            device.read(1, RequestId(request), false);
+            device.read(1, RequestId(request), false, now);
         }
         device.poll(2, Some(PollHandle(9)), now);
-        device.read(3, RequestId(4), false);
+        device.read(3, RequestId(4), false, now);
         let departed = device.process_exited(1, now).unwrap();
         assert_eq!(departed, Departed { tokens: 3, reservation: false, lent: false });
         assert_eq!(
@@ -600,7 +679,7 @@ mod tests {
     fn a_poller_exiting_with_a_reservation_passes_the_token_on() {
         let (mut device, now) = device(1);
         assert!(device.poll(1, Some(PollHandle(1)), now));
-        device.read(2, RequestId(1), false);
+        device.read(2, RequestId(1), false, now);
         let departed = device.process_exited(1, now).unwrap();
         assert_eq!(departed, Departed { tokens: 0, reservation: true, lent: false });
         assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(1), pid: 2 }]);
@@ -610,8 +689,8 @@ mod tests {
     #[test]
     fn an_exiting_process_with_a_waiting_read_gets_it_interrupted() {
         let (mut device, now) = device(1);
-        device.read(1, RequestId(1), false);
-        device.read(2, RequestId(2), false);
+        device.read(1, RequestId(1), false, now);
+        device.read(2, RequestId(2), false, now);
         device.process_exited(2, now).unwrap();
         assert_eq!(device.take_events(), vec![Event::Interrupted { request: RequestId(2) }]);
         device.write(1, 1, now).unwrap();
@@ -620,10 +699,50 @@ mod tests {
     }
 
     #[test]
+    fn holders_and_waiters_say_since_when() {
+        let (mut device, start) = device(1);
+        let later = start + Duration::from_secs(3);
+        device.read(1, RequestId(1), false, start);
+        device.read(2, RequestId(2), false, later);
+        assert_eq!(device.holders(), vec![Holder { pid: 1, tokens: 1, since: start }]);
+        assert_eq!(
+            device.waiters(),
+            vec![Waiter { pid: 2, kind: WaitKind::Blocking, since: later }]
+        );
+        device.write(1, 1, later).unwrap();
+        assert_eq!(device.holders(), vec![Holder { pid: 2, tokens: 1, since: later }]);
+    }
+
+    #[test]
+    fn a_process_at_its_limit_waits_and_others_pass_it() {
+        let (mut device, now) = device(3);
+        device.set_per_process_limit(Some(1), now);
+        assert_eq!(device.read(1, RequestId(1), true, now), ReadOutcome::Token);
+        assert_eq!(device.read(1, RequestId(2), true, now), ReadOutcome::WouldBlock);
+        assert_eq!(device.read(1, RequestId(3), false, now), ReadOutcome::Pending);
+        assert_eq!(device.read(2, RequestId(4), false, now), ReadOutcome::Token);
+        assert!(!device.poll(1, None, now), "not readable at its limit");
+        device.set_per_process_limit(None, now);
+        assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(3), pid: 1 }]);
+    }
+
+    #[test]
+    fn an_allowance_holds_tokens_back_until_lifted() {
+        let (mut device, now) = device(4);
+        device.read(1, RequestId(1), false, now);
+        device.set_allowance(Some(1), now);
+        assert_eq!(device.read(2, RequestId(2), true, now), ReadOutcome::WouldBlock);
+        assert_eq!(device.read(2, RequestId(3), false, now), ReadOutcome::Pending);
+        assert_eq!(device.counts().withheld, 3);
+        device.set_allowance(None, now);
+        assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(3), pid: 2 }]);
+    }
+
+    #[test]
     fn growing_the_pool_answers_waiters() {
         let (mut device, now) = device(1);
-        device.read(1, RequestId(1), false);
-        device.read(2, RequestId(2), false);
+        device.read(1, RequestId(1), false, now);
+        device.read(2, RequestId(2), false, now);
         device.poll(3, Some(PollHandle(3)), now);
         device.set_jobs(3, now);
         assert_eq!(

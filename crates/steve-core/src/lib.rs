@@ -26,6 +26,7 @@ pub mod accounts;
 pub mod backend;
 pub mod device;
 pub mod ledger;
+pub mod limits;
 pub mod makeflags;
 pub mod signals;
 pub mod status;

@@ -19,6 +19,8 @@ enum Op {
     Exit { pid: u32 },
     Advance { millis: u64 },
     SetJobs(usize),
+    SetAllowance(Option<usize>),
+    SetPerProcessLimit(Option<usize>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -30,6 +32,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u32..5).prop_map(|pid| Op::Exit { pid }),
         2 => (0u64..800).prop_map(|millis| Op::Advance { millis }),
         1 => (0usize..5).prop_map(Op::SetJobs),
+        1 => proptest::option::of(0usize..4).prop_map(Op::SetAllowance),
+        1 => proptest::option::of(1usize..3).prop_map(Op::SetPerProcessLimit),
     ]
 }
 
@@ -55,7 +59,7 @@ proptest! {
                     next_request += 1;
                     let request = RequestId(next_request);
                     let before = device.held_by(pid);
-                    match device.read(pid, request, nonblocking) {
+                    match device.read(pid, request, nonblocking, now) {
                         ReadOutcome::Token => prop_assert_eq!(device.held_by(pid), before + 1),
                         ReadOutcome::Pending => {
                             prop_assert!(!nonblocking);
@@ -81,7 +85,7 @@ proptest! {
                     if device.poll(pid, handle, now) {
                         // Readable means a read now gets a token without waiting.
                         next_request += 1;
-                        let outcome = device.read(pid, RequestId(next_request), true);
+                        let outcome = device.read(pid, RequestId(next_request), true, now);
                         prop_assert_eq!(outcome, ReadOutcome::Token);
                     }
                 }
@@ -104,6 +108,8 @@ proptest! {
                     }
                 }
                 Op::SetJobs(jobs) => device.set_jobs(jobs, now),
+                Op::SetAllowance(allowance) => device.set_allowance(allowance, now),
+                Op::SetPerProcessLimit(limit) => device.set_per_process_limit(limit, now),
             }
             for event in device.take_events() {
                 match event {
@@ -123,6 +129,8 @@ proptest! {
         }
 
         // Everyone leaves; every waiting read is settled and the pool is whole.
+        device.set_allowance(None, now);
+        device.set_per_process_limit(None, now);
         for pid in 1..5 {
             device.process_exited(pid, now);
             for event in device.take_events() {

@@ -231,7 +231,7 @@ impl Session {
             Request::Read { size: 0, .. } => Some(abi::reply_data(unique, &[])),
             Request::Read { flags, .. } => {
                 let nonblocking = flags & nix::libc::O_NONBLOCK as u32 != 0;
-                match self.device.read(pid, RequestId(unique), nonblocking) {
+                match self.device.read(pid, RequestId(unique), nonblocking, Instant::now()) {
                     ReadOutcome::Token => {
                         debug!(pid, "token handed out");
                         Some(abi::reply_data(unique, TOKEN))
@@ -372,13 +372,27 @@ impl Session {
             .device
             .holders()
             .iter()
-            .map(|(pid, tokens)| format!("{} (pid {pid}): {tokens}", self.processes.name(*pid)))
+            .map(|holder| {
+                format!(
+                    "{} (pid {}): {}",
+                    self.processes.name(holder.pid),
+                    holder.pid,
+                    holder.tokens
+                )
+            })
             .collect();
         let waiters: Vec<String> = self
             .device
             .waiters()
             .iter()
-            .map(|(pid, kind)| format!("{} (pid {pid}, {kind:?})", self.processes.name(*pid)))
+            .map(|waiter| {
+                format!(
+                    "{} (pid {}, {:?})",
+                    self.processes.name(waiter.pid),
+                    waiter.pid,
+                    waiter.kind
+                )
+            })
             .collect();
         let counters = self.device.counters();
         info!(
