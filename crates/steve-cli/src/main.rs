@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use steve_core::backend::{
     self, Announcement, Availability, RunConfig, RunStyle, ServeConfig, Start,
 };
+use steve_core::limits::Limits;
 use tracing::info;
+
+mod control;
+mod top;
 
 // Referenced so that the linker keeps each backend crate and its registry entries.
 use steve_cuse as _;
@@ -37,6 +41,14 @@ enum Commands {
     Serve(ServeArgs),
     /// Run a command tree under a private jobserver.
     Run(RunArgs),
+    /// Show a running server's state: pool, limits, holders, waiters, counters.
+    Status(control::StatusArgs),
+    /// Print settings or status values of a running server, one per line.
+    Get(control::GetArgs),
+    /// Change settings of a running server (root or the server's own user only).
+    Set(control::SetArgs),
+    /// Watch a running server's holders, waiters and limits live (q quits).
+    Top(top::TopArgs),
     /// List the backends and whether each works on this machine.
     Backends,
 }
@@ -70,6 +82,25 @@ struct ServeArgs {
     /// milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     poll_reservation_ms: u64,
+    /// Hold tokens back while the 1-minute load average is at or above X.
+    #[arg(long, value_name = "X")]
+    load_average: Option<f64>,
+    /// Tokens that may still be out while a load or memory limit holds tokens back.
+    #[arg(long, value_name = "M", default_value_t = 1)]
+    min_jobs: usize,
+    /// Hold tokens back while less than this many MiB of memory are available.
+    #[arg(long, value_name = "MIB")]
+    min_memory_avail: Option<u64>,
+    /// cuse: the most tokens one process may hold.
+    #[arg(long, value_name = "K")]
+    per_process_limit: Option<usize>,
+    /// Seconds between readings of the load and memory while over a limit.
+    #[arg(long, value_name = "S", default_value_t = 0.5)]
+    load_recheck: f64,
+    /// The control socket [default: beside the jobserver; for a device /dev/NAME,
+    /// /run/steve/NAME.control].
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +142,10 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Commands::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Commands::Run(args) => return run(args),
+        Commands::Status(args) => control::status(args).map(|()| ExitCode::SUCCESS),
+        Commands::Get(args) => control::get(args).map(|()| ExitCode::SUCCESS),
+        Commands::Set(args) => control::set(args).map(|()| ExitCode::SUCCESS),
+        Commands::Top(args) => top::run(args).map(|()| ExitCode::SUCCESS),
         Commands::Backends => list_backends().map(|()| ExitCode::SUCCESS),
     };
     outcome.unwrap_or_else(|error| {
@@ -152,8 +187,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let Start::Server(start) = chosen.start else {
         bail!("backend {} serves one command tree: use `steve run`", chosen.name);
     };
+    let mut limits = Limits::new(args.jobs.unwrap_or_else(default_jobs) as usize);
+    let settings: Vec<(String, String)> = [
+        ("load-average", args.load_average.map(|v| v.to_string())),
+        ("min-jobs", Some(args.min_jobs.to_string())),
+        ("min-memory-avail", args.min_memory_avail.map(|v| v.to_string())),
+        ("per-process-limit", args.per_process_limit.map(|v| v.to_string())),
+        ("load-recheck", Some(args.load_recheck.to_string())),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some((key.to_string(), value?)))
+    .collect();
+    // The same checks as `steve set`; the backend checks `jobs` against what it serves.
+    limits.apply(&settings, usize::MAX).map_err(|error| anyhow!("--{error}"))?;
     let config = ServeConfig {
-        jobs: args.jobs.unwrap_or_else(default_jobs),
+        limits,
+        control: args.control,
         path: args.path,
         mode: args.mode,
         group: args.group,
@@ -165,10 +214,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         info!("clients use MAKEFLAGS='{}'", announcement.makeflags);
         let mut stdout = std::io::stdout().lock();
         // The first line on stdout says the server is ready, in a form a shell can use.
-        let _ = writeln!(stdout, "MAKEFLAGS='{}'", announcement.makeflags.replace('\'', r"'\''"));
+        let _ = writeln!(stdout, "MAKEFLAGS='{}'", shell_quote_body(&announcement.makeflags));
+        if let Some(control) = &announcement.control {
+            info!("control socket: {}", control.display());
+            let control = control.display().to_string();
+            let _ = writeln!(stdout, "STEVE_CONTROL='{}'", shell_quote_body(&control));
+        }
         let _ = stdout.flush();
     };
     start(&config, &mut announce).map_err(|error| anyhow!(error))
+}
+
+/// `text` made safe inside single quotes.
+fn shell_quote_body(text: &str) -> String {
+    text.replace('\'', r"'\''")
 }
 
 fn choose_backend(name: &str) -> anyhow::Result<&'static backend::Backend> {

@@ -77,10 +77,12 @@ pub enum Availability {
 }
 
 /// What `steve serve` asks of a server backend. Options a backend has no use for are ignored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
-    /// Number of tokens in the pool.
-    pub jobs: u32,
+    /// The pool size and the scheduling limits.
+    pub limits: crate::limits::Limits,
+    /// The control socket; `None` for the backend's default (beside the jobserver).
+    pub control: Option<PathBuf>,
     /// Where clients find the jobserver; `None` for the backend's default.
     pub path: Option<PathBuf>,
     /// Permission bits for the path; `None` for the backend's default.
@@ -105,6 +107,8 @@ pub struct Announcement {
     pub makeflags: String,
     /// The path clients open.
     pub path: PathBuf,
+    /// The control socket (`steve status`, `get`, `set`), if the server has one.
+    pub control: Option<PathBuf>,
 }
 
 /// Which private jobserver `steve run` sets up.

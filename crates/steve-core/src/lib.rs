@@ -9,7 +9,9 @@
 //! - [`device`]: the rules of a per-process jobserver device, written once for every transport;
 //! - [`accounts`]: users and groups named on the command line;
 //! - [`backend`]: the registry through which transport crates (named pipe, CUSE, ...) plug in;
-//! - [`status`]: the report a server gives of itself;
+//! - [`limits`]: load, memory and per-process limits, and what they allow now;
+//! - [`status`]: the report a server gives of itself, the same for every backend;
+//! - [`control`]: the control socket every server listens on (`steve status`, `get`, `set`);
 //! - [`signals`]: signals read from a signalfd in a server's one poll loop.
 //!
 //! ```
@@ -24,6 +26,7 @@
 
 pub mod accounts;
 pub mod backend;
+pub mod control;
 pub mod device;
 pub mod ledger;
 pub mod limits;

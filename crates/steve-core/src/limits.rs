@@ -313,11 +313,8 @@ impl Governor {
         self.pressure
     }
 
-    /// The last reading of the system (fresh when a limit needs one; else read now).
-    pub fn reading(&mut self) -> SystemReading {
-        if self.limits.load_average.is_none() && self.limits.min_memory_avail_mib.is_none() {
-            self.last = self.probe.read();
-        }
+    /// The reading the last [`Governor::check`] took (empty when no limit needed one).
+    pub fn last_reading(&self) -> SystemReading {
         self.last
     }
 }

@@ -1,49 +1,294 @@
-//! The status report a server writes to its log on SIGUSR1.
+//! The status of a server, the same for every backend: what `steve status` shows (as text or
+//! JSON), what SIGUSR1 writes to the log, and what `steve get` reads values from.
+//!
+//! Every field is documented in `docs/reference.md`; a test checks that the docs name each key
+//! a real server reports.
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{Limits, Pressure, SystemReading};
+
 /// A server's state at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
     /// The backend's name.
-    pub backend: &'static str,
+    pub backend: String,
     /// The path clients open.
     pub path: PathBuf,
+    /// The control socket, if the server has one.
+    pub control: Option<PathBuf>,
+    /// The server's process id.
+    pub daemon_pid: u32,
+    /// Seconds since the server started.
+    pub uptime_seconds: f64,
+    /// The tokens.
+    pub pool: PoolReport,
+    /// The limits in force.
+    pub limits: Limits,
+    /// The last reading of the system.
+    pub system: SystemReading,
+    /// Why tokens are held back now, if they are.
+    pub limited_by: Option<Pressure>,
+    /// Whether `holders` counts tokens per process (device backends), or lists the processes
+    /// that have the jobserver open (a pipe cannot say who holds what).
+    pub holders_exact: bool,
+    /// The processes holding tokens (or, for a pipe, having it open), by pid.
+    pub holders: Vec<HolderReport>,
+    /// The waiting requests, oldest first; `None` where the transport cannot see them.
+    pub waiters: Option<Vec<WaiterReport>>,
+    /// Running totals.
+    pub counters: CounterReport,
+}
+
+/// The pool's counts: `free + held + withheld == size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolReport {
     /// The configured number of tokens (`-j`).
     pub jobs: usize,
-    /// Tokens that exist now (differs from `jobs` while a shrink waits for returns).
-    pub pool: usize,
+    /// Tokens that exist now.
+    pub size: usize,
     /// Tokens a client could take now.
     pub free: usize,
     /// Tokens out with clients.
     pub held: usize,
-    /// Tokens the server keeps back.
+    /// Tokens the server keeps back (limits, or a shrink waiting for returns).
     pub withheld: usize,
-    /// Clients waiting for a token; `None` where the transport cannot see them (a pipe).
-    pub waiters: Option<usize>,
-    /// Tokens put back after their holders died without returning them, since start.
-    pub recovered: u64,
+    /// Tokens lent by clients' grace returns.
+    pub lent: usize,
 }
 
-impl fmt::Display for Status {
+/// One process holding tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HolderReport {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command line.
+    pub command: String,
+    /// Tokens it holds (`None` where the transport cannot tell).
+    pub tokens: Option<usize>,
+    /// Seconds since it first held one without a break (`None` where unknown).
+    pub held_seconds: Option<f64>,
+}
+
+/// One waiting request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaiterReport {
+    /// The waiting process.
+    pub pid: u32,
+    /// Its command line.
+    pub command: String,
+    /// `blocking` (a read) or `polling` (poll() asking to be woken).
+    pub kind: String,
+    /// Seconds it has waited.
+    pub waiting_seconds: f64,
+}
+
+/// Totals since the server started; `None` where the transport cannot count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CounterReport {
+    /// Tokens handed out.
+    pub grants: Option<u64>,
+    /// Tokens written back by their holders.
+    pub returns: Option<u64>,
+    /// Tokens taken back from processes that died holding them (fifo: put back into the pipe).
+    pub reclaimed: u64,
+    /// Writes refused with ENOSPC.
+    pub enospc: Option<u64>,
+    /// Grace returns accepted.
+    pub grace_returns: Option<u64>,
+    /// Waiting reads ended by a signal.
+    pub interrupts: Option<u64>,
+    /// Poll reservations that expired unused.
+    pub expired_reservations: Option<u64>,
+}
+
+/// The keys `steve get` reads besides the settings: the pool's counts and the system's state.
+pub const STATUS_KEYS: [&str; 8] =
+    ["size", "free", "held", "withheld", "waiters", "holders", "load", "memory-available"];
+
+impl StatusReport {
+    /// A value by key, as `steve get` prints it: any setting (`jobs`, `load-average`, ...) or
+    /// one of [`STATUS_KEYS`].
+    pub fn value(&self, key: &str) -> Option<String> {
+        let optional = |value: Option<String>| value.unwrap_or_else(|| "none".to_string());
+        Some(match key {
+            "size" => self.pool.size.to_string(),
+            "free" => self.pool.free.to_string(),
+            "held" => self.pool.held.to_string(),
+            "withheld" => self.pool.withheld.to_string(),
+            "waiters" => optional(self.waiters.as_ref().map(|w| w.len().to_string())),
+            "holders" => self.holders.len().to_string(),
+            "load" => optional(self.system.load_average_1m.map(|v| format!("{v:.2}"))),
+            "memory-available" => optional(self.system.memory_available_mib.map(|v| v.to_string())),
+            setting => return self.limits.get(setting),
+        })
+    }
+}
+
+impl fmt::Display for StatusReport {
+    /// The human form: a few lines, as `steve status` prints it and SIGUSR1 logs it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+        let pool = &self.pool;
+        writeln!(
             f,
-            "status of {} jobserver {}: jobs {}, pool {}, free {}, held {}, withheld {}, waiters ",
+            "{} jobserver {} (pid {}, up {:.0} s)",
             self.backend,
             self.path.display(),
-            self.jobs,
-            self.pool,
-            self.free,
-            self.held,
-            self.withheld,
+            self.daemon_pid,
+            self.uptime_seconds
         )?;
-        match self.waiters {
-            Some(count) => write!(f, "{count}")?,
-            None => f.write_str("unknown (a pipe does not show them)")?,
+        write!(
+            f,
+            "tokens: {} jobs, {} in the pool: {} free, {} held, {} withheld",
+            pool.jobs, pool.size, pool.free, pool.held, pool.withheld
+        )?;
+        if pool.lent > 0 {
+            write!(f, ", {} lent", pool.lent)?;
         }
-        write!(f, ", recovered {}", self.recovered)
+        writeln!(f)?;
+        let limits = &self.limits;
+        let or_none = |value: Option<String>| value.unwrap_or_else(|| "none".to_string());
+        writeln!(
+            f,
+            "limits: load average {}, min jobs {}, min memory {}, per process {}, recheck {:.2} s",
+            or_none(limits.load_average.map(|v| v.to_string())),
+            limits.min_jobs,
+            or_none(limits.min_memory_avail_mib.map(|v| format!("{v} MiB"))),
+            or_none(limits.per_process_limit.map(|v| v.to_string())),
+            limits.load_recheck.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "system: load {}, {} available{}",
+            or_none(self.system.load_average_1m.map(|v| format!("{v:.2}"))),
+            or_none(self.system.memory_available_mib.map(|v| format!("{v} MiB"))),
+            match self.limited_by {
+                Some(pressure) => format!("; holding back: {pressure}"),
+                None => String::new(),
+            }
+        )?;
+        let title = if self.holders_exact { "holders" } else { "processes with it open" };
+        writeln!(f, "{title}: {}", self.holders.len())?;
+        for holder in &self.holders {
+            let tokens = holder.tokens.map_or_else(String::new, |n| format!("{n} token(s) "));
+            let since = holder.held_seconds.map_or_else(String::new, |s| format!("for {s:.1} s "));
+            writeln!(f, "  pid {:>7}  {tokens}{since}{}", holder.pid, holder.command)?;
+        }
+        match &self.waiters {
+            Some(waiters) => {
+                writeln!(f, "waiters: {}", waiters.len())?;
+                for waiter in waiters {
+                    writeln!(
+                        f,
+                        "  pid {:>7}  {} for {:.1} s  {}",
+                        waiter.pid, waiter.kind, waiter.waiting_seconds, waiter.command
+                    )?;
+                }
+            }
+            None => writeln!(f, "waiters: unknown (a pipe does not show them)")?,
+        }
+        let counters = &self.counters;
+        let count = |value: Option<u64>| value.map_or_else(|| "-".to_string(), |v| v.to_string());
+        write!(
+            f,
+            "counters: grants {}, returns {}, reclaimed {}, ENOSPC {}, grace returns {}, \
+             interrupts {}, expired reservations {}",
+            count(counters.grants),
+            count(counters.returns),
+            counters.reclaimed,
+            count(counters.enospc),
+            count(counters.grace_returns),
+            count(counters.interrupts),
+            count(counters.expired_reservations)
+        )
+    }
+}
+
+/// A process's command line from `/proc/PID/cmdline` (arguments joined by spaces), or its
+/// `comm` name when that is empty (kernel threads, zombies).
+pub fn command_line(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let words: Vec<String> = raw
+        .split(|byte| *byte == 0)
+        .filter(|word| !word.is_empty())
+        .map(|word| String::from_utf8_lossy(word).into_owned())
+        .collect();
+    if words.is_empty() {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|name| format!("[{}]", name.trim_end()))
+            .unwrap_or_else(|_| "?".to_string())
+    } else {
+        words.join(" ")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> StatusReport {
+        StatusReport {
+            backend: "cuse".into(),
+            path: "/dev/steve".into(),
+            control: Some("/run/steve/steve.control".into()),
+            daemon_pid: 42,
+            uptime_seconds: 10.0,
+            pool: PoolReport { jobs: 4, size: 4, free: 1, held: 3, withheld: 0, lent: 0 },
+            limits: Limits::new(4),
+            system: SystemReading { load_average_1m: Some(1.5), memory_available_mib: Some(900) },
+            limited_by: None,
+            holders_exact: true,
+            holders: vec![HolderReport {
+                pid: 100,
+                command: "make -C src".into(),
+                tokens: Some(3),
+                held_seconds: Some(2.0),
+            }],
+            waiters: Some(vec![WaiterReport {
+                pid: 200,
+                command: "ninja".into(),
+                kind: "blocking".into(),
+                waiting_seconds: 0.5,
+            }]),
+            counters: CounterReport { reclaimed: 1, grants: Some(10), ..CounterReport::default() },
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json_and_answers_get() {
+        let report = sample();
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<StatusReport>(&json).unwrap(), report);
+        assert_eq!(report.value("free").as_deref(), Some("1"));
+        assert_eq!(report.value("jobs").as_deref(), Some("4"));
+        assert_eq!(report.value("load").as_deref(), Some("1.50"));
+        assert_eq!(report.value("load-average").as_deref(), Some("none"));
+        assert_eq!(report.value("nonsense"), None);
+        for key in STATUS_KEYS {
+            assert!(report.value(key).is_some(), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_text_form_names_holders_and_waiters() {
+        let text = sample().to_string();
+        assert!(text.contains("pid     100  3 token(s) for 2.0 s make -C src"), "{text}");
+        assert!(text.contains("pid     200  blocking for 0.5 s  ninja"), "{text}");
+        assert!(
+            text.contains("tokens: 4 jobs, 4 in the pool: 1 free, 3 held, 0 withheld"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn command_lines_come_from_proc() {
+        let own = command_line(std::process::id());
+        let exe = std::env::current_exe().unwrap();
+        assert!(own.starts_with(&exe.display().to_string()), "{own}");
+        assert_eq!(command_line(u32::MAX), "?");
     }
 }

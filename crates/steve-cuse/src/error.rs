@@ -32,7 +32,7 @@ pub enum CuseError {
     /// The job count is out of range.
     BadJobs {
         /// The count asked for.
-        jobs: u32,
+        jobs: usize,
     },
     /// The user or group given does not exist.
     UnknownAccount {
@@ -53,7 +53,7 @@ pub enum CuseError {
 }
 
 /// The largest pool the device serves.
-pub const MAX_JOBS: u32 = 65_536;
+pub const MAX_JOBS: usize = 65_536;
 
 impl CuseError {
     pub(crate) fn io(

@@ -67,19 +67,14 @@ impl Processes {
         Some(watched.name)
     }
 
-    /// The command name of a watched process.
-    pub fn name(&self, pid: Pid) -> &str {
-        self.watched.get(&pid).map_or("?", |watched| watched.name.as_str())
+    /// The command line of a live process, read now (only status reports need it).
+    pub fn command(&self, pid: Pid) -> String {
+        steve_core::status::command_line(pid)
     }
 
     /// Every watched process with its pidfd, to poll.
     pub fn pidfds(&self) -> Vec<(Pid, BorrowedFd<'_>)> {
         self.watched.iter().map(|(pid, watched)| (*pid, watched.pidfd.as_fd())).collect()
-    }
-
-    /// How many processes are watched.
-    pub fn count(&self) -> usize {
-        self.watched.len()
     }
 }
 
@@ -117,26 +112,35 @@ mod tests {
         let tid = receiver.recv().unwrap();
         assert_ne!(tid, own);
         assert_eq!(processes.resolve(tid).unwrap(), own);
-        assert_eq!(processes.count(), 1);
+        assert_eq!(processes.pidfds().len(), 1);
         stop.send(()).unwrap();
         thread.join().unwrap();
         assert!(!processes.has_exited(own));
-        // The kernel's command name: the executable's name, cut to 15 bytes.
+        // The command line, and on forgetting, the kernel's command name (the executable's
+        // name, cut to 15 bytes).
         let exe = std::env::current_exe().unwrap();
+        assert!(processes.command(own).starts_with(&exe.display().to_string()));
         let exe_name = exe.file_name().unwrap().to_string_lossy();
-        assert_eq!(processes.name(own), &exe_name[..exe_name.len().min(15)]);
+        assert_eq!(processes.forget(own).unwrap(), &exe_name[..exe_name.len().min(15)]);
     }
 
     #[test]
     fn an_exited_child_is_seen_and_forgotten() {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        // Until its exec is done, the child's arguments are not in place.
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read(&cmdline).unwrap_or_default() != b"sleep\x0030\x00" {
+            assert!(std::time::Instant::now() < deadline, "sleep never started");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let mut processes = Processes::default();
         let pid = processes.resolve(child.id()).unwrap();
-        assert_eq!(processes.name(pid), "sleep");
+        assert_eq!(processes.command(pid), "sleep 30");
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(processes.has_exited(pid));
         assert_eq!(processes.forget(pid).as_deref(), Some("sleep"));
-        assert_eq!(processes.count(), 0);
+        assert!(processes.pidfds().is_empty());
     }
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::{AccessFlags, Gid, User};
 use steve_core::backend::{Announcement, Availability, BackendError, ServeConfig};
+use steve_core::control::{default_socket_for, ControlServer};
 use steve_core::device::Device;
+use steve_core::limits::{Governor, ProcProbe};
 use steve_core::makeflags::{jobserver_makeflags, JobserverAuth};
 use steve_core::signals::Signals;
 use tracing::{info, warn};
@@ -48,17 +50,20 @@ pub fn serve(
     // Blocked before the device exists, so that a stop signal is never lost.
     let mut signals = Signals::block()
         .map_err(|errno| CuseError::io("block signals for", "the server", errno))?;
-    let (mut session, dev_path) = register(config)?;
+    let (mut session, dev_path, control_path) = register(config)?;
+    let jobs = config.limits.jobs;
     announce(&Announcement {
-        makeflags: jobserver_makeflags(config.jobs, JobserverAuth::Fifo(dev_path.clone())),
+        makeflags: jobserver_makeflags(jobs as u32, JobserverAuth::Fifo(dev_path.clone())),
         path: dev_path.clone(),
+        control: Some(control_path.clone()),
     });
     info!(
-        jobs = config.jobs,
-        "serving {} tokens on {} (per-process accounting; reservations of {:?} for pollers)",
-        config.jobs,
+        jobs,
+        "serving {jobs} tokens on {} (per-process accounting; reservations of {:?} for pollers); \
+         control socket {}",
         dev_path.display(),
-        config.poll_reservation
+        config.poll_reservation,
+        control_path.display()
     );
     match session.run(Some(&mut signals))? {
         Ended::Stopped(signal) => {
@@ -69,10 +74,12 @@ pub fn serve(
     Ok(())
 }
 
-/// Everything up to serving: checks, the CUSE handshake, the node's access, the privilege drop.
-fn register(config: &ServeConfig) -> Result<(Session, PathBuf), CuseError> {
-    if config.jobs == 0 || config.jobs > MAX_JOBS {
-        return Err(CuseError::BadJobs { jobs: config.jobs });
+/// Everything up to serving: checks, the CUSE handshake, the node's access, the control
+/// socket, the privilege drop.
+fn register(config: &ServeConfig) -> Result<(Session, PathBuf, PathBuf), CuseError> {
+    let jobs = config.limits.jobs;
+    if jobs == 0 || jobs > MAX_JOBS {
+        return Err(CuseError::BadJobs { jobs });
     }
     let dev_name = config.device_name.as_deref().unwrap_or(DEFAULT_DEV_NAME);
     if dev_name.is_empty() || dev_name.contains('/') || dev_name.contains('\0') {
@@ -91,8 +98,9 @@ fn register(config: &ServeConfig) -> Result<(Session, PathBuf), CuseError> {
         .write(true)
         .open(CUSE_PATH)
         .map_err(|source| CuseError::Open { source })?;
-    let device = Device::new(config.jobs as usize, config.poll_reservation);
-    let session = Session::start(channel.into(), dev_name, device)?;
+    let device = Device::new(jobs, config.poll_reservation);
+    let mut session = Session::start(channel.into(), dev_name, device)?;
+    session.set_governor(Governor::new(config.limits.clone(), Box::new(ProcProbe)));
     wait_for_node(&dev_path)?;
     if let Some(gid) = gid {
         std::os::unix::fs::chown(&dev_path, None, Some(gid.as_raw())).map_err(|source| {
@@ -106,10 +114,18 @@ fn register(config: &ServeConfig) -> Result<(Session, PathBuf), CuseError> {
     fs::set_permissions(&dev_path, fs::Permissions::from_mode(mode)).map_err(|source| {
         CuseError::Io { action: "set the mode of", what: dev_path.display().to_string(), source }
     })?;
+    let control_path = config.control.clone().unwrap_or_else(|| default_socket_for(&dev_path));
+    let control =
+        ControlServer::bind(&control_path, mode, gid).map_err(|source| CuseError::Io {
+            action: "listen on the control socket",
+            what: control_path.display().to_string(),
+            source,
+        })?;
+    session.set_control(control);
     if let Some(user) = user {
         drop_privileges(&user)?;
     }
-    Ok((session, dev_path))
+    Ok((session, dev_path, control_path))
 }
 
 /// The kernel creates the node while it handles the CUSE_INIT answer; give devtmpfs a moment.

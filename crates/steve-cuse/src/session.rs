@@ -13,9 +13,11 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use steve_core::device::{Device, Event, Pid, PollHandle, ReadOutcome, RequestId};
+use steve_core::control::{answer, ControlServer, Controlled};
+use steve_core::device::{Device, Event, Pid, PollHandle, ReadOutcome, RequestId, WaitKind};
+use steve_core::limits::{Governor, Limits, ProcProbe, SystemProbe};
 use steve_core::signals::{SignalEvent, Signals};
-use steve_core::status::Status;
+use steve_core::status::{CounterReport, HolderReport, PoolReport, StatusReport, WaiterReport};
 use tracing::{debug, info, warn};
 
 use crate::abi::{self, Request};
@@ -40,6 +42,13 @@ pub struct Session {
     next_fh: u64,
     buffer: Vec<u8>,
     unknown_opcodes: HashSet<u32>,
+    governor: Governor,
+    /// The allowance last given to the device.
+    allowance: Option<usize>,
+    /// The control socket; taken out while it is serviced, since servicing needs the session.
+    control: Option<ControlServer>,
+    control_path: Option<std::path::PathBuf>,
+    started: Instant,
 }
 
 /// Whether to go on after handling requests.
@@ -92,6 +101,7 @@ impl Session {
         fcntl(&channel, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
             .map_err(|errno| CuseError::io("configure", "the channel", errno))?;
         debug!(major, minor, "CUSE connection up as /dev/{dev_name}");
+        let limits = Limits::new(device.counts().target);
         Ok(Session {
             channel,
             device,
@@ -100,14 +110,60 @@ impl Session {
             next_fh: 1,
             buffer,
             unknown_opcodes: HashSet::new(),
+            governor: Governor::new(limits, Box::new(ProcProbe)),
+            allowance: None,
+            control: None,
+            control_path: None,
+            started: Instant::now(),
         })
+    }
+
+    /// Applies `governor`'s limits from now on (the pool size and per-process limit at once).
+    pub fn set_governor(&mut self, governor: Governor) {
+        let now = Instant::now();
+        self.device.set_jobs(governor.limits().jobs, now);
+        self.device.set_per_process_limit(governor.limits().per_process_limit, now);
+        self.governor = governor;
+        self.refresh_limits(now);
+        self.send_events();
+    }
+
+    /// Serves `control` from the session's poll loop.
+    pub fn set_control(&mut self, control: ControlServer) {
+        self.control_path = Some(control.path().to_path_buf());
+        self.control = Some(control);
+    }
+
+    /// Reads the system if a load or memory limit is set, and holds tokens back (or lets them
+    /// go) as the limits say.
+    fn refresh_limits(&mut self, now: Instant) {
+        let limits = self.governor.limits();
+        if limits.load_average.is_none()
+            && limits.min_memory_avail_mib.is_none()
+            && self.allowance.is_none()
+        {
+            return;
+        }
+        let allowance = self.governor.check(now);
+        if allowance != self.allowance {
+            match self.governor.pressure() {
+                Some(pressure) => info!("holding tokens back: {pressure}"),
+                None => info!("limits no longer exceeded: tokens flow again"),
+            }
+            self.allowance = allowance;
+            self.device.set_allowance(allowance, now);
+        }
     }
 
     /// Serves until a stop signal or the end of the connection. Without `signals` (in tests)
     /// it serves until the channel closes.
     pub fn run(&mut self, mut signals: Option<&mut Signals>) -> Result<Ended, CuseError> {
         loop {
-            let timeout = match self.device.next_deadline() {
+            let deadline = match (self.device.next_deadline(), self.governor.next_recheck()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = match deadline {
                 Some(deadline) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
                     // Round up, so that the deadline has passed when poll returns.
@@ -118,7 +174,7 @@ impl Session {
                 None => PollTimeout::NONE,
             };
             let pids: Vec<Pid>;
-            let (channel_ready, signals_ready, exited) = {
+            let (channel_ready, signals_ready, exited, control_ready) = {
                 let pidfds = self.processes.pidfds();
                 pids = pidfds.iter().map(|(pid, _)| *pid).collect();
                 let mut fds = vec![PollFd::new(self.channel.as_fd(), PollFlags::POLLIN)];
@@ -127,6 +183,12 @@ impl Session {
                 }
                 let first_pidfd = fds.len();
                 fds.extend(pidfds.iter().map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)));
+                let first_control = fds.len();
+                if let Some(control) = &self.control {
+                    fds.extend(
+                        control.fds().into_iter().map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+                    );
+                }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(errno) => {
@@ -134,13 +196,14 @@ impl Session {
                     }
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|events| !events.is_empty());
-                let exited: Vec<Pid> = fds[first_pidfd..]
+                let exited: Vec<Pid> = fds[first_pidfd..first_control]
                     .iter()
                     .zip(&pids)
                     .filter(|(fd, _)| ready(fd))
                     .map(|(_, pid)| *pid)
                     .collect();
-                (ready(&fds[0]), signals.is_some() && ready(&fds[1]), exited)
+                let control_ready = fds[first_control..].iter().any(ready);
+                (ready(&fds[0]), signals.is_some() && ready(&fds[1]), exited, control_ready)
             };
             let now = Instant::now();
             // Exits first: a new process that got an exited one's pid must not inherit its books.
@@ -160,10 +223,21 @@ impl Session {
                     }
                 }
             }
+            if control_ready {
+                if let Some(mut control) = self.control.take() {
+                    let owner = nix::unistd::geteuid().as_raw();
+                    control.service(&mut |request, peer| answer(self, request, peer, owner));
+                    self.control = Some(control);
+                }
+            }
             if channel_ready && self.read_requests()? == Flow::Disconnected {
                 return Ok(Ended::Disconnected);
             }
-            self.device.expire(Instant::now());
+            let now = Instant::now();
+            if self.governor.next_recheck().is_some_and(|at| at <= now) {
+                self.refresh_limits(now);
+            }
+            self.device.expire(now);
             self.send_events();
         }
     }
@@ -230,6 +304,7 @@ impl Session {
             }
             Request::Read { size: 0, .. } => Some(abi::reply_data(unique, &[])),
             Request::Read { flags, .. } => {
+                self.refresh_limits(Instant::now());
                 let nonblocking = flags & nix::libc::O_NONBLOCK as u32 != 0;
                 match self.device.read(pid, RequestId(unique), nonblocking, Instant::now()) {
                     ReadOutcome::Token => {
@@ -252,6 +327,7 @@ impl Session {
                 }
             },
             Request::Poll { kh, flags, events, .. } => {
+                self.refresh_limits(Instant::now());
                 let notify = (flags & abi::POLL_SCHEDULE_NOTIFY != 0).then_some(PollHandle(kh));
                 let readable = self.device.poll(pid, notify, Instant::now());
                 Some(abi::reply_poll(unique, poll_events(readable, events)))
@@ -345,19 +421,71 @@ impl Session {
         }
     }
 
-    /// The device's state now.
-    pub fn status(&self) -> Status {
+    /// The device's state now, as `steve status` shows it.
+    pub fn status(&mut self) -> StatusReport {
+        let now = Instant::now();
         let counts = self.device.counts();
-        Status {
-            backend: "cuse",
+        let counters = self.device.counters();
+        let holders = self
+            .device
+            .holders()
+            .into_iter()
+            .map(|holder| HolderReport {
+                pid: holder.pid,
+                command: self.processes.command(holder.pid),
+                tokens: Some(holder.tokens),
+                held_seconds: Some(now.duration_since(holder.since).as_secs_f64()),
+            })
+            .collect();
+        let waiters = self
+            .device
+            .waiters()
+            .into_iter()
+            .map(|waiter| WaiterReport {
+                pid: waiter.pid,
+                command: self.processes.command(waiter.pid),
+                kind: match waiter.kind {
+                    WaitKind::Blocking => "blocking".to_string(),
+                    WaitKind::Polling => "polling".to_string(),
+                },
+                waiting_seconds: now.duration_since(waiter.since).as_secs_f64(),
+            })
+            .collect();
+        let limits = self.governor.limits();
+        let system = if limits.load_average.is_some() || limits.min_memory_avail_mib.is_some() {
+            self.governor.last_reading()
+        } else {
+            ProcProbe.read()
+        };
+        StatusReport {
+            backend: "cuse".to_string(),
             path: self.dev_path.clone(),
-            jobs: counts.target,
-            pool: counts.size,
-            free: counts.free,
-            held: counts.held,
-            withheld: counts.withheld,
-            waiters: Some(counts.waiting),
-            recovered: self.device.counters().reclaimed,
+            control: self.control_path.clone(),
+            daemon_pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            pool: PoolReport {
+                jobs: counts.target,
+                size: counts.size,
+                free: counts.free,
+                held: counts.held,
+                withheld: counts.withheld,
+                lent: counts.lent,
+            },
+            limits: limits.clone(),
+            system,
+            limited_by: self.governor.pressure(),
+            holders_exact: true,
+            holders,
+            waiters: Some(waiters),
+            counters: CounterReport {
+                grants: Some(counters.grants),
+                returns: Some(counters.returns),
+                reclaimed: counters.reclaimed,
+                enospc: Some(counters.refused),
+                grace_returns: Some(counters.grace_returns),
+                interrupts: Some(counters.interrupts),
+                expired_reservations: Some(counters.expired_reservations),
+            },
         }
     }
 
@@ -366,47 +494,27 @@ impl Session {
         &self.device
     }
 
-    fn report(&self) {
-        info!("{}", self.status());
-        let holders: Vec<String> = self
-            .device
-            .holders()
-            .iter()
-            .map(|holder| {
-                format!(
-                    "{} (pid {}): {}",
-                    self.processes.name(holder.pid),
-                    holder.pid,
-                    holder.tokens
-                )
-            })
-            .collect();
-        let waiters: Vec<String> = self
-            .device
-            .waiters()
-            .iter()
-            .map(|waiter| {
-                format!(
-                    "{} (pid {}, {:?})",
-                    self.processes.name(waiter.pid),
-                    waiter.pid,
-                    waiter.kind
-                )
-            })
-            .collect();
-        let counters = self.device.counters();
-        info!(
-            "{} client processes; holders: [{}]; waiters: [{}]; grants {}, returns {}, reclaimed {}, \
-             ENOSPC {}, grace returns {}",
-            self.processes.count(),
-            holders.join(", "),
-            waiters.join(", "),
-            counters.grants,
-            counters.returns,
-            counters.reclaimed,
-            counters.refused,
-            counters.grace_returns
-        );
+    fn report(&mut self) {
+        info!("status:\n{}", self.status());
+    }
+}
+
+impl Controlled for Session {
+    fn status(&mut self) -> StatusReport {
+        Session::status(self)
+    }
+
+    fn apply(&mut self, settings: &[(String, String)]) -> Result<(), String> {
+        let mut limits = self.governor.limits().clone();
+        limits.apply(settings, crate::error::MAX_JOBS).map_err(|error| error.to_string())?;
+        info!("settings changed: {settings:?}");
+        let now = Instant::now();
+        self.device.set_jobs(limits.jobs, now);
+        self.device.set_per_process_limit(limits.per_process_limit, now);
+        self.governor.set_limits(limits);
+        self.refresh_limits(now);
+        self.send_events();
+        Ok(())
     }
 }
 

@@ -33,7 +33,7 @@ pub enum FifoError {
     /// The job count is out of range.
     BadJobs {
         /// The count asked for.
-        jobs: u32,
+        jobs: usize,
     },
     /// The group given for the path does not exist.
     UnknownGroup {
@@ -44,6 +44,11 @@ pub enum FifoError {
     Makeflags(steve_core::makeflags::EnvError),
     /// `steve run` was given no command.
     NoCommand,
+    /// An option this backend cannot honour.
+    Unsupported {
+        /// What, and what would.
+        what: &'static str,
+    },
     /// The command could not be started.
     Spawn {
         /// The command's name.
@@ -63,7 +68,7 @@ pub enum FifoError {
 }
 
 /// The largest pool a pipe can hold without a client ever blocking on a write-back.
-pub const MAX_JOBS: u32 = 4096;
+pub const MAX_JOBS: usize = 4096;
 
 impl FifoError {
     pub(crate) fn io(
@@ -103,6 +108,7 @@ impl fmt::Display for FifoError {
             FifoError::UnknownGroup { group } => write!(f, "no such group: {group}"),
             FifoError::Makeflags(error) => write!(f, "{error}"),
             FifoError::NoCommand => f.write_str("no command given to run"),
+            FifoError::Unsupported { what } => f.write_str(what),
             FifoError::Spawn { command, source } => write!(f, "cannot run {command}: {source}"),
             FifoError::Io { action, path, source } => {
                 write!(f, "cannot {action} {}: {source}", path.display())

@@ -37,7 +37,7 @@ use steve_core::backend::{Availability, Backend, Start};
 pub(crate) const TOKEN: u8 = b'+';
 
 /// Refuses a pool no pipe can serve: empty, or larger than a client could always write back to.
-pub(crate) fn check_jobs(jobs: u32) -> Result<(), FifoError> {
+pub(crate) fn check_jobs(jobs: usize) -> Result<(), FifoError> {
     if jobs == 0 || jobs > MAX_JOBS {
         return Err(FifoError::BadJobs { jobs });
     }

@@ -15,19 +15,22 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::unistd::Gid;
 use steve_core::backend::{Announcement, BackendError, ServeConfig};
+use steve_core::control::{answer, default_socket_for, ControlServer, Controlled};
+use steve_core::limits::{Governor, ProcProbe, SystemProbe};
 use steve_core::makeflags::{jobserver_makeflags, JobserverAuth};
 use steve_core::signals::{SignalEvent, Signals};
-use steve_core::status::Status;
+use steve_core::status::{command_line, CounterReport, HolderReport, PoolReport, StatusReport};
 use tracing::{debug, info, warn};
 
-use crate::error::FifoError;
+use crate::error::{FifoError, MAX_JOBS};
 use crate::lock::PathLock;
-use crate::openers::{find_holder, FileId};
+use crate::openers::{find_holder, find_holders, FileId};
 use crate::sys::bytes_in_pipe;
 use crate::{check_jobs, make_fifo, TOKEN};
 
@@ -57,10 +60,11 @@ pub fn serve(
     let server = NamedPipeServer::create(config)?;
     announce(&Announcement {
         makeflags: jobserver_makeflags(
-            server.jobs as u32,
+            server.governor.limits().jobs as u32,
             JobserverAuth::Fifo(server.path.clone()),
         ),
         path: server.path.clone(),
+        control: Some(server.control_path.clone()),
     });
     server.run(signals)?;
     Ok(())
@@ -74,19 +78,34 @@ enum Recovery {
     Off(String),
 }
 
-/// A named pipe this daemon made, with its lock, filled with `jobs` tokens.
+/// A named pipe this daemon made, with its lock, filled with tokens.
+///
+/// Tokens are counted three ways: `pool` exist in all (in the pipe, with clients, or kept by the
+/// daemon), `withheld` are kept by the daemon, and the rest circulate. The daemon keeps as many
+/// circulating as the limits allow: it takes tokens out of the pipe as they come back while
+/// over a limit or shrinking, and puts them back when the limits allow.
 struct NamedPipeServer {
     path: PathBuf,
-    jobs: usize,
     /// Opened for reading and writing: keeps the pipe alive and lets the daemon count, add and
     /// take out tokens.
     pipe: File,
     pipe_id: FileId,
     inotify: Inotify,
+    governor: Governor,
+    /// Tokens that exist.
+    pool: usize,
+    /// Tokens the daemon keeps out of the pipe.
+    withheld: usize,
+    /// How many tokens may circulate now (`None`: all of them).
+    allowance: Option<usize>,
     recovery: Recovery,
     recovered: u64,
     /// The process last seen holding the pipe, checked first next time.
     last_holder: Option<u32>,
+    started: Instant,
+    /// The control socket; taken out while it is serviced, since servicing needs the server.
+    control: Option<ControlServer>,
+    control_path: PathBuf,
     // Fields drop in order, after `drop` below removed the pipe: first the lock (and its file),
     // then the directory, which is only empty once both are gone.
     _lock: PathLock,
@@ -105,7 +124,12 @@ impl Drop for MadeDir {
 
 impl NamedPipeServer {
     fn create(config: &ServeConfig) -> Result<NamedPipeServer, FifoError> {
-        check_jobs(config.jobs)?;
+        check_jobs(config.limits.jobs)?;
+        if config.limits.per_process_limit.is_some() {
+            return Err(FifoError::Unsupported {
+                what: "--per-process-limit needs a backend that accounts per process (cuse)",
+            });
+        }
         let path = match &config.path {
             Some(path) => absolute(path)?,
             None => default_path()?,
@@ -123,6 +147,9 @@ impl NamedPipeServer {
         let made_dir = make_dir(&dir)?.map(MadeDir);
         let lock = PathLock::acquire(&path)?;
         remove_stale_pipe(&path, &lock)?;
+        let control_path = config.control.clone().unwrap_or_else(|| default_socket_for(&path));
+        let control = ControlServer::bind(&control_path, mode, gid)
+            .map_err(FifoError::io("listen on the control socket", &control_path))?;
 
         let pipe = make_fifo(&path)?;
         // From here on the pipe is ours: dropping the server removes it, also on error.
@@ -131,13 +158,19 @@ impl NamedPipeServer {
             .map_err(|e| FifoError::io("watch", &path)(e.into()))?;
         let mut server = NamedPipeServer {
             path,
-            jobs: config.jobs as usize,
             pipe,
             pipe_id: FileId::of(&metadata),
             inotify,
+            governor: Governor::new(config.limits.clone(), Box::new(ProcProbe)),
+            pool: 0,
+            withheld: 0,
+            allowance: None,
             recovery: Recovery::On,
             recovered: 0,
             last_holder: None,
+            started: Instant::now(),
+            control: Some(control),
+            control_path,
             _lock: lock,
             _made_dir: made_dir,
         };
@@ -151,7 +184,8 @@ impl NamedPipeServer {
                     | AddWatchFlags::IN_CLOSE_NOWRITE,
             )
             .map_err(|e| FifoError::io("watch", &server.path)(e.into()))?;
-        server.put_tokens(server.jobs)?;
+        server.allowance = server.governor.check(Instant::now());
+        server.rebalance()?;
         if !is_root && mode & 0o077 != 0 {
             server.recovery = Recovery::Off(format!(
                 "mode {mode:04o} lets other users open the pipe, and a non-root steve cannot see \
@@ -174,21 +208,34 @@ impl NamedPipeServer {
     fn run(mut self, mut signals: Signals) -> Result<(), FifoError> {
         info!(
             path = %self.path.display(),
-            jobs = self.jobs,
-            "serving {} tokens on {}",
-            self.jobs,
-            self.path.display()
+            jobs = self.pool,
+            "serving {} tokens on {}; control socket {}",
+            self.pool,
+            self.path.display(),
+            self.control_path.display()
         );
         if let Recovery::Off(reason) = &self.recovery {
             warn!("leak recovery is off: {reason}");
         }
         loop {
-            let (signal_ready, inotify_ready) = {
-                let mut fds = [
+            let timeout = self.poll_timeout();
+            let (signal_ready, inotify_ready, pipe_ready, control_ready) = {
+                let mut fds = vec![
                     PollFd::new(signals.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN),
                 ];
-                match poll(&mut fds, PollTimeout::NONE) {
+                // The pipe is watched only while the daemon waits for tokens to take out.
+                let taking = self.to_take() > 0;
+                if taking {
+                    fds.push(PollFd::new(self.pipe.as_fd(), PollFlags::POLLIN));
+                }
+                let first_control = fds.len();
+                if let Some(control) = &self.control {
+                    fds.extend(
+                        control.fds().into_iter().map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+                    );
+                }
+                match poll(&mut fds, timeout) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => {
@@ -196,7 +243,12 @@ impl NamedPipeServer {
                     }
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
+                (
+                    ready(&fds[0]),
+                    ready(&fds[1]),
+                    taking && ready(&fds[2]),
+                    fds[first_control..].iter().any(ready),
+                )
             };
             if signal_ready {
                 while let Some(received) = signals
@@ -211,9 +263,22 @@ impl NamedPipeServer {
                             );
                             return Ok(());
                         }
-                        SignalEvent::Report => info!("{}", self.status()),
+                        SignalEvent::Report => info!("status:\n{}", self.status()),
                         SignalEvent::Child => {}
                     }
+                }
+            }
+            if self.has_system_limits() {
+                self.apply_limits();
+            }
+            if pipe_ready {
+                self.rebalance()?;
+            }
+            if control_ready {
+                if let Some(mut control) = self.control.take() {
+                    let owner = nix::unistd::geteuid().as_raw();
+                    control.service(&mut |request, peer| answer(&mut self, request, peer, owner));
+                    self.control = Some(control);
                 }
             }
             if inotify_ready && self.drain_events().closed {
@@ -222,18 +287,120 @@ impl NamedPipeServer {
         }
     }
 
-    fn status(&self) -> Status {
+    /// A pipe gives the daemon no moment of request to look at the system, so with a load or
+    /// memory limit it looks every `load_recheck`, over the limit or not.
+    fn poll_timeout(&self) -> PollTimeout {
+        if !self.has_system_limits() {
+            return PollTimeout::NONE;
+        }
+        let millis = self.governor.limits().load_recheck.as_millis().clamp(1, i32::MAX as u128);
+        PollTimeout::try_from(millis as i32).unwrap_or(PollTimeout::MAX)
+    }
+
+    fn has_system_limits(&self) -> bool {
+        let limits = self.governor.limits();
+        limits.load_average.is_some() || limits.min_memory_avail_mib.is_some()
+    }
+
+    /// Reads the system, and takes tokens out or puts them back as the limits now say.
+    fn apply_limits(&mut self) {
+        let allowance = self.governor.check(Instant::now());
+        if allowance != self.allowance {
+            match self.governor.pressure() {
+                Some(pressure) => info!("holding tokens back: {pressure}"),
+                None => info!("limits no longer exceeded: tokens flow again"),
+            }
+            self.allowance = allowance;
+        }
+        if let Err(error) = self.rebalance() {
+            warn!("{error}");
+        }
+    }
+
+    /// How many tokens should circulate (in the pipe or with clients) now.
+    fn wanted_circulating(&self) -> usize {
+        let jobs = self.governor.limits().jobs;
+        self.allowance.map_or(jobs, |allowance| allowance.min(jobs))
+    }
+
+    fn circulating(&self) -> usize {
+        self.pool - self.withheld
+    }
+
+    /// Tokens the daemon still has to take out of the pipe.
+    fn to_take(&self) -> usize {
+        self.circulating().saturating_sub(self.wanted_circulating())
+    }
+
+    /// Brings the pipe towards what the limits want: creates or retires tokens for a new `jobs`,
+    /// puts withheld tokens back, or takes tokens out as far as the pipe has them now.
+    fn rebalance(&mut self) -> Result<(), FifoError> {
+        let jobs = self.governor.limits().jobs;
+        if self.pool < jobs {
+            // New tokens start withheld; the release below puts in what the limits allow.
+            self.withheld += jobs - self.pool;
+            self.pool = jobs;
+        } else if self.pool > jobs {
+            let retired = (self.pool - jobs).min(self.withheld);
+            self.withheld -= retired;
+            self.pool -= retired;
+        }
+        let wanted = self.wanted_circulating();
+        if self.circulating() < wanted && self.withheld > 0 {
+            let released = (wanted - self.circulating()).min(self.withheld);
+            self.put_tokens(released)?;
+            self.withheld -= released;
+        }
+        let to_take = self.to_take();
+        if to_take > 0 {
+            let mut sink = vec![0u8; to_take];
+            let taken = match (&self.pipe).read(&mut sink) {
+                Ok(taken) => taken,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(error) => return Err(FifoError::io("take tokens out of", &self.path)(error)),
+            };
+            // Taken tokens retire while more exist than `jobs`; the rest are kept back.
+            let retired = taken.min(self.pool.saturating_sub(jobs));
+            self.pool -= retired;
+            self.withheld += taken - retired;
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> StatusReport {
         let free = bytes_in_pipe(&self.pipe).unwrap_or(0);
-        Status {
-            backend: "fifo",
+        let holders = find_holders(self.pipe_id, std::process::id())
+            .into_iter()
+            .map(|pid| HolderReport {
+                pid,
+                command: command_line(pid),
+                tokens: None,
+                held_seconds: None,
+            })
+            .collect();
+        let system =
+            if self.has_system_limits() { self.governor.last_reading() } else { ProcProbe.read() };
+        StatusReport {
+            backend: "fifo".to_string(),
             path: self.path.clone(),
-            jobs: self.jobs,
-            pool: self.jobs,
-            free,
-            held: self.jobs.saturating_sub(free),
-            withheld: 0,
+            control: Some(self.control_path.clone()),
+            daemon_pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            pool: PoolReport {
+                jobs: self.governor.limits().jobs,
+                size: self.pool,
+                free,
+                held: self.circulating().saturating_sub(free),
+                withheld: self.withheld,
+                lent: 0,
+            },
+            limits: self.governor.limits().clone(),
+            system,
+            limited_by: self.governor.pressure(),
+            holders_exact: false,
+            holders,
             waiters: None,
-            recovered: self.recovered,
+            counters: CounterReport { reclaimed: self.recovered, ..CounterReport::default() },
         }
     }
 
@@ -257,7 +424,8 @@ impl NamedPipeServer {
         seen
     }
 
-    /// If no other process has the pipe open, every token must be in it: put back the missing.
+    /// If no other process has the pipe open, every circulating token must be in it: put back
+    /// the missing.
     fn recover_if_idle(&mut self) {
         if self.recovery != Recovery::On {
             return;
@@ -290,8 +458,9 @@ impl NamedPipeServer {
     }
 
     fn restore(&mut self, free: usize) {
-        if free < self.jobs {
-            let missing = self.jobs - free;
+        let expected = self.circulating();
+        if free < expected {
+            let missing = expected - free;
             match self.put_tokens(missing) {
                 Ok(()) => {
                     self.recovered += missing as u64;
@@ -299,13 +468,13 @@ impl NamedPipeServer {
                         recovered = missing,
                         "recovered {missing} token(s) lost by clients that exited without \
                          returning them; the pool of {} is whole again",
-                        self.jobs
+                        self.pool
                     );
                 }
                 Err(error) => warn!("could not put back {missing} lost token(s): {error}"),
             }
-        } else if free > self.jobs {
-            let surplus = free - self.jobs;
+        } else if free > expected {
+            let surplus = free - expected;
             let mut sink = vec![0u8; surplus];
             match (&self.pipe).read(&mut sink) {
                 Ok(taken) => warn!(
@@ -315,12 +484,32 @@ impl NamedPipeServer {
                 Err(error) => warn!("could not take {surplus} surplus token(s) out: {error}"),
             }
         } else {
-            debug!("pipe idle, pool of {} whole", self.jobs);
+            debug!("pipe idle, pool of {} whole", self.pool);
         }
     }
 
     fn put_tokens(&self, count: usize) -> Result<(), FifoError> {
         (&self.pipe).write_all(&vec![TOKEN; count]).map_err(FifoError::io("fill", &self.path))
+    }
+}
+
+impl Controlled for NamedPipeServer {
+    fn status(&mut self) -> StatusReport {
+        NamedPipeServer::status(self)
+    }
+
+    fn apply(&mut self, settings: &[(String, String)]) -> Result<(), String> {
+        let mut limits = self.governor.limits().clone();
+        limits.apply(settings, MAX_JOBS).map_err(|error| error.to_string())?;
+        if limits.per_process_limit.is_some() {
+            return Err(
+                "per-process-limit: needs a backend that accounts per process (cuse)".into()
+            );
+        }
+        info!("settings changed: {settings:?}");
+        self.governor.set_limits(limits);
+        self.apply_limits();
+        Ok(())
     }
 }
 

@@ -55,6 +55,21 @@ pub fn find_holder(file: FileId, own_pid: u32, hint: Option<u32>) -> io::Result<
     Ok(scan)
 }
 
+/// Every process other than `own_pid` that has `file` open (those whose descriptors can be
+/// read), by pid.
+pub fn find_holders(file: FileId, own_pid: u32) -> Vec<u32> {
+    let mut scan = Scan::default();
+    let mut holders: Vec<u32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != own_pid && process_holds(*pid, file, &mut scan))
+        .collect();
+    holders.sort_unstable();
+    holders
+}
+
 fn process_holds(pid: u32, file: FileId, scan: &mut Scan) -> bool {
     let fds = match fs::read_dir(format!("/proc/{pid}/fd")) {
         Ok(fds) => fds,
@@ -96,8 +111,10 @@ mod tests {
             Command::new("sleep").arg("30").stdin(ours).stdout(Stdio::null()).spawn().unwrap();
         assert_eq!(find_holder(id, own, None).unwrap().holder, Some(child.id()));
         assert_eq!(find_holder(id, own, Some(child.id())).unwrap().holder, Some(child.id()));
+        assert_eq!(find_holders(id, own), vec![child.id()]);
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(find_holder(id, own, Some(child.id())).unwrap().holder, None);
+        assert!(find_holders(id, own).is_empty());
     }
 }

@@ -21,9 +21,10 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use steve_core::backend::{BackendError, RunConfig, RunStyle};
+use steve_core::limits::{Limits, ProcProbe, SystemProbe};
 use steve_core::makeflags::{self, Jobs, JobserverAuth};
 use steve_core::signals::{SignalEvent, Signals};
-use steve_core::status::Status;
+use steve_core::status::{CounterReport, PoolReport, StatusReport};
 use tracing::{debug, info, warn};
 
 use crate::error::FifoError;
@@ -36,7 +37,7 @@ pub fn run(config: &RunConfig) -> Result<ExitStatus, BackendError> {
 }
 
 fn run_command_tree(config: &RunConfig) -> Result<ExitStatus, FifoError> {
-    check_jobs(config.jobs)?;
+    check_jobs(config.jobs as usize)?;
     // Refuse a malformed MAKEFLAGS before anything is created, and keep its other flags.
     let inherited = makeflags::from_env().map_err(FifoError::Makeflags)?;
     let base = inherited.map(|found| found.flags).unwrap_or_default();
@@ -87,7 +88,7 @@ fn supervise(
                 SignalEvent::Stop(signal) => {
                     debug!("{signal} from the terminal reached the command too")
                 }
-                SignalEvent::Report => info!("{}", pool.status()),
+                SignalEvent::Report => info!("status:\n{}", pool.status()),
                 SignalEvent::Child => {}
             }
         }
@@ -104,6 +105,7 @@ struct PrivatePool {
     /// The named pipe's private directory, removed at the end.
     dir: Option<PathBuf>,
     tokens: usize,
+    started: std::time::Instant,
 }
 
 impl PrivatePool {
@@ -112,14 +114,28 @@ impl PrivatePool {
             RunStyle::Pipe => {
                 let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
                     .map_err(|e| FifoError::io("create", "a pipe")(e.into()))?;
-                PrivatePool { style, read, write: Some(write), dir: None, tokens }
+                PrivatePool {
+                    style,
+                    read,
+                    write: Some(write),
+                    dir: None,
+                    tokens,
+                    started: std::time::Instant::now(),
+                }
             }
             RunStyle::Fifo => {
                 let dir = private_dir()?;
                 let pipe = make_fifo(&dir.join("jobserver")).inspect_err(|_| {
                     let _ = fs::remove_dir_all(&dir);
                 })?;
-                PrivatePool { style, read: pipe.into(), write: None, dir: Some(dir), tokens }
+                PrivatePool {
+                    style,
+                    read: pipe.into(),
+                    write: None,
+                    dir: Some(dir),
+                    tokens,
+                    started: std::time::Instant::now(),
+                }
             }
         };
         let mut writer =
@@ -167,22 +183,35 @@ impl PrivatePool {
         bytes_in_pipe(&self.read).unwrap_or(0)
     }
 
-    fn status(&self) -> Status {
+    fn status(&self) -> StatusReport {
         let free = self.free();
         let path = match &self.dir {
             Some(dir) => dir.join("jobserver"),
             None => PathBuf::from("anonymous pipe"),
         };
-        Status {
-            backend: "pipe",
+        let jobs = self.tokens + 1;
+        StatusReport {
+            backend: "pipe".to_string(),
             path,
-            jobs: self.tokens + 1,
-            pool: self.tokens,
-            free,
-            held: self.tokens.saturating_sub(free),
-            withheld: 0,
+            control: None,
+            daemon_pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            // The command's implicit token is one of the jobs but never in the pipe.
+            pool: PoolReport {
+                jobs,
+                size: self.tokens,
+                free,
+                held: self.tokens.saturating_sub(free),
+                withheld: 0,
+                lent: 0,
+            },
+            limits: Limits::new(jobs),
+            system: ProcProbe.read(),
+            limited_by: None,
+            holders_exact: false,
+            holders: Vec::new(),
             waiters: None,
-            recovered: 0,
+            counters: CounterReport::default(),
         }
     }
 

@@ -53,6 +53,8 @@ pub struct FifoServer {
     pub path: PathBuf,
     /// The MAKEFLAGS value it announced.
     pub makeflags: String,
+    /// The control socket it announced.
+    pub control: PathBuf,
     /// Its log (stderr).
     pub log_path: PathBuf,
     /// The folder of the pipe and the log, when the server made its own.
@@ -91,10 +93,9 @@ impl FifoServer {
             .stderr(File::create(log).expect("create the log"))
             .spawn()
             .expect("start steve serve");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut first_line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first_line)
-            .expect("read steve's announcement");
+        stdout.read_line(&mut first_line).expect("read steve's announcement");
         let Some(makeflags) = first_line
             .trim_end()
             .strip_prefix("MAKEFLAGS='")
@@ -106,10 +107,18 @@ impl FifoServer {
                 log_text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
             return Err(StartFailure { status, stderr_lines });
         };
+        let mut second_line = String::new();
+        stdout.read_line(&mut second_line).expect("read steve's control socket");
+        let control = second_line
+            .trim_end()
+            .strip_prefix("STEVE_CONTROL='")
+            .and_then(|rest| rest.strip_suffix('\''))
+            .unwrap_or_else(|| panic!("no control socket announced: {second_line:?}"));
         Ok(FifoServer {
             child: Some(child),
             path: path.to_path_buf(),
             makeflags: makeflags.to_string(),
+            control: PathBuf::from(control),
             log_path: log.to_path_buf(),
             _dir: None,
         })
@@ -146,6 +155,22 @@ impl FifoServer {
     pub fn stop_with(mut self, signal: Signal) -> ExitStatus {
         self.signal(signal);
         self.child.take().expect("running").wait().expect("wait for steve")
+    }
+
+    /// `steve ARGS --control SOCKET` against this server, run to the end.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        command().args(args).arg("--control").arg(&self.control).output().expect("run steve")
+    }
+
+    /// The server's status report as JSON.
+    pub fn status_json(&self) -> serde_json::Value {
+        let output = self.ctl(&["status", "--json"]);
+        assert!(
+            output.status.success(),
+            "steve status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("status --json is JSON")
     }
 
     /// A make, ninja or cargo command pointed at this server.

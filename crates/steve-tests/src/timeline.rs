@@ -75,6 +75,26 @@ pub fn peak_of(log: &Path, expected_jobs: usize) -> usize {
     peak(&spans)
 }
 
+/// The most spans that overlap at any moment between `from` and `to` (nanoseconds since the
+/// epoch, like the spans).
+pub fn peak_between(spans: &[Span], from: u128, to: u128) -> usize {
+    let clipped: Vec<Span> = spans
+        .iter()
+        .filter(|span| span.start < to && span.end > from)
+        .map(|span| Span {
+            name: span.name.clone(),
+            start: span.start.max(from),
+            end: span.end.min(to),
+        })
+        .collect();
+    peak(&clipped)
+}
+
+/// Now, in the timeline's unit (nanoseconds since the epoch).
+pub fn now_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos()
+}
+
 /// The peak of the log at `log` (which must record `jobs` jobs), checked against the jobserver's
 /// `bound`, and at least 2 so that a client running one job at a time fails too. The figure is
 /// printed for the record (`cargo test -- --nocapture` shows it).
@@ -100,6 +120,14 @@ mod tests {
         assert_eq!(peak(&[span(0, 10), span(10, 20)]), 1);
         assert_eq!(peak(&[span(0, 10), span(5, 20), span(6, 7)]), 3);
         assert_eq!(peak(&[span(0, 10), span(5, 20), span(12, 30)]), 2);
+    }
+
+    #[test]
+    fn peaks_within_a_window() {
+        let spans = [span(0, 10), span(5, 20), span(12, 30), span(14, 16)];
+        assert_eq!(peak_between(&spans, 0, 11), 2);
+        assert_eq!(peak_between(&spans, 21, 40), 1);
+        assert_eq!(peak_between(&spans, 13, 17), 3);
     }
 
     #[test]

@@ -58,6 +58,11 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("round_trips", round_trip_figures),
     ("auto_backend", auto_backend),
     ("mode_group_user", mode_group_user),
+    ("status_names_holders", status_names_holders),
+    ("set_jobs_moves_the_peak", set_jobs_moves_the_peak),
+    ("set_refused_to_others", set_refused_to_others),
+    ("per_process_limit", per_process_limit),
+    ("memory_limit", memory_limit),
     ("cargo_build", cargo_build),
 ];
 
@@ -100,12 +105,34 @@ fn ensure(condition: bool, why: impl FnOnce() -> String) -> Result<(), String> {
 struct Daemon {
     child: Child,
     log: PathBuf,
+    control: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Daemon {
     fn start(jobs: u32) -> Daemon {
         Daemon::start_with(cuse_command(jobs, &[]))
+    }
+
+    /// `steve ARGS --control SOCKET`, run to the end.
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env_path("STEVE_BIN"))
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .unwrap()
+    }
+
+    /// `steve status --json`.
+    fn status(&self) -> serde_json::Value {
+        let output = self.ctl(&["status", "--json"]);
+        assert!(
+            output.status.success(),
+            "steve status: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
     }
 
     fn makeflags(&self, jobs: u32) -> String {
@@ -407,15 +434,21 @@ impl Daemon {
         let log = dir.path().join("steve.log");
         let mut child =
             command.stdout(Stdio::piped()).stderr(File::create(&log).unwrap()).spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        stdout.read_line(&mut line).unwrap();
         assert!(
             line.starts_with("MAKEFLAGS=")
                 && line.contains(&format!("--jobserver-auth=fifo:{DEVICE}")),
             "steve did not announce the device: {line:?}\n{}",
             fs::read_to_string(&log).unwrap_or_default()
         );
-        Daemon { child, log, _dir: dir }
+        let mut control = String::new();
+        stdout.read_line(&mut control).unwrap();
+        let control =
+            control.trim_end().strip_prefix("STEVE_CONTROL='").and_then(|c| c.strip_suffix('\''));
+        let control = PathBuf::from(control.expect("steve announced its control socket"));
+        Daemon { child, log, control, _dir: dir }
     }
 }
 
@@ -551,4 +584,201 @@ fn mode_group_user() -> Result<(), String> {
         daemon.assert_pool_whole(2).ok()
     });
     Ok(())
+}
+
+/// A make started in its own process group; killed with the group if dropped unfinished.
+struct Make(Option<Child>);
+
+impl Make {
+    fn start(
+        daemon: &Daemon,
+        jobs_flag: u32,
+        dir: &Path,
+        prefix: &str,
+        jobs: usize,
+        seconds: f64,
+        log: &Path,
+    ) -> Make {
+        use std::os::unix::process::CommandExt;
+        let project = dir.join(prefix);
+        fs::create_dir_all(&project).unwrap();
+        projects::makefile(&project, prefix, jobs, seconds, log);
+        let child = Command::new(env_path("STEVE_TEST_MAKE44"))
+            .current_dir(&project)
+            .env("MAKEFLAGS", daemon.makeflags(jobs_flag))
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Make(Some(child))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// Waits for make to finish; whether it succeeded.
+    fn finish(mut self) -> bool {
+        let mut child = self.0.take().expect("running");
+        child.wait().unwrap().success()
+    }
+}
+
+impl Drop for Make {
+    fn drop(&mut self) {
+        // Only a make not waited for: a reaped pid may belong to someone else by now.
+        if let Some(mut child) = self.0.take() {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+fn started(log: &Path) -> usize {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.starts_with("start"))
+        .count()
+}
+
+/// While make runs, the status names it as a holder with its tokens and command line, and as
+/// a polling waiter for its next job.
+fn status_names_holders() -> Result<(), String> {
+    let daemon = Daemon::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let make = Make::start(&daemon, 2, dir.path(), "held", 4, 60.0, &log);
+    wait_for("make to run 3 jobs", Duration::from_secs(30), || (started(&log) >= 3).then_some(()));
+    let status = daemon.status();
+    let holders = status["holders"].as_array().unwrap();
+    let pid = make.pid() as u64;
+    let entry = holders
+        .iter()
+        .find(|holder| holder["pid"] == pid)
+        .ok_or(format!("make {pid} not in {holders:?}"))?;
+    ensure(entry["tokens"] == 2, || format!("make holds {}", entry["tokens"]))?;
+    ensure(entry["command"].as_str().unwrap_or("").contains("make"), || format!("{entry}"))?;
+    ensure(entry["held_seconds"].as_f64().is_some(), || format!("{entry}"))?;
+    ensure(status["holders_exact"] == true && status["pool"]["free"] == 0, || format!("{status}"))?;
+    let waiters = status["waiters"].as_array().unwrap();
+    ensure(waiters.iter().any(|w| w["pid"] == pid && w["kind"] == "polling"), || {
+        format!("waiters {waiters:?}")
+    })?;
+    println!("figure status_holder {entry}");
+    Ok(())
+}
+
+/// `set jobs=1` then `set jobs=4` while two makes run: the measured peak follows.
+fn set_jobs_moves_the_peak() -> Result<(), String> {
+    let daemon = Daemon::start(4);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let makes: Vec<Make> = (0..2)
+        .map(|n| Make::start(&daemon, 4, dir.path(), &format!("m{n}"), 32, 0.4, &log))
+        .collect();
+    wait_for("the makes to start", Duration::from_secs(30), || (started(&log) >= 4).then_some(()));
+    ensure(daemon.ctl(&["set", "jobs=1"]).status.success(), || "set jobs=1 failed".into())?;
+    wait_for("the pool to shrink to 1", Duration::from_secs(30), || {
+        (daemon.status()["pool"]["size"] == 1).then_some(())
+    });
+    let shrunk = timeline::now_nanos();
+    std::thread::sleep(Duration::from_millis(2500));
+    let grow = timeline::now_nanos();
+    ensure(daemon.ctl(&["set", "jobs=4"]).status.success(), || "set jobs=4 failed".into())?;
+    for make in makes {
+        ensure(make.finish(), || "a make failed".into())?;
+    }
+    let spans = timeline::spans(&log);
+    let low = timeline::peak_between(&spans, shrunk, grow);
+    let high = timeline::peak_between(&spans, grow, timeline::now_nanos());
+    println!("figure set_jobs_peaks 4->1:{low} 1->4:{high}");
+    ensure((2..=3).contains(&low), || format!("peak {low} with jobs=1 and two makes"))?;
+    ensure(high > 3 && high <= 6, || format!("peak {high} after growing back to 4"))?;
+    daemon.assert_pool_whole(4)
+}
+
+/// A user created here may read but not set.
+fn set_refused_to_others() -> Result<(), String> {
+    let daemon = Daemon::start(2);
+    let created = Command::new("useradd")
+        .args(["--system", "--no-create-home", "stevevmtest"])
+        .status()
+        .unwrap();
+    ensure(created.success(), || "useradd failed".into())?;
+    let user = nix::unistd::User::from_name("stevevmtest").unwrap().unwrap();
+    let as_user = |args: &[&str]| {
+        Command::new("setpriv")
+            .arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .args(["--clear-groups", "--"])
+            .arg(env_path("STEVE_BIN"))
+            .args(args)
+            .arg("--control")
+            .arg(&daemon.control)
+            .output()
+            .unwrap()
+    };
+    let refused = as_user(&["set", "jobs=8"]);
+    let read = as_user(&["get", "jobs"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure(!refused.status.success() && stderr.contains("permission denied"), || {
+        format!("set as another user: {stderr}")
+    })?;
+    ensure(String::from_utf8_lossy(&read.stdout) == "2\n", || {
+        format!("get as another user: {read:?}")
+    })?;
+    ensure(daemon.status()["limits"]["jobs"] == 2, || "jobs changed".into())
+}
+
+/// With a per-process limit of 1, each of two makes runs exactly 2 jobs at once (1 token and
+/// its own), though the pool has 4.
+fn per_process_limit() -> Result<(), String> {
+    let daemon = Daemon::start_with(cuse_command(4, &["--per-process-limit", "1"]));
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    let makes = [
+        Make::start(&daemon, 4, dir.path(), "a", 6, 0.3, &first),
+        Make::start(&daemon, 4, dir.path(), "b", 6, 0.3, &second),
+    ];
+    for make in makes {
+        ensure(make.finish(), || "a make failed".into())?;
+    }
+    let (a, b) = (timeline::peak_of(&first, 6), timeline::peak_of(&second, 6));
+    println!("figure per_process_limit_peaks {a} {b}");
+    ensure(a == 2 && b == 2, || {
+        format!("peaks {a} and {b}: each make should run exactly 2 at once")
+    })?;
+    // One process reads the whole pool below, so the limit goes first (through `set`).
+    let lifted = daemon.ctl(&["set", "per-process-limit=none"]);
+    ensure(lifted.status.success(), || format!("lifting the limit: {lifted:?}"))?;
+    daemon.assert_pool_whole(4)
+}
+
+/// A memory limit no machine meets holds tokens to min-jobs; lifting it lets them flow.
+fn memory_limit() -> Result<(), String> {
+    let daemon = Daemon::start_with(cuse_command(
+        4,
+        &["--min-memory-avail", "100000000", "--min-jobs", "1"],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let held = dir.path().join("held.log");
+    ensure(Make::start(&daemon, 4, dir.path(), "held", 6, 0.3, &held).finish(), || {
+        "make failed".into()
+    })?;
+    let status = daemon.status();
+    ensure(status["limited_by"]["kind"] == "memory", || format!("{status}"))?;
+    let peak = timeline::peak_of(&held, 6);
+    ensure(peak <= 2, || format!("peak {peak} under the memory limit"))?;
+    ensure(daemon.ctl(&["set", "min-memory-avail=none"]).status.success(), || {
+        "lifting failed".into()
+    })?;
+    let flowing = dir.path().join("flowing.log");
+    ensure(Make::start(&daemon, 4, dir.path(), "free", 10, 0.3, &flowing).finish(), || {
+        "make failed".into()
+    })?;
+    let after = timeline::peak_of(&flowing, 10);
+    println!("figure memory_limit_peaks held:{peak} lifted:{after}");
+    ensure(after > 2 && after <= 5, || format!("peak {after} after lifting the limit"))?;
+    daemon.assert_pool_whole(4)
 }

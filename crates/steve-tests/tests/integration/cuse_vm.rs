@@ -21,6 +21,11 @@ const SCENARIOS: &[&str] = &[
     "round_trips",
     "auto_backend",
     "mode_group_user",
+    "status_names_holders",
+    "set_jobs_moves_the_peak",
+    "set_refused_to_others",
+    "per_process_limit",
+    "memory_limit",
     "cargo_build",
 ];
 
@@ -110,4 +115,29 @@ fn serve_without_backend_picks_cuse_where_dev_cuse_exists() {
 #[test]
 fn the_device_gets_its_mode_and_group_and_the_daemon_drops_to_user() {
     scenario("mode_group_user");
+}
+
+#[test]
+fn status_names_the_real_holders_of_dev_steve() {
+    scenario("status_names_holders");
+}
+
+#[test]
+fn set_jobs_down_and_up_moves_the_peak_on_dev_steve() {
+    scenario("set_jobs_moves_the_peak");
+}
+
+#[test]
+fn set_on_dev_steve_is_refused_to_another_user() {
+    scenario("set_refused_to_others");
+}
+
+#[test]
+fn a_per_process_limit_caps_each_make() {
+    scenario("per_process_limit");
+}
+
+#[test]
+fn a_memory_limit_holds_dev_steve_back_until_lifted() {
+    scenario("memory_limit");
 }

@@ -75,12 +75,16 @@ fn ninja_1_13_2_stays_within_the_pool_plus_its_implicit_token() {
 fn sigusr1_logs_a_status_report_and_sigterm_removes_the_pipe() {
     let server = FifoServer::start(JOBS);
     server.signal(Signal::SIGUSR1);
-    let report = server.wait_for_log("status of fifo jobserver");
+    server.wait_for_log("fifo jobserver");
+    let tokens = server.wait_for_log("tokens:");
     assert!(
-        report.contains(&format!("jobs {JOBS}, pool {JOBS}, free {JOBS}, held 0, withheld 0")),
-        "{report}"
+        tokens.contains(&format!(
+            "tokens: {JOBS} jobs, {JOBS} in the pool: {JOBS} free, 0 held, 0 withheld"
+        )),
+        "{tokens}"
     );
-    assert!(report.contains("waiters unknown"), "{report}");
+    let waiters = server.wait_for_log("waiters:");
+    assert!(waiters.contains("waiters: unknown"), "{waiters}");
 
     let path = server.path.clone();
     let lock = path.with_extension("lock");

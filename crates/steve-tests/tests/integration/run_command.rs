@@ -97,9 +97,11 @@ fn sigusr1_reports_and_sigterm_reaches_the_command() {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGUSR1).unwrap();
     let report = wait_for("a status report", Duration::from_secs(20), || {
         let text = std::fs::read_to_string(&log).unwrap();
-        text.lines().find(|line| line.contains("status of pipe jobserver")).map(str::to_string)
+        text.contains("pipe jobserver").then_some(())?;
+        text.lines().find(|line| line.starts_with("tokens:")).map(str::to_string)
     });
-    assert!(report.contains("jobs 4, pool 3, free 3, held 0"), "{report}");
+    // The command's implicit token is one of the 4 jobs but never in the pipe.
+    assert!(report.contains("tokens: 4 jobs, 3 in the pool: 3 free, 0 held"), "{report}");
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(42), "the command did not see SIGTERM: {status}");

@@ -1,0 +1,109 @@
+//! `steve status`, `steve get` and `steve set`: clients of a running server's control socket,
+//! whatever its backend. The socket is `--control`, else `$STEVE_CONTROL`, else the one beside
+//! the jobserver MAKEFLAGS names, else the default places (see `steve_core::control`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use steve_core::control::{ask, find_socket, Request, Response};
+use steve_core::status::StatusReport;
+
+/// Options of `steve status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the whole report as JSON (every field is documented in docs/reference.md).
+    #[arg(long)]
+    json: bool,
+    /// The server's control socket.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+}
+
+/// Options of `steve get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Settings (jobs, load-average, min-jobs, min-memory-avail, per-process-limit,
+    /// load-recheck) or status values (size, free, held, withheld, waiters, holders, load,
+    /// memory-available).
+    #[arg(required = true, value_name = "KEY")]
+    keys: Vec<String>,
+    /// The server's control socket.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+}
+
+/// Options of `steve set`.
+#[derive(Debug, clap::Args)]
+pub struct SetArgs {
+    /// KEY=VALUE settings, applied all or none: jobs=N load-average=X min-jobs=M
+    /// min-memory-avail=MIB per-process-limit=K load-recheck=S (none clears a limit).
+    #[arg(required = true, value_name = "KEY=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+    /// The server's control socket.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => {
+            Ok((key.to_string(), value.to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// Sends `request` to the server and returns its answer, an error answer turned into an error.
+fn exchange(control: Option<&std::path::Path>, request: &Request) -> anyhow::Result<Response> {
+    let socket = find_socket(control)?;
+    let response = ask(&socket, request).with_context(|| format!("asking {}", socket.display()))?;
+    if let Response::Error { message } = response {
+        bail!("{message}");
+    }
+    Ok(response)
+}
+
+/// The status report of the server at `control`.
+pub fn fetch_status(control: Option<&std::path::Path>) -> anyhow::Result<StatusReport> {
+    match exchange(control, &Request::Status)? {
+        Response::Status { report } => Ok(*report),
+        other => bail!("unexpected answer to status: {other:?}"),
+    }
+}
+
+/// `steve status`.
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let report = fetch_status(args.control.as_deref())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// `steve get`: one value per line, in the order asked.
+pub fn get(args: GetArgs) -> anyhow::Result<()> {
+    match exchange(args.control.as_deref(), &Request::Get { keys: args.keys })? {
+        Response::Values { values } => {
+            for (_, value) in values {
+                println!("{value}");
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer to get: {other:?}"),
+    }
+}
+
+/// `steve set`: prints the new values as KEY=VALUE.
+pub fn set(args: SetArgs) -> anyhow::Result<()> {
+    match exchange(args.control.as_deref(), &Request::Set { settings: args.settings })? {
+        Response::Values { values } => {
+            for (key, value) in values {
+                println!("{key}={value}");
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer to set: {other:?}"),
+    }
+}

@@ -1,0 +1,365 @@
+//! The control plane and limits against a real fifo server: status names the real holders,
+//! `set jobs=` moves the measured peak down and up while makes run, `set` is refused to another
+//! user, a memory limit holds tokens back until lifted, `get` prints values, every JSON field is
+//! documented, and `steve top` draws a live frame in a terminal.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use steve_tests::steve::{binary, stderr_lines, FifoServer};
+use steve_tests::timeline::{self, now_nanos};
+use steve_tests::{assert_success, clients, projects, wait_for, workspace_root};
+
+fn start_make(
+    server: &FifoServer,
+    dir: &std::path::Path,
+    prefix: &str,
+    jobs: usize,
+    seconds: f64,
+    log: &std::path::Path,
+) -> Child {
+    let project = dir.join(prefix);
+    std::fs::create_dir_all(&project).unwrap();
+    projects::makefile(&project, prefix, jobs, seconds, log);
+    server
+        .client(clients::make44())
+        .current_dir(&project)
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+fn started(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.starts_with("start"))
+        .count()
+}
+
+#[test]
+fn status_json_names_the_real_holders_while_make_runs() {
+    let server = FifoServer::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let mut make = start_make(&server, dir.path(), "held", 4, 30.0, &log);
+    wait_for("make to take the tokens", Duration::from_secs(20), || {
+        (started(&log) >= 3).then_some(())
+    });
+    let status = server.status_json();
+    let holders = status["holders"].as_array().unwrap();
+    let make_pid = make.id() as u64;
+    let entry = holders
+        .iter()
+        .find(|holder| holder["pid"] == make_pid)
+        .unwrap_or_else(|| panic!("make {make_pid} not among {holders:?}"));
+    assert!(entry["command"].as_str().unwrap().contains("make"), "{entry}");
+    assert_eq!(status["pool"]["free"], 0);
+    assert_eq!(status["pool"]["held"], 2);
+    assert_eq!(status["holders_exact"], false);
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(make.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    make.wait().unwrap();
+}
+
+#[test]
+fn set_jobs_down_and_up_while_two_makes_run_moves_the_peak() {
+    // Enough work that jobs are left after the low phase, however slowly the shrink converges.
+    const JOBS_EACH: usize = 40;
+    let server = FifoServer::start(4);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let makes: Vec<Child> = (0..2)
+        .map(|n| start_make(&server, dir.path(), &format!("m{n}"), JOBS_EACH, 0.4, &log))
+        .collect();
+    wait_for("the makes to start", Duration::from_secs(20), || (started(&log) >= 4).then_some(()));
+
+    // Down to 1: the daemon takes tokens out of the pipe as they come back.
+    assert_success(&server.ctl(&["set", "jobs=1"]), "steve set jobs=1");
+    wait_for("the pool to shrink to 1", Duration::from_secs(30), || {
+        let status = server.status_json();
+        (status["pool"]["size"] == 1).then_some(())
+    });
+    let shrunk = now_nanos();
+    std::thread::sleep(Duration::from_millis(1500));
+    let grow = now_nanos();
+    let left = 2 * JOBS_EACH - started(&log);
+    assert!(
+        left >= 12,
+        "only {left} jobs left when growing back: too few to measure; raise JOBS_EACH"
+    );
+    assert_success(&server.ctl(&["set", "jobs=4"]), "steve set jobs=4");
+    for mut make in makes {
+        assert!(make.wait().unwrap().success());
+    }
+    let spans = timeline::spans(&log);
+    let low = timeline::peak_between(&spans, shrunk, grow);
+    let high = timeline::peak_between(&spans, grow, now_nanos());
+    eprintln!("two makes, jobs 4 -> 1 -> 4: peak {low} while 1 token, {high} after growing back");
+    // One token plus each make's implicit one.
+    assert!(low <= 3, "peak {low} with jobs=1 and two makes");
+    assert!(low >= 2, "peak {low}: the makes stalled");
+    assert!(high > 3 && high <= 6, "peak {high} after growing back to 4");
+    assert_eq!(server.tokens(), 4);
+}
+
+#[test]
+fn a_memory_limit_holds_tokens_back_until_lifted() {
+    // No machine has this much memory available: the limit holds from the start.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobserver");
+    let args =
+        ["-j", "4", "--min-memory-avail", "100000000", "--min-jobs", "1", "--load-recheck", "0.1"];
+    let server = FifoServer::start_at(&path, &dir.path().join("steve.log"), &args).unwrap();
+    let status = server.status_json();
+    assert_eq!(status["limited_by"]["kind"], "memory", "{status}");
+    assert_eq!(status["pool"]["withheld"], 3);
+    let log = dir.path().join("held-back");
+    projects::makefile(dir.path(), "held", 6, 0.3, &log);
+    assert_success(
+        &server.client(clients::make44()).current_dir(dir.path()).output().unwrap(),
+        "make",
+    );
+    let peak = timeline::peak_of(&log, 6);
+    assert!(peak <= 2, "peak {peak} with one token allowed (min-jobs 1) plus make's own");
+
+    assert_success(&server.ctl(&["set", "min-memory-avail=none"]), "lifting the limit");
+    let status = server.status_json();
+    assert_eq!(status["limited_by"], serde_json::Value::Null);
+    assert_eq!(status["pool"]["withheld"], 0);
+    let log = dir.path().join("flowing");
+    let second = dir.path().join("second");
+    std::fs::create_dir(&second).unwrap();
+    projects::makefile(&second, "free", 10, 0.3, &log);
+    assert_success(
+        &server.client(clients::make44()).current_dir(&second).output().unwrap(),
+        "make",
+    );
+    timeline::assert_peak_within(&log, 10, 5, "make after the memory limit was lifted");
+    assert!(timeline::peak_of(&log, 10) > 2, "tokens did not flow again");
+}
+
+#[test]
+fn get_prints_one_value_per_line_and_set_rejects_bad_values_whole() {
+    let server = FifoServer::start(3);
+    let output = server.ctl(&["get", "jobs", "free", "min-jobs", "load-average"]);
+    assert_success(&output, "steve get");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "3\n3\n1\nnone\n");
+    let output = server.ctl(&["set", "min-jobs=2", "jobs=0"]);
+    assert!(!output.status.success());
+    let lines = stderr_lines(&output);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("jobs: \"0\" is not a whole number of at least 1"), "{}", lines[0]);
+    assert_eq!(
+        String::from_utf8_lossy(&server.ctl(&["get", "min-jobs"]).stdout),
+        "1\n",
+        "half applied"
+    );
+    let output = server.ctl(&["set", "per-process-limit=2"]);
+    assert!(stderr_lines(&output)[0].contains("needs a backend that accounts per process"));
+    let output = server.ctl(&["get", "colour"]);
+    assert!(stderr_lines(&output)[0].contains("unknown key \"colour\""));
+}
+
+#[test]
+fn an_unprivileged_user_is_refused_set_but_may_read() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test creates a user and runs steve as it: run the suite as root (as CI does)"
+    );
+    let server = FifoServer::start(2);
+    let name = format!("stevetest{}", std::process::id() % 100_000);
+    let created = std::process::Command::new("useradd")
+        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", &name])
+        .status()
+        .unwrap();
+    assert!(created.success(), "useradd {name} failed");
+    let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
+    // steve as the new user, from a copy it can reach.
+    let copy_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(copy_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let copy = copy_dir.path().join("steve");
+    std::fs::copy(binary(), &copy).unwrap();
+    let as_user = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .args(["--clear-groups", "--"])
+            .arg(&copy)
+            .args(args)
+            .arg("--control")
+            .arg(&server.control)
+            .output()
+            .unwrap()
+    };
+    let refused = as_user(&["set", "jobs=8"]);
+    let read = as_user(&["get", "jobs"]);
+    let _ = std::process::Command::new("userdel").arg(&name).status();
+    assert!(!refused.status.success());
+    let lines = stderr_lines(&refused);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("permission denied"), "{}", lines[0]);
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout),
+        "2\n",
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    assert_eq!(server.status_json()["limits"]["jobs"], 2);
+}
+
+/// Every key of a JSON value, as dotted paths with `[]` for array elements.
+fn key_paths(value: &serde_json::Value, prefix: &str, paths: &mut BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                paths.insert(path.clone());
+                key_paths(child, &path, paths);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                key_paths(item, &format!("{prefix}[]"), paths);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_status_field_a_real_server_reports_is_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobserver");
+    // Under a limit, so that `limited_by` has its fields; make holds the pipe open.
+    let args = ["-j", "2", "--min-memory-avail", "100000000"];
+    let server = FifoServer::start_at(&path, &dir.path().join("steve.log"), &args).unwrap();
+    let log = dir.path().join("timeline");
+    let mut make = start_make(&server, dir.path(), "doc", 2, 30.0, &log);
+    wait_for("make to start", Duration::from_secs(20), || (started(&log) >= 1).then_some(()));
+    let mut paths = BTreeSet::new();
+    key_paths(&server.status_json(), "", &mut paths);
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(make.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    make.wait().unwrap();
+    let reference = std::fs::read_to_string(workspace_root().join("docs/reference.md")).unwrap();
+    let missing: Vec<&String> =
+        paths.iter().filter(|path| !reference.contains(&format!("`{path}`"))).collect();
+    assert!(paths.contains("holders[].pid") && paths.contains("limited_by.kind"), "{paths:?}");
+    assert!(missing.is_empty(), "status fields not documented in docs/reference.md: {missing:?}");
+}
+
+#[test]
+fn every_field_of_a_fully_populated_status_is_documented() {
+    // What a device backend reports under a load limit: waiters, counters, every kind of field.
+    use steve_core::limits::{Limits, Pressure, SystemReading};
+    use steve_core::status::{CounterReport, HolderReport, PoolReport, StatusReport, WaiterReport};
+    let full = StatusReport {
+        backend: "cuse".into(),
+        path: "/dev/steve".into(),
+        control: Some("/run/steve/steve.control".into()),
+        daemon_pid: 1,
+        uptime_seconds: 1.0,
+        pool: PoolReport { jobs: 2, size: 2, free: 0, held: 1, withheld: 1, lent: 0 },
+        limits: Limits {
+            load_average: Some(2.0),
+            min_memory_avail_mib: Some(1),
+            per_process_limit: Some(1),
+            ..Limits::new(2)
+        },
+        system: SystemReading { load_average_1m: Some(3.0), memory_available_mib: Some(100) },
+        limited_by: Some(Pressure::LoadAverage { current: 3.0, limit: 2.0 }),
+        holders_exact: true,
+        holders: vec![HolderReport {
+            pid: 2,
+            command: "make".into(),
+            tokens: Some(1),
+            held_seconds: Some(1.0),
+        }],
+        waiters: Some(vec![WaiterReport {
+            pid: 3,
+            command: "make".into(),
+            kind: "polling".into(),
+            waiting_seconds: 0.1,
+        }]),
+        counters: CounterReport {
+            grants: Some(1),
+            returns: Some(1),
+            reclaimed: 1,
+            enospc: Some(1),
+            grace_returns: Some(1),
+            interrupts: Some(1),
+            expired_reservations: Some(1),
+        },
+    };
+    let mut paths = BTreeSet::new();
+    key_paths(&serde_json::to_value(&full).unwrap(), "", &mut paths);
+    let reference = std::fs::read_to_string(workspace_root().join("docs/reference.md")).unwrap();
+    let missing: Vec<&String> =
+        paths.iter().filter(|path| !reference.contains(&format!("`{path}`"))).collect();
+    assert!(missing.is_empty(), "status fields not documented in docs/reference.md: {missing:?}");
+}
+
+#[test]
+fn steve_top_draws_a_live_holder_in_a_terminal() {
+    let server = FifoServer::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let mut make = start_make(&server, dir.path(), "topped", 3, 30.0, &log);
+    wait_for("make to start", Duration::from_secs(20), || (started(&log) >= 1).then_some(()));
+
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().unwrap());
+    let mut top = steve_tests::steve::command()
+        .args(["top", "--interval", "0.2", "--control"])
+        .arg(&server.control)
+        .stdin(slave(&pty.slave))
+        .stdout(slave(&pty.slave))
+        .stderr(slave(&pty.slave))
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let mut screen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let wanted = format!("pid {:>7}", make.id());
+    while !(screen.contains(&wanted) && screen.contains("steve top: fifo")) {
+        assert!(Instant::now() < deadline, "no frame showing make (pid {}):\n{screen}", make.id());
+        let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(500u16)).unwrap() > 0 {
+            let mut chunk = [0u8; 4096];
+            let count = master.read(&mut chunk).unwrap();
+            screen.push_str(&String::from_utf8_lossy(&chunk[..count]));
+        }
+    }
+    assert!(screen.contains("\x1b[2J"), "frames clear the screen");
+    std::io::Write::write_all(&mut master, b"q").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = top.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "steve top did not quit on q");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "steve top exited with {status}");
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(make.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    make.wait().unwrap();
+}
