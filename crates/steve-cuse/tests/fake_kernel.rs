@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use std::sync::{Arc, Mutex};
+
 use steve_core::device::Device;
+use steve_core::limits::{Governor, Limits, SystemProbe, SystemReading};
 use steve_cuse::abi::{self, kernel};
 use steve_cuse::session::{Ended, Session};
 
@@ -27,6 +30,11 @@ struct FakeKernel {
 impl FakeKernel {
     /// Connects, and checks the CUSE_INIT answer byte by byte.
     fn connect(jobs: usize) -> FakeKernel {
+        FakeKernel::connect_with(jobs, None)
+    }
+
+    /// Connects with a session that applies `governor`.
+    fn connect_with(jobs: usize, governor: Option<Governor>) -> FakeKernel {
         let (kernel_end, daemon_end) =
             socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
                 .unwrap();
@@ -35,6 +43,9 @@ impl FakeKernel {
         let session = std::thread::spawn(move || {
             let device = Device::new(jobs, Duration::from_millis(500));
             let mut session = Session::start(daemon_end, "steve-test", device).unwrap();
+            if let Some(governor) = governor {
+                session.set_governor(governor);
+            }
             session.run(None).unwrap()
         });
         let init = kernel.receive();
@@ -271,5 +282,42 @@ fn unknown_opcodes_ioctls_releases_and_garbage_get_answers() {
     short[..4].copy_from_slice(&50u32.to_ne_bytes());
     assert_eq!(kernel.ask(unique, &short), (-nix::libc::EIO, vec![]));
     assert_eq!(kernel.read(me, 0), (0, b"+".to_vec()));
+    kernel.disconnect();
+}
+
+/// A load the test sets.
+#[derive(Debug, Clone)]
+struct FakeLoad(Arc<Mutex<f64>>);
+
+impl SystemProbe for FakeLoad {
+    fn read(&mut self) -> SystemReading {
+        SystemReading {
+            load_average_1m: Some(*self.0.lock().unwrap()),
+            memory_available_mib: Some(1 << 20),
+        }
+    }
+}
+
+#[test]
+fn over_the_load_limit_only_min_jobs_go_out_and_tokens_flow_when_it_drops() {
+    let load = FakeLoad(Arc::new(Mutex::new(5.0)));
+    let limits = Limits {
+        load_average: Some(2.0),
+        min_jobs: 1,
+        load_recheck: Duration::from_millis(50),
+        ..Limits::new(3)
+    };
+    let mut kernel =
+        FakeKernel::connect_with(3, Some(Governor::new(limits, Box::new(load.clone()))));
+    let me = std::process::id();
+    assert_eq!(kernel.read(me, 0), (0, b"+".to_vec()), "min-jobs still go out");
+    assert_eq!(kernel.read(me, O_NONBLOCK), (EAGAIN, vec![]), "held back over the load limit");
+    let waiting = kernel.read_waiting(me);
+    // The load drops; nothing is asked, so the session's own recheck must let the token go.
+    *load.0.lock().unwrap() = 0.5;
+    let answer = kernel.receive();
+    assert_eq!(kernel::split_reply(&answer), (17, 0, waiting, &b"+"[..]));
+    assert_eq!(kernel.read(me, O_NONBLOCK), (0, b"+".to_vec()), "all 3 flow again");
+    assert_eq!(kernel.read(me, O_NONBLOCK), (EAGAIN, vec![]));
     kernel.disconnect();
 }
