@@ -22,6 +22,7 @@ pub mod named;
 mod openers;
 pub mod private;
 mod sys;
+mod taker;
 
 pub use error::FifoError;
 

@@ -32,6 +32,7 @@ use crate::error::{FifoError, MAX_JOBS};
 use crate::lock::PathLock;
 use crate::openers::{find_holder, find_holders, FileId};
 use crate::sys::bytes_in_pipe;
+use crate::taker::Taker;
 use crate::{check_jobs, make_fifo, TOKEN};
 
 /// Where root's daemon serves when no `--path` is given.
@@ -83,7 +84,8 @@ enum Recovery {
 /// Tokens are counted three ways: `pool` exist in all (in the pipe, with clients, or kept by the
 /// daemon), `withheld` are kept by the daemon, and the rest circulate. The daemon keeps as many
 /// circulating as the limits allow: it takes tokens out of the pipe as they come back while
-/// over a limit or shrinking, and puts them back when the limits allow.
+/// over a limit or shrinking (through the [`Taker`] thread, which wins the race for returned
+/// tokens against clients that poll), and puts them back when the limits allow.
 struct NamedPipeServer {
     path: PathBuf,
     /// Opened for reading and writing: keeps the pipe alive and lets the daemon count, add and
@@ -98,6 +100,8 @@ struct NamedPipeServer {
     withheld: usize,
     /// How many tokens may circulate now (`None`: all of them).
     allowance: Option<usize>,
+    /// Takes tokens out of the pipe with blocking reads while the daemon wants some.
+    taker: Taker,
     recovery: Recovery,
     recovered: u64,
     /// The process last seen holding the pipe, checked first next time.
@@ -156,6 +160,8 @@ impl NamedPipeServer {
         let metadata = pipe.metadata().map_err(FifoError::io("inspect", &path))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| FifoError::io("watch", &path)(e.into()))?;
+        let taker =
+            Taker::start(&path).map_err(FifoError::io("start the token taker for", &path))?;
         let mut server = NamedPipeServer {
             path,
             pipe,
@@ -165,6 +171,7 @@ impl NamedPipeServer {
             pool: 0,
             withheld: 0,
             allowance: None,
+            taker,
             recovery: Recovery::On,
             recovered: 0,
             last_holder: None,
@@ -219,16 +226,12 @@ impl NamedPipeServer {
         }
         loop {
             let timeout = self.poll_timeout();
-            let (signal_ready, inotify_ready, pipe_ready, control_ready) = {
+            let (signal_ready, inotify_ready, taker_ready, control_ready) = {
                 let mut fds = vec![
                     PollFd::new(signals.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.taker.fd(), PollFlags::POLLIN),
                 ];
-                // The pipe is watched only while the daemon waits for tokens to take out.
-                let taking = self.to_take() > 0;
-                if taking {
-                    fds.push(PollFd::new(self.pipe.as_fd(), PollFlags::POLLIN));
-                }
                 let first_control = fds.len();
                 if let Some(control) = &self.control {
                     fds.extend(
@@ -246,7 +249,7 @@ impl NamedPipeServer {
                 (
                     ready(&fds[0]),
                     ready(&fds[1]),
-                    taking && ready(&fds[2]),
+                    ready(&fds[2]),
                     fds[first_control..].iter().any(ready),
                 )
             };
@@ -271,7 +274,9 @@ impl NamedPipeServer {
             if self.has_system_limits() {
                 self.apply_limits();
             }
-            if pipe_ready {
+            if taker_ready {
+                let taken = self.taker.collect();
+                self.account_taken(taken);
                 self.rebalance()?;
             }
             if control_ready {
@@ -353,18 +358,25 @@ impl NamedPipeServer {
         }
         let to_take = self.to_take();
         if to_take > 0 {
+            // What is in the pipe now comes at once; the taker waits for the rest.
             let mut sink = vec![0u8; to_take];
             let taken = match (&self.pipe).read(&mut sink) {
                 Ok(taken) => taken,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(error) => return Err(FifoError::io("take tokens out of", &self.path)(error)),
             };
-            // Taken tokens retire while more exist than `jobs`; the rest are kept back.
-            let retired = taken.min(self.pool.saturating_sub(jobs));
-            self.pool -= retired;
-            self.withheld += taken - retired;
+            self.account_taken(taken);
         }
+        self.taker.want(self.to_take());
         Ok(())
+    }
+
+    /// Tokens taken out of the pipe retire while more exist than `jobs`; the rest are kept back
+    /// (and put back by the next `rebalance` if more were taken than wanted).
+    fn account_taken(&mut self, taken: usize) {
+        let retired = taken.min(self.pool.saturating_sub(self.governor.limits().jobs));
+        self.pool -= retired;
+        self.withheld += taken - retired;
     }
 
     fn status(&self) -> StatusReport {

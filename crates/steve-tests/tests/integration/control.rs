@@ -84,12 +84,14 @@ fn set_jobs_down_and_up_while_two_makes_run_moves_the_peak() {
     wait_for("the makes to start", Duration::from_secs(20), || (started(&log) >= 4).then_some(()));
 
     // Down to 1: the daemon takes tokens out of the pipe as they come back.
+    let asked = Instant::now();
     assert_success(&server.ctl(&["set", "jobs=1"]), "steve set jobs=1");
     wait_for("the pool to shrink to 1", Duration::from_secs(30), || {
         let status = server.status_json();
         (status["pool"]["size"] == 1).then_some(())
     });
     let shrunk = now_nanos();
+    eprintln!("fifo shrink 4 -> 1 settled in {:?} with two busy makes", asked.elapsed());
     std::thread::sleep(Duration::from_millis(1500));
     let grow = now_nanos();
     let left = 2 * JOBS_EACH - started(&log);
