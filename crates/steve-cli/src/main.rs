@@ -15,6 +15,7 @@ use steve_core::limits::Limits;
 use tracing::info;
 
 mod control;
+mod exec;
 mod top;
 
 // Referenced so that the linker keeps each backend crate and its registry entries.
@@ -41,6 +42,8 @@ enum Commands {
     Serve(ServeArgs),
     /// Run a command tree under a private jobserver.
     Run(RunArgs),
+    /// Run a command on one token of the current jobserver (MAKEFLAGS, or the machine's steve).
+    Exec(exec::ExecArgs),
     /// Show a running server's state: pool, limits, holders, waiters, counters.
     Status(control::StatusArgs),
     /// Print settings or status values of a running server, one per line.
@@ -142,6 +145,15 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Commands::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Commands::Run(args) => return run(args),
+        Commands::Exec(args) => {
+            return match exec::run(args) {
+                Ok(status) => ExitCode::from(exit_code_of(status)),
+                Err(error) => {
+                    eprintln!("steve: error: {error:#}");
+                    ExitCode::from(EXIT_STEVE_FAILED)
+                }
+            }
+        }
         Commands::Status(args) => control::status(args).map(|()| ExitCode::SUCCESS),
         Commands::Get(args) => control::get(args).map(|()| ExitCode::SUCCESS),
         Commands::Set(args) => control::set(args).map(|()| ExitCode::SUCCESS),

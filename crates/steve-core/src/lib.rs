@@ -8,6 +8,7 @@
 //! - [`makeflags`]: reading and writing the `MAKEFLAGS` that tell clients where the jobserver is;
 //! - [`device`]: the rules of a per-process jobserver device, written once for every transport;
 //! - [`accounts`]: users and groups named on the command line;
+//! - [`client`]: the client library: join or create a jobserver, take tokens, run jobs;
 //! - [`backend`]: the registry through which transport crates (named pipe, CUSE, ...) plug in;
 //! - [`limits`]: load, memory and per-process limits, and what they allow now;
 //! - [`status`]: the report a server gives of itself, the same for every backend;
@@ -26,6 +27,7 @@
 
 pub mod accounts;
 pub mod backend;
+pub mod client;
 pub mod control;
 pub mod device;
 pub mod ledger;
@@ -33,3 +35,4 @@ pub mod limits;
 pub mod makeflags;
 pub mod signals;
 pub mod status;
+pub mod sys;

@@ -77,3 +77,38 @@ impl AsFd for Signals {
         self.fd.as_fd()
     }
 }
+
+/// Waits for `child`, passing on stop signals sent to this process by another (a terminal's ^C
+/// already reached the child's whole process group) and calling `report` on SIGUSR1. The
+/// signals must be blocked ([`Signals::block`]) before the child is started, so that its exit
+/// (SIGCHLD) wakes the wait.
+pub fn supervise(
+    child: &mut std::process::Child,
+    signals: &mut Signals,
+    report: &mut dyn FnMut(),
+) -> std::io::Result<std::process::ExitStatus> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+        while let Some(received) = signals.read_pending()? {
+            match received.event {
+                SignalEvent::Stop(signal) if received.sent_by_process => {
+                    tracing::info!("{signal} received: passing it on to the command");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(child.id() as i32),
+                        signal,
+                    );
+                }
+                SignalEvent::Stop(_) | SignalEvent::Child => {}
+                SignalEvent::Report => report(),
+            }
+        }
+    }
+}

@@ -11,7 +11,7 @@
 //!
 //! - [`abi`]: the kernel's CUSE wire protocol, parsed without unsafe code;
 //! - [`session`]: the poll loop that serves one connection;
-//! - `processes`: thread to process, and a pidfd per process;
+//! - `processes`: thread to process, and a pidfd per process (steve-core's `sys::pidfd_open`);
 //! - [`serve`]: opening `/dev/cuse`, the device node's access, dropping privileges.
 //!
 //! The kernel of the machines steve is developed on has no CUSE; the backend is tested for real
@@ -31,7 +31,6 @@ pub mod error;
 mod processes;
 pub mod serve;
 pub mod session;
-mod sys;
 
 pub use error::CuseError;
 

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use steve_core::device::Pid;
 
-use crate::sys::pidfd_open;
+use steve_core::sys::pidfd_open;
 
 /// A process being watched.
 #[derive(Debug)]

@@ -42,6 +42,8 @@ pub enum FifoError {
     },
     /// `MAKEFLAGS` (or its siblings) in the environment do not parse.
     Makeflags(steve_core::makeflags::EnvError),
+    /// The private jobserver could not be set up or read.
+    Client(steve_core::client::ClientError),
     /// `steve run` was given no command.
     NoCommand,
     /// An option this backend cannot honour.
@@ -107,6 +109,7 @@ impl fmt::Display for FifoError {
             }
             FifoError::UnknownGroup { group } => write!(f, "no such group: {group}"),
             FifoError::Makeflags(error) => write!(f, "{error}"),
+            FifoError::Client(error) => write!(f, "{error}"),
             FifoError::NoCommand => f.write_str("no command given to run"),
             FifoError::Unsupported { what } => f.write_str(what),
             FifoError::Spawn { command, source } => write!(f, "cannot run {command}: {source}"),

@@ -21,14 +21,11 @@ mod lock;
 pub mod named;
 mod openers;
 pub mod private;
-mod sys;
 mod taker;
 
 pub use error::FifoError;
 
-use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::Path;
 
 use error::MAX_JOBS;
@@ -45,21 +42,10 @@ pub(crate) fn check_jobs(jobs: usize) -> Result<(), FifoError> {
     Ok(())
 }
 
-/// Makes a named pipe at `path` (mode 0600 until the caller sets it) and opens it for reading and
-/// writing without blocking: the opener keeps it alive and can count, add and take out tokens. If
-/// it cannot be opened, it is removed again.
+/// Makes a named pipe at `path` (steve-core's [`make_fifo`](steve_core::client::make_fifo)),
+/// with this backend's error.
 pub(crate) fn make_fifo(path: &Path) -> Result<File, FifoError> {
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(|errno| FifoError::io("create the named pipe", path)(io::Error::from(errno)))?;
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|error| {
-            let _ = std::fs::remove_file(path);
-            FifoError::io("open the named pipe", path)(error)
-        })
+    steve_core::client::make_fifo(path).map_err(FifoError::io("create the named pipe", path))
 }
 
 fn always_available() -> Availability {

@@ -31,9 +31,9 @@ use tracing::{debug, info, warn};
 use crate::error::{FifoError, MAX_JOBS};
 use crate::lock::PathLock;
 use crate::openers::{find_holder, find_holders, FileId};
-use crate::sys::bytes_in_pipe;
 use crate::taker::Taker;
 use crate::{check_jobs, make_fifo, TOKEN};
+use steve_core::sys::bytes_in_pipe;
 
 /// Where root's daemon serves when no `--path` is given.
 pub const SYSTEM_PATH: &str = "/run/steve/jobserver";

@@ -63,6 +63,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("set_refused_to_others", set_refused_to_others),
     ("per_process_limit", per_process_limit),
     ("memory_limit", memory_limit),
+    ("client_library", client_library),
     ("cargo_build", cargo_build),
 ];
 
@@ -781,4 +782,31 @@ fn memory_limit() -> Result<(), String> {
     println!("figure memory_limit_peaks held:{peak} lifted:{after}");
     ensure(after > 2 && after <= 5, || format!("peak {after} after lifting the limit"))?;
     daemon.assert_pool_whole(4)
+}
+
+/// steve-core's client library on /dev/steve: a JobPool of 8 jobs on 3 tokens runs at most 4 at
+/// once (3 tokens and its implicit one), and every token comes back.
+fn client_library() -> Result<(), String> {
+    use steve_core::client::{Client, JobPool};
+    use steve_core::makeflags::JobserverAuth;
+    let daemon = Daemon::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let client = Client::open(&JobserverAuth::Fifo(DEVICE.into())).map_err(|e| e.to_string())?;
+    let mut pool = JobPool::new(client);
+    for n in 0..8 {
+        let script = format!(
+            "echo start c{n} $(date +%s%N) >> {0}; sleep 0.3; echo end c{n} $(date +%s%N) >> {0}",
+            log.display()
+        );
+        pool.spawn(Command::new("sh").args(["-c", &script])).map_err(|e| e.to_string())?;
+    }
+    for finished in pool.collect_all().map_err(|e| e.to_string())? {
+        ensure(finished.status.success(), || format!("job {} failed", finished.id))?;
+    }
+    drop(pool);
+    let peak = timeline::peak_of(&log, 8);
+    println!("figure client_library_peak {peak}");
+    ensure((2..=4).contains(&peak), || format!("peak {peak} with 3 tokens and the implicit one"))?;
+    daemon.assert_pool_whole(3)
 }

@@ -26,6 +26,7 @@ const SCENARIOS: &[&str] = &[
     "set_refused_to_others",
     "per_process_limit",
     "memory_limit",
+    "client_library",
     "cargo_build",
 ];
 
@@ -140,4 +141,9 @@ fn a_per_process_limit_caps_each_make() {
 #[test]
 fn a_memory_limit_holds_dev_steve_back_until_lifted() {
     scenario("memory_limit");
+}
+
+#[test]
+fn the_client_library_joins_dev_steve() {
+    scenario("client_library");
 }

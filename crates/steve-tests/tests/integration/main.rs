@@ -7,6 +7,7 @@
 mod bad_input;
 mod cargo_builds;
 mod cli;
+mod client_library;
 mod control;
 mod cuse_vm;
 mod fifo_server;

@@ -1,0 +1,229 @@
+//! Creating a jobserver for a command tree, as `make -jN` does for its children (and as
+//! `steve run` does): `jobs - 1` tokens in a pipe, plus the implicit one the first command holds.
+#![forbid(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::fcntl::OFlag;
+
+use super::{Client, ClientError};
+use crate::makeflags::{Jobs, JobserverAuth, MakeFlags};
+
+/// How the jobserver reaches its children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// An anonymous pipe, inherited as descriptors (`--jobserver-auth=R,W`): every make since
+    /// 4.2, and what make 4.3 needs.
+    Pipe,
+    /// A named pipe in a new private directory (`--jobserver-auth=fifo:PATH`): make 4.4 and
+    /// later; nothing to inherit.
+    Fifo,
+}
+
+/// A jobserver this process owns.
+///
+/// ```
+/// use steve_core::client::{Jobserver, Style};
+///
+/// let jobserver = Jobserver::create(4, Style::Pipe)?;
+/// let mut make = std::process::Command::new("true");
+/// jobserver.configure(&mut make); // MAKEFLAGS and CARGO_MAKEFLAGS, descriptors inherited
+/// make.status()?;
+/// assert_eq!(jobserver.close()?.missing, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Jobserver {
+    jobs: usize,
+    style: Style,
+    /// The end tokens are read from (for a named pipe, one file open both ways).
+    read: File,
+    /// The end tokens are written to.
+    write: File,
+    /// The named pipe's private directory, removed on close.
+    dir: Option<PathBuf>,
+}
+
+/// What was found when the jobserver closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReport {
+    /// Tokens never returned (a child killed holding them, or still running).
+    pub missing: usize,
+    /// Bytes more than were handed out (a child wrote back what it had not taken).
+    pub surplus: usize,
+}
+
+impl Jobserver {
+    /// A jobserver for `jobs` jobs at once: `jobs - 1` tokens in the pipe.
+    pub fn create(jobs: usize, style: Style) -> Result<Jobserver, ClientError> {
+        let jobs = jobs.max(1);
+        let (read, write, dir) = match style {
+            Style::Pipe => {
+                let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+                    .map_err(|errno| ClientError::Io(errno.into()))?;
+                (File::from(read), File::from(write), None)
+            }
+            Style::Fifo => {
+                let dir = private_dir().map_err(ClientError::Io)?;
+                let path = dir.join("jobserver");
+                match make_fifo(&path) {
+                    Ok(file) => {
+                        let write = file.try_clone().map_err(ClientError::Io)?;
+                        (file, write, Some(dir))
+                    }
+                    Err(error) => {
+                        let _ = fs::remove_dir_all(&dir);
+                        return Err(ClientError::Open { path, source: error });
+                    }
+                }
+            }
+        };
+        (&write).write_all(&vec![b'+'; jobs - 1]).map_err(ClientError::Io)?;
+        Ok(Jobserver { jobs, style, read, write, dir })
+    }
+
+    /// Jobs at once, the implicit token included.
+    pub fn jobs(&self) -> usize {
+        self.jobs
+    }
+
+    /// Where children find it.
+    pub fn auth(&self) -> JobserverAuth {
+        match &self.dir {
+            Some(dir) => JobserverAuth::Fifo(dir.join("jobserver")),
+            None => {
+                JobserverAuth::Fds { read: self.read.as_raw_fd(), write: self.write.as_raw_fd() }
+            }
+        }
+    }
+
+    /// The MAKEFLAGS for children: `base`'s other flags kept, `-jN` and this jobserver set.
+    pub fn makeflags(&self, base: &MakeFlags) -> String {
+        base.with_jobserver(Jobs::Limit(self.jobs as u32), self.auth()).to_string()
+    }
+
+    /// Hands the jobserver to `command`: MAKEFLAGS and CARGO_MAKEFLAGS (keeping the other flags
+    /// of this process's MAKEFLAGS), and for [`Style::Pipe`] the two descriptors, inherited
+    /// under the numbers MAKEFLAGS names. Nothing changes in this process. Returns the
+    /// MAKEFLAGS value given.
+    pub fn configure(&self, command: &mut Command) -> String {
+        let base = crate::makeflags::from_env()
+            .ok()
+            .flatten()
+            .map(|found| found.flags)
+            .unwrap_or_default();
+        let flags = self.makeflags(&base);
+        command.env("MAKEFLAGS", &flags).env("CARGO_MAKEFLAGS", &flags).env_remove("MFLAGS");
+        if self.style == Style::Pipe {
+            crate::sys::inherit_fds(command, vec![self.read.as_raw_fd(), self.write.as_raw_fd()]);
+        }
+        flags
+    }
+
+    /// A client of this jobserver, for the owner's own jobs.
+    pub fn client(&self) -> Result<Client, ClientError> {
+        Client::open(&self.auth())
+    }
+
+    /// Tokens in the pipe now.
+    pub fn free(&self) -> usize {
+        crate::sys::bytes_in_pipe(self.read.as_fd()).unwrap_or(0)
+    }
+
+    /// Closes the jobserver and says whether every token came back.
+    pub fn close(self) -> Result<CloseReport, ClientError> {
+        let mut found = 0usize;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match (&self.read).read(&mut chunk) {
+                Ok(0) => break,
+                Ok(count) => found += count,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(ClientError::Io(error)),
+            }
+        }
+        let expected = self.jobs - 1;
+        Ok(CloseReport {
+            missing: expected.saturating_sub(found),
+            surplus: found.saturating_sub(expected),
+        })
+    }
+}
+
+impl Drop for Jobserver {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Makes a named pipe at `path` (mode 0600) and opens it for reading and writing without
+/// blocking: the opener keeps it alive and can count, add and take out tokens. If it cannot be
+/// opened, it is removed again.
+pub fn make_fifo(path: &Path) -> io::Result<File> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(io::Error::from)?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+        .open(path)
+        .inspect_err(|_| {
+            let _ = fs::remove_file(path);
+        })
+}
+
+/// A new directory only this user can enter, in the runtime directory or the temp directory.
+fn private_dir() -> io::Result<PathBuf> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|dir| !dir.is_empty() && Path::new(dir).is_dir())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    for attempt in 0..100 {
+        let dir = base.join(format!("steve-jobserver-{}-{attempt}", std::process::id()));
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free private directory name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipe_jobserver_reaches_a_child_and_counts_what_comes_back() {
+        let jobserver = Jobserver::create(3, Style::Pipe).unwrap();
+        assert_eq!(jobserver.free(), 2);
+        // A child that takes one token through the inherited descriptors and keeps it.
+        let mut child = Command::new("sh");
+        child.args(["-c", r#"r="${MAKEFLAGS##*--jobserver-auth=}"; r="${r%%,*}"; dd bs=1 count=1 <&"$r" 2>/dev/null >/dev/null"#]);
+        jobserver.configure(&mut child);
+        assert!(child.status().unwrap().success());
+        assert_eq!(jobserver.close().unwrap(), CloseReport { missing: 1, surplus: 0 });
+    }
+
+    #[test]
+    fn a_fifo_jobserver_is_a_path_removed_on_close() {
+        let jobserver = Jobserver::create(2, Style::Fifo).unwrap();
+        let JobserverAuth::Fifo(path) = jobserver.auth() else { panic!("not a fifo") };
+        assert!(path.exists());
+        let client = jobserver.client().unwrap();
+        let token = client.try_acquire().unwrap().expect("one token in the pipe");
+        assert!(client.try_acquire().unwrap().is_none());
+        drop(token);
+        drop(client);
+        assert_eq!(jobserver.close().unwrap(), CloseReport { missing: 0, surplus: 0 });
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,53 @@
+//! The raw OS calls steve-core needs that have no safe wrapper: each unsafe block is one call,
+//! with what makes it sound.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::process::Command;
+
+/// A pidfd for process `pid`: readable once the process has exited.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = nix::libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::from_raw_os_error(nix::libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and a flags word and returns a new descriptor or -1; no
+    // memory is passed.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Makes `fds` (close-on-exec in this process) stay open across the exec of `command`, under the
+/// same numbers, without touching them in this process, where other threads may be spawning.
+pub fn inherit_fds(command: &mut Command, fds: Vec<RawFd>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed; fcntl is one, and the closure allocates nothing (the Vec was moved in
+    // before the fork and is only read).
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &fds {
+                if nix::libc::fcntl(*fd, nix::libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+mod ioctl {
+    nix::ioctl_read_bad!(fionread_raw, nix::libc::FIONREAD, nix::libc::c_int);
+}
+
+/// How many bytes (tokens) wait unread in the pipe behind `fd`.
+pub fn bytes_in_pipe(fd: impl std::os::fd::AsFd) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut count: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD on a pipe writes one c_int through the pointer, which points at a live,
+    // properly aligned local; the fd is borrowed, so it stays open for the call.
+    unsafe { ioctl::fionread_raw(fd.as_fd().as_raw_fd(), &mut count) }.map_err(io::Error::from)?;
+    Ok(usize::try_from(count).unwrap_or(0))
+}

@@ -1,0 +1,128 @@
+//! steve-core's client library against every server: make 4.4.1's own fifo jobserver and make
+//! 4.3's pipe (the probe runs under `+` rules, so make hands it the jobserver), steve's fifo
+//! backend, `steve run`, and `steve exec`. (The cuse device: in the VM tests.)
+
+use std::path::Path;
+use std::process::Command;
+
+use steve_tests::steve::{command, FifoServer};
+use steve_tests::{assert_success, clients, timeline};
+
+fn probe() -> &'static str {
+    env!("CARGO_BIN_EXE_client-probe")
+}
+
+/// A Makefile whose `recipes` rules each run the probe with `jobs` jobs, as `+` rules.
+fn probe_makefile(dir: &Path, recipes: usize, jobs: usize, log: &Path) {
+    let names: Vec<String> = (0..recipes).map(|n| format!("r{n}")).collect();
+    let mut text = format!(".PHONY: all {0}\nall: {0}\n", names.join(" "));
+    for name in &names {
+        text.push_str(&format!(
+            "{name}:\n\t+@{} jobs {jobs} 0.3 {} {name}\n",
+            probe(),
+            log.display()
+        ));
+    }
+    std::fs::write(dir.join("Makefile"), text).unwrap();
+}
+
+fn under_make(make: std::path::PathBuf, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    probe_makefile(dir.path(), 3, 4, &log);
+    let output = Command::new(make)
+        .arg("-j3")
+        .current_dir(dir.path())
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("CARGO_MAKEFLAGS")
+        .output()
+        .unwrap();
+    assert_success(&output, what);
+    // make's -j3 is the whole budget: its recipes and the probes' jobs share it.
+    timeline::assert_peak_within(&log, 12, 3, what);
+}
+
+#[test]
+fn the_client_joins_make_4_4_1s_own_fifo_jobserver() {
+    under_make(clients::make44(), "client library under make 4.4.1 -j3 (fifo)");
+}
+
+#[test]
+fn the_client_joins_make_4_3s_pipe_jobserver() {
+    under_make(clients::make43(), "client library under make 4.3 -j3 (pipe)");
+}
+
+#[test]
+fn the_client_joins_steves_fifo_server() {
+    let server = FifoServer::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let output =
+        server.client(probe()).args(["jobs", "8", "0.3"]).arg(&log).arg("p").output().unwrap();
+    assert_success(&output, "probe");
+    timeline::assert_peak_within(&log, 8, 4, "client library on the fifo server with 3 tokens");
+    assert_eq!(server.tokens(), 3);
+}
+
+#[test]
+fn the_client_joins_steve_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    for style in ["pipe", "fifo"] {
+        let _ = std::fs::remove_file(&log);
+        let output = command()
+            .args(["run", "-j", "3", "--style", style, "--"])
+            .args([probe(), "jobs", "8", "0.3"])
+            .arg(&log)
+            .arg("p")
+            .env_remove("MAKEFLAGS")
+            .env_remove("CARGO_MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .output()
+            .unwrap();
+        assert_success(&output, "steve run probe");
+        assert!(
+            output.stderr.is_empty(),
+            "steve run warned: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        timeline::assert_peak_within(
+            &log,
+            8,
+            3,
+            &format!("client library under steve run -j3 --style {style}"),
+        );
+    }
+}
+
+#[test]
+fn steve_exec_holds_one_token_while_its_command_runs() {
+    let server = FifoServer::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    // Three commands through steve exec on a pool of 1: never two at once.
+    let execs: Vec<_> = (0..3)
+        .map(|n| {
+            let script = format!(
+                "echo start e{n} $(date +%s%N) >> {0}; sleep 0.3; echo end e{n} $(date +%s%N) >> {0}",
+                log.display()
+            );
+            let mut exec = server.client(steve_tests::steve::binary());
+            exec.args(["exec", "--", "sh", "-c", &script]);
+            exec.spawn().unwrap()
+        })
+        .collect();
+    for exec in execs {
+        assert!(exec.wait_with_output().unwrap().status.success());
+    }
+    assert_eq!(timeline::peak_of(&log, 3), 1, "steve exec ran two commands on one token");
+    assert_eq!(server.tokens(), 1, "steve exec gave its token back");
+    // Its exit status is the command's.
+    let status = server
+        .client(steve_tests::steve::binary())
+        .args(["exec", "--", "sh", "-c", "exit 5"])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(5));
+}
