@@ -1,14 +1,19 @@
 //! The client library: join the jobserver a build tool was given, take tokens, give them back.
 //!
-//! ```no_run
-//! use steve_core::client::Client;
+//! ```
+//! use steve_core::client::{Client, Jobserver, Style};
 //!
-//! let client = Client::from_env()?;
+//! // In a build tool: `Client::from_env()?` joins the jobserver make or steve gave it. Here a
+//! // jobserver of 2 jobs stands in for one.
+//! let jobserver = Jobserver::create(2, Style::Pipe)?;
+//! let client: Client = jobserver.client()?;
 //! // Every client may run one job on its own implicit token, without asking the server.
 //! let first = client.take_implicit().expect("not taken yet");
 //! // Further jobs wait for a token; dropping it writes back the byte that was read.
 //! let second = client.acquire()?;
+//! assert!(client.try_acquire()?.is_none(), "both jobs of the pool are out");
 //! drop((first, second));
+//! assert_eq!(jobserver.close()?.missing, 0);
 //! # Ok::<(), steve_core::client::ClientError>(())
 //! ```
 //!
@@ -382,6 +387,31 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(10));
         drop(taken);
         assert!(slow.acquire_timeout(Duration::from_secs(10)).unwrap().is_some());
+    }
+
+    extern "C" fn ignore_signal(_: nix::libc::c_int) {}
+
+    #[test]
+    fn acquire_survives_signals_that_interrupt_its_wait() {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        use std::os::unix::thread::JoinHandleExt;
+        // A handler without SA_RESTART: the signal makes the blocked poll fail with EINTR.
+        let action =
+            SigAction::new(SigHandler::Handler(ignore_signal), SaFlags::empty(), SigSet::empty());
+        // SAFETY: the handler does nothing, so it is async-signal-safe; SIGURG is used by no
+        // other test.
+        unsafe { sigaction(Signal::SIGURG, &action) }.unwrap();
+        let (_read, write, auth) = pipe_with(b"");
+        let client = Client::open(&auth).unwrap();
+        let waiter = std::thread::spawn(move || client.acquire().map(|token| token.byte()));
+        let thread = waiter.as_pthread_t();
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(20));
+            nix::sys::pthread::pthread_kill(thread, Signal::SIGURG).unwrap();
+        }
+        assert!(!waiter.is_finished(), "a signal ended the wait");
+        nix::unistd::write(&write, b"+").unwrap();
+        assert_eq!(waiter.join().unwrap().unwrap(), b'+');
     }
 
     #[test]

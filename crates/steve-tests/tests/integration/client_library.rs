@@ -126,3 +126,15 @@ fn steve_exec_holds_one_token_while_its_command_runs() {
         .unwrap();
     assert_eq!(status.code(), Some(5));
 }
+
+#[test]
+fn a_job_pool_runs_50_short_commands_within_n_plus_one() {
+    let server = FifoServer::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let output =
+        server.client(probe()).args(["jobs", "50", "0.05"]).arg(&log).arg("j").output().unwrap();
+    assert_success(&output, "probe with 50 jobs");
+    timeline::assert_peak_within(&log, 50, 4, "JobPool, 50 commands, 3 tokens + the implicit one");
+    assert_eq!(server.tokens(), 3, "every token came back");
+}
