@@ -1,9 +1,12 @@
 //! steve-fifo: steve's jobservers built on pipes.
 //!
 //! - backend `fifo` ([`named`]): `steve serve --backend fifo`, a named pipe shared by every build
-//!   on the machine, that puts back the tokens of clients killed while holding them;
+//!   on the machine, that puts back the tokens of clients killed while holding them, applies the
+//!   limits (taking tokens out of the pipe through `taker`, a blocked reader thread) and answers
+//!   on its control socket;
 //! - backend `pipe` ([`private`]): `steve run -- CMD`, a private pipe for one command tree, as
-//!   an anonymous pipe (make 4.3 and later) or a private named pipe (`--style fifo`).
+//!   an anonymous pipe (make 4.3 and later) or a private named pipe (`--style fifo`), on
+//!   steve-core's client library.
 //!
 //! Both register themselves in steve-core's backend registry; the `steve` binary finds them
 //! there. A pipe cannot tell which process took a token, so per-process accounting is for the
