@@ -6,7 +6,6 @@
 //! machine's steve: `/dev/steve`, `/run/steve/jobserver` or `$XDG_RUNTIME_DIR/steve/jobserver`,
 //! the first that exists.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -16,18 +15,31 @@ use steve_core::makeflags::{Jobs, JobserverAuth, MakeFlags};
 use steve_core::signals::{supervise, Signals};
 use tracing::debug;
 
+use crate::CommandLine;
+
 /// Options of `steve exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// The command and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
-    command: Vec<OsString>,
+    #[command(flatten)]
+    command: CommandLine,
 }
+
+/// The command could not be started (the exit status says 126 or 127, as env(1)).
+#[derive(Debug)]
+pub struct SpawnFailed {
+    /// The command's name.
+    pub command: String,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+impl std::fmt::Display for SpawnFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot run {}: {}", self.command, self.source)
+    }
+}
+
+impl std::error::Error for SpawnFailed {}
 
 /// Where the machine's steve serves, when the environment names no jobserver.
 fn system_jobserver() -> Option<PathBuf> {
@@ -40,7 +52,7 @@ fn system_jobserver() -> Option<PathBuf> {
 
 /// Runs `steve exec`; returns the command's exit status.
 pub fn run(args: ExecArgs) -> anyhow::Result<std::process::ExitStatus> {
-    let (program, rest) = args.command.split_first().context("no command given")?;
+    let (program, rest) = args.command.command.split_first().context("no command given")?;
     let mut command = Command::new(program);
     command.args(rest);
     let client = match Client::from_env() {
@@ -64,9 +76,11 @@ pub fn run(args: ExecArgs) -> anyhow::Result<std::process::ExitStatus> {
         Some(client) => Some(client.acquire()?),
         None => None,
     };
-    debug!(token = ?token.as_ref().map(|t| t.byte() as char), "running {:?}", args.command);
-    let mut child =
-        command.spawn().with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
+    debug!(token = ?token.as_ref().map(|t| t.byte() as char), "running {:?}", args.command.command);
+    let mut child = command.spawn().map_err(|source| SpawnFailed {
+        command: program.to_string_lossy().into_owned(),
+        source,
+    })?;
     let status = supervise(&mut child, &mut signals, &mut || {})?;
     drop(token);
     Ok(status)

@@ -115,6 +115,13 @@ struct RunArgs {
     /// pipe: inherited descriptors (make 4.2 and later); fifo: a private named pipe (make 4.4).
     #[arg(long, value_enum, default_value_t = Style::Pipe)]
     style: Style,
+    #[command(flatten)]
+    command: CommandLine,
+}
+
+/// The command `steve run` and `steve exec` start, after `--`.
+#[derive(Debug, clap::Args)]
+pub struct CommandLine {
     /// The command and its arguments.
     #[arg(
         required = true,
@@ -122,7 +129,7 @@ struct RunArgs {
         allow_hyphen_values = true,
         value_name = "CMD"
     )]
-    command: Vec<OsString>,
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -150,7 +157,11 @@ fn main() -> ExitCode {
                 Ok(status) => ExitCode::from(exit_code_of(status)),
                 Err(error) => {
                     eprintln!("steve: error: {error:#}");
-                    ExitCode::from(EXIT_STEVE_FAILED)
+                    let code = match error.downcast_ref::<exec::SpawnFailed>() {
+                        Some(failed) => spawn_failure_code(&failed.source),
+                        None => EXIT_STEVE_FAILED,
+                    };
+                    ExitCode::from(code)
                 }
             }
         }
@@ -281,23 +292,27 @@ fn run(args: RunArgs) -> ExitCode {
             Style::Pipe => RunStyle::Pipe,
             Style::Fifo => RunStyle::Fifo,
         },
-        command: args.command,
+        command: args.command.command,
     };
     match start(&config) {
         Ok(status) => ExitCode::from(exit_code_of(status)),
         Err(error) => {
             eprintln!("steve: error: {error}");
             let code = match error.downcast_ref::<steve_fifo::FifoError>() {
-                Some(steve_fifo::FifoError::Spawn { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    EXIT_NOT_FOUND
-                }
-                Some(steve_fifo::FifoError::Spawn { .. }) => EXIT_CANNOT_RUN,
+                Some(steve_fifo::FifoError::Spawn { source, .. }) => spawn_failure_code(source),
                 _ => EXIT_STEVE_FAILED,
             };
             ExitCode::from(code)
         }
+    }
+}
+
+/// 127 when the command was not found, 126 when it could not be started otherwise (as env(1)).
+fn spawn_failure_code(error: &std::io::Error) -> u8 {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        EXIT_NOT_FOUND
+    } else {
+        EXIT_CANNOT_RUN
     }
 }
 

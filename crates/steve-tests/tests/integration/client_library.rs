@@ -125,6 +125,15 @@ fn steve_exec_holds_one_token_while_its_command_runs() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(5));
+    // A command that is not there: 127, as env(1), and one error line.
+    let output = server
+        .client(steve_tests::steve::binary())
+        .args(["exec", "--", "/nonexistent/cmd"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(127));
+    assert_eq!(steve_tests::steve::stderr_lines(&output).len(), 1);
+    assert_eq!(server.tokens(), 1, "the token came back after the failed start");
 }
 
 #[test]
