@@ -42,6 +42,22 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
     }
 }
 
+/// `program` run as user `uid` and group `gid`, with no supplementary groups (through setpriv,
+/// from util-linux, which `scripts/test` installs). The caller must be root.
+pub fn command_as(
+    uid: u32,
+    gid: u32,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> std::process::Command {
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args(["--clear-groups", "--"])
+        .arg(program);
+    command
+}
+
 /// Asserts that a client's run succeeded, showing what it printed if not.
 pub fn assert_success(output: &Output, what: &str) {
     assert!(

@@ -709,11 +709,7 @@ fn set_refused_to_others() -> Result<(), String> {
     ensure(created.success(), || "useradd failed".into())?;
     let user = nix::unistd::User::from_name("stevevmtest").unwrap().unwrap();
     let as_user = |args: &[&str]| {
-        Command::new("setpriv")
-            .arg(format!("--reuid={}", user.uid))
-            .arg(format!("--regid={}", user.gid))
-            .args(["--clear-groups", "--"])
-            .arg(env_path("STEVE_BIN"))
+        steve_tests::command_as(user.uid.as_raw(), user.gid.as_raw(), env_path("STEVE_BIN"))
             .args(args)
             .arg("--control")
             .arg(&daemon.control)

@@ -5,7 +5,6 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use nix::sys::signal::Signal;
 use steve_tests::steve::{binary, command, stderr_lines, FifoServer, StartFailure};
@@ -129,9 +128,7 @@ fn an_unwritable_directory_gives_one_clear_line() {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let copy = dir.path().join("steve");
         fs::copy(binary(), &copy).unwrap();
-        let mut setpriv = Command::new("setpriv");
-        setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(copy);
-        setpriv
+        steve_tests::command_as(65534, 65534, copy)
     } else {
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).unwrap();
         command()

@@ -193,11 +193,7 @@ fn an_unprivileged_user_is_refused_set_but_may_read() {
     let copy = copy_dir.path().join("steve");
     std::fs::copy(binary(), &copy).unwrap();
     let as_user = |args: &[&str]| {
-        std::process::Command::new("setpriv")
-            .arg(format!("--reuid={}", user.uid))
-            .arg(format!("--regid={}", user.gid))
-            .args(["--clear-groups", "--"])
-            .arg(&copy)
+        steve_tests::command_as(user.uid.as_raw(), user.gid.as_raw(), &copy)
             .args(args)
             .arg("--control")
             .arg(&server.control)
