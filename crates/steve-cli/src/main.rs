@@ -21,6 +21,7 @@ mod top;
 // Referenced so that the linker keeps each backend crate and its registry entries.
 use steve_cuse as _;
 use steve_fifo as _;
+use steve_fuse as _;
 
 /// A GNU-make-compatible jobserver: one pool of job slots shared by every build on the machine.
 #[derive(Debug, Parser)]
@@ -39,7 +40,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Commands {
     /// Serve a jobserver shared by every build that is given its MAKEFLAGS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a command tree under a private jobserver.
     Run(RunArgs),
     /// Run a command on one token of the current jobserver (MAKEFLAGS, or the machine's steve).
@@ -65,6 +66,10 @@ struct ServeArgs {
     /// $XDG_RUNTIME_DIR/steve/jobserver otherwise].
     #[arg(long)]
     path: Option<PathBuf>,
+    /// fuse: the directory to mount on; clients open DIR/jobserver [default: /run/steve/fuse
+    /// as root, $XDG_RUNTIME_DIR/steve/fuse otherwise].
+    #[arg(long, value_name = "DIR")]
+    mountpoint: Option<PathBuf>,
     /// Number of job tokens [default: the number of CPUs].
     #[arg(short, long, value_name = "N")]
     jobs: Option<u32>,
@@ -78,10 +83,11 @@ struct ServeArgs {
     /// cuse: the device's name under /dev.
     #[arg(long, value_name = "NAME", default_value = "steve")]
     dev_name: String,
-    /// cuse: the user to run as once the device is set up (name or number).
+    /// cuse: the user to run as once the device is set up (name or number). A fuse server
+    /// runs as the user who starts it.
     #[arg(long)]
     user: Option<String>,
-    /// cuse: how long a token reserved for a poll()ing client waits for its read, in
+    /// cuse, fuse: how long a token reserved for a poll()ing client waits for its read, in
     /// milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     poll_reservation_ms: u64,
@@ -94,14 +100,14 @@ struct ServeArgs {
     /// Hold tokens back while less than this many MiB of memory are available.
     #[arg(long, value_name = "MIB")]
     min_memory_avail: Option<u64>,
-    /// cuse: the most tokens one process may hold.
+    /// cuse, fuse: the most tokens one process may hold.
     #[arg(long, value_name = "K")]
     per_process_limit: Option<usize>,
     /// Seconds between readings of the load and memory while over a limit.
     #[arg(long, value_name = "S", default_value_t = 0.5)]
     load_recheck: f64,
     /// The control socket [default: beside the jobserver; for a device /dev/NAME,
-    /// /run/steve/NAME.control].
+    /// /run/steve/NAME.control; for a mount on DIR, DIR.control].
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
 }
@@ -150,7 +156,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.debug);
     let outcome = match cli.command {
-        Commands::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Commands::Serve(args) => serve(*args).map(|()| ExitCode::SUCCESS),
         Commands::Run(args) => return run(args),
         Commands::Exec(args) => {
             return match exec::run(args) {
@@ -227,6 +233,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits,
         control: args.control,
         path: args.path,
+        mountpoint: args.mountpoint,
         mode: args.mode,
         group: args.group,
         device_name: Some(args.dev_name),

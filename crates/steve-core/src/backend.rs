@@ -85,6 +85,8 @@ pub struct ServeConfig {
     pub control: Option<PathBuf>,
     /// Where clients find the jobserver; `None` for the backend's default.
     pub path: Option<PathBuf>,
+    /// FUSE: the directory to mount on; `None` for the backend's default.
+    pub mountpoint: Option<PathBuf>,
     /// Permission bits for the path; `None` for the backend's default.
     pub mode: Option<u32>,
     /// Group to give the path, by name or number.

@@ -1,6 +1,8 @@
 //! The kernel's FUSE/CUSE wire protocol, as far as a jobserver device needs it: requests parsed
 //! from bytes at fixed offsets (no pointer casts, no unsafe), replies and notifications built as
-//! byte vectors, each written to `/dev/cuse` in one `write`.
+//! byte vectors, each written to the channel (`/dev/cuse`, or `/dev/fuse` for a mount) in one
+//! `write`. CUSE and FUSE share every device request; a FUSE mount adds the few filesystem
+//! requests that find and describe its one file (LOOKUP, GETATTR, READDIR, ...).
 //!
 //! Layouts follow `include/uapi/linux/fuse.h` (protocol 7.x with x >= 11). All integers are in
 //! the machine's byte order.
@@ -25,6 +27,24 @@ pub const CUSE_INIT_OUT_LEN: usize = 72;
 
 /// Opcodes this server handles.
 pub mod opcode {
+    /// FUSE_LOOKUP: a name in a directory.
+    pub const LOOKUP: u32 = 1;
+    /// FUSE_FORGET: the kernel dropped an inode (never answered).
+    pub const FORGET: u32 = 2;
+    /// FUSE_GETATTR.
+    pub const GETATTR: u32 = 3;
+    /// FUSE_SETATTR (chmod, truncate, ...).
+    pub const SETATTR: u32 = 4;
+    /// FUSE_STATFS.
+    pub const STATFS: u32 = 17;
+    /// FUSE_OPENDIR.
+    pub const OPENDIR: u32 = 27;
+    /// FUSE_READDIR.
+    pub const READDIR: u32 = 28;
+    /// FUSE_RELEASEDIR.
+    pub const RELEASEDIR: u32 = 29;
+    /// FUSE_BATCH_FORGET (never answered).
+    pub const BATCH_FORGET: u32 = 42;
     /// FUSE_OPEN.
     pub const OPEN: u32 = 14;
     /// FUSE_READ.
@@ -53,6 +73,13 @@ pub const POLL_SCHEDULE_NOTIFY: u32 = 1;
 pub const NOTIFY_POLL: i32 = 1;
 /// `FOPEN_NONSEEKABLE`: the device has no file position.
 pub const FOPEN_NONSEEKABLE: u32 = 1 << 2;
+/// `FOPEN_DIRECT_IO`: every read and write of a FUSE file comes to the server, none is served
+/// from the page cache.
+pub const FOPEN_DIRECT_IO: u32 = 1;
+/// The node id of a FUSE mount's root directory.
+pub const ROOT_ID: u64 = 1;
+/// Size of `fuse_attr`.
+pub const ATTR_LEN: usize = 88;
 
 /// `fuse_in_header`: who asks what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +90,8 @@ pub struct InHeader {
     pub opcode: u32,
     /// The request's id, to be echoed in the reply.
     pub unique: u64,
+    /// The inode asked about (FUSE; 0 for CUSE).
+    pub nodeid: u64,
     /// The caller's user id.
     pub uid: u32,
     /// The caller's group id.
@@ -135,6 +164,30 @@ pub enum Request<'a> {
         /// The events polled for.
         events: u32,
     },
+    /// FUSE: look `name` up in the directory `nodeid`.
+    Lookup {
+        /// The name, without its NUL.
+        name: &'a [u8],
+    },
+    /// FUSE: the attributes of `nodeid`.
+    Getattr,
+    /// FUSE: change attributes of `nodeid`.
+    Setattr,
+    /// FUSE: the filesystem's statistics.
+    Statfs,
+    /// FUSE: a directory was opened.
+    Opendir,
+    /// FUSE: list a directory from entry `offset` on, in at most `size` bytes.
+    Readdir {
+        /// The index of the first entry wanted.
+        offset: u64,
+        /// Room in the caller's buffer.
+        size: u32,
+    },
+    /// FUSE: a directory was closed.
+    Releasedir,
+    /// FUSE: the kernel forgot inodes. Never answered.
+    Forget,
     /// An opcode this server does not handle.
     Unknown,
 }
@@ -195,7 +248,8 @@ pub fn parse(message: &[u8]) -> Result<(InHeader, Request<'_>), ParseError> {
     if len as usize != message.len() {
         return Err(header_error("length field disagrees with the message size"));
     }
-    let header = InHeader { len, opcode, unique, uid, gid, pid };
+    let nodeid = fields.u64(16).ok_or_else(|| header_error("shorter than the request header"))?;
+    let header = InHeader { len, opcode, unique, nodeid, uid, gid, pid };
     let body = Fields(&message[IN_HEADER_LEN..]);
     let short = || ParseError {
         reason: "body shorter than the opcode needs",
@@ -230,6 +284,20 @@ pub fn parse(message: &[u8]) -> Result<(InHeader, Request<'_>), ParseError> {
             flags: body.u32(16).ok_or_else(short)?,
             events: body.u32(20).ok_or_else(short)?,
         },
+        opcode::LOOKUP => {
+            let name = body.0.split(|byte| *byte == 0).next().unwrap_or_default();
+            Request::Lookup { name }
+        }
+        opcode::GETATTR => Request::Getattr,
+        opcode::SETATTR => Request::Setattr,
+        opcode::STATFS => Request::Statfs,
+        opcode::OPENDIR => Request::Opendir,
+        opcode::READDIR => Request::Readdir {
+            offset: body.u64(8).ok_or_else(short)?,
+            size: body.u32(16).ok_or_else(short)?,
+        },
+        opcode::RELEASEDIR => Request::Releasedir,
+        opcode::FORGET | opcode::BATCH_FORGET => Request::Forget,
         _ => Request::Unknown,
     };
     Ok((header, request))
@@ -280,6 +348,98 @@ pub fn reply_write(unique: u64, size: u32) -> Vec<u8> {
 /// A POLL reply: `fuse_poll_out { revents, padding }`.
 pub fn reply_poll(unique: u64, revents: u32) -> Vec<u8> {
     message(unique, 0, &[&u32s(&[revents, 0])])
+}
+
+/// What `fuse_attr` says of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// The inode number.
+    pub ino: u64,
+    /// The file type and permission bits (`S_IFREG | 0o666`).
+    pub mode: u32,
+    /// Links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Access, modification and change time, in seconds since the epoch.
+    pub time: u64,
+}
+
+impl Attr {
+    /// `fuse_attr`: size and blocks 0, one time for all three, 4 KiB blocks.
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ATTR_LEN);
+        for value in [self.ino, 0, 0, self.time, self.time, self.time] {
+            out.extend_from_slice(&value.to_ne_bytes());
+        }
+        // atimensec, mtimensec, ctimensec, mode, nlink, uid, gid, rdev, blksize, flags
+        out.extend_from_slice(&u32s(&[
+            0, 0, 0, self.mode, self.nlink, self.uid, self.gid, 0, 4096, 0,
+        ]));
+        out
+    }
+}
+
+/// A LOOKUP reply: `fuse_entry_out { nodeid, generation, entry_valid, attr_valid,
+/// entry_valid_nsec, attr_valid_nsec, attr }`, both valid for `valid_seconds`.
+pub fn reply_entry(unique: u64, attr: &Attr, valid_seconds: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for value in [attr.ino, 0, valid_seconds, valid_seconds] {
+        out.extend_from_slice(&value.to_ne_bytes());
+    }
+    out.extend_from_slice(&u32s(&[0, 0]));
+    out.extend_from_slice(&attr.bytes());
+    message(unique, 0, &[&out])
+}
+
+/// A GETATTR reply: `fuse_attr_out { attr_valid, attr_valid_nsec, dummy, attr }`.
+pub fn reply_attr(unique: u64, attr: &Attr, valid_seconds: u64) -> Vec<u8> {
+    message(unique, 0, &[&valid_seconds.to_ne_bytes(), &u32s(&[0, 0]), &attr.bytes()])
+}
+
+/// A STATFS reply for a filesystem with no space and `files` inodes: `fuse_kstatfs`.
+pub fn reply_statfs(unique: u64, files: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    // blocks, bfree, bavail, files, ffree
+    for value in [0, 0, 0, files, 0] {
+        out.extend_from_slice(&u64::to_ne_bytes(value));
+    }
+    // bsize, namelen, frsize, padding, spare[6]
+    out.extend_from_slice(&u32s(&[4096, 255, 4096, 0, 0, 0, 0, 0, 0, 0]));
+    message(unique, 0, &[&out])
+}
+
+/// One directory entry for [`reply_dirents`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dirent<'a> {
+    /// The inode number.
+    pub ino: u64,
+    /// `DT_DIR`, `DT_REG`, ...
+    pub kind: u32,
+    /// The name.
+    pub name: &'a [u8],
+}
+
+/// A READDIR reply: the entries from index `offset` on, as many as fit in `size` bytes, each a
+/// `fuse_dirent { ino, off, namelen, type, name }` padded to 8 bytes; `off` is the index of the
+/// entry after it, which the kernel passes back to continue.
+pub fn reply_dirents(unique: u64, entries: &[Dirent<'_>], offset: u64, size: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (index, entry) in entries.iter().enumerate().skip(offset.min(usize::MAX as u64) as usize) {
+        let unpadded = 24 + entry.name.len();
+        let padded = unpadded.div_ceil(8) * 8;
+        if out.len() + padded > size as usize {
+            break;
+        }
+        out.extend_from_slice(&entry.ino.to_ne_bytes());
+        out.extend_from_slice(&(index as u64 + 1).to_ne_bytes());
+        out.extend_from_slice(&u32s(&[entry.name.len() as u32, entry.kind]));
+        out.extend_from_slice(entry.name);
+        out.resize(out.len() + padded - unpadded, 0);
+    }
+    message(unique, 0, &[&out])
 }
 
 /// The CUSE_INIT reply: `cuse_init_out` then the NUL-terminated device info, which names the
@@ -338,6 +498,33 @@ pub mod kernel {
         out.extend_from_slice(&[0u8; 4]); // total_extlen, padding
         out.extend_from_slice(body);
         out
+    }
+
+    /// `message` addressed to inode `nodeid` (FUSE requests name the inode in the header).
+    pub fn on_node(nodeid: u64, mut message: Vec<u8>) -> Vec<u8> {
+        message[16..24].copy_from_slice(&nodeid.to_ne_bytes());
+        message
+    }
+
+    /// LOOKUP of `name` in the directory `parent`.
+    pub fn lookup(unique: u64, parent: u64, name: &str) -> Vec<u8> {
+        let mut body = name.as_bytes().to_vec();
+        body.push(0);
+        on_node(parent, request(opcode::LOOKUP, unique, 1, &body))
+    }
+
+    /// GETATTR: `fuse_getattr_in { getattr_flags, dummy, fh }`.
+    pub fn getattr(unique: u64, nodeid: u64) -> Vec<u8> {
+        on_node(nodeid, request(opcode::GETATTR, unique, 1, &[0u8; 16]))
+    }
+
+    /// READDIR: `fuse_read_in` with the entry index as offset.
+    pub fn readdir(unique: u64, nodeid: u64, offset: u64, size: u32) -> Vec<u8> {
+        let mut body = 0u64.to_ne_bytes().to_vec();
+        body.extend_from_slice(&offset.to_ne_bytes());
+        body.extend_from_slice(&u32s(&[size, 0]));
+        body.extend_from_slice(&[0u8; 16]);
+        on_node(nodeid, request(opcode::READDIR, unique, 1, &body))
     }
 
     /// CUSE_INIT: `cuse_init_in { major, minor, unused, flags }`.
@@ -432,6 +619,48 @@ mod tests {
         assert_eq!(parse(&interrupt).unwrap().1, Request::Interrupt { target: 7 });
         let ioctl = kernel::ioctl(11, 1, 3, 0x5401);
         assert_eq!(parse(&ioctl).unwrap().1, Request::Ioctl { cmd: 0x5401 });
+    }
+
+    fn payload(reply: Vec<u8>) -> Vec<u8> {
+        let (len, _, _, payload) = kernel::split_reply(&reply);
+        assert_eq!(len as usize, reply.len());
+        payload.to_vec()
+    }
+
+    #[test]
+    fn filesystem_requests_parse_and_replies_have_the_kernels_layout() {
+        let lookup = kernel::lookup(3, ROOT_ID, "jobserver");
+        let (header, request) = parse(&lookup).unwrap();
+        assert_eq!((header.nodeid, request), (ROOT_ID, Request::Lookup { name: b"jobserver" }));
+        let getattr = kernel::getattr(4, 2);
+        let (header, request) = parse(&getattr).unwrap();
+        assert_eq!((header.nodeid, request), (2, Request::Getattr));
+        let readdir = kernel::readdir(5, ROOT_ID, 1, 4096);
+        assert_eq!(parse(&readdir).unwrap().1, Request::Readdir { offset: 1, size: 4096 });
+
+        let attr = Attr { ino: 2, mode: 0o100644, nlink: 1, uid: 7, gid: 8, time: 9 };
+        let entry = payload(reply_entry(3, &attr, 10));
+        assert_eq!(entry.len(), 40 + ATTR_LEN);
+        // fuse_attr's mode sits after six u64 fields and three u32 ones.
+        assert_eq!(&entry[40 + 60..40 + 64], &0o100644u32.to_ne_bytes());
+        let attr_out = payload(reply_attr(4, &attr, 10));
+        assert_eq!(attr_out.len(), 16 + ATTR_LEN);
+        let statfs = payload(reply_statfs(6, 2));
+        assert_eq!(statfs.len(), 80);
+
+        let entries = [
+            Dirent { ino: 1, kind: 4, name: b"." },
+            Dirent { ino: 2, kind: 8, name: b"jobserver" },
+        ];
+        let all = payload(reply_dirents(5, &entries, 0, 4096));
+        // 24 + 1 padded to 32, 24 + 9 padded to 40.
+        assert_eq!(all.len(), 72);
+        assert_eq!(&all[8..16], &1u64.to_ne_bytes(), "the first entry's offset is 1");
+        assert_eq!(&all[32 + 24..32 + 33], b"jobserver");
+        let rest = payload(reply_dirents(5, &entries, 1, 4096));
+        assert_eq!(rest.len(), 40, "offset 1 continues after the first entry");
+        let none = payload(reply_dirents(5, &entries, 0, 39));
+        assert_eq!(none.len(), 32, "an entry that does not fit is left for the next call");
     }
 
     #[test]

@@ -28,6 +28,7 @@
 
 pub mod abi;
 pub mod error;
+pub mod filesystem;
 mod processes;
 pub mod serve;
 pub mod session;

@@ -1,6 +1,7 @@
-//! One CUSE connection: requests read from the channel (`/dev/cuse`, or a socket in tests) go
-//! through steve-core's device semantics; replies and poll notifications go back; tokens of
-//! processes that exit are reclaimed the moment their pidfd says so.
+//! One kernel connection, CUSE (`/dev/cuse`) or FUSE (`/dev/fuse`, a socket in tests): device
+//! requests go through steve-core's device semantics, a FUSE mount's filesystem requests to its
+//! [`OneFile`]; replies and poll notifications go back; tokens of processes that exit are
+//! reclaimed the moment their pidfd says so.
 //!
 //! The session blocks in exactly one place, a `poll` over the channel, the signalfd, one pidfd
 //! per client process, with the next reservation expiry as the timeout.
@@ -22,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::abi::{self, Request};
 use crate::error::CuseError;
+use crate::filesystem::OneFile;
 use crate::processes::Processes;
 
 /// The byte handed out as a token.
@@ -32,13 +34,18 @@ pub const MAX_IO: u32 = 4096;
 /// and never less than its minimum read buffer (8 KiB).
 const BUFFER_LEN: usize = 64 * 1024;
 
-/// A CUSE connection serving the device semantics.
+/// A CUSE or FUSE connection serving the device semantics.
 #[derive(Debug)]
 pub struct Session {
     channel: OwnedFd,
     device: Device,
     processes: Processes,
-    dev_path: std::path::PathBuf,
+    /// "cuse" or "fuse", for status.
+    backend: &'static str,
+    /// Where clients open the jobserver.
+    path: std::path::PathBuf,
+    /// A FUSE mount's contents; `None` for a CUSE device.
+    filesystem: Option<OneFile>,
     next_fh: u64,
     buffer: Vec<u8>,
     unknown_opcodes: HashSet<u32>,
@@ -98,15 +105,41 @@ impl Session {
         let reply = abi::reply_cuse_init(header.unique, minor, MAX_IO, MAX_IO, dev_name);
         nix::unistd::write(&channel, &reply)
             .map_err(|errno| CuseError::io("answer CUSE_INIT on", "the channel", errno))?;
+        debug!(major, minor, "CUSE connection up as /dev/{dev_name}");
+        let dev_path = std::path::Path::new("/dev").join(dev_name);
+        Session::serving(channel, device, "cuse", dev_path, None, buffer)
+    }
+
+    /// Serves a FUSE connection whose INIT is already answered (the mount did it): `filesystem`
+    /// is what the mount shows, `path` where clients open its file.
+    pub fn for_mount(
+        channel: OwnedFd,
+        device: Device,
+        path: std::path::PathBuf,
+        filesystem: OneFile,
+    ) -> Result<Session, CuseError> {
+        let buffer = vec![0u8; BUFFER_LEN];
+        Session::serving(channel, device, "fuse", path, Some(filesystem), buffer)
+    }
+
+    fn serving(
+        channel: OwnedFd,
+        device: Device,
+        backend: &'static str,
+        path: std::path::PathBuf,
+        filesystem: Option<OneFile>,
+        buffer: Vec<u8>,
+    ) -> Result<Session, CuseError> {
         fcntl(&channel, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
             .map_err(|errno| CuseError::io("configure", "the channel", errno))?;
-        debug!(major, minor, "CUSE connection up as /dev/{dev_name}");
         let limits = Limits::new(device.counts().target);
         Ok(Session {
             channel,
             device,
             processes: Processes::default(),
-            dev_path: std::path::Path::new("/dev").join(dev_name),
+            backend,
+            path,
+            filesystem,
             next_fh: 1,
             buffer,
             unknown_opcodes: HashSet::new(),
@@ -300,7 +333,12 @@ impl Session {
                 let fh = self.next_fh;
                 self.next_fh += 1;
                 debug!(pid, fh, "open");
-                Some(abi::reply_open(unique, fh, abi::FOPEN_NONSEEKABLE))
+                // A FUSE file's reads must all come here, none from the page cache.
+                let flags = match self.filesystem {
+                    Some(_) => abi::FOPEN_NONSEEKABLE | abi::FOPEN_DIRECT_IO,
+                    None => abi::FOPEN_NONSEEKABLE,
+                };
+                Some(abi::reply_open(unique, fh, flags))
             }
             Request::Read { size: 0, .. } => Some(abi::reply_data(unique, &[])),
             Request::Read { flags, .. } => {
@@ -347,6 +385,19 @@ impl Session {
                 return Flow::Disconnected;
             }
             Request::CuseInit { .. } => Some(abi::reply_error(unique, nix::libc::EPROTO)),
+            Request::Forget => None,
+            Request::Lookup { .. }
+            | Request::Getattr
+            | Request::Setattr
+            | Request::Statfs
+            | Request::Opendir
+            | Request::Readdir { .. }
+            | Request::Releasedir => Some(
+                self.filesystem
+                    .as_ref()
+                    .and_then(|filesystem| filesystem.answer(&header, &request))
+                    .unwrap_or_else(|| abi::reply_error(unique, nix::libc::ENOSYS)),
+            ),
             Request::Unknown => {
                 if self.unknown_opcodes.insert(header.opcode) {
                     warn!(opcode = header.opcode, "request with an unknown opcode answered ENOSYS");
@@ -458,8 +509,8 @@ impl Session {
             ProcProbe.read()
         };
         StatusReport {
-            backend: "cuse".to_string(),
-            path: self.dev_path.clone(),
+            backend: self.backend.to_string(),
+            path: self.path.clone(),
             control: self.control_path.clone(),
             daemon_pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),

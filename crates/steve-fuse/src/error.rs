@@ -1,0 +1,102 @@
+//! The errors of the FUSE backend: each says what failed and why, in one line.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::path::PathBuf;
+
+use steve_cuse::CuseError;
+
+/// Why the FUSE mount could not be set up or served.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FuseError {
+    /// The job count is out of range.
+    BadJobs {
+        /// The count asked for.
+        jobs: usize,
+    },
+    /// A live FUSE filesystem is mounted there: another steve serves it.
+    InUse {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// Something that is not a FUSE filesystem is mounted there.
+    ForeignMount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Its filesystem type.
+        fstype: String,
+    },
+    /// A stale mount (its server died) could not be cleared.
+    StaleMount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The kernel or fusermount3 refused the mount.
+    Mount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The option does not apply to a FUSE mount.
+    Unsupported(&'static str),
+    /// The group given does not exist.
+    UnknownGroup(String),
+    /// A system call failed.
+    Io {
+        /// What steve was doing.
+        action: &'static str,
+        /// What on.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving the mount's connection failed.
+    Session(CuseError),
+}
+
+impl fmt::Display for FuseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FuseError::BadJobs { jobs } => write!(
+                f,
+                "job count {jobs} is out of range (1 to {})",
+                steve_cuse::error::MAX_JOBS
+            ),
+            FuseError::InUse { mountpoint } => write!(
+                f,
+                "{} is mounted already: another steve serves it; stop it or choose another --mountpoint",
+                mountpoint.display()
+            ),
+            FuseError::ForeignMount { mountpoint, fstype } => write!(
+                f,
+                "{} is the mount point of a {fstype} filesystem, not steve's; choose another --mountpoint",
+                mountpoint.display()
+            ),
+            FuseError::StaleMount { mountpoint, reason } => write!(
+                f,
+                "{} is a stale mount left by a server that died, and it could not be unmounted: {reason}",
+                mountpoint.display()
+            ),
+            FuseError::Mount { mountpoint, source } => {
+                write!(f, "cannot mount on {}: {source}", mountpoint.display())
+            }
+            FuseError::Unsupported(what) => write!(f, "{what}"),
+            FuseError::UnknownGroup(name) => write!(f, "no such group: {name}"),
+            FuseError::Io { action, what, source } => write!(f, "cannot {action} {what}: {source}"),
+            FuseError::Session(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+/// Each message already carries its cause.
+impl std::error::Error for FuseError {}
+
+impl From<CuseError> for FuseError {
+    fn from(error: CuseError) -> FuseError {
+        FuseError::Session(error)
+    }
+}

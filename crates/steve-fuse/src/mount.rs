@@ -1,0 +1,274 @@
+//! The mount: where it goes, what is mounted there already (a stale mount left by a server that
+//! died is cleared, a live one refused), and mounting and unmounting. fuser mounts, through
+//! `mount(2)` as root and `fusermount3` otherwise, and answers the kernel's INIT; the connection
+//! is then served by steve-cuse's session on a duplicate of fuser's descriptor.
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::unistd::geteuid;
+use tracing::{info, warn};
+
+use crate::error::FuseError;
+
+/// The jobserver file's name in the mount.
+pub const FILE_NAME: &str = "jobserver";
+
+/// The mount point when none is given: `/run/steve/fuse` for root, `$XDG_RUNTIME_DIR/steve/fuse`
+/// (or `/tmp/steve-UID/fuse`) for anyone else.
+pub fn default_mountpoint() -> PathBuf {
+    let uid = geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/steve/fuse");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => Path::new(&dir).join("steve/fuse"),
+        None => PathBuf::from(format!("/tmp/steve-{uid}/fuse")),
+    }
+}
+
+/// What is mounted on a directory already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Existing {
+    /// Nothing: the directory is free to mount on.
+    Nothing,
+    /// A FUSE filesystem; stale when its server is gone (the kernel answers ENOTCONN).
+    Fuse {
+        /// Whether its server is gone.
+        stale: bool,
+    },
+    /// Some other filesystem, of this type.
+    Other(String),
+}
+
+/// What `/proc/self/mountinfo` shows on `mountpoint` (absolute, without symbolic links).
+pub fn existing(mountpoint: &Path) -> Existing {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    match fstype_at(&mountinfo, mountpoint) {
+        None => Existing::Nothing,
+        Some(fstype) if fstype == "fuse" || fstype.starts_with("fuse.") => {
+            let stale = matches!(fs::metadata(mountpoint),
+                Err(error) if error.raw_os_error() == Some(nix::libc::ENOTCONN));
+            Existing::Fuse { stale }
+        }
+        Some(fstype) => Existing::Other(fstype),
+    }
+}
+
+/// The type of the topmost filesystem mounted on `mountpoint`, from mountinfo's text: field 5
+/// is the mount point (octal escapes for blanks), the first field after ` - ` the type.
+pub fn fstype_at(mountinfo: &str, mountpoint: &Path) -> Option<String> {
+    let wanted = mountpoint.to_str()?;
+    mountinfo.lines().rev().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        let point = unescape(mount.split(' ').nth(4)?);
+        let fstype = filesystem.split(' ').next()?;
+        (point == wanted).then(|| fstype.to_string())
+    })
+}
+
+/// Undoes mountinfo's `\NNN` octal escapes (space, tab, newline, backslash).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let octal = bytes.get(at + 1..at + 4).filter(|digits| {
+            bytes[at] == b'\\' && digits.iter().all(|digit| (b'0'..=b'7').contains(digit))
+        });
+        match octal.and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok())
+        {
+            Some(byte) => {
+                out.push(byte);
+                at += 4;
+            }
+            None => {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `mountpoint` made absolute and free of symbolic links, without touching the directory itself
+/// (a stale mount answers every look at it with ENOTCONN). Creates the parents if missing.
+pub fn resolve(mountpoint: &Path) -> Result<PathBuf, FuseError> {
+    let io_error =
+        |action, source| FuseError::Io { action, what: mountpoint.display().to_string(), source };
+    let absolute = std::path::absolute(mountpoint).map_err(|source| io_error("resolve", source))?;
+    let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+        return Err(FuseError::Unsupported("the mount point must be a directory below /"));
+    };
+    fs::create_dir_all(parent).map_err(|source| io_error("create the parent of", source))?;
+    let parent = fs::canonicalize(parent).map_err(|source| io_error("resolve", source))?;
+    Ok(parent.join(name))
+}
+
+/// The fusermount program: `$FUSERMOUNT_PATH`, as fuser uses it, or `fusermount3`.
+fn fusermount() -> std::ffi::OsString {
+    std::env::var_os("FUSERMOUNT_PATH").unwrap_or_else(|| "fusermount3".into())
+}
+
+/// Detaches the filesystem on `mountpoint` at once, even while files on it are open: the
+/// kernel as root, `fusermount3 -u -z` for anyone else.
+pub fn detach(mountpoint: &Path) -> Result<(), String> {
+    if geteuid().is_root() {
+        return nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|errno| format!("umount: {errno}"));
+    }
+    let output = Command::new(fusermount())
+        .args(["-u", "-z", "--"])
+        .arg(mountpoint)
+        .output()
+        .map_err(|error| format!("cannot run {}: {error}", fusermount().to_string_lossy()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+/// Makes `mountpoint` ready to mount on: creates it, clears a stale steve mount, and refuses a
+/// live one or a foreign filesystem.
+pub fn prepare(mountpoint: &Path) -> Result<(), FuseError> {
+    match existing(mountpoint) {
+        Existing::Nothing => {}
+        Existing::Fuse { stale: false } => {
+            return Err(FuseError::InUse { mountpoint: mountpoint.to_path_buf() })
+        }
+        Existing::Fuse { stale: true } => {
+            detach(mountpoint).map_err(|reason| FuseError::StaleMount {
+                mountpoint: mountpoint.to_path_buf(),
+                reason,
+            })?;
+            warn!("cleared a stale mount on {} left by a server that died", mountpoint.display());
+        }
+        Existing::Other(fstype) => {
+            return Err(FuseError::ForeignMount { mountpoint: mountpoint.to_path_buf(), fstype })
+        }
+    }
+    if fs::symlink_metadata(mountpoint).is_err() {
+        fs::create_dir(mountpoint).map_err(|source| FuseError::Io {
+            action: "create the mount point",
+            what: mountpoint.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// fuser's part: the INIT answer. Writes are capped at what the session's buffer holds (the
+/// kernel refuses to hand requests to a buffer smaller than the largest write).
+struct Handshake;
+
+impl fuser::Filesystem for Handshake {
+    fn init(
+        &mut self,
+        _request: &fuser::Request,
+        config: &mut fuser::KernelConfig,
+    ) -> std::io::Result<()> {
+        config
+            .set_max_write(steve_cuse::session::MAX_IO)
+            .map_err(|nearest| std::io::Error::other(format!("max_write {nearest}")))?;
+        Ok(())
+    }
+}
+
+/// A mounted filesystem, unmounted when dropped.
+pub struct Mounted {
+    session: Option<fuser::Session<Handshake>>,
+    mountpoint: PathBuf,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted").field("mountpoint", &self.mountpoint).finish_non_exhaustive()
+    }
+}
+
+/// Mounts on `mountpoint` (prepared) and answers INIT. Returns the mount and the connection to
+/// serve. `allow_other` lets other users' processes in (the file's mode still decides, the
+/// kernel checks it: `default_permissions`).
+pub fn mount(mountpoint: &Path, allow_other: bool) -> Result<(Mounted, OwnedFd), FuseError> {
+    use fuser::MountOption;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("steve".to_string()),
+        MountOption::Subtype("steve".to_string()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoExec,
+        MountOption::NoAtime,
+    ];
+    config.acl = if allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    let session = fuser::Session::new(Handshake, mountpoint, &config)
+        .map_err(|source| FuseError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
+    let channel = session.as_fd().try_clone_to_owned().map_err(|source| FuseError::Io {
+        action: "duplicate",
+        what: "the FUSE connection".to_string(),
+        source,
+    })?;
+    info!("mounted on {}", mountpoint.display());
+    Ok((Mounted { session: Some(session), mountpoint: mountpoint.to_path_buf() }, channel))
+}
+
+impl Mounted {
+    /// Unmounts; while clients still have the file open, detaches lazily instead (the mount
+    /// disappears now, their descriptors fail from then on).
+    pub fn unmount(&mut self) {
+        let Some(mut session) = self.session.take() else {
+            return;
+        };
+        if let Err(error) = session.unmount() {
+            info!("{} is busy ({error}): detaching it", self.mountpoint.display());
+            if let Err(why) = detach(&self.mountpoint) {
+                warn!("could not unmount {}: {why}", self.mountpoint.display());
+                return;
+            }
+        }
+        info!("unmounted {}", self.mountpoint.display());
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:35 / /run rw,nosuid shared:5 - tmpfs tmpfs rw
+61 40 0:52 / /run/steve/fuse rw,nosuid,nodev shared:30 - fuse.steve steve rw,user_id=0
+62 22 0:53 / /tmp/a\\040b rw shared:31 - fuse steve rw,user_id=1000
+63 40 0:54 / /run/steve/fuse rw shared:32 - tmpfs none rw
+";
+
+    #[test]
+    fn the_topmost_mount_on_a_point_is_found() {
+        assert_eq!(fstype_at(MOUNTINFO, Path::new("/run")).as_deref(), Some("tmpfs"));
+        assert_eq!(
+            fstype_at(MOUNTINFO, Path::new("/run/steve/fuse")).as_deref(),
+            Some("tmpfs"),
+            "the later line is mounted on top"
+        );
+        assert_eq!(fstype_at(MOUNTINFO, Path::new("/tmp/a b")).as_deref(), Some("fuse"));
+        assert_eq!(fstype_at(MOUNTINFO, Path::new("/run/steve")), None);
+        assert_eq!(fstype_at("garbage\n\n", Path::new("/")), None);
+    }
+
+    #[test]
+    fn octal_escapes_are_undone_and_stray_backslashes_kept() {
+        assert_eq!(unescape("/a\\040b\\011c\\134d"), "/a b\tc\\d");
+        assert_eq!(unescape("/x\\9y\\"), "/x\\9y\\");
+    }
+}

@@ -1,0 +1,145 @@
+//! `steve serve --backend fuse`: mounts the one-file filesystem, announces the MAKEFLAGS and
+//! serves the file with the device semantics until stopped, then unmounts.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{getegid, geteuid, AccessFlags};
+use steve_core::backend::{Announcement, Availability, BackendError, ServeConfig};
+use steve_core::control::{default_socket_for, ControlServer};
+use steve_core::device::Device;
+use steve_core::limits::{Governor, ProcProbe};
+use steve_core::makeflags::{jobserver_makeflags, JobserverAuth};
+use steve_core::signals::Signals;
+use steve_cuse::filesystem::OneFile;
+use steve_cuse::session::{Ended, Session};
+use tracing::{info, warn};
+
+use crate::error::FuseError;
+use crate::mount::{self, Mounted, FILE_NAME};
+
+/// The kernel's FUSE device.
+pub const FUSE_PATH: &str = "/dev/fuse";
+
+/// Whether this machine can mount steve's filesystem for this user, and if not, why.
+pub fn availability() -> Availability {
+    if std::fs::metadata(FUSE_PATH).is_err() {
+        return Availability::Unavailable(
+            "no /dev/fuse: the kernel has no FUSE, or the fuse module is not loaded (modprobe fuse)"
+                .to_string(),
+        );
+    }
+    if let Err(errno) = nix::unistd::access(FUSE_PATH, AccessFlags::R_OK | AccessFlags::W_OK) {
+        return Availability::Unavailable(format!(
+            "{FUSE_PATH} cannot be opened by this user ({errno}); it is usually mode 0666"
+        ));
+    }
+    if !geteuid().is_root() && find_in_path("fusermount3").is_none() {
+        return Availability::Unavailable(
+            "fusermount3 is not installed (package fuse3): an ordinary user mounts through it"
+                .to_string(),
+        );
+    }
+    Availability::Available
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|file| file.is_file())
+}
+
+/// Serves the mount until SIGINT, SIGTERM or SIGHUP, then unmounts.
+pub fn serve(
+    config: &ServeConfig,
+    announce: &mut dyn FnMut(&Announcement),
+) -> Result<(), BackendError> {
+    // Blocked before the mount exists, so that a stop signal is never lost.
+    let mut signals = Signals::block().map_err(|errno| FuseError::Io {
+        action: "block signals for",
+        what: "the server".to_string(),
+        source: errno.into(),
+    })?;
+    let (mut mounted, mut session, file, control_path) = set_up(config)?;
+    let jobs = config.limits.jobs;
+    announce(&Announcement {
+        makeflags: jobserver_makeflags(jobs as u32, JobserverAuth::Fifo(file.clone())),
+        path: file.clone(),
+        control: Some(control_path.clone()),
+    });
+    info!(
+        jobs,
+        "serving {jobs} tokens on {} (per-process accounting; reservations of {:?} for pollers); \
+         control socket {}",
+        file.display(),
+        config.poll_reservation,
+        control_path.display()
+    );
+    let ended = session.run(Some(&mut signals));
+    // The connection goes first, so that clients still waiting are failed, not left hanging.
+    drop(session);
+    mounted.unmount();
+    match ended.map_err(FuseError::from)? {
+        Ended::Stopped(signal) => info!("{signal} received: stopped"),
+        Ended::Disconnected => {
+            warn!("the kernel closed the FUSE connection (unmounted from outside?)")
+        }
+    }
+    Ok(())
+}
+
+/// Everything up to serving: checks, the mount point, the mount, the control socket.
+fn set_up(config: &ServeConfig) -> Result<(Mounted, Session, PathBuf, PathBuf), FuseError> {
+    let jobs = config.limits.jobs;
+    if jobs == 0 || jobs > steve_cuse::error::MAX_JOBS {
+        return Err(FuseError::BadJobs { jobs });
+    }
+    if config.user.is_some() {
+        return Err(FuseError::Unsupported(
+            "--user does not apply to the fuse backend: start steve as that user instead (it \
+             mounts through fusermount3)",
+        ));
+    }
+    let gid = match config.group.as_deref() {
+        Some(group) => Some(
+            steve_core::accounts::group_id(group)
+                .ok_or_else(|| FuseError::UnknownGroup(group.to_string()))?,
+        ),
+        None => None,
+    };
+    let root = geteuid().is_root();
+    let mode = config.mode.unwrap_or(match (root, gid) {
+        (true, Some(_)) => 0o660,
+        (true, None) => 0o666,
+        (false, _) => 0o600,
+    });
+    let mountpoint =
+        mount::resolve(&config.mountpoint.clone().unwrap_or_else(mount::default_mountpoint))?;
+    mount::prepare(&mountpoint)?;
+    // Others get in only where the mode lets them; the kernel checks it (default_permissions).
+    let allow_other = mode & 0o077 != 0;
+    let (mounted, channel) = mount::mount(&mountpoint, allow_other)?;
+    let file = mountpoint.join(FILE_NAME);
+    let owner =
+        OneFile::new(FILE_NAME, geteuid().as_raw(), gid.unwrap_or_else(getegid).as_raw(), mode);
+    let mut session = Session::for_mount(
+        channel,
+        Device::new(jobs, config.poll_reservation),
+        file.clone(),
+        owner,
+    )?;
+    session.set_governor(Governor::new(config.limits.clone(), Box::new(ProcProbe)));
+    let control_path = config.control.clone().unwrap_or_else(|| default_socket_for(&mountpoint));
+    let control =
+        ControlServer::bind(&control_path, mode, gid).map_err(|source| FuseError::Io {
+            action: "listen on the control socket",
+            what: control_path.display().to_string(),
+            source,
+        })?;
+    session.set_control(control);
+    Ok((mounted, session, file, control_path))
+}
+
+/// The path clients open on a mount at `mountpoint`.
+pub fn jobserver_file(mountpoint: &Path) -> PathBuf {
+    mountpoint.join(FILE_NAME)
+}
