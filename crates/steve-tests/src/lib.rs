@@ -10,7 +10,7 @@
 //! - [`projects`]: Makefiles, ninja files and cargo workspaces whose jobs log start and end;
 //! - [`timeline`]: the peak number of jobs running at once, from such a log;
 //! - [`pipe`]: counts the tokens in a named pipe by draining it and putting them back;
-//! - [`vm`]: a QEMU VM with Debian's kernel, for the CUSE tests (`src/bin/vm-payload.rs` is
+//! - [`vm`]: a QEMU VM with Debian's kernel, for the CUSE tests (`src/bin/device-scenarios.rs` is
 //!   what runs inside it).
 
 pub mod clients;
@@ -56,6 +56,17 @@ pub fn command_as(
         .args(["--clear-groups", "--"])
         .arg(program);
     command
+}
+
+/// Whether `device-scenarios` printed `scenario NAME ok` in `output`; if not, its failure line or
+/// that it did not run.
+pub fn scenario_outcome(output: &str, name: &str) -> Result<(), String> {
+    let prefix = format!("scenario {name} ");
+    match output.lines().find(|line| line.starts_with(&prefix)) {
+        Some(line) if line == format!("scenario {name} ok") => Ok(()),
+        Some(line) => Err(line.to_string()),
+        None => Err(format!("scenario {name} did not run")),
+    }
 }
 
 /// Asserts that a client's run succeeded, showing what it printed if not.

@@ -1,7 +1,9 @@
 //! The cuse backend against the real kernel, in a QEMU VM booting Debian's kernel (the host has
 //! no CUSE): GNU make 4.4.1 and cargo through /dev/steve, reclaim after SIGKILL, ENOSPC and the
-//! grace return, EAGAIN, poller fairness, a second daemon. One VM boot runs every scenario of
-//! `vm-payload`; each test here checks its own scenario's line. A VM that cannot be built or
+//! grace return, EAGAIN, poller fairness, a second daemon; and the fuse backend run by an
+//! ordinary user through fusermount3 (the VM's /dev/fuse is open to all, the host's is not).
+//! One VM boot runs every scenario of
+//! `device-scenarios`; each test here checks its own scenario's line. A VM that cannot be built or
 //! booted fails every one of them.
 
 use std::ffi::OsString;
@@ -28,13 +30,15 @@ const SCENARIOS: &[&str] = &[
     "memory_limit",
     "client_library",
     "cargo_build",
+    "killed_while_waiting",
+    "unprivileged_fuse",
 ];
 
 fn vm_run() -> &'static vm::VmRun {
     static RUN: OnceLock<vm::VmRun> = OnceLock::new();
     RUN.get_or_init(|| {
         let mut command: Vec<OsString> =
-            vec![env!("CARGO_BIN_EXE_vm-payload").into(), "run".into()];
+            vec![env!("CARGO_BIN_EXE_device-scenarios").into(), "run".into()];
         command.extend(SCENARIOS.iter().map(OsString::from));
         let cargo = clients::cargo();
         let env = [
@@ -54,12 +58,8 @@ fn vm_run() -> &'static vm::VmRun {
 /// Asserts that `name` ran in the VM and passed.
 fn scenario(name: &str) {
     let run = vm_run();
-    let prefix = format!("scenario {name} ");
-    let line = run.output.lines().find(|line| line.starts_with(&prefix));
-    match line {
-        Some(line) if line == format!("scenario {name} ok") => {}
-        Some(line) => panic!("{line}\n{}", run.describe()),
-        None => panic!("scenario {name} did not run in the VM\n{}", run.describe()),
+    if let Err(why) = steve_tests::scenario_outcome(&run.output, name) {
+        panic!("{why} (in the VM)\n{}", run.describe());
     }
 }
 
@@ -141,6 +141,16 @@ fn a_per_process_limit_caps_each_make() {
 #[test]
 fn a_memory_limit_holds_dev_steve_back_until_lifted() {
     scenario("memory_limit");
+}
+
+#[test]
+fn a_client_killed_while_its_read_waits_dies_at_once() {
+    scenario("killed_while_waiting");
+}
+
+#[test]
+fn an_ordinary_user_serves_make_through_fusermount3() {
+    scenario("unprivileged_fuse");
 }
 
 #[test]

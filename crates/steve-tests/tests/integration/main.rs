@@ -11,5 +11,6 @@ mod client_library;
 mod control;
 mod cuse_vm;
 mod fifo_server;
+mod fuse_host;
 mod leak_recovery;
 mod run_command;

@@ -1,14 +1,16 @@
-//! What runs inside the test VM, where the kernel has CUSE: real clients against
-//! `steve serve --backend cuse`.
+//! The compliance scenarios of the per-process backends: real clients against
+//! `steve serve --backend cuse` inside the test VM (the host has no CUSE), and against
+//! `steve serve --backend fuse` on the host.
 //!
-//! `vm-payload run SCENARIO...` runs scenarios and prints one line per scenario,
+//! `device-scenarios run SCENARIO...` runs scenarios and prints one line per scenario,
 //! `scenario NAME ok` or `scenario NAME FAILED: why`, and figures as `figure NAME VALUE`. The
-//! host side (`tests/integration/cuse_vm.rs`) boots the VM with this program and asserts on those
-//! lines. Other subcommands are client roles the scenarios start as separate processes, because
-//! the device accounts per process.
+//! test side (`tests/integration/cuse_vm.rs`, `tests/integration/fuse_host.rs`) runs this program
+//! and asserts on those lines. Other subcommands are client roles the scenarios start as
+//! separate processes, because the server accounts per process.
 //!
-//! Paths come from the environment the VM's init passes on: `STEVE_BIN` (the steve binary),
-//! `STEVE_TEST_MAKE44` (GNU make 4.4.1), `STEVE_TEST_CARGO` (cargo).
+//! Paths come from the environment: `STEVE_BIN` (the steve binary), `STEVE_TEST_MAKE44` (GNU
+//! make 4.4.1), `STEVE_TEST_CARGO` (cargo), `STEVE_SCENARIO_BACKEND` (`cuse`, the default, or
+//! `fuse`) and for fuse `STEVE_SCENARIO_MOUNTPOINT` (the directory each server mounts on).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -23,7 +25,34 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use steve_tests::{projects, timeline, wait_for};
 
-const DEVICE: &str = "/dev/steve";
+/// The backend under test and where its clients open the jobserver.
+struct Target {
+    backend: String,
+    /// `--mountpoint` for fuse.
+    mountpoint: Option<PathBuf>,
+    jobserver: PathBuf,
+}
+
+fn target() -> &'static Target {
+    static TARGET: std::sync::OnceLock<Target> = std::sync::OnceLock::new();
+    TARGET.get_or_init(|| {
+        let backend = std::env::var("STEVE_SCENARIO_BACKEND").unwrap_or_else(|_| "cuse".into());
+        match backend.as_str() {
+            "cuse" => Target { backend, mountpoint: None, jobserver: "/dev/steve".into() },
+            "fuse" => {
+                let mountpoint = env_path("STEVE_SCENARIO_MOUNTPOINT");
+                let jobserver = mountpoint.join("jobserver");
+                Target { backend, mountpoint: Some(mountpoint), jobserver }
+            }
+            other => panic!("STEVE_SCENARIO_BACKEND={other}: expected cuse or fuse"),
+        }
+    })
+}
+
+/// Where clients open the jobserver: /dev/steve, or the file on the mount.
+fn jobserver() -> &'static Path {
+    &target().jobserver
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,12 +62,13 @@ fn main() {
         Some("blocking-client") => compete(false, &args[1]),
         Some("polling-client") => compete(true, &args[1]),
         Some("grace") => grace(),
+        Some("wait-one") => wait_one(),
         Some("round-trips") => {
             round_trips(&args[1], args[2].parse().expect("round-trips PATH SECONDS"))
         }
         _ => {
             eprintln!(
-                "usage: vm-payload run SCENARIO... (this program runs inside steve's test VM)"
+                "usage: device-scenarios run SCENARIO... (this program runs inside steve's test VM)"
             );
             std::process::exit(2);
         }
@@ -65,6 +95,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("memory_limit", memory_limit),
     ("client_library", client_library),
     ("cargo_build", cargo_build),
+    ("killed_while_waiting", killed_while_waiting),
+    ("stale_mount_recovered", stale_mount_recovered),
+    ("unmounts_while_busy", unmounts_while_busy),
+    ("unprivileged_fuse", unprivileged_fuse),
 ];
 
 fn run_scenarios(names: &[String]) {
@@ -102,7 +136,7 @@ fn ensure(condition: bool, why: impl FnOnce() -> String) -> Result<(), String> {
     }
 }
 
-/// A running `steve serve --backend cuse`, stopped when dropped.
+/// A running `steve serve`, stopped with SIGTERM when dropped.
 struct Daemon {
     child: Child,
     log: PathBuf,
@@ -112,7 +146,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(jobs: u32) -> Daemon {
-        Daemon::start_with(cuse_command(jobs, &[]))
+        Daemon::start_with(serve_command(jobs, &[]))
     }
 
     /// `steve ARGS --control SOCKET`, run to the end.
@@ -137,7 +171,7 @@ impl Daemon {
     }
 
     fn makeflags(&self, jobs: u32) -> String {
-        format!(" -j{jobs} --jobserver-auth=fifo:{DEVICE}")
+        format!(" -j{jobs} --jobserver-auth=fifo:{}", jobserver().display())
     }
 
     fn log(&self) -> String {
@@ -205,8 +239,8 @@ fn open_device(nonblocking: bool) -> File {
         .read(true)
         .write(true)
         .custom_flags(flags)
-        .open(DEVICE)
-        .expect("open /dev/steve")
+        .open(jobserver())
+        .unwrap_or_else(|error| panic!("open {}: {error}", jobserver().display()))
 }
 
 fn make_peak() -> Result<(), String> {
@@ -358,7 +392,8 @@ fn sigkill_reclaim() -> Result<(), String> {
     device.write_all(&vec![b'+'; jobs as usize]).unwrap();
     let log = daemon.log();
     let logged = log.lines().any(|line| {
-        line.contains(&format!("reclaimed 3 token(s) from pid {} (vm-payload)", holder.pid()))
+        // The kernel keeps 15 bytes of a command's name: "device-scenario".
+        line.contains(&format!("reclaimed 3 token(s) from pid {} (device-scenario)", holder.pid()))
     });
     ensure(logged, || format!("no reclaim line naming pid and command:\n{log}"))?;
     daemon.assert_pool_whole(jobs as usize)
@@ -395,17 +430,10 @@ fn poller_share(reservation_ms: u64, total: usize) -> Result<(usize, usize), Str
     let log = dir.path().join("acquisitions");
     File::create(&log).unwrap();
     let log_text = log.to_str().unwrap();
-    let mut daemon_command = Command::new(env_path("STEVE_BIN"));
-    daemon_command.args([
-        "serve",
-        "--backend",
-        "cuse",
-        "-j",
-        "1",
-        "--poll-reservation-ms",
-        &reservation_ms.to_string(),
-    ]);
-    let daemon = Daemon::start_with(daemon_command);
+    let daemon = Daemon::start_with(serve_command(
+        1,
+        &["--poll-reservation-ms", &reservation_ms.to_string()],
+    ));
     let clients: Vec<Client> = ["blocking-client", "polling-client"]
         .iter()
         .map(|role| Client::start(&[role, log_text]))
@@ -421,16 +449,30 @@ fn poller_share(reservation_ms: u64, total: usize) -> Result<(usize, usize), Str
     Ok((polls, first.len() - polls))
 }
 
-/// `steve serve --backend cuse -j JOBS` with `extra` arguments.
-fn cuse_command(jobs: u32, extra: &[&str]) -> Command {
+/// `steve serve --backend BACKEND -j JOBS` (and the mount point) with `extra` arguments.
+fn serve_command(jobs: u32, extra: &[&str]) -> Command {
     let mut command = Command::new(env_path("STEVE_BIN"));
-    command.args(["serve", "--backend", "cuse", "-j", &jobs.to_string()]).args(extra);
+    command.args(["serve", "--backend", &target().backend, "-j", &jobs.to_string()]);
+    command.args(mountpoint_args()).args(extra);
     command
+}
+
+/// `--mountpoint DIR` for fuse, nothing for cuse.
+fn mountpoint_args() -> Vec<std::ffi::OsString> {
+    match &target().mountpoint {
+        Some(dir) => vec!["--mountpoint".into(), dir.into()],
+        None => Vec::new(),
+    }
 }
 
 impl Daemon {
     /// Starts the daemon `command` describes and waits for its announcement.
-    fn start_with(mut command: Command) -> Daemon {
+    fn start_with(command: Command) -> Daemon {
+        Daemon::start_at(command, jobserver())
+    }
+
+    /// Starts the daemon `command` describes and waits for it to announce `jobserver`.
+    fn start_at(mut command: Command, jobserver: &Path) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("steve.log");
         let mut child =
@@ -440,7 +482,7 @@ impl Daemon {
         stdout.read_line(&mut line).unwrap();
         assert!(
             line.starts_with("MAKEFLAGS=")
-                && line.contains(&format!("--jobserver-auth=fifo:{DEVICE}")),
+                && line.contains(&format!("--jobserver-auth=fifo:{}", jobserver.display())),
             "steve did not announce the device: {line:?}\n{}",
             fs::read_to_string(&log).unwrap_or_default()
         );
@@ -467,16 +509,15 @@ fn poller_fairness() -> Result<(), String> {
 
 fn second_daemon() -> Result<(), String> {
     let _first = Daemon::start(2);
-    let output = Command::new(env_path("STEVE_BIN"))
-        .args(["serve", "--backend", "cuse", "-j", "2"])
-        .output()
-        .unwrap();
+    let output = serve_command(2, &[]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
     ensure(!output.status.success(), || "a second daemon started".to_string())?;
-    ensure(lines.len() == 1 && lines[0].contains("/dev/steve exists already"), || {
-        format!("{lines:?}")
-    })?;
+    let refusal = match &target().mountpoint {
+        Some(dir) => format!("{} is mounted already", dir.display()),
+        None => "/dev/steve exists already".to_string(),
+    };
+    ensure(lines.len() == 1 && lines[0].contains(&refusal), || format!("{lines:?}"))?;
     _first.assert_pool_whole(2)
 }
 
@@ -503,7 +544,7 @@ fn round_trip_figures() -> Result<(), String> {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     };
     let daemon = Daemon::start(4);
-    let device_rate = rate(Path::new(DEVICE))?;
+    let device_rate = rate(jobserver())?;
     daemon.assert_pool_whole(4)?;
     drop(daemon);
     let dir = tempfile::tempdir().unwrap();
@@ -512,7 +553,7 @@ fn round_trip_figures() -> Result<(), String> {
     let mut keeper = OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
     keeper.write_all(b"++++").unwrap();
     let pipe_rate = rate(&fifo)?;
-    println!("figure round_trips_per_second_dev_steve {device_rate}");
+    println!("figure round_trips_per_second_{} {device_rate}", target().backend);
     println!("figure round_trips_per_second_pipe {pipe_rate}");
     Ok(())
 }
@@ -520,7 +561,7 @@ fn round_trip_figures() -> Result<(), String> {
 fn cargo_build() -> Result<(), String> {
     let jobs = 2;
     // Verbose, to see in the log that cargo's tokens came from the device.
-    let daemon = Daemon::start_with(cuse_command(jobs, &["-v"]));
+    let daemon = Daemon::start_with(serve_command(jobs, &["-v"]));
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("timeline");
     let workspace = projects::cargo_workspace(dir.path(), 3, &log);
@@ -548,13 +589,14 @@ fn cargo_build() -> Result<(), String> {
     daemon.assert_pool_whole(jobs as usize)
 }
 
-/// Without --backend, steve picks cuse where /dev/cuse exists, and says so.
+/// Without --backend, steve picks cuse where /dev/cuse exists, else fuse, and says so.
 fn auto_backend() -> Result<(), String> {
     let mut command = Command::new(env_path("STEVE_BIN"));
-    command.args(["serve", "-j", "2"]);
+    command.args(["serve", "-j", "2"]).args(mountpoint_args());
     let daemon = Daemon::start_with(command);
     let log = daemon.log();
-    ensure(log.contains("backend cuse chosen"), || format!("cuse was not chosen:\n{log}"))?;
+    let chosen = format!("backend {} chosen", target().backend);
+    ensure(log.contains(&chosen), || format!("{} was not chosen:\n{log}", target().backend))?;
     daemon.assert_pool_whole(2)
 }
 
@@ -562,11 +604,11 @@ fn auto_backend() -> Result<(), String> {
 /// still serves and reclaims.
 fn mode_group_user() -> Result<(), String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let daemon = Daemon::start_with(cuse_command(
+    let daemon = Daemon::start_with(serve_command(
         2,
         &["--mode", "0640", "--group", "100", "--user", "65534"],
     ));
-    let node = fs::metadata(DEVICE).map_err(|e| format!("{DEVICE}: {e}"))?;
+    let node = fs::metadata(jobserver()).map_err(|e| format!("{}: {e}", jobserver().display()))?;
     ensure(node.permissions().mode() & 0o7777 == 0o640, || {
         format!("mode {:o}", node.permissions().mode())
     })?;
@@ -702,14 +744,9 @@ fn set_jobs_moves_the_peak() -> Result<(), String> {
 /// A user created here may read but not set.
 fn set_refused_to_others() -> Result<(), String> {
     let daemon = Daemon::start(2);
-    let created = Command::new("useradd")
-        .args(["--system", "--no-create-home", "stevevmtest"])
-        .status()
-        .unwrap();
-    ensure(created.success(), || "useradd failed".into())?;
-    let user = nix::unistd::User::from_name("stevevmtest").unwrap().unwrap();
+    // nobody: another user, who may read the settings but not change them.
     let as_user = |args: &[&str]| {
-        steve_tests::command_as(user.uid.as_raw(), user.gid.as_raw(), env_path("STEVE_BIN"))
+        steve_tests::command_as(65534, 65534, env_path("STEVE_BIN"))
             .args(args)
             .arg("--control")
             .arg(&daemon.control)
@@ -731,7 +768,7 @@ fn set_refused_to_others() -> Result<(), String> {
 /// With a per-process limit of 1, each of two makes runs exactly 2 jobs at once (1 token and
 /// its own), though the pool has 4.
 fn per_process_limit() -> Result<(), String> {
-    let daemon = Daemon::start_with(cuse_command(4, &["--per-process-limit", "1"]));
+    let daemon = Daemon::start_with(serve_command(4, &["--per-process-limit", "1"]));
     let dir = tempfile::tempdir().unwrap();
     let (first, second) = (dir.path().join("first"), dir.path().join("second"));
     let makes = [
@@ -754,7 +791,7 @@ fn per_process_limit() -> Result<(), String> {
 
 /// A memory limit no machine meets holds tokens to min-jobs; lifting it lets them flow.
 fn memory_limit() -> Result<(), String> {
-    let daemon = Daemon::start_with(cuse_command(
+    let daemon = Daemon::start_with(serve_command(
         4,
         &["--min-memory-avail", "100000000", "--min-jobs", "1"],
     ));
@@ -788,7 +825,8 @@ fn client_library() -> Result<(), String> {
     let daemon = Daemon::start(3);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("timeline");
-    let client = Client::open(&JobserverAuth::Fifo(DEVICE.into())).map_err(|e| e.to_string())?;
+    let client =
+        Client::open(&JobserverAuth::Fifo(jobserver().into())).map_err(|e| e.to_string())?;
     let mut pool = JobPool::new(client);
     for n in 0..8 {
         let script = format!(
@@ -805,4 +843,154 @@ fn client_library() -> Result<(), String> {
     println!("figure client_library_peak {peak}");
     ensure((2..=4).contains(&peak), || format!("peak {peak} with 3 tokens and the implicit one"))?;
     daemon.assert_pool_whole(3)
+}
+
+/// Client role: one blocking read, which the scenario makes wait; says what came of it.
+fn wait_one() {
+    let mut device = open_device(false);
+    let mut byte = [0u8; 1];
+    println!("{:?}", device.read(&mut byte));
+}
+
+/// A client killed while its read waits in the queue dies at once: the kernel's interrupt
+/// answers the waiting read (FUSE_INTERRUPT), so nothing waits for a token first.
+fn killed_while_waiting() -> Result<(), String> {
+    let jobs = 2;
+    let daemon = Daemon::start(jobs);
+    let mut device = open_device(true);
+    let mut byte = [0u8; 1];
+    for _ in 0..jobs {
+        device.read_exact(&mut byte).map_err(|e| format!("read: {e}"))?;
+    }
+    let mut waiter = Client::start(&["wait-one"]);
+    let pid = waiter.pid() as u64;
+    wait_for("the client to wait in the queue", Duration::from_secs(10), || {
+        let status = daemon.status();
+        let waiters = status["waiters"].as_array()?.clone();
+        waiters.iter().any(|w| w["pid"] == pid && w["kind"] == "blocking").then_some(())
+    });
+    let killed_at = Instant::now();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let dead = loop {
+        if let Some(status) = waiter.0.try_wait().unwrap() {
+            break status;
+        }
+        ensure(killed_at.elapsed() < Duration::from_secs(10), || {
+            format!("the killed client still lives 10 s later\n{}", daemon.log())
+        })?;
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    println!("figure killed_waiter_gone_ms {:.1}", killed_at.elapsed().as_secs_f64() * 1000.0);
+    ensure(!dead.success(), || format!("the client exited with {dead}"))?;
+    let status = daemon.status();
+    ensure(status["counters"]["interrupts"].as_u64() >= Some(1), || format!("{status}"))?;
+    ensure(status["waiters"].as_array().is_some_and(|w| w.is_empty()), || format!("{status}"))?;
+    device.write_all(&vec![b'+'; jobs as usize]).unwrap();
+    daemon.assert_pool_whole(jobs as usize)
+}
+
+/// The mount points fuse scenarios use beside the main one.
+fn scratch_mountpoint(name: &str) -> PathBuf {
+    let base = target().mountpoint.clone().unwrap_or_else(|| PathBuf::from("/tmp/steve-vm"));
+    base.with_file_name(format!("{}-{name}", base.file_name().unwrap().to_string_lossy()))
+}
+
+/// Whether /proc/self/mountinfo lists a mount on `dir`.
+fn is_mount_point(dir: &Path) -> bool {
+    let wanted = format!(" {} ", dir.display());
+    fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|line| line.contains(&wanted))
+}
+
+/// fuse: a server killed with SIGKILL leaves a dead mount (ENOTCONN); the next server clears it
+/// and serves on the same mount point.
+fn stale_mount_recovered() -> Result<(), String> {
+    let Some(mountpoint) = target().mountpoint.clone() else {
+        return Ok(()); // cuse: a device node goes with its server
+    };
+    let mut first = Daemon::start(2);
+    kill(Pid::from_raw(first.child.id() as i32), Signal::SIGKILL).unwrap();
+    first.child.wait().unwrap();
+    let stale = fs::metadata(&mountpoint).map(|_| ()).unwrap_err();
+    ensure(stale.raw_os_error() == Some(nix::libc::ENOTCONN), || {
+        format!("after SIGKILL the mount point says {stale}, expected ENOTCONN")
+    })?;
+    let second = Daemon::start(2);
+    let log = second.log();
+    ensure(log.contains("cleared a stale mount"), || {
+        format!("no word of the stale mount:\n{log}")
+    })?;
+    second.assert_pool_whole(2)
+}
+
+/// fuse: SIGINT unmounts even while a client has the file open (a lazy detach), and the
+/// server exits 0.
+fn unmounts_while_busy() -> Result<(), String> {
+    let Some(mountpoint) = target().mountpoint.clone() else {
+        return Ok(());
+    };
+    let mut daemon = Daemon::start(2);
+    let busy = open_device(true);
+    ensure(is_mount_point(&mountpoint), || "not mounted".into())?;
+    kill(Pid::from_raw(daemon.child.id() as i32), Signal::SIGINT).unwrap();
+    let status = daemon.child.wait().unwrap();
+    ensure(status.success(), || format!("the server exited with {status}\n{}", daemon.log()))?;
+    ensure(!is_mount_point(&mountpoint), || format!("still mounted\n{}", daemon.log()))?;
+    drop(busy);
+    Ok(())
+}
+
+/// fuse as an ordinary user: the server mounts through fusermount3, make 4.4.1 run by the same
+/// user stays within the pool plus one, and SIGTERM unmounts. Runs where /dev/fuse is open to
+/// every user (the test VM; the host's is mode 0600).
+fn unprivileged_fuse() -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let (uid, gid) = (65534, 65534);
+    // The device's mode most distributions' udev rules give it; the VM's devtmpfs has 0600.
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666))
+        .map_err(|e| format!("chmod /dev/fuse: {e}"))?;
+    let home = scratch_mountpoint("user");
+    fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).unwrap();
+    let mountpoint = home.join("mnt");
+    let jobs = 3;
+    let mut command = steve_tests::command_as(uid, gid, env_path("STEVE_BIN"));
+    command.args(["serve", "--backend", "fuse", "-j", &jobs.to_string(), "--mountpoint"]);
+    command.arg(&mountpoint).env_remove("XDG_RUNTIME_DIR");
+    let mut daemon = Daemon::start_at(command, &mountpoint.join("jobserver"));
+    let line = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|line| line.contains(&format!(" {} ", mountpoint.display())))
+        .map(str::to_string)
+        .ok_or_else(|| format!("not mounted\n{}", daemon.log()))?;
+    ensure(line.contains("user_id=65534") && !line.contains("allow_other"), || line.clone())?;
+    println!("figure unprivileged_mount {line}");
+
+    let project = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(project.path(), Some(uid), Some(gid)).unwrap();
+    let log = project.path().join("timeline");
+    projects::makefile(project.path(), "job", 8, 0.3, &log);
+    let output = steve_tests::command_as(uid, gid, env_path("STEVE_TEST_MAKE44"))
+        .current_dir(project.path())
+        .env(
+            "MAKEFLAGS",
+            format!(" -j{jobs} --jobserver-auth=fifo:{}/jobserver", mountpoint.display()),
+        )
+        .output()
+        .unwrap();
+    ensure(output.status.success(), || {
+        format!("make as uid {uid} failed: {}", String::from_utf8_lossy(&output.stderr))
+    })?;
+    let peak = timeline::peak_of(&log, 8);
+    println!("figure unprivileged_make_peak {peak}");
+    ensure(peak <= jobs as usize + 1 && peak >= 2, || format!("peak {peak} with {jobs} tokens"))?;
+    // Root is not the owner and the mount does not allow others: the kernel says no.
+    let refused = OpenOptions::new().read(true).open(mountpoint.join("jobserver")).unwrap_err();
+    ensure(refused.raw_os_error() == Some(nix::libc::EACCES), || format!("root got {refused}"))?;
+
+    kill(Pid::from_raw(daemon.child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = daemon.child.wait().unwrap();
+    ensure(status.success(), || format!("the server exited with {status}\n{}", daemon.log()))?;
+    ensure(!is_mount_point(&mountpoint), || format!("still mounted\n{}", daemon.log()))
 }
