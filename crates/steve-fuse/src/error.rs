@@ -27,6 +27,11 @@ pub enum FuseError {
         /// Its filesystem type.
         fstype: String,
     },
+    /// The mount point exists and is not a directory.
+    NotADirectory {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
     /// A stale mount (its server died) could not be cleared.
     StaleMount {
         /// The mount point.
@@ -76,6 +81,9 @@ impl fmt::Display for FuseError {
                 "{} is the mount point of a {fstype} filesystem, not steve's; choose another --mountpoint",
                 mountpoint.display()
             ),
+            FuseError::NotADirectory { mountpoint } => {
+                write!(f, "{} is not a directory: a mount point must be one", mountpoint.display())
+            }
             FuseError::StaleMount { mountpoint, reason } => write!(
                 f,
                 "{} is a stale mount left by a server that died, and it could not be unmounted: {reason}",

@@ -151,7 +151,11 @@ pub fn prepare(mountpoint: &Path) -> Result<(), FuseError> {
             return Err(FuseError::ForeignMount { mountpoint: mountpoint.to_path_buf(), fstype })
         }
     }
-    if fs::symlink_metadata(mountpoint).is_err() {
+    if let Ok(metadata) = fs::symlink_metadata(mountpoint) {
+        if !metadata.is_dir() {
+            return Err(FuseError::NotADirectory { mountpoint: mountpoint.to_path_buf() });
+        }
+    } else {
         fs::create_dir(mountpoint).map_err(|source| FuseError::Io {
             action: "create the mount point",
             what: mountpoint.display().to_string(),

@@ -1,6 +1,7 @@
 //! Bad input gets one clear error line and a non-zero exit, and steve deletes nothing it did not
 //! create: malformed MAKEFLAGS, a path that is not a pipe, a pipe steve did not make, a second
-//! daemon, an unwritable directory. A crashed daemon's leftovers are replaced.
+//! daemon, an unwritable directory, a fuse mount point that is a file or another filesystem's.
+//! A crashed daemon's leftovers are replaced.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -167,4 +168,32 @@ fn an_unknown_group_is_refused() {
         failure.stderr_lines
     );
     assert!(!path.exists());
+}
+
+/// `steve serve --backend fuse ARGS`, expected to refuse: one error line containing `message`.
+fn fuse_serve_refuses(mountpoint: &Path, extra: &[&str], message: &str) {
+    let output = command()
+        .args(["serve", "--backend", "fuse", "-j", "2", "--mountpoint"])
+        .arg(mountpoint)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "steve served on {}", mountpoint.display());
+    let lines = stderr_lines(&output);
+    assert_eq!(lines.len(), 1, "not one error line: {lines:?}");
+    assert!(lines[0].contains(message), "{} does not say {message:?}", lines[0]);
+}
+
+#[test]
+fn fuse_refuses_a_file_a_foreign_mount_and_options_it_cannot_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    fs::write(&file, "precious").unwrap();
+    fuse_serve_refuses(&file, &[], "is not a directory");
+    assert_eq!(fs::read_to_string(&file).unwrap(), "precious");
+    // /proc is a mount point of procfs on every Linux machine.
+    fuse_serve_refuses(Path::new("/proc"), &[], "mount point of a proc filesystem");
+    let free = dir.path().join("mnt");
+    fuse_serve_refuses(&free, &["--user", "nobody"], "--user does not apply to the fuse backend");
+    assert!(!free.exists(), "{} was made for a server that refused", free.display());
 }

@@ -54,15 +54,23 @@ fn serve_without_backend_picks_the_best_available_and_says_why() {
     use std::io::BufRead;
     let listing = command().arg("backends").output().unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout).to_string();
-    let cuse_available =
-        listing.lines().any(|line| line.starts_with("cuse") && line.ends_with(" available"));
+    let available = |name: &str| {
+        listing.lines().any(|line| line.starts_with(name) && line.ends_with(" available"))
+    };
+    let expected = ["cuse", "fuse", "fifo"]
+        .into_iter()
+        .find(|name| available(name))
+        .expect("fifo works everywhere");
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobserver");
+    let mountpoint = dir.path().join("mnt");
     let log = dir.path().join("steve.log");
     let mut server = command()
         .args(["serve", "-j", "1", "--dev-name", "steve-auto-test", "--path"])
         .arg(&path)
+        .arg("--mountpoint")
+        .arg(&mountpoint)
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -75,12 +83,20 @@ fn serve_without_backend_picks_the_best_available_and_says_why() {
     );
     server.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
-    if cuse_available {
-        assert!(text.contains("backend cuse chosen"), "{text}");
-        assert!(announcement.contains("fifo:/dev/steve-auto-test"), "{announcement}");
-    } else {
-        assert!(text.contains("backend cuse passed over: no /dev/cuse"), "{text}");
-        assert!(text.contains("backend fifo chosen"), "{text}");
-        assert!(announcement.contains(&format!("fifo:{}", path.display())), "{announcement}");
+    assert!(text.contains(&format!("backend {expected} chosen")), "{text}");
+    for passed_over in ["cuse", "fuse"].into_iter().take_while(|name| *name != expected) {
+        let reason = listing
+            .lines()
+            .find(|line| line.starts_with(passed_over))
+            .and_then(|line| line.split_once("unavailable: "))
+            .map(|(_, why)| why.to_string())
+            .unwrap();
+        assert!(text.contains(&format!("backend {passed_over} passed over: {reason}")), "{text}");
     }
+    let jobserver = match expected {
+        "cuse" => "/dev/steve-auto-test".into(),
+        "fuse" => mountpoint.join("jobserver"),
+        _ => path,
+    };
+    assert!(announcement.contains(&format!("fifo:{}", jobserver.display())), "{announcement}");
 }
