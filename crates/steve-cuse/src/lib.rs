@@ -9,8 +9,10 @@
 //! a token reserved for them so blocking readers cannot starve them. The rules themselves live
 //! in [`steve_core::device`]; this crate is the transport:
 //!
-//! - [`abi`]: the kernel's CUSE wire protocol, parsed without unsafe code;
-//! - [`session`]: the poll loop that serves one connection;
+//! - [`abi`]: the kernel's CUSE/FUSE wire protocol, parsed without unsafe code;
+//! - [`session`]: the poll loop that serves one connection: a CUSE device, or a FUSE mount for
+//!   steve-fuse, which shares it whole;
+//! - [`filesystem`]: the one-file filesystem a FUSE mount shows around the jobserver file;
 //! - `processes`: thread to process, and a pidfd per process (steve-core's `sys::pidfd_open`);
 //! - [`serve`]: opening `/dev/cuse`, the device node's access, dropping privileges.
 //!

@@ -10,8 +10,9 @@
 //! - [`projects`]: Makefiles, ninja files and cargo workspaces whose jobs log start and end;
 //! - [`timeline`]: the peak number of jobs running at once, from such a log;
 //! - [`pipe`]: counts the tokens in a named pipe by draining it and putting them back;
-//! - [`vm`]: a QEMU VM with Debian's kernel, for the CUSE tests (`src/bin/device-scenarios.rs` is
-//!   what runs inside it).
+//! - [`vm`]: a QEMU VM with Debian's kernel, for the CUSE tests and an ordinary user's FUSE mount;
+//! - `src/bin/device-scenarios.rs`: the compliance scenarios of the per-process backends, run
+//!   inside the VM against cuse and on the host against fuse.
 
 pub mod clients;
 pub mod pipe;
