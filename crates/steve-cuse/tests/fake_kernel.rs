@@ -1,6 +1,6 @@
 //! The CUSE session against a fake kernel: byte-exact kernel messages over a SOCK_SEQPACKET
 //! socketpair (which keeps message boundaries, as /dev/cuse does), the real `Session` serving
-//! the other end. Real child processes stand in for clients, so that reclaim through pidfds is
+//! the other end, as a CUSE device or as a FUSE mount's file. Real child processes stand in for clients, so that reclaim through pidfds is
 //! exercised too.
 
 use std::os::fd::OwnedFd;
@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use steve_core::device::Device;
 use steve_core::limits::{Governor, Limits, SystemProbe, SystemReading};
 use steve_cuse::abi::{self, kernel};
+use steve_cuse::filesystem::{OneFile, FILE_ID};
 use steve_cuse::session::{Ended, Session};
 
 const O_NONBLOCK: u32 = nix::libc::O_NONBLOCK as u32;
@@ -61,6 +62,22 @@ impl FakeKernel {
         assert_eq!(&payload[abi::CUSE_INIT_OUT_LEN..], b"DEVNAME=steve-test\0");
         kernel.session = Some(session);
         kernel
+    }
+
+    /// Connects as a FUSE mount whose INIT was answered already (by fuser, in steve-fuse).
+    fn mount(jobs: usize) -> FakeKernel {
+        let (kernel_end, daemon_end) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+                .unwrap();
+        let session = std::thread::spawn(move || {
+            let device = Device::new(jobs, Duration::from_millis(500));
+            let file = OneFile::new("jobserver", 1000, 1000, 0o600);
+            Session::for_mount(daemon_end, device, "/mnt/jobserver".into(), file)
+                .unwrap()
+                .run(None)
+                .unwrap()
+        });
+        FakeKernel { fd: kernel_end, next_unique: 1, session: Some(session) }
     }
 
     fn unique(&mut self) -> u64 {
@@ -320,4 +337,46 @@ fn over_the_load_limit_only_min_jobs_go_out_and_tokens_flow_when_it_drops() {
     assert_eq!(kernel.read(me, O_NONBLOCK), (0, b"+".to_vec()), "all 3 flow again");
     assert_eq!(kernel.read(me, O_NONBLOCK), (EAGAIN, vec![]));
     kernel.disconnect();
+}
+
+#[test]
+fn a_mount_serves_its_one_file_with_the_device_rules() {
+    let mut kernel = FakeKernel::mount(1);
+    let me = std::process::id();
+    let unique = kernel.unique();
+    let (error, entry) = kernel.ask(unique, &kernel::lookup(unique, abi::ROOT_ID, "jobserver"));
+    assert_eq!((error, &entry[..8]), (0, &FILE_ID.to_ne_bytes()[..]));
+    let unique = kernel.unique();
+    let (error, _) = kernel.ask(unique, &kernel::lookup(unique, abi::ROOT_ID, "other"));
+    assert_eq!(error, -nix::libc::ENOENT);
+    let unique = kernel.unique();
+    let (error, listing) = kernel.ask(unique, &kernel::readdir(unique, abi::ROOT_ID, 0, 4096));
+    assert_eq!(error, 0);
+    assert!(listing.windows(9).any(|name| name == b"jobserver"), "{listing:?}");
+
+    // The file: every read reaches the server (direct I/O), one token each, EAGAIN when empty.
+    let unique = kernel.unique();
+    let (error, open) = kernel.ask(unique, &kernel::on_node(FILE_ID, kernel::open(unique, me, 2)));
+    assert_eq!(error, 0);
+    let open_flags = u32::from_ne_bytes(open[8..12].try_into().unwrap());
+    assert_eq!(open_flags, abi::FOPEN_DIRECT_IO | abi::FOPEN_NONSEEKABLE);
+    assert_eq!(kernel.read(me, 0), (0, b"+".to_vec()));
+    assert_eq!(kernel.read(me, O_NONBLOCK), (EAGAIN, vec![]));
+    let one = [1u32.to_ne_bytes(), 0u32.to_ne_bytes()].concat();
+    assert_eq!(kernel.write(me, b"+"), (0, one));
+
+    // FORGET is never answered; SETATTR is refused; what the mount does not know, ENOSYS.
+    let unique = kernel.unique();
+    kernel
+        .send(&kernel::on_node(FILE_ID, kernel::request(abi::opcode::FORGET, unique, 0, &[0; 8])));
+    kernel.nothing_pending();
+    let unique = kernel.unique();
+    let setattr =
+        kernel::on_node(FILE_ID, kernel::request(abi::opcode::SETATTR, unique, me, &[0; 88]));
+    assert_eq!(kernel.ask(unique, &setattr).0, -nix::libc::EPERM);
+    const GETXATTR: u32 = 22;
+    let unique = kernel.unique();
+    let getxattr = kernel::on_node(FILE_ID, kernel::request(GETXATTR, unique, me, &[0; 16]));
+    assert_eq!(kernel.ask(unique, &getxattr).0, -nix::libc::ENOSYS);
+    assert_eq!(kernel.disconnect(), Ended::Disconnected);
 }

@@ -63,6 +63,7 @@ fn main() {
         Some("polling-client") => compete(true, &args[1]),
         Some("grace") => grace(),
         Some("wait-one") => wait_one(),
+        Some("wait-with-handler") => wait_with_handler(),
         Some("round-trips") => {
             round_trips(&args[1], args[2].parse().expect("round-trips PATH SECONDS"))
         }
@@ -96,6 +97,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("client_library", client_library),
     ("cargo_build", cargo_build),
     ("killed_while_waiting", killed_while_waiting),
+    ("signal_interrupts_waiting_read", signal_interrupts_waiting_read),
     ("stale_mount_recovered", stale_mount_recovered),
     ("unmounts_while_busy", unmounts_while_busy),
     ("unprivileged_fuse", unprivileged_fuse),
@@ -875,9 +877,12 @@ fn killed_while_waiting() -> Result<(), String> {
         if let Some(status) = waiter.0.try_wait().unwrap() {
             break status;
         }
-        ensure(killed_at.elapsed() < Duration::from_secs(10), || {
-            format!("the killed client still lives 10 s later\n{}", daemon.log())
-        })?;
+        if killed_at.elapsed() > Duration::from_secs(10) {
+            // The server goes first: until it answers the read, the client cannot die.
+            let log = daemon.log();
+            drop(daemon);
+            return Err(format!("the killed client still lives 10 s later\n{log}"));
+        }
         std::thread::sleep(Duration::from_micros(200));
     };
     println!("figure killed_waiter_gone_ms {:.1}", killed_at.elapsed().as_secs_f64() * 1000.0);
@@ -993,4 +998,60 @@ fn unprivileged_fuse() -> Result<(), String> {
     let status = daemon.child.wait().unwrap();
     ensure(status.success(), || format!("the server exited with {status}\n{}", daemon.log()))?;
     ensure(!is_mount_point(&mountpoint), || format!("still mounted\n{}", daemon.log()))
+}
+
+extern "C" fn note_signal(_: nix::libc::c_int) {}
+
+/// Client role: a blocking read with a SIGURG handler installed without SA_RESTART, as the
+/// jobserver crate stops its helper thread; says what the read came to.
+fn wait_with_handler() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let action =
+        SigAction::new(SigHandler::Handler(note_signal), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler does nothing, so it is async-signal-safe; this process installs no
+    // other handler.
+    unsafe { sigaction(Signal::SIGURG, &action) }.unwrap();
+    let mut device = open_device(false);
+    let mut byte = [0u8; 1];
+    match device.read(&mut byte) {
+        Err(error) if error.raw_os_error() == Some(nix::libc::EINTR) => println!("EINTR"),
+        other => println!("{other:?}"),
+    }
+}
+
+/// A signal with a handler ends a read waiting in the queue with EINTR (the kernel's
+/// INTERRUPT reaches the server), the process carries on, and the queue forgets the read.
+fn signal_interrupts_waiting_read() -> Result<(), String> {
+    let jobs = 1;
+    let daemon = Daemon::start(jobs);
+    let mut device = open_device(true);
+    let mut byte = [0u8; 1];
+    device.read_exact(&mut byte).map_err(|e| format!("read: {e}"))?;
+    let mut waiter = Client::start(&["wait-with-handler"]);
+    let pid = waiter.pid() as u64;
+    wait_for("the client to wait in the queue", Duration::from_secs(10), || {
+        let status = daemon.status();
+        let waiters = status["waiters"].as_array()?.clone();
+        waiters.iter().any(|w| w["pid"] == pid && w["kind"] == "blocking").then_some(())
+    });
+    kill(Pid::from_raw(pid as i32), Signal::SIGURG).unwrap();
+    let stdout = waiter.0.stdout.take().unwrap();
+    let mut ready = [PollFd::new(stdout.as_fd(), PollFlags::POLLIN)];
+    poll(&mut ready, PollTimeout::from(10_000u16)).unwrap();
+    if ready[0].revents().is_none_or(|events| events.is_empty()) {
+        // The server goes first: until it does, the client cannot even be killed.
+        let log = daemon.log();
+        drop(daemon);
+        return Err(format!("the signalled client still waits 10 s later\n{log}"));
+    }
+    let mut said = String::new();
+    BufReader::new(stdout).read_line(&mut said).unwrap();
+    ensure(said.trim() == "EINTR", || format!("the waiting read came to {said:?}"))?;
+    let status = waiter.0.wait().unwrap();
+    ensure(status.success(), || format!("the client ended with {status}"))?;
+    let report = daemon.status();
+    ensure(report["counters"]["interrupts"].as_u64() >= Some(1), || format!("{report}"))?;
+    ensure(report["waiters"].as_array().is_some_and(|w| w.is_empty()), || format!("{report}"))?;
+    device.write_all(&byte).unwrap();
+    daemon.assert_pool_whole(jobs as usize)
 }

@@ -31,6 +31,7 @@ const SCENARIOS: &[&str] = &[
     "client_library",
     "cargo_build",
     "killed_while_waiting",
+    "signal_interrupts_waiting_read",
     "unprivileged_fuse",
 ];
 
@@ -156,4 +157,9 @@ fn an_ordinary_user_serves_make_through_fusermount3() {
 #[test]
 fn the_client_library_joins_dev_steve() {
     scenario("client_library");
+}
+
+#[test]
+fn a_signal_ends_a_waiting_read_with_eintr() {
+    scenario("signal_interrupts_waiting_read");
 }

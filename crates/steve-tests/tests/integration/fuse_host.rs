@@ -20,6 +20,7 @@ const SCENARIOS: &[&str] = &[
     "nonblocking_eagain",
     "sigkill_reclaim",
     "killed_while_waiting",
+    "signal_interrupts_waiting_read",
     "poller_fairness",
     "second_daemon",
     "stale_mount_recovered",
@@ -161,4 +162,9 @@ fn a_memory_limit_holds_the_fuse_file_back_until_lifted() {
 #[test]
 fn the_client_library_joins_the_fuse_file() {
     scenario("client_library");
+}
+
+#[test]
+fn a_signal_ends_a_waiting_fuse_read_with_eintr() {
+    scenario("signal_interrupts_waiting_read");
 }
