@@ -50,8 +50,10 @@ pub fn existing(mountpoint: &Path) -> Existing {
     match fstype_at(&mountinfo, mountpoint) {
         None => Existing::Nothing,
         Some(fstype) if fstype == "fuse" || fstype.starts_with("fuse.") => {
-            let stale = matches!(fs::metadata(mountpoint),
-                Err(error) if error.raw_os_error() == Some(nix::libc::ENOTCONN));
+            // statfs always asks the server (stat may be answered from cached attributes); a
+            // dead connection fails it with ENOTCONN.
+            let stale =
+                matches!(nix::sys::statfs::statfs(mountpoint), Err(nix::errno::Errno::ENOTCONN));
             Existing::Fuse { stale }
         }
         Some(fstype) => Existing::Other(fstype),

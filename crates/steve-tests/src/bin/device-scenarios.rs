@@ -913,11 +913,15 @@ fn stale_mount_recovered() -> Result<(), String> {
         return Ok(()); // cuse: a device node goes with its server
     };
     let mut first = Daemon::start(2);
+    // Looked at while alive, so that the kernel caches the root's attributes: a stat of the
+    // dead mount may then still succeed, and must not pass for a live server.
+    fs::metadata(&mountpoint).map_err(|e| format!("stat: {e}"))?;
+    first.assert_pool_whole(2)?;
     kill(Pid::from_raw(first.child.id() as i32), Signal::SIGKILL).unwrap();
     first.child.wait().unwrap();
-    let stale = fs::metadata(&mountpoint).map(|_| ()).unwrap_err();
-    ensure(stale.raw_os_error() == Some(nix::libc::ENOTCONN), || {
-        format!("after SIGKILL the mount point says {stale}, expected ENOTCONN")
+    let stale = nix::sys::statfs::statfs(&mountpoint).map(|_| ()).unwrap_err();
+    ensure(stale == nix::errno::Errno::ENOTCONN, || {
+        format!("after SIGKILL the mount point's statfs says {stale}, expected ENOTCONN")
     })?;
     let second = Daemon::start(2);
     let log = second.log();
@@ -945,7 +949,8 @@ fn unmounts_while_busy() -> Result<(), String> {
 }
 
 /// fuse as an ordinary user: the server mounts through fusermount3, make 4.4.1 run by the same
-/// user stays within the pool plus one, and SIGTERM unmounts. Runs where /dev/fuse is open to
+/// user stays within the pool plus one, a stale mount left by SIGKILL is cleared through
+/// fusermount3, and SIGTERM unmounts. Runs where /dev/fuse is open to
 /// every user (the test VM; the host's is mode 0600).
 fn unprivileged_fuse() -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
@@ -959,10 +964,13 @@ fn unprivileged_fuse() -> Result<(), String> {
     fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).unwrap();
     let mountpoint = home.join("mnt");
     let jobs = 3;
-    let mut command = steve_tests::command_as(uid, gid, env_path("STEVE_BIN"));
-    command.args(["serve", "--backend", "fuse", "-j", &jobs.to_string(), "--mountpoint"]);
-    command.arg(&mountpoint).env_remove("XDG_RUNTIME_DIR");
-    let mut daemon = Daemon::start_at(command, &mountpoint.join("jobserver"));
+    let serve_as_user = || {
+        let mut command = steve_tests::command_as(uid, gid, env_path("STEVE_BIN"));
+        command.args(["serve", "--backend", "fuse", "-j", &jobs.to_string(), "--mountpoint"]);
+        command.arg(&mountpoint).env_remove("XDG_RUNTIME_DIR");
+        Daemon::start_at(command, &mountpoint.join("jobserver"))
+    };
+    let mut daemon = serve_as_user();
     let line = fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
@@ -993,6 +1001,17 @@ fn unprivileged_fuse() -> Result<(), String> {
     // Root is not the owner and the mount does not allow others: the kernel says no.
     let refused = OpenOptions::new().read(true).open(mountpoint.join("jobserver")).unwrap_err();
     ensure(refused.raw_os_error() == Some(nix::libc::EACCES), || format!("root got {refused}"))?;
+
+    // A crash leaves a dead mount that only fusermount3 may detach for this user; the next
+    // server does so.
+    kill(Pid::from_raw(daemon.child.id() as i32), Signal::SIGKILL).unwrap();
+    daemon.child.wait().unwrap();
+    let mut daemon = serve_as_user();
+    ensure(daemon.log().contains("cleared a stale mount"), || {
+        format!("no word of the stale mount:\n{}", daemon.log())
+    })?;
+    let status = daemon.status();
+    ensure(status["pool"]["free"] == jobs, || format!("after the restart: {status}"))?;
 
     kill(Pid::from_raw(daemon.child.id() as i32), Signal::SIGTERM).unwrap();
     let status = daemon.child.wait().unwrap();
