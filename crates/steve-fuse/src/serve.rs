@@ -2,7 +2,7 @@
 //! serves the file with the device semantics until stopped, then unmounts.
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::unistd::{getegid, geteuid, AccessFlags};
 use steve_core::backend::{Announcement, Availability, BackendError, ServeConfig};
@@ -137,9 +137,4 @@ fn set_up(config: &ServeConfig) -> Result<(Mounted, Session, PathBuf, PathBuf), 
         })?;
     session.set_control(control);
     Ok((mounted, session, file, control_path))
-}
-
-/// The path clients open on a mount at `mountpoint`.
-pub fn jobserver_file(mountpoint: &Path) -> PathBuf {
-    mountpoint.join(FILE_NAME)
 }

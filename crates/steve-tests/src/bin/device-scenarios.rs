@@ -64,6 +64,7 @@ fn main() {
         Some("grace") => grace(),
         Some("wait-one") => wait_one(),
         Some("wait-with-handler") => wait_with_handler(),
+        Some("try-open") => try_open(),
         Some("round-trips") => {
             round_trips(&args[1], args[2].parse().expect("round-trips PATH SECONDS"))
         }
@@ -101,6 +102,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("stale_mount_recovered", stale_mount_recovered),
     ("unmounts_while_busy", unmounts_while_busy),
     ("unprivileged_fuse", unprivileged_fuse),
+    ("fuse_mode_and_group", fuse_mode_and_group),
 ];
 
 fn run_scenarios(names: &[String]) {
@@ -1073,4 +1075,40 @@ fn signal_interrupts_waiting_read() -> Result<(), String> {
     ensure(report["waiters"].as_array().is_some_and(|w| w.is_empty()), || format!("{report}"))?;
     device.write_all(&byte).unwrap();
     daemon.assert_pool_whole(jobs as usize)
+}
+
+/// Client role: opens the jobserver for reading and writing; prints `ok` or the errno.
+fn try_open() {
+    match OpenOptions::new().read(true).write(true).open(jobserver()) {
+        Ok(_) => println!("ok"),
+        Err(error) => println!("errno {}", error.raw_os_error().unwrap_or(0)),
+    }
+}
+
+/// fuse: the file gets --mode and --group, and the kernel enforces them for other users
+/// (`allow_other` with `default_permissions`): a member of the group may open it, nobody else.
+fn fuse_mode_and_group() -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let daemon = Daemon::start_with(serve_command(2, &["--mode", "0660", "--group", "100"]));
+    let file = fs::metadata(jobserver()).map_err(|e| format!("{}: {e}", jobserver().display()))?;
+    ensure(file.permissions().mode() == 0o100660, || {
+        format!("mode {:o}", file.permissions().mode())
+    })?;
+    ensure((file.uid(), file.gid()) == (0, 100), || {
+        format!("owner {}:{}", file.uid(), file.gid())
+    })?;
+    let open_as = |gid: u32| {
+        let output = steve_tests::command_as(65534, gid, std::env::current_exe().unwrap())
+            .arg("try-open")
+            .envs(std::env::vars())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let member = open_as(100);
+    ensure(member == "ok", || format!("a member of group 100 got {member}"))?;
+    let stranger = open_as(65534);
+    let refused = format!("errno {}", nix::libc::EACCES);
+    ensure(stranger == refused, || format!("a stranger got {stranger}, expected {refused}"))?;
+    daemon.assert_pool_whole(2)
 }

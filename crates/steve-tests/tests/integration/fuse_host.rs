@@ -1,12 +1,14 @@
 //! The fuse backend on this machine's own kernel: the compliance scenarios of
 //! `device-scenarios` (the same ones the cuse backend passes in the VM) against
 //! `steve serve --backend fuse`: make 4.4.1 and cargo within the pool plus one, two makes
-//! sharing, reclaim after SIGKILL, a client killed while waiting, ENOSPC and the grace return,
-//! EAGAIN, poller fairness, a second server refused, a stale mount cleared, unmounting while busy,
-//! status, set, limits and the client library. One run of the program serves every test here;
+//! sharing, reclaim after SIGKILL, a client killed or signalled while waiting, ENOSPC and the
+//! grace return, EAGAIN, poller fairness, a second server refused, a stale mount cleared,
+//! unmounting while busy, the file's mode and group enforced for other users, status, set,
+//! limits and the client library. One run of the program serves every test here;
 //! each checks its own scenario's line. The run is root's (the host's /dev/fuse is mode 0600):
 //! the unprivileged case runs in the VM (`cuse_vm.rs`).
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -25,6 +27,7 @@ const SCENARIOS: &[&str] = &[
     "second_daemon",
     "stale_mount_recovered",
     "unmounts_while_busy",
+    "fuse_mode_and_group",
     "round_trips",
     "auto_backend",
     "status_names_holders",
@@ -42,6 +45,8 @@ fn run_output() -> &'static str {
     OUTPUT.get_or_init(|| {
         // Kept for the whole test run: every scenario's server mounts on DIR/mnt in turn.
         let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+        // Other users must reach the mount point for the mode and group scenario.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let started = Instant::now();
         let output = Command::new(env!("CARGO_BIN_EXE_device-scenarios"))
             .arg("run")
@@ -122,6 +127,11 @@ fn a_stale_mount_left_by_a_killed_server_is_cleared() {
 #[test]
 fn sigint_unmounts_even_while_a_client_has_the_file_open() {
     scenario("unmounts_while_busy");
+}
+
+#[test]
+fn the_fuse_file_gets_its_mode_and_group_and_the_kernel_enforces_them() {
+    scenario("fuse_mode_and_group");
 }
 
 #[test]
