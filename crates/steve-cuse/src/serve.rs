@@ -51,20 +51,7 @@ pub fn serve(
     let mut signals = Signals::block()
         .map_err(|errno| CuseError::io("block signals for", "the server", errno))?;
     let (mut session, dev_path, control_path) = register(config)?;
-    let jobs = config.limits.jobs;
-    announce(&Announcement {
-        makeflags: jobserver_makeflags(jobs as u32, JobserverAuth::Fifo(dev_path.clone())),
-        path: dev_path.clone(),
-        control: Some(control_path.clone()),
-    });
-    info!(
-        jobs,
-        "serving {jobs} tokens on {} (per-process accounting; reservations of {:?} for pollers); \
-         control socket {}",
-        dev_path.display(),
-        config.poll_reservation,
-        control_path.display()
-    );
+    announce_ready(config, &dev_path, &control_path, announce);
     match session.run(Some(&mut signals))? {
         Ended::Stopped(signal) => {
             info!("{signal} received: stopping; {} goes with the connection", dev_path.display())
@@ -72,6 +59,30 @@ pub fn serve(
         Ended::Disconnected => warn!("the kernel closed the CUSE connection"),
     }
     Ok(())
+}
+
+/// Tells clients where the jobserver is (the MAKEFLAGS line, the control socket) and logs that
+/// serving starts. Shared with steve-fuse, whose file is served the same way.
+pub fn announce_ready(
+    config: &ServeConfig,
+    jobserver: &Path,
+    control: &Path,
+    announce: &mut dyn FnMut(&Announcement),
+) {
+    let jobs = config.limits.jobs;
+    announce(&Announcement {
+        makeflags: jobserver_makeflags(jobs as u32, JobserverAuth::Fifo(jobserver.to_path_buf())),
+        path: jobserver.to_path_buf(),
+        control: Some(control.to_path_buf()),
+    });
+    info!(
+        jobs,
+        "serving {jobs} tokens on {} (per-process accounting; reservations of {:?} for pollers); \
+         control socket {}",
+        jobserver.display(),
+        config.poll_reservation,
+        control.display()
+    );
 }
 
 /// Everything up to serving: checks, the CUSE handshake, the node's access, the control

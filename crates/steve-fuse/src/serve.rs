@@ -9,7 +9,6 @@ use steve_core::backend::{Announcement, Availability, BackendError, ServeConfig}
 use steve_core::control::{default_socket_for, ControlServer};
 use steve_core::device::Device;
 use steve_core::limits::{Governor, ProcProbe};
-use steve_core::makeflags::{jobserver_makeflags, JobserverAuth};
 use steve_core::signals::Signals;
 use steve_cuse::filesystem::OneFile;
 use steve_cuse::session::{Ended, Session};
@@ -60,20 +59,7 @@ pub fn serve(
         source: errno.into(),
     })?;
     let (mut mounted, mut session, file, control_path) = set_up(config)?;
-    let jobs = config.limits.jobs;
-    announce(&Announcement {
-        makeflags: jobserver_makeflags(jobs as u32, JobserverAuth::Fifo(file.clone())),
-        path: file.clone(),
-        control: Some(control_path.clone()),
-    });
-    info!(
-        jobs,
-        "serving {jobs} tokens on {} (per-process accounting; reservations of {:?} for pollers); \
-         control socket {}",
-        file.display(),
-        config.poll_reservation,
-        control_path.display()
-    );
+    steve_cuse::serve::announce_ready(config, &file, &control_path, announce);
     let ended = session.run(Some(&mut signals));
     // The connection goes first, so that clients still waiting are failed, not left hanging.
     drop(session);

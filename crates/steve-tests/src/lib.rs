@@ -70,6 +70,15 @@ pub fn scenario_outcome(output: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// Prints the `figure NAME VALUE` lines of `device-scenarios` output on stderr, under `title`
+/// (`--nocapture` shows them).
+pub fn print_figures(title: &str, output: &str) {
+    eprintln!("{title}; figures:");
+    for line in output.lines().filter(|line| line.starts_with("figure ")) {
+        eprintln!("  {line}");
+    }
+}
+
 /// Asserts that a client's run succeeded, showing what it printed if not.
 pub fn assert_success(output: &Output, what: &str) {
     assert!(

@@ -174,6 +174,15 @@ impl Daemon {
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
+    /// Waits until process `pid` waits in the queue with a blocking read.
+    fn wait_for_blocking_waiter(&self, pid: u64) {
+        wait_for("the client to wait in the queue", Duration::from_secs(10), || {
+            let status = self.status();
+            let waiters = status["waiters"].as_array()?.clone();
+            waiters.iter().any(|w| w["pid"] == pid && w["kind"] == "blocking").then_some(())
+        });
+    }
+
     fn makeflags(&self, jobs: u32) -> String {
         format!(" -j{jobs} --jobserver-auth=fifo:{}", jobserver().display())
     }
@@ -253,18 +262,28 @@ fn make_peak() -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("timeline");
     projects::makefile(dir.path(), "job", 10, 0.3, &log);
-    let output = Command::new(env_path("STEVE_TEST_MAKE44"))
-        .current_dir(dir.path())
-        .env("MAKEFLAGS", daemon.makeflags(jobs))
-        .output()
-        .unwrap();
+    let mut make = Command::new(env_path("STEVE_TEST_MAKE44"));
+    make.current_dir(dir.path()).env("MAKEFLAGS", daemon.makeflags(jobs));
+    make_within_the_pool(make, &log, 10, jobs, "make_peak")?;
+    daemon.assert_pool_whole(jobs as usize)
+}
+
+/// Runs `make`, whose `jobs` jobs log to `log`, and checks that at most `tokens` + 1 ran at once
+/// (and at least 2: it did use the jobserver); prints the peak as figure `figure`.
+fn make_within_the_pool(
+    mut make: Command,
+    log: &Path,
+    jobs: usize,
+    tokens: u32,
+    figure: &str,
+) -> Result<(), String> {
+    let output = make.output().unwrap();
     ensure(output.status.success(), || {
         format!("make failed: {}", String::from_utf8_lossy(&output.stderr))
     })?;
-    let peak = timeline::peak_of(&log, 10);
-    println!("figure make_peak {peak}");
-    ensure(peak <= jobs as usize + 1 && peak >= 2, || format!("peak {peak} with {jobs} tokens"))?;
-    daemon.assert_pool_whole(jobs as usize)
+    let peak = timeline::peak_of(log, jobs);
+    println!("figure {figure} {peak}");
+    ensure(peak <= tokens as usize + 1 && peak >= 2, || format!("peak {peak} with {tokens} tokens"))
 }
 
 fn two_makes() -> Result<(), String> {
@@ -329,14 +348,21 @@ fn enospc_and_grace() -> Result<(), String> {
     Ok(())
 }
 
-fn nonblocking_eagain() -> Result<(), String> {
-    let jobs = 2;
-    let daemon = Daemon::start(jobs);
+/// Opens the jobserver without blocking and reads `jobs` tokens from it: the whole pool.
+fn take_every_token(jobs: u32) -> Result<File, String> {
     let mut device = open_device(true);
     let mut byte = [0u8; 1];
     for _ in 0..jobs {
         device.read_exact(&mut byte).map_err(|e| format!("read: {e}"))?;
     }
+    Ok(device)
+}
+
+fn nonblocking_eagain() -> Result<(), String> {
+    let jobs = 2;
+    let daemon = Daemon::start(jobs);
+    let mut device = take_every_token(jobs)?;
+    let mut byte = [0u8; 1];
     let error = device.read(&mut byte).expect_err("a read with the pool empty must fail");
     ensure(error.raw_os_error() == Some(nix::libc::EAGAIN), || {
         format!("expected EAGAIN, got {error}")
@@ -861,18 +887,10 @@ fn wait_one() {
 fn killed_while_waiting() -> Result<(), String> {
     let jobs = 2;
     let daemon = Daemon::start(jobs);
-    let mut device = open_device(true);
-    let mut byte = [0u8; 1];
-    for _ in 0..jobs {
-        device.read_exact(&mut byte).map_err(|e| format!("read: {e}"))?;
-    }
+    let mut device = take_every_token(jobs)?;
     let mut waiter = Client::start(&["wait-one"]);
     let pid = waiter.pid() as u64;
-    wait_for("the client to wait in the queue", Duration::from_secs(10), || {
-        let status = daemon.status();
-        let waiters = status["waiters"].as_array()?.clone();
-        waiters.iter().any(|w| w["pid"] == pid && w["kind"] == "blocking").then_some(())
-    });
+    daemon.wait_for_blocking_waiter(pid);
     let killed_at = Instant::now();
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     let dead = loop {
@@ -986,20 +1004,13 @@ fn unprivileged_fuse() -> Result<(), String> {
     std::os::unix::fs::chown(project.path(), Some(uid), Some(gid)).unwrap();
     let log = project.path().join("timeline");
     projects::makefile(project.path(), "job", 8, 0.3, &log);
-    let output = steve_tests::command_as(uid, gid, env_path("STEVE_TEST_MAKE44"))
-        .current_dir(project.path())
-        .env(
-            "MAKEFLAGS",
-            format!(" -j{jobs} --jobserver-auth=fifo:{}/jobserver", mountpoint.display()),
-        )
-        .output()
-        .unwrap();
-    ensure(output.status.success(), || {
-        format!("make as uid {uid} failed: {}", String::from_utf8_lossy(&output.stderr))
-    })?;
-    let peak = timeline::peak_of(&log, 8);
-    println!("figure unprivileged_make_peak {peak}");
-    ensure(peak <= jobs as usize + 1 && peak >= 2, || format!("peak {peak} with {jobs} tokens"))?;
+    let mut make = steve_tests::command_as(uid, gid, env_path("STEVE_TEST_MAKE44"));
+    make.current_dir(project.path()).env(
+        "MAKEFLAGS",
+        format!(" -j{jobs} --jobserver-auth=fifo:{}/jobserver", mountpoint.display()),
+    );
+    make_within_the_pool(make, &log, 8, jobs, "unprivileged_make_peak")
+        .map_err(|why| format!("as uid {uid}: {why}"))?;
     // Root is not the owner and the mount does not allow others: the kernel says no.
     let refused = OpenOptions::new().read(true).open(mountpoint.join("jobserver")).unwrap_err();
     ensure(refused.raw_os_error() == Some(nix::libc::EACCES), || format!("root got {refused}"))?;
@@ -1045,16 +1056,10 @@ fn wait_with_handler() {
 fn signal_interrupts_waiting_read() -> Result<(), String> {
     let jobs = 1;
     let daemon = Daemon::start(jobs);
-    let mut device = open_device(true);
-    let mut byte = [0u8; 1];
-    device.read_exact(&mut byte).map_err(|e| format!("read: {e}"))?;
+    let mut device = take_every_token(jobs)?;
     let mut waiter = Client::start(&["wait-with-handler"]);
     let pid = waiter.pid() as u64;
-    wait_for("the client to wait in the queue", Duration::from_secs(10), || {
-        let status = daemon.status();
-        let waiters = status["waiters"].as_array()?.clone();
-        waiters.iter().any(|w| w["pid"] == pid && w["kind"] == "blocking").then_some(())
-    });
+    daemon.wait_for_blocking_waiter(pid);
     kill(Pid::from_raw(pid as i32), Signal::SIGURG).unwrap();
     let stdout = waiter.0.stdout.take().unwrap();
     let mut ready = [PollFd::new(stdout.as_fd(), PollFlags::POLLIN)];
@@ -1073,7 +1078,7 @@ fn signal_interrupts_waiting_read() -> Result<(), String> {
     let report = daemon.status();
     ensure(report["counters"]["interrupts"].as_u64() >= Some(1), || format!("{report}"))?;
     ensure(report["waiters"].as_array().is_some_and(|w| w.is_empty()), || format!("{report}"))?;
-    device.write_all(&byte).unwrap();
+    device.write_all(b"+").unwrap();
     daemon.assert_pool_whole(jobs as usize)
 }
 

@@ -48,10 +48,7 @@ fn vm_run() -> &'static vm::VmRun {
             ("STEVE_TEST_CARGO", cargo.into_os_string()),
         ];
         let run = vm::run(&command, &env, Duration::from_secs(20 * 60));
-        eprintln!("VM run took {:.1?}; figures:", run.elapsed);
-        for line in run.output.lines().filter(|line| line.starts_with("figure ")) {
-            eprintln!("  {line}");
-        }
+        steve_tests::print_figures(&format!("VM run took {:.1?}", run.elapsed), &run.output);
         run
     })
 }

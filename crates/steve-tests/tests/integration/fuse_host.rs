@@ -59,10 +59,10 @@ fn run_output() -> &'static str {
             .output()
             .expect("run device-scenarios");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        eprintln!("fuse scenarios took {:.1?}; figures:", started.elapsed());
-        for line in text.lines().filter(|line| line.starts_with("figure ")) {
-            eprintln!("  {line}");
-        }
+        steve_tests::print_figures(
+            &format!("fuse scenarios took {:.1?}", started.elapsed()),
+            &text,
+        );
         format!("{text}\n--- stderr ---\n{}", String::from_utf8_lossy(&output.stderr))
     })
 }
