@@ -9,7 +9,7 @@
 //! separate processes, because the server accounts per process.
 //!
 //! Paths come from the environment: `STEVE_BIN` (the steve binary), `STEVE_TEST_MAKE44` (GNU
-//! make 4.4.1), `STEVE_TEST_CARGO` (cargo), `STEVE_SCENARIO_BACKEND` (`cuse`, the default, or
+//! make 4.4.1), `STEVE_TEST_CARGO` (cargo), `STEVE_TEST_NINJA` (ninja 1.13.2, one scenario), `STEVE_SCENARIO_BACKEND` (`cuse`, the default, or
 //! `fuse`) and for fuse `STEVE_SCENARIO_MOUNTPOINT` (the directory each server mounts on).
 
 use std::fs::{self, File, OpenOptions};
@@ -103,6 +103,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("unmounts_while_busy", unmounts_while_busy),
     ("unprivileged_fuse", unprivileged_fuse),
     ("fuse_mode_and_group", fuse_mode_and_group),
+    ("ninja_wants_a_fifo", ninja_wants_a_fifo),
 ];
 
 fn run_scenarios(names: &[String]) {
@@ -1115,5 +1116,29 @@ fn fuse_mode_and_group() -> Result<(), String> {
     let stranger = open_as(65534);
     let refused = format!("errno {}", nix::libc::EACCES);
     ensure(stranger == refused, || format!("a stranger got {stranger}, expected {refused}"))?;
+    daemon.assert_pool_whole(2)
+}
+
+/// What the docs say of ninja 1.13: it refuses a jobserver path that is not a real FIFO, says
+/// so, and builds on its own job count, outside the pool. The device's books see no read.
+fn ninja_wants_a_fifo() -> Result<(), String> {
+    let daemon = Daemon::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    projects::ninja_file(dir.path(), 4, 0.1, &log);
+    let output = Command::new(env_path("STEVE_TEST_NINJA"))
+        .current_dir(dir.path())
+        .env("MAKEFLAGS", daemon.makeflags(2))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let refusal = format!("Not a fifo path: {}", jobserver().display());
+    ensure(said.contains(&refusal), || format!("ninja did not refuse the path: {said}"))?;
+    let grants = daemon.status()["counters"]["grants"].clone();
+    ensure(grants == 0, || format!("ninja took tokens after all: {grants}"))?;
     daemon.assert_pool_whole(2)
 }

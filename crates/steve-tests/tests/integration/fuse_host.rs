@@ -28,6 +28,7 @@ const SCENARIOS: &[&str] = &[
     "stale_mount_recovered",
     "unmounts_while_busy",
     "fuse_mode_and_group",
+    "ninja_wants_a_fifo",
     "round_trips",
     "auto_backend",
     "status_names_holders",
@@ -56,6 +57,7 @@ fn run_output() -> &'static str {
             .env("STEVE_BIN", steve::binary())
             .env("STEVE_TEST_MAKE44", clients::make44())
             .env("STEVE_TEST_CARGO", clients::cargo())
+            .env("STEVE_TEST_NINJA", clients::ninja())
             .output()
             .expect("run device-scenarios");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -132,6 +134,11 @@ fn sigint_unmounts_even_while_a_client_has_the_file_open() {
 #[test]
 fn the_fuse_file_gets_its_mode_and_group_and_the_kernel_enforces_them() {
     scenario("fuse_mode_and_group");
+}
+
+#[test]
+fn ninja_refuses_the_fuse_file_as_the_docs_say() {
+    scenario("ninja_wants_a_fifo");
 }
 
 #[test]
