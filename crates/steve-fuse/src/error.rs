@@ -15,12 +15,12 @@ pub enum FuseError {
         /// The count asked for.
         jobs: usize,
     },
-    /// A live FUSE filesystem is mounted there: another steve serves it.
+    /// A live steve mount is there: another steve serves it.
     InUse {
         /// The mount point.
         mountpoint: PathBuf,
     },
-    /// Something that is not a FUSE filesystem is mounted there.
+    /// Some other filesystem (another FUSE filesystem among them) is mounted there.
     ForeignMount {
         /// The mount point.
         mountpoint: PathBuf,

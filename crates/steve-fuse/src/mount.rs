@@ -30,45 +30,61 @@ pub fn default_mountpoint() -> PathBuf {
     }
 }
 
+/// The name steve's mounts give as their source (`fsname`), by which they are told from others.
+pub const FS_NAME: &str = "steve";
+
 /// What is mounted on a directory already.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Existing {
     /// Nothing: the directory is free to mount on.
     Nothing,
-    /// A FUSE filesystem; stale when its server is gone (the kernel answers ENOTCONN).
-    Fuse {
+    /// A steve mount; stale when its server is gone (the kernel answers ENOTCONN).
+    Steve {
         /// Whether its server is gone.
         stale: bool,
     },
-    /// Some other filesystem, of this type.
+    /// Some other filesystem, of this type (another FUSE filesystem among them).
     Other(String),
 }
 
 /// What `/proc/self/mountinfo` shows on `mountpoint` (absolute, without symbolic links).
 pub fn existing(mountpoint: &Path) -> Existing {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    match fstype_at(&mountinfo, mountpoint) {
+    match mount_at(&mountinfo, mountpoint) {
         None => Existing::Nothing,
-        Some(fstype) if fstype == "fuse" || fstype.starts_with("fuse.") => {
+        Some(MountEntry { fstype, source })
+            if source == FS_NAME && (fstype == "fuse" || fstype.starts_with("fuse.")) =>
+        {
             // statfs always asks the server (stat may be answered from cached attributes); a
             // dead connection fails it with ENOTCONN.
             let stale =
                 matches!(nix::sys::statfs::statfs(mountpoint), Err(nix::errno::Errno::ENOTCONN));
-            Existing::Fuse { stale }
+            Existing::Steve { stale }
         }
-        Some(fstype) => Existing::Other(fstype),
+        Some(MountEntry { fstype, .. }) => Existing::Other(fstype),
     }
 }
 
-/// The type of the topmost filesystem mounted on `mountpoint`, from mountinfo's text: field 5
-/// is the mount point (octal escapes for blanks), the first field after ` - ` the type.
-pub fn fstype_at(mountinfo: &str, mountpoint: &Path) -> Option<String> {
+/// One line of mountinfo, the parts steve looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The filesystem type (`fuse`, `fuse.steve`, `tmpfs`).
+    pub fstype: String,
+    /// The mount's source (`steve` for steve's own).
+    pub source: String,
+}
+
+/// The topmost filesystem mounted on `mountpoint`, from mountinfo's text: field 5 is the mount
+/// point (octal escapes for blanks); after ` - ` come the type and the source.
+pub fn mount_at(mountinfo: &str, mountpoint: &Path) -> Option<MountEntry> {
     let wanted = mountpoint.to_str()?;
     mountinfo.lines().rev().find_map(|line| {
         let (mount, filesystem) = line.split_once(" - ")?;
         let point = unescape(mount.split(' ').nth(4)?);
-        let fstype = filesystem.split(' ').next()?;
-        (point == wanted).then(|| fstype.to_string())
+        let mut fields = filesystem.split(' ');
+        let fstype = fields.next()?.to_string();
+        let source = unescape(fields.next()?);
+        (point == wanted).then_some(MountEntry { fstype, source })
     })
 }
 
@@ -139,10 +155,10 @@ pub fn detach(mountpoint: &Path) -> Result<(), String> {
 pub fn prepare(mountpoint: &Path) -> Result<(), FuseError> {
     match existing(mountpoint) {
         Existing::Nothing => {}
-        Existing::Fuse { stale: false } => {
+        Existing::Steve { stale: false } => {
             return Err(FuseError::InUse { mountpoint: mountpoint.to_path_buf() })
         }
-        Existing::Fuse { stale: true } => {
+        Existing::Steve { stale: true } => {
             detach(mountpoint).map_err(|reason| FuseError::StaleMount {
                 mountpoint: mountpoint.to_path_buf(),
                 reason,
@@ -203,7 +219,7 @@ pub fn mount(mountpoint: &Path, allow_other: bool) -> Result<(Mounted, OwnedFd),
     use fuser::MountOption;
     let mut config = fuser::Config::default();
     config.mount_options = vec![
-        MountOption::FSName("steve".to_string()),
+        MountOption::FSName(FS_NAME.to_string()),
         MountOption::Subtype("steve".to_string()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
@@ -257,19 +273,23 @@ mod tests {
 61 40 0:52 / /run/steve/fuse rw,nosuid,nodev shared:30 - fuse.steve steve rw,user_id=0
 62 22 0:53 / /tmp/a\\040b rw shared:31 - fuse steve rw,user_id=1000
 63 40 0:54 / /run/steve/fuse rw shared:32 - tmpfs none rw
+64 22 0:55 / /mnt/remote rw shared:33 - fuse.sshfs me@host: rw,user_id=1000
 ";
+
+    fn fstype(mountpoint: &str) -> Option<String> {
+        mount_at(MOUNTINFO, Path::new(mountpoint)).map(|entry| entry.fstype)
+    }
 
     #[test]
     fn the_topmost_mount_on_a_point_is_found() {
-        assert_eq!(fstype_at(MOUNTINFO, Path::new("/run")).as_deref(), Some("tmpfs"));
-        assert_eq!(
-            fstype_at(MOUNTINFO, Path::new("/run/steve/fuse")).as_deref(),
-            Some("tmpfs"),
-            "the later line is mounted on top"
-        );
-        assert_eq!(fstype_at(MOUNTINFO, Path::new("/tmp/a b")).as_deref(), Some("fuse"));
-        assert_eq!(fstype_at(MOUNTINFO, Path::new("/run/steve")), None);
-        assert_eq!(fstype_at("garbage\n\n", Path::new("/")), None);
+        assert_eq!(fstype("/run").as_deref(), Some("tmpfs"));
+        assert_eq!(fstype("/run/steve/fuse").as_deref(), Some("tmpfs"), "the later line is on top");
+        let steve = mount_at(MOUNTINFO, Path::new("/tmp/a b")).unwrap();
+        assert_eq!(steve, MountEntry { fstype: "fuse".into(), source: "steve".into() });
+        let sshfs = mount_at(MOUNTINFO, Path::new("/mnt/remote")).unwrap();
+        assert_eq!(sshfs, MountEntry { fstype: "fuse.sshfs".into(), source: "me@host:".into() });
+        assert_eq!(fstype("/run/steve"), None);
+        assert_eq!(mount_at("garbage\n\n", Path::new("/")), None);
     }
 
     #[test]
