@@ -225,12 +225,18 @@ pub fn find_socket(explicit: Option<&Path>) -> Result<PathBuf, ControlError> {
     if let Ok(Some(found)) = crate::makeflags::from_env() {
         if let Some(crate::makeflags::JobserverAuth::Fifo(jobserver)) = found.flags.jobserver() {
             tried.push(default_socket_for(jobserver));
+            // A fuse server's file is DIR/jobserver, its socket DIR.control beside the mount.
+            if let Some(mountpoint) = jobserver.parent().filter(|dir| dir.parent().is_some()) {
+                tried.push(default_socket_for(mountpoint));
+            }
         }
     }
     tried.push(PathBuf::from("/run/steve/steve.control"));
+    tried.push(PathBuf::from("/run/steve/fuse.control"));
     tried.push(PathBuf::from("/run/steve/jobserver.control"));
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
         tried.push(Path::new(&dir).join("steve/jobserver.control"));
+        tried.push(Path::new(&dir).join("steve/fuse.control"));
         tried.push(Path::new(&dir).join("steve/steve.control"));
     }
     match tried.iter().find(|path| is_socket(path)) {

@@ -104,6 +104,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("unprivileged_fuse", unprivileged_fuse),
     ("fuse_mode_and_group", fuse_mode_and_group),
     ("ninja_wants_a_fifo", ninja_wants_a_fifo),
+    ("status_finds_the_server", status_finds_the_server),
 ];
 
 fn run_scenarios(names: &[String]) {
@@ -1141,4 +1142,22 @@ fn ninja_wants_a_fifo() -> Result<(), String> {
     let grants = daemon.status()["counters"]["grants"].clone();
     ensure(grants == 0, || format!("ninja took tokens after all: {grants}"))?;
     daemon.assert_pool_whole(2)
+}
+
+/// `steve status` with nothing but the clients' MAKEFLAGS finds the server's control socket.
+fn status_finds_the_server() -> Result<(), String> {
+    let daemon = Daemon::start(2);
+    let output = Command::new(env_path("STEVE_BIN"))
+        .args(["status", "--json"])
+        .env("MAKEFLAGS", daemon.makeflags(2))
+        .env_remove("STEVE_CONTROL")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    ensure(output.status.success(), || {
+        format!("steve status: {}", String::from_utf8_lossy(&output.stderr))
+    })?;
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    ensure(status["backend"] == target().backend.as_str(), || format!("{status}"))?;
+    ensure(status["path"] == jobserver().to_str().unwrap(), || format!("{status}"))
 }

@@ -32,6 +32,7 @@ const SCENARIOS: &[&str] = &[
     "cargo_build",
     "killed_while_waiting",
     "signal_interrupts_waiting_read",
+    "status_finds_the_server",
     "unprivileged_fuse",
 ];
 
@@ -159,4 +160,9 @@ fn the_client_library_joins_dev_steve() {
 #[test]
 fn a_signal_ends_a_waiting_read_with_eintr() {
     scenario("signal_interrupts_waiting_read");
+}
+
+#[test]
+fn steve_status_finds_dev_steve_from_makeflags() {
+    scenario("status_finds_the_server");
 }

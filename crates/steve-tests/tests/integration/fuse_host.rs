@@ -29,6 +29,7 @@ const SCENARIOS: &[&str] = &[
     "unmounts_while_busy",
     "fuse_mode_and_group",
     "ninja_wants_a_fifo",
+    "status_finds_the_server",
     "round_trips",
     "auto_backend",
     "status_names_holders",
@@ -139,6 +140,11 @@ fn the_fuse_file_gets_its_mode_and_group_and_the_kernel_enforces_them() {
 #[test]
 fn ninja_refuses_the_fuse_file_as_the_docs_say() {
     scenario("ninja_wants_a_fifo");
+}
+
+#[test]
+fn steve_status_finds_the_fuse_server_from_makeflags() {
+    scenario("status_finds_the_server");
 }
 
 #[test]
