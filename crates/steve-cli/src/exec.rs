@@ -3,8 +3,8 @@
 //! on steve-core's client library.
 //!
 //! The jobserver is the one MAKEFLAGS (CARGO_MAKEFLAGS, MFLAGS) names; when none does, the
-//! machine's steve: `/dev/steve`, `/run/steve/jobserver` or `$XDG_RUNTIME_DIR/steve/jobserver`,
-//! the first that exists.
+//! machine's steve: `/dev/steve`, `/run/steve/fuse/jobserver`, `/run/steve/jobserver`, or under
+//! `$XDG_RUNTIME_DIR/steve` `fuse/jobserver` or `jobserver`, the first that exists.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,8 +43,12 @@ impl std::error::Error for SpawnFailed {}
 
 /// Where the machine's steve serves, when the environment names no jobserver.
 fn system_jobserver() -> Option<PathBuf> {
-    let mut candidates = vec![PathBuf::from("/dev/steve"), PathBuf::from("/run/steve/jobserver")];
+    let mut candidates: Vec<PathBuf> =
+        ["/dev/steve", "/run/steve/fuse/jobserver", "/run/steve/jobserver"]
+            .map(PathBuf::from)
+            .into();
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        candidates.push(Path::new(&dir).join("steve/fuse/jobserver"));
         candidates.push(Path::new(&dir).join("steve/jobserver"));
     }
     candidates.into_iter().find(|path| path.exists())
