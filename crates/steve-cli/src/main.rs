@@ -184,12 +184,14 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: bool, debug: bool) {
+    // fuser (which mounts for the fuse backend) logs its steps at info; steve says the same in
+    // its own words, so fuser speaks up only with --debug, or --verbose for its info.
     let default = if debug {
         "trace"
     } else if verbose {
-        "debug"
+        "debug,fuser=info"
     } else {
-        "info"
+        "info,fuser=warn"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEVE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

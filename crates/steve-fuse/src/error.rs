@@ -89,9 +89,13 @@ impl fmt::Display for FuseError {
                 "{} is a stale mount left by a server that died, and it could not be unmounted: {reason}",
                 mountpoint.display()
             ),
-            FuseError::Mount { mountpoint, source } => {
-                write!(f, "cannot mount on {}: {source}", mountpoint.display())
-            }
+            // fusermount3's own message ends in a newline: keep the error on one line.
+            FuseError::Mount { mountpoint, source } => write!(
+                f,
+                "cannot mount on {}: {}",
+                mountpoint.display(),
+                source.to_string().trim_end()
+            ),
             FuseError::Unsupported(what) => write!(f, "{what}"),
             FuseError::UnknownGroup(name) => write!(f, "no such group: {name}"),
             FuseError::Io { action, what, source } => write!(f, "cannot {action} {what}: {source}"),

@@ -992,6 +992,21 @@ fn unprivileged_fuse() -> Result<(), String> {
         command.arg(&mountpoint).env_remove("XDG_RUNTIME_DIR");
         Daemon::start_at(command, &mountpoint.join("jobserver"))
     };
+    // A mode that opens the file to others needs allow_other, which fusermount3 refuses unless
+    // /etc/fuse.conf says user_allow_other: one clear line, and nothing left mounted.
+    let refused = steve_tests::command_as(uid, gid, env_path("STEVE_BIN"))
+        .args(["serve", "--backend", "fuse", "--mode", "0666", "--mountpoint"])
+        .arg(&mountpoint)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+    ensure(!refused.status.success() && lines.len() == 1, || format!("{lines:?}"))?;
+    ensure(lines[0].contains("cannot mount on") && lines[0].contains("user_allow_other"), || {
+        lines[0].to_string()
+    })?;
+    ensure(!is_mount_point(&mountpoint), || "mounted after all".to_string())?;
+
     let mut daemon = serve_as_user();
     let line = fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
