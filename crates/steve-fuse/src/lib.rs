@@ -16,6 +16,16 @@
 //!
 //! - [`mount`]: where to mount, finding and clearing a stale mount, mounting and unmounting;
 //! - [`serve`]: availability, options, serving until a stop signal.
+//!
+//! ```no_run
+//! use steve_core::backend::find;
+//! use steve_fuse as _;
+//!
+//! let fuse = find("fuse").expect("steve-fuse is linked in");
+//! println!("{}: {:?}", fuse.name, (fuse.availability)());
+//! // Clients open MOUNTPOINT/jobserver.
+//! assert_eq!(steve_fuse::mount::FILE_NAME, "jobserver");
+//! ```
 
 pub mod error;
 pub mod mount;
