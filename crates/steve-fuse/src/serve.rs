@@ -33,13 +33,27 @@ pub fn availability() -> Availability {
             "{FUSE_PATH} cannot be opened by this user ({errno}); it is usually mode 0666"
         ));
     }
-    if !geteuid().is_root() && find_in_path("fusermount3").is_none() {
+    // fuser mounts with mount(2) where that is allowed, through fusermount3 otherwise.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if !may_mount(&status) && find_in_path("fusermount3").is_none() {
         return Availability::Unavailable(
-            "fusermount3 is not installed (package fuse3): an ordinary user mounts through it"
+            "this process may not mount (no CAP_SYS_ADMIN) and fusermount3 is not installed \
+             (package fuse3), through which an ordinary user mounts"
                 .to_string(),
         );
     }
     Availability::Available
+}
+
+/// Whether `/proc/self/status` text grants CAP_SYS_ADMIN (bit 21 of `CapEff`), which mount(2)
+/// needs. Root in a container may lack it.
+fn may_mount(status: &str) -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
@@ -123,4 +137,19 @@ fn set_up(config: &ServeConfig) -> Result<(Mounted, Session, PathBuf, PathBuf), 
         })?;
     session.set_control(control);
     Ok((mounted, session, file, control_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_sys_admin_is_read_from_the_effective_set() {
+        let root = "Name:\tsteve\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert!(may_mount(root));
+        // A container's root: everything but CAP_SYS_ADMIN (1 << 21 = 0x200000).
+        assert!(!may_mount("CapEff:\t000001ffffdfffff\n"));
+        assert!(!may_mount("CapEff:\t0000000000000000\n"), "an ordinary user");
+        assert!(!may_mount("no capability lines at all"));
+    }
 }
