@@ -88,10 +88,7 @@ pub fn announce_ready(
 /// Everything up to serving: checks, the CUSE handshake, the node's access, the control
 /// socket, the privilege drop.
 fn register(config: &ServeConfig) -> Result<(Session, PathBuf, PathBuf), CuseError> {
-    let jobs = config.limits.jobs;
-    if jobs == 0 || jobs > MAX_JOBS {
-        return Err(CuseError::BadJobs { jobs });
-    }
+    let jobs = checked_jobs(config)?;
     let dev_name = config.device_name.as_deref().unwrap_or(DEFAULT_DEV_NAME);
     if dev_name.is_empty() || dev_name.contains('/') || dev_name.contains('\0') {
         return Err(CuseError::Handshake(format!("{dev_name:?} is not a device name")));
@@ -111,7 +108,6 @@ fn register(config: &ServeConfig) -> Result<(Session, PathBuf, PathBuf), CuseErr
         .map_err(|source| CuseError::Open { source })?;
     let device = Device::new(jobs, config.poll_reservation);
     let mut session = Session::start(channel.into(), dev_name, device)?;
-    session.set_governor(Governor::new(config.limits.clone(), Box::new(ProcProbe)));
     wait_for_node(&dev_path)?;
     if let Some(gid) = gid {
         std::os::unix::fs::chown(&dev_path, None, Some(gid.as_raw())).map_err(|source| {
@@ -125,14 +121,7 @@ fn register(config: &ServeConfig) -> Result<(Session, PathBuf, PathBuf), CuseErr
     fs::set_permissions(&dev_path, fs::Permissions::from_mode(mode)).map_err(|source| {
         CuseError::Io { action: "set the mode of", what: dev_path.display().to_string(), source }
     })?;
-    let control_path = config.control.clone().unwrap_or_else(|| default_socket_for(&dev_path));
-    let control =
-        ControlServer::bind(&control_path, mode, gid).map_err(|source| CuseError::Io {
-            action: "listen on the control socket",
-            what: control_path.display().to_string(),
-            source,
-        })?;
-    session.set_control(control);
+    let control_path = govern_and_listen(&mut session, config, &dev_path, mode, gid)?;
     if let Some(user) = user {
         drop_privileges(&user)?;
     }
@@ -151,7 +140,39 @@ fn wait_for_node(path: &Path) -> Result<(), CuseError> {
     Ok(())
 }
 
-fn lookup_group(group: &str) -> Result<Gid, CuseError> {
+/// The pool size asked for, checked against what a device serves (1 to [`MAX_JOBS`]).
+pub fn checked_jobs(config: &ServeConfig) -> Result<usize, CuseError> {
+    let jobs = config.limits.jobs;
+    if jobs == 0 || jobs > MAX_JOBS {
+        return Err(CuseError::BadJobs { jobs });
+    }
+    Ok(jobs)
+}
+
+/// What every device backend does once its session is up: applies the limits, and listens on
+/// the control socket (`--control`, or the default beside `jobserver`) with the jobserver's mode
+/// and group. Returns the socket's path.
+pub fn govern_and_listen(
+    session: &mut Session,
+    config: &ServeConfig,
+    jobserver: &Path,
+    mode: u32,
+    gid: Option<Gid>,
+) -> Result<PathBuf, CuseError> {
+    session.set_governor(Governor::new(config.limits.clone(), Box::new(ProcProbe)));
+    let control_path = config.control.clone().unwrap_or_else(|| default_socket_for(jobserver));
+    let control =
+        ControlServer::bind(&control_path, mode, gid).map_err(|source| CuseError::Io {
+            action: "listen on the control socket",
+            what: control_path.display().to_string(),
+            source,
+        })?;
+    session.set_control(control);
+    Ok(control_path)
+}
+
+/// The group `--group` names (a name or a number).
+pub fn lookup_group(group: &str) -> Result<Gid, CuseError> {
     steve_core::accounts::group_id(group)
         .ok_or_else(|| CuseError::UnknownAccount { kind: "group", name: group.to_string() })
 }

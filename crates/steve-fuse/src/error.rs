@@ -10,11 +10,6 @@ use steve_cuse::CuseError;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum FuseError {
-    /// The job count is out of range.
-    BadJobs {
-        /// The count asked for.
-        jobs: usize,
-    },
     /// A live steve mount is there: another steve serves it.
     InUse {
         /// The mount point.
@@ -48,8 +43,6 @@ pub enum FuseError {
     },
     /// The option does not apply to a FUSE mount.
     Unsupported(&'static str),
-    /// The group given does not exist.
-    UnknownGroup(String),
     /// A system call failed.
     Io {
         /// What steve was doing.
@@ -59,18 +52,14 @@ pub enum FuseError {
         /// Why.
         source: std::io::Error,
     },
-    /// Serving the mount's connection failed.
+    /// Setting up or serving the session failed (the device backends share it: a job count
+    /// out of range, an unknown group, the control socket, the connection).
     Session(CuseError),
 }
 
 impl fmt::Display for FuseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FuseError::BadJobs { jobs } => write!(
-                f,
-                "job count {jobs} is out of range (1 to {})",
-                steve_cuse::error::MAX_JOBS
-            ),
             FuseError::InUse { mountpoint } => write!(
                 f,
                 "{} is mounted already: another steve serves it; stop it or choose another --mountpoint",
@@ -97,7 +86,6 @@ impl fmt::Display for FuseError {
                 source.to_string().trim_end()
             ),
             FuseError::Unsupported(what) => write!(f, "{what}"),
-            FuseError::UnknownGroup(name) => write!(f, "no such group: {name}"),
             FuseError::Io { action, what, source } => write!(f, "cannot {action} {what}: {source}"),
             FuseError::Session(error) => write!(f, "{error}"),
         }

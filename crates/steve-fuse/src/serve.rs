@@ -6,11 +6,10 @@ use std::path::PathBuf;
 
 use nix::unistd::{getegid, geteuid, AccessFlags};
 use steve_core::backend::{Announcement, Availability, BackendError, ServeConfig};
-use steve_core::control::{default_socket_for, ControlServer};
 use steve_core::device::Device;
-use steve_core::limits::{Governor, ProcProbe};
 use steve_core::signals::Signals;
 use steve_cuse::filesystem::OneFile;
+use steve_cuse::serve;
 use steve_cuse::session::{Ended, Session};
 use tracing::{info, warn};
 
@@ -73,7 +72,7 @@ pub fn serve(
         source: errno.into(),
     })?;
     let (mut mounted, mut session, file, control_path) = set_up(config)?;
-    steve_cuse::serve::announce_ready(config, &file, &control_path, announce);
+    serve::announce_ready(config, &file, &control_path, announce);
     let ended = session.run(Some(&mut signals));
     // The connection goes first, so that clients still waiting are failed, not left hanging.
     drop(session);
@@ -89,23 +88,14 @@ pub fn serve(
 
 /// Everything up to serving: checks, the mount point, the mount, the control socket.
 fn set_up(config: &ServeConfig) -> Result<(Mounted, Session, PathBuf, PathBuf), FuseError> {
-    let jobs = config.limits.jobs;
-    if jobs == 0 || jobs > steve_cuse::error::MAX_JOBS {
-        return Err(FuseError::BadJobs { jobs });
-    }
+    let jobs = serve::checked_jobs(config)?;
     if config.user.is_some() {
         return Err(FuseError::Unsupported(
             "--user does not apply to the fuse backend: start steve as that user instead (it \
              mounts through fusermount3)",
         ));
     }
-    let gid = match config.group.as_deref() {
-        Some(group) => Some(
-            steve_core::accounts::group_id(group)
-                .ok_or_else(|| FuseError::UnknownGroup(group.to_string()))?,
-        ),
-        None => None,
-    };
+    let gid = config.group.as_deref().map(serve::lookup_group).transpose()?;
     let root = geteuid().is_root();
     let mode = config.mode.unwrap_or(match (root, gid) {
         (true, Some(_)) => 0o660,
@@ -127,15 +117,8 @@ fn set_up(config: &ServeConfig) -> Result<(Mounted, Session, PathBuf, PathBuf), 
         file.clone(),
         owner,
     )?;
-    session.set_governor(Governor::new(config.limits.clone(), Box::new(ProcProbe)));
-    let control_path = config.control.clone().unwrap_or_else(|| default_socket_for(&mountpoint));
-    let control =
-        ControlServer::bind(&control_path, mode, gid).map_err(|source| FuseError::Io {
-            action: "listen on the control socket",
-            what: control_path.display().to_string(),
-            source,
-        })?;
-    session.set_control(control);
+    // The control socket goes beside the mount point, not inside the mount.
+    let control_path = serve::govern_and_listen(&mut session, config, &mountpoint, mode, gid)?;
     Ok((mounted, session, file, control_path))
 }
 

@@ -773,10 +773,9 @@ fn set_jobs_moves_the_peak() -> Result<(), String> {
     daemon.assert_pool_whole(4)
 }
 
-/// A user created here may read but not set.
+/// Another user (nobody) may read the settings but not set them.
 fn set_refused_to_others() -> Result<(), String> {
     let daemon = Daemon::start(2);
-    // nobody: another user, who may read the settings but not change them.
     let as_user = |args: &[&str]| {
         steve_tests::command_as(65534, 65534, env_path("STEVE_BIN"))
             .args(args)
