@@ -21,7 +21,6 @@ mod top;
 // Referenced so that the linker keeps each backend crate and its registry entries.
 use steve_cuse as _;
 use steve_fifo as _;
-use steve_fuse as _;
 
 /// A GNU-make-compatible jobserver: one pool of job slots shared by every build on the machine.
 #[derive(Debug, Parser)]

@@ -1,17 +1,18 @@
-//! The errors of the CUSE backend: each says what failed and why, in one line.
+//! The errors of the kernel-served backends, cuse and fuse: each says what failed in one line,
+//! and keeps its cause as `source()`.
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::abi::ParseError;
+use crate::ll::ParseError;
 
-/// Why the CUSE device could not be set up or served.
+/// Why a CUSE device or a FUSE mount could not be set up or served.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum CuseError {
+pub enum Error {
     /// `/dev/cuse` could not be opened.
-    Open {
+    OpenCuse {
         /// Why.
         source: std::io::Error,
     },
@@ -25,10 +26,46 @@ pub enum CuseError {
         /// The node that never appeared.
         path: PathBuf,
     },
+    /// The `--dev-name` given cannot name a device.
+    BadDeviceName {
+        /// The name given.
+        name: String,
+    },
     /// The kernel's first message was not what CUSE promises.
     Handshake(String),
     /// A kernel message that does not parse.
     Protocol(ParseError),
+    /// A live steve mount is there: another steve serves it.
+    InUse {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// Some other filesystem (another FUSE filesystem among them) is mounted there.
+    ForeignMount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Its filesystem type.
+        fstype: String,
+    },
+    /// The mount point exists and is not a directory, or is `/`.
+    NotADirectory {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// A stale mount (its server died) could not be cleared.
+    StaleMount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The kernel or fusermount3 refused the mount.
+    Mount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The job count is out of range.
     BadJobs {
         /// The count asked for.
@@ -41,6 +78,8 @@ pub enum CuseError {
         /// The name given.
         name: String,
     },
+    /// The option does not apply to this backend.
+    Unsupported(&'static str),
     /// A system call failed.
     Io {
         /// What steve was doing.
@@ -52,44 +91,70 @@ pub enum CuseError {
     },
 }
 
-/// The largest pool the device serves.
-pub const MAX_JOBS: usize = 65_536;
-
-impl CuseError {
+impl Error {
     pub(crate) fn io(
         action: &'static str,
         what: impl Into<String>,
         errno: nix::errno::Errno,
-    ) -> CuseError {
-        CuseError::Io { action, what: what.into(), source: errno.into() }
+    ) -> Error {
+        Error::Io { action, what: what.into(), source: errno.into() }
     }
 }
 
-impl fmt::Display for CuseError {
+impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CuseError::Open { source } => write!(
-                f,
-                "cannot open /dev/cuse: {source} (the cuse module must be loaded, and steve run as root)"
+            Error::OpenCuse { .. } => f.write_str(
+                "cannot open /dev/cuse (the cuse module must be loaded, and steve run as root)",
             ),
-            CuseError::DeviceExists { path } => write!(
+            Error::DeviceExists { path } => write!(
                 f,
                 "{} exists already: another steve (or another driver) serves it; choose another --dev-name",
                 path.display()
             ),
-            CuseError::NoDeviceNode { path } => {
+            Error::NoDeviceNode { path } => {
                 write!(f, "the kernel did not create {} for steve", path.display())
             }
-            CuseError::Handshake(what) => write!(f, "CUSE handshake failed: {what}"),
-            CuseError::Protocol(error) => write!(f, "{error}"),
-            CuseError::BadJobs { jobs } => {
-                write!(f, "job count {jobs} is out of range (1 to {MAX_JOBS})")
+            Error::BadDeviceName { name } => write!(f, "{name:?} is not a device name"),
+            Error::Handshake(what) => write!(f, "CUSE handshake failed: {what}"),
+            Error::Protocol(error) => write!(f, "{error}"),
+            Error::InUse { mountpoint } => write!(
+                f,
+                "{} is mounted already: another steve serves it; stop it or choose another --mountpoint",
+                mountpoint.display()
+            ),
+            Error::ForeignMount { mountpoint, fstype } => write!(
+                f,
+                "{} is the mount point of a {fstype} filesystem, not steve's; choose another --mountpoint",
+                mountpoint.display()
+            ),
+            Error::NotADirectory { mountpoint } => {
+                write!(f, "{} is not a directory: a mount point must be one", mountpoint.display())
             }
-            CuseError::UnknownAccount { kind, name } => write!(f, "no such {kind}: {name}"),
-            CuseError::Io { action, what, source } => write!(f, "cannot {action} {what}: {source}"),
+            Error::StaleMount { mountpoint, reason } => write!(
+                f,
+                "{} is a stale mount left by a server that died, and it could not be unmounted: {reason}",
+                mountpoint.display()
+            ),
+            Error::Mount { mountpoint, .. } => write!(f, "cannot mount on {}", mountpoint.display()),
+            Error::BadJobs { jobs } => {
+                write!(f, "job count {jobs} is out of range (1 to {})", crate::MAX_JOBS)
+            }
+            Error::UnknownAccount { kind, name } => write!(f, "no such {kind}: {name}"),
+            Error::Unsupported(what) => f.write_str(what),
+            Error::Io { action, what, .. } => write!(f, "cannot {action} {what}"),
         }
     }
 }
 
-/// Each message already carries its cause.
-impl std::error::Error for CuseError {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::OpenCuse { source } | Error::Mount { source, .. } | Error::Io { source, .. } => {
+                Some(source)
+            }
+            Error::Protocol(error) => Some(error),
+            _ => None,
+        }
+    }
+}

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use steve_core::device::Device;
 use steve_core::limits::{Governor, Limits, SystemProbe, SystemReading};
-use steve_cuse::abi::{self, kernel};
-use steve_cuse::filesystem::{OneFile, FILE_ID};
+use steve_cuse::fuse::filesystem::{OneFile, FILE_ID};
+use steve_cuse::ll::{self, kernel};
 use steve_cuse::session::{Ended, Session};
 
 const O_NONBLOCK: u32 = nix::libc::O_NONBLOCK as u32;
@@ -52,14 +52,14 @@ impl FakeKernel {
         let init = kernel.receive();
         let (len, error, unique, payload) = kernel::split_reply(&init);
         assert_eq!((len as usize, error, unique), (init.len(), 0, 1));
-        let words: Vec<u32> = payload[..abi::CUSE_INIT_OUT_LEN]
+        let words: Vec<u32> = payload[..ll::CUSE_INIT_OUT_LEN]
             .chunks(4)
             .map(|word| u32::from_ne_bytes(word.try_into().unwrap()))
             .collect();
         // major 7, minor min(38, 31), unused, flags 0, max_read, max_write, dynamic numbers.
         assert_eq!(&words[..8], &[7, 31, 0, 0, 4096, 4096, 0, 0]);
         assert_eq!(&words[8..], &[0; 10], "spare words");
-        assert_eq!(&payload[abi::CUSE_INIT_OUT_LEN..], b"DEVNAME=steve-test\0");
+        assert_eq!(&payload[ll::CUSE_INIT_OUT_LEN..], b"DEVNAME=steve-test\0");
         kernel.session = Some(session);
         kernel
     }
@@ -231,7 +231,7 @@ fn a_poller_is_notified_and_its_token_is_reserved() {
     let pollin = (nix::libc::POLLIN | nix::libc::POLLRDNORM) as u32;
     let (error, revents) = kernel.ask(
         unique,
-        &kernel::poll(unique, poller.id(), 1, 0xfeed, abi::POLL_SCHEDULE_NOTIFY, pollin),
+        &kernel::poll(unique, poller.id(), 1, 0xfeed, ll::POLL_SCHEDULE_NOTIFY, pollin),
     );
     assert_eq!((error, u32::from_ne_bytes(revents[..4].try_into().unwrap())), (0, 0));
     let blocked = kernel.read_waiting(blocker.id());
@@ -240,7 +240,7 @@ fn a_poller_is_notified_and_its_token_is_reserved() {
     let notification = kernel.receive();
     assert_eq!(
         kernel::split_reply(&notification),
-        (24, abi::NOTIFY_POLL, 0, &0xfeedu64.to_ne_bytes()[..])
+        (24, ll::NOTIFY_POLL, 0, &0xfeedu64.to_ne_bytes()[..])
     );
     kernel.nothing_pending();
     // Readable for the poller now, and the read gets the reserved token.
@@ -344,13 +344,13 @@ fn a_mount_serves_its_one_file_with_the_device_rules() {
     let mut kernel = FakeKernel::mount(1);
     let me = std::process::id();
     let unique = kernel.unique();
-    let (error, entry) = kernel.ask(unique, &kernel::lookup(unique, abi::ROOT_ID, "jobserver"));
+    let (error, entry) = kernel.ask(unique, &kernel::lookup(unique, ll::ROOT_ID, "jobserver"));
     assert_eq!((error, &entry[..8]), (0, &FILE_ID.to_ne_bytes()[..]));
     let unique = kernel.unique();
-    let (error, _) = kernel.ask(unique, &kernel::lookup(unique, abi::ROOT_ID, "other"));
+    let (error, _) = kernel.ask(unique, &kernel::lookup(unique, ll::ROOT_ID, "other"));
     assert_eq!(error, -nix::libc::ENOENT);
     let unique = kernel.unique();
-    let (error, listing) = kernel.ask(unique, &kernel::readdir(unique, abi::ROOT_ID, 0, 4096));
+    let (error, listing) = kernel.ask(unique, &kernel::readdir(unique, ll::ROOT_ID, 0, 4096));
     assert_eq!(error, 0);
     assert!(listing.windows(9).any(|name| name == b"jobserver"), "{listing:?}");
 
@@ -359,7 +359,7 @@ fn a_mount_serves_its_one_file_with_the_device_rules() {
     let (error, open) = kernel.ask(unique, &kernel::on_node(FILE_ID, kernel::open(unique, me, 2)));
     assert_eq!(error, 0);
     let open_flags = u32::from_ne_bytes(open[8..12].try_into().unwrap());
-    assert_eq!(open_flags, abi::FOPEN_DIRECT_IO | abi::FOPEN_NONSEEKABLE);
+    assert_eq!(open_flags, ll::FOPEN_DIRECT_IO | ll::FOPEN_NONSEEKABLE);
     assert_eq!(kernel.read(me, 0), (0, b"+".to_vec()));
     assert_eq!(kernel.read(me, O_NONBLOCK), (EAGAIN, vec![]));
     let one = [1u32.to_ne_bytes(), 0u32.to_ne_bytes()].concat();
@@ -367,12 +367,11 @@ fn a_mount_serves_its_one_file_with_the_device_rules() {
 
     // FORGET is never answered; SETATTR is refused; what the mount does not know, ENOSYS.
     let unique = kernel.unique();
-    kernel
-        .send(&kernel::on_node(FILE_ID, kernel::request(abi::opcode::FORGET, unique, 0, &[0; 8])));
+    kernel.send(&kernel::on_node(FILE_ID, kernel::request(ll::opcode::FORGET, unique, 0, &[0; 8])));
     kernel.nothing_pending();
     let unique = kernel.unique();
     let setattr =
-        kernel::on_node(FILE_ID, kernel::request(abi::opcode::SETATTR, unique, me, &[0; 88]));
+        kernel::on_node(FILE_ID, kernel::request(ll::opcode::SETATTR, unique, me, &[0; 88]));
     assert_eq!(kernel.ask(unique, &setattr).0, -nix::libc::EPERM);
     const GETXATTR: u32 = 22;
     let unique = kernel.unique();

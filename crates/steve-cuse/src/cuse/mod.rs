@@ -16,8 +16,9 @@ use steve_core::makeflags::{jobserver_makeflags, JobserverAuth};
 use steve_core::signals::Signals;
 use tracing::{info, warn};
 
-use crate::error::{CuseError, MAX_JOBS};
+use crate::error::Error;
 use crate::session::{Ended, Session};
+use crate::MAX_JOBS;
 
 /// The kernel's CUSE control device.
 pub const CUSE_PATH: &str = "/dev/cuse";
@@ -48,8 +49,8 @@ pub fn serve(
     announce: &mut dyn FnMut(&Announcement),
 ) -> Result<(), BackendError> {
     // Blocked before the device exists, so that a stop signal is never lost.
-    let mut signals = Signals::block()
-        .map_err(|errno| CuseError::io("block signals for", "the server", errno))?;
+    let mut signals =
+        Signals::block().map_err(|errno| Error::io("block signals for", "the server", errno))?;
     let (mut session, dev_path, control_path) = register(config)?;
     announce_ready(config, &dev_path, &control_path, announce);
     match session.run(Some(&mut signals))? {
@@ -87,15 +88,15 @@ pub fn announce_ready(
 
 /// Everything up to serving: checks, the CUSE handshake, the node's access, the control
 /// socket, the privilege drop.
-fn register(config: &ServeConfig) -> Result<(Session, PathBuf, PathBuf), CuseError> {
+fn register(config: &ServeConfig) -> Result<(Session, PathBuf, PathBuf), Error> {
     let jobs = checked_jobs(config)?;
     let dev_name = config.device_name.as_deref().unwrap_or(DEFAULT_DEV_NAME);
     if dev_name.is_empty() || dev_name.contains('/') || dev_name.contains('\0') {
-        return Err(CuseError::Handshake(format!("{dev_name:?} is not a device name")));
+        return Err(Error::Handshake(format!("{dev_name:?} is not a device name")));
     }
     let dev_path = Path::new("/dev").join(dev_name);
     if fs::symlink_metadata(&dev_path).is_ok() {
-        return Err(CuseError::DeviceExists { path: dev_path });
+        return Err(Error::DeviceExists { path: dev_path });
     }
     let gid = config.group.as_deref().map(lookup_group).transpose()?;
     let user = config.user.as_deref().map(lookup_user).transpose()?;
@@ -105,21 +106,17 @@ fn register(config: &ServeConfig) -> Result<(Session, PathBuf, PathBuf), CuseErr
         .read(true)
         .write(true)
         .open(CUSE_PATH)
-        .map_err(|source| CuseError::Open { source })?;
+        .map_err(|source| Error::OpenCuse { source })?;
     let device = Device::new(jobs, config.poll_reservation);
     let mut session = Session::start(channel.into(), dev_name, device)?;
     wait_for_node(&dev_path)?;
     if let Some(gid) = gid {
         std::os::unix::fs::chown(&dev_path, None, Some(gid.as_raw())).map_err(|source| {
-            CuseError::Io {
-                action: "set the group of",
-                what: dev_path.display().to_string(),
-                source,
-            }
+            Error::Io { action: "set the group of", what: dev_path.display().to_string(), source }
         })?;
     }
     fs::set_permissions(&dev_path, fs::Permissions::from_mode(mode)).map_err(|source| {
-        CuseError::Io { action: "set the mode of", what: dev_path.display().to_string(), source }
+        Error::Io { action: "set the mode of", what: dev_path.display().to_string(), source }
     })?;
     let control_path = govern_and_listen(&mut session, config, &dev_path, mode, gid)?;
     if let Some(user) = user {
@@ -129,11 +126,11 @@ fn register(config: &ServeConfig) -> Result<(Session, PathBuf, PathBuf), CuseErr
 }
 
 /// The kernel creates the node while it handles the CUSE_INIT answer; give devtmpfs a moment.
-fn wait_for_node(path: &Path) -> Result<(), CuseError> {
+fn wait_for_node(path: &Path) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while fs::symlink_metadata(path).is_err() {
         if Instant::now() > deadline {
-            return Err(CuseError::NoDeviceNode { path: path.to_path_buf() });
+            return Err(Error::NoDeviceNode { path: path.to_path_buf() });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -141,10 +138,10 @@ fn wait_for_node(path: &Path) -> Result<(), CuseError> {
 }
 
 /// The pool size asked for, checked against what a device serves (1 to [`MAX_JOBS`]).
-pub fn checked_jobs(config: &ServeConfig) -> Result<usize, CuseError> {
+pub fn checked_jobs(config: &ServeConfig) -> Result<usize, Error> {
     let jobs = config.limits.jobs;
     if jobs == 0 || jobs > MAX_JOBS {
-        return Err(CuseError::BadJobs { jobs });
+        return Err(Error::BadJobs { jobs });
     }
     Ok(jobs)
 }
@@ -158,33 +155,32 @@ pub fn govern_and_listen(
     jobserver: &Path,
     mode: u32,
     gid: Option<Gid>,
-) -> Result<PathBuf, CuseError> {
+) -> Result<PathBuf, Error> {
     session.set_governor(Governor::new(config.limits.clone(), Box::new(ProcProbe)));
     let control_path = config.control.clone().unwrap_or_else(|| default_socket_for(jobserver));
-    let control =
-        ControlServer::bind(&control_path, mode, gid).map_err(|source| CuseError::Io {
-            action: "listen on the control socket",
-            what: control_path.display().to_string(),
-            source,
-        })?;
+    let control = ControlServer::bind(&control_path, mode, gid).map_err(|source| Error::Io {
+        action: "listen on the control socket",
+        what: control_path.display().to_string(),
+        source,
+    })?;
     session.set_control(control);
     Ok(control_path)
 }
 
 /// The group `--group` names (a name or a number).
-pub fn lookup_group(group: &str) -> Result<Gid, CuseError> {
+pub fn lookup_group(group: &str) -> Result<Gid, Error> {
     steve_core::accounts::group_id(group)
-        .ok_or_else(|| CuseError::UnknownAccount { kind: "group", name: group.to_string() })
+        .ok_or_else(|| Error::UnknownAccount { kind: "group", name: group.to_string() })
 }
 
-fn lookup_user(user: &str) -> Result<User, CuseError> {
+fn lookup_user(user: &str) -> Result<User, Error> {
     steve_core::accounts::user(user)
-        .ok_or_else(|| CuseError::UnknownAccount { kind: "user", name: user.to_string() })
+        .ok_or_else(|| Error::UnknownAccount { kind: "user", name: user.to_string() })
 }
 
 /// Becomes `user` for good: supplementary groups, group, then user.
-fn drop_privileges(user: &User) -> Result<(), CuseError> {
-    let failed = |action| move |errno| CuseError::io(action, user.name.clone(), errno);
+fn drop_privileges(user: &User) -> Result<(), Error> {
+    let failed = |action| move |errno| Error::io(action, user.name.clone(), errno);
     nix::unistd::setgroups(&[user.gid]).map_err(failed("set the groups of"))?;
     nix::unistd::setgid(user.gid).map_err(failed("take the group of"))?;
     nix::unistd::setuid(user.uid).map_err(failed("become"))?;

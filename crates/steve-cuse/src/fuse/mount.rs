@@ -12,7 +12,7 @@ use std::process::Command;
 use nix::unistd::geteuid;
 use tracing::{info, warn};
 
-use crate::error::FuseError;
+use crate::error::Error;
 
 /// The jobserver file's name in the mount.
 pub const FILE_NAME: &str = "jobserver";
@@ -114,12 +114,12 @@ fn unescape(field: &str) -> String {
 
 /// `mountpoint` made absolute and free of symbolic links, without touching the directory itself
 /// (a stale mount answers every look at it with ENOTCONN). Creates the parents if missing.
-pub fn resolve(mountpoint: &Path) -> Result<PathBuf, FuseError> {
+pub fn resolve(mountpoint: &Path) -> Result<PathBuf, Error> {
     let io_error =
-        |action, source| FuseError::Io { action, what: mountpoint.display().to_string(), source };
+        |action, source| Error::Io { action, what: mountpoint.display().to_string(), source };
     let absolute = std::path::absolute(mountpoint).map_err(|source| io_error("resolve", source))?;
     let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
-        return Err(FuseError::Unsupported("the mount point must be a directory below /"));
+        return Err(Error::Unsupported("the mount point must be a directory below /"));
     };
     fs::create_dir_all(parent).map_err(|source| io_error("create the parent of", source))?;
     let parent = fs::canonicalize(parent).map_err(|source| io_error("resolve", source))?;
@@ -152,29 +152,29 @@ pub fn detach(mountpoint: &Path) -> Result<(), String> {
 
 /// Makes `mountpoint` ready to mount on: creates it, clears a stale steve mount, and refuses a
 /// live one or a foreign filesystem.
-pub fn prepare(mountpoint: &Path) -> Result<(), FuseError> {
+pub fn prepare(mountpoint: &Path) -> Result<(), Error> {
     match existing(mountpoint) {
         Existing::Nothing => {}
         Existing::Steve { stale: false } => {
-            return Err(FuseError::InUse { mountpoint: mountpoint.to_path_buf() })
+            return Err(Error::InUse { mountpoint: mountpoint.to_path_buf() })
         }
         Existing::Steve { stale: true } => {
-            detach(mountpoint).map_err(|reason| FuseError::StaleMount {
+            detach(mountpoint).map_err(|reason| Error::StaleMount {
                 mountpoint: mountpoint.to_path_buf(),
                 reason,
             })?;
             warn!("cleared a stale mount on {} left by a server that died", mountpoint.display());
         }
         Existing::Other(fstype) => {
-            return Err(FuseError::ForeignMount { mountpoint: mountpoint.to_path_buf(), fstype })
+            return Err(Error::ForeignMount { mountpoint: mountpoint.to_path_buf(), fstype })
         }
     }
     if let Ok(metadata) = fs::symlink_metadata(mountpoint) {
         if !metadata.is_dir() {
-            return Err(FuseError::NotADirectory { mountpoint: mountpoint.to_path_buf() });
+            return Err(Error::NotADirectory { mountpoint: mountpoint.to_path_buf() });
         }
     } else {
-        fs::create_dir(mountpoint).map_err(|source| FuseError::Io {
+        fs::create_dir(mountpoint).map_err(|source| Error::Io {
             action: "create the mount point",
             what: mountpoint.display().to_string(),
             source,
@@ -194,7 +194,7 @@ impl fuser::Filesystem for Handshake {
         config: &mut fuser::KernelConfig,
     ) -> std::io::Result<()> {
         config
-            .set_max_write(steve_cuse::session::MAX_IO)
+            .set_max_write(crate::session::MAX_IO)
             .map_err(|nearest| std::io::Error::other(format!("max_write {nearest}")))?;
         Ok(())
     }
@@ -215,7 +215,7 @@ impl std::fmt::Debug for Mounted {
 /// Mounts on `mountpoint` (prepared) and answers INIT. Returns the mount and the connection to
 /// serve. `allow_other` lets other users' processes in (the file's mode still decides, the
 /// kernel checks it: `default_permissions`).
-pub fn mount(mountpoint: &Path, allow_other: bool) -> Result<(Mounted, OwnedFd), FuseError> {
+pub fn mount(mountpoint: &Path, allow_other: bool) -> Result<(Mounted, OwnedFd), Error> {
     use fuser::MountOption;
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -228,9 +228,13 @@ pub fn mount(mountpoint: &Path, allow_other: bool) -> Result<(Mounted, OwnedFd),
         MountOption::NoAtime,
     ];
     config.acl = if allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
-    let session = fuser::Session::new(Handshake, mountpoint, &config)
-        .map_err(|source| FuseError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
-    let channel = session.as_fd().try_clone_to_owned().map_err(|source| FuseError::Io {
+    let session =
+        fuser::Session::new(Handshake, mountpoint, &config).map_err(|source| Error::Mount {
+            mountpoint: mountpoint.to_path_buf(),
+            // fusermount3's own message ends in a newline: the error must stay on one line.
+            source: std::io::Error::new(source.kind(), source.to_string().trim_end().to_string()),
+        })?;
+    let channel = session.as_fd().try_clone_to_owned().map_err(|source| Error::Io {
         action: "duplicate",
         what: "the FUSE connection".to_string(),
         source,

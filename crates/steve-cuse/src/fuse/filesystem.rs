@@ -4,7 +4,7 @@
 //! a CUSE device.
 #![forbid(unsafe_code)]
 
-use crate::abi::{self, Attr, Dirent, InHeader, Request, ROOT_ID};
+use crate::ll::{self, Attr, Dirent, InHeader, Request, ROOT_ID};
 
 /// The node id of the jobserver file.
 pub const FILE_ID: u64 = 2;
@@ -52,34 +52,34 @@ impl OneFile {
     /// are the session's).
     pub fn answer(&self, header: &InHeader, request: &Request<'_>) -> Option<Vec<u8>> {
         let unique = header.unique;
-        let not_found = || abi::reply_error(unique, nix::libc::ENOENT);
+        let not_found = || ll::reply_error(unique, nix::libc::ENOENT);
         let reply = match request {
             Request::Lookup { name } => {
                 if header.nodeid == ROOT_ID && *name == self.name.as_bytes() {
                     let attr = self.attr(FILE_ID).expect("the file has attributes");
-                    abi::reply_entry(unique, &attr, VALID_SECONDS)
+                    ll::reply_entry(unique, &attr, VALID_SECONDS)
                 } else {
                     not_found()
                 }
             }
             Request::Getattr => match self.attr(header.nodeid) {
-                Some(attr) => abi::reply_attr(unique, &attr, VALID_SECONDS),
+                Some(attr) => ll::reply_attr(unique, &attr, VALID_SECONDS),
                 None => not_found(),
             },
             // Mode and owner are the daemon's options; the file has no size to truncate.
-            Request::Setattr => abi::reply_error(unique, nix::libc::EPERM),
-            Request::Statfs => abi::reply_statfs(unique, 2),
-            Request::Opendir if header.nodeid == ROOT_ID => abi::reply_open(unique, 0, 0),
-            Request::Opendir => abi::reply_error(unique, nix::libc::ENOTDIR),
+            Request::Setattr => ll::reply_error(unique, nix::libc::EPERM),
+            Request::Statfs => ll::reply_statfs(unique, 2),
+            Request::Opendir if header.nodeid == ROOT_ID => ll::reply_open(unique, 0, 0),
+            Request::Opendir => ll::reply_error(unique, nix::libc::ENOTDIR),
             Request::Readdir { offset, size } => {
                 let entries = [
                     Dirent { ino: ROOT_ID, kind: DT_DIR, name: b"." },
                     Dirent { ino: ROOT_ID, kind: DT_DIR, name: b".." },
                     Dirent { ino: FILE_ID, kind: DT_REG, name: self.name.as_bytes() },
                 ];
-                abi::reply_dirents(unique, &entries, *offset, *size)
+                ll::reply_dirents(unique, &entries, *offset, *size)
             }
-            Request::Releasedir => abi::reply_empty(unique),
+            Request::Releasedir => ll::reply_empty(unique),
             _ => return None,
         };
         Some(reply)
@@ -89,10 +89,10 @@ impl OneFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::kernel;
+    use crate::ll::kernel;
 
     fn answer(file: &OneFile, message: &[u8]) -> (i32, Vec<u8>) {
-        let (header, request) = abi::parse(message).unwrap();
+        let (header, request) = ll::parse(message).unwrap();
         let reply = file.answer(&header, &request).expect("a filesystem request");
         let (_, error, unique, payload) = kernel::split_reply(&reply);
         assert_eq!(unique, header.unique);
@@ -119,7 +119,7 @@ mod tests {
         let (_, listing) = answer(&file, &kernel::readdir(6, ROOT_ID, 2, 4096));
         assert_eq!(&listing[24..33], b"jobserver", "the third entry");
         let read = kernel::read(7, 1, 1, 1, 0);
-        let (header, request) = abi::parse(&read).unwrap();
+        let (header, request) = ll::parse(&read).unwrap();
         assert_eq!(file.answer(&header, &request), None, "reads are the device's");
     }
 }

@@ -1,20 +1,35 @@
-//! `steve serve --backend fuse`: mounts the one-file filesystem, announces the MAKEFLAGS and
-//! serves the file with the device semantics until stopped, then unmounts.
+//! Backend `fuse`: the jobserver as a file, `MOUNTPOINT/jobserver`, on a FUSE mount, with the
+//! same per-process accounting as `/dev/steve`.
+//!
+//! The [fuser] crate mounts the filesystem (`mount(2)` as root, `fusermount3` otherwise) and
+//! answers the kernel's INIT; from then on the requests are served by this crate's
+//! [`Session`], the same loop that serves `/dev/steve`, with a
+//! [`OneFile`] answering the filesystem requests. fuser's own request loop is not used because
+//! it answers FUSE_INTERRUPT with ENOSYS, after which the kernel sends no interrupts at all: a
+//! client blocked in a read could then neither take a signal nor die until a token came (see
+//! `docs/design.md`).
+//!
+//! - [`filesystem`]: the root directory and its one file;
+//! - [`mount`]: where to mount, finding and clearing a stale mount, mounting and unmounting;
+//! - this module: availability, options, serving until a stop signal.
 #![forbid(unsafe_code)]
+
+pub mod filesystem;
+pub mod mount;
 
 use std::path::PathBuf;
 
+use crate::cuse as serve;
+use crate::session::{Ended, Session};
+use filesystem::OneFile;
 use nix::unistd::{getegid, geteuid, AccessFlags};
 use steve_core::backend::{Announcement, Availability, BackendError, ServeConfig};
 use steve_core::device::Device;
 use steve_core::signals::Signals;
-use steve_cuse::filesystem::OneFile;
-use steve_cuse::serve;
-use steve_cuse::session::{Ended, Session};
 use tracing::{info, warn};
 
-use crate::error::FuseError;
-use crate::mount::{self, Mounted, FILE_NAME};
+use crate::error::Error;
+use mount::{Mounted, FILE_NAME};
 
 /// The kernel's FUSE device.
 pub const FUSE_PATH: &str = "/dev/fuse";
@@ -66,7 +81,7 @@ pub fn serve(
     announce: &mut dyn FnMut(&Announcement),
 ) -> Result<(), BackendError> {
     // Blocked before the mount exists, so that a stop signal is never lost.
-    let mut signals = Signals::block().map_err(|errno| FuseError::Io {
+    let mut signals = Signals::block().map_err(|errno| Error::Io {
         action: "block signals for",
         what: "the server".to_string(),
         source: errno.into(),
@@ -77,7 +92,7 @@ pub fn serve(
     // The connection goes first, so that clients still waiting are failed, not left hanging.
     drop(session);
     mounted.unmount();
-    match ended.map_err(FuseError::from)? {
+    match ended? {
         Ended::Stopped(signal) => info!("{signal} received: stopped"),
         Ended::Disconnected => {
             warn!("the kernel closed the FUSE connection (unmounted from outside?)")
@@ -87,10 +102,10 @@ pub fn serve(
 }
 
 /// Everything up to serving: checks, the mount point, the mount, the control socket.
-fn set_up(config: &ServeConfig) -> Result<(Mounted, Session, PathBuf, PathBuf), FuseError> {
+fn set_up(config: &ServeConfig) -> Result<(Mounted, Session, PathBuf, PathBuf), Error> {
     let jobs = serve::checked_jobs(config)?;
     if config.user.is_some() {
-        return Err(FuseError::Unsupported(
+        return Err(Error::Unsupported(
             "--user does not apply to the fuse backend: start steve as that user instead (it \
              mounts through fusermount3)",
         ));

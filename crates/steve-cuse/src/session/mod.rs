@@ -7,6 +7,8 @@
 //! per client process, with the next reservation expiry as the timeout.
 #![forbid(unsafe_code)]
 
+mod processes;
+
 use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
@@ -21,10 +23,10 @@ use steve_core::signals::{SignalEvent, Signals};
 use steve_core::status::{CounterReport, HolderReport, PoolReport, StatusReport, WaiterReport};
 use tracing::{debug, info, warn};
 
-use crate::abi::{self, Request};
-use crate::error::CuseError;
-use crate::filesystem::OneFile;
-use crate::processes::Processes;
+use crate::error::Error;
+use crate::fuse::filesystem::OneFile;
+use crate::ll::{self, Request};
+use crate::session::processes::Processes;
 
 /// The byte handed out as a token.
 const TOKEN: &[u8] = b"+";
@@ -76,35 +78,33 @@ pub enum Ended {
 
 impl Session {
     /// Answers the kernel's CUSE_INIT on `channel`, which registers `/dev/DEV_NAME`.
-    pub fn start(channel: OwnedFd, dev_name: &str, device: Device) -> Result<Session, CuseError> {
+    pub fn start(channel: OwnedFd, dev_name: &str, device: Device) -> Result<Session, Error> {
         let mut buffer = vec![0u8; BUFFER_LEN];
         let len = loop {
             match nix::unistd::read(&channel, &mut buffer) {
                 Ok(len) => break len,
                 Err(Errno::EINTR) => continue,
-                Err(errno) => {
-                    return Err(CuseError::io("read CUSE_INIT from", "the channel", errno))
-                }
+                Err(errno) => return Err(Error::io("read CUSE_INIT from", "the channel", errno)),
             }
         };
-        let (header, request) = abi::parse(&buffer[..len]).map_err(CuseError::Protocol)?;
+        let (header, request) = ll::parse(&buffer[..len]).map_err(Error::Protocol)?;
         let Request::CuseInit { major, minor } = request else {
-            return Err(CuseError::Handshake(format!(
+            return Err(Error::Handshake(format!(
                 "expected CUSE_INIT, got opcode {}",
                 header.opcode
             )));
         };
-        if major != abi::KERNEL_VERSION || minor < abi::MIN_MINOR_VERSION {
-            return Err(CuseError::Handshake(format!(
+        if major != ll::KERNEL_VERSION || minor < ll::MIN_MINOR_VERSION {
+            return Err(Error::Handshake(format!(
                 "kernel speaks FUSE {major}.{minor}; steve needs {}.{} or later",
-                abi::KERNEL_VERSION,
-                abi::MIN_MINOR_VERSION
+                ll::KERNEL_VERSION,
+                ll::MIN_MINOR_VERSION
             )));
         }
-        let minor = minor.min(abi::KERNEL_MINOR_VERSION);
-        let reply = abi::reply_cuse_init(header.unique, minor, MAX_IO, MAX_IO, dev_name);
+        let minor = minor.min(ll::KERNEL_MINOR_VERSION);
+        let reply = ll::reply_cuse_init(header.unique, minor, MAX_IO, MAX_IO, dev_name);
         nix::unistd::write(&channel, &reply)
-            .map_err(|errno| CuseError::io("answer CUSE_INIT on", "the channel", errno))?;
+            .map_err(|errno| Error::io("answer CUSE_INIT on", "the channel", errno))?;
         debug!(major, minor, "CUSE connection up as /dev/{dev_name}");
         let dev_path = std::path::Path::new("/dev").join(dev_name);
         Session::serving(channel, device, "cuse", dev_path, None, buffer)
@@ -117,7 +117,7 @@ impl Session {
         device: Device,
         path: std::path::PathBuf,
         filesystem: OneFile,
-    ) -> Result<Session, CuseError> {
+    ) -> Result<Session, Error> {
         let buffer = vec![0u8; BUFFER_LEN];
         Session::serving(channel, device, "fuse", path, Some(filesystem), buffer)
     }
@@ -129,9 +129,9 @@ impl Session {
         path: std::path::PathBuf,
         filesystem: Option<OneFile>,
         buffer: Vec<u8>,
-    ) -> Result<Session, CuseError> {
+    ) -> Result<Session, Error> {
         fcntl(&channel, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
-            .map_err(|errno| CuseError::io("configure", "the channel", errno))?;
+            .map_err(|errno| Error::io("configure", "the channel", errno))?;
         let limits = Limits::new(device.counts().target);
         Ok(Session {
             channel,
@@ -190,7 +190,7 @@ impl Session {
 
     /// Serves until a stop signal or the end of the connection. Without `signals` (in tests)
     /// it serves until the channel closes.
-    pub fn run(&mut self, mut signals: Option<&mut Signals>) -> Result<Ended, CuseError> {
+    pub fn run(&mut self, mut signals: Option<&mut Signals>) -> Result<Ended, Error> {
         loop {
             let deadline = match (self.device.next_deadline(), self.governor.next_recheck()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -225,7 +225,7 @@ impl Session {
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(errno) => {
-                        return Err(CuseError::io("wait for events on", "the channel", errno))
+                        return Err(Error::io("wait for events on", "the channel", errno))
                     }
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|events| !events.is_empty());
@@ -247,7 +247,7 @@ impl Session {
                 let signals = signals.as_deref_mut().expect("polled only when present");
                 while let Some(received) = signals
                     .read_pending()
-                    .map_err(|errno| CuseError::io("read signals for", "the server", errno))?
+                    .map_err(|errno| Error::io("read signals for", "the server", errno))?
                 {
                     match received.event {
                         SignalEvent::Stop(signal) => return Ok(Ended::Stopped(signal)),
@@ -276,7 +276,7 @@ impl Session {
     }
 
     /// Handles every request waiting on the channel.
-    fn read_requests(&mut self) -> Result<Flow, CuseError> {
+    fn read_requests(&mut self) -> Result<Flow, Error> {
         loop {
             let len = match nix::unistd::read(&self.channel, &mut self.buffer) {
                 Ok(0) => return Ok(Flow::Disconnected),
@@ -284,9 +284,7 @@ impl Session {
                 Err(Errno::EAGAIN | Errno::EINTR) => return Ok(Flow::Continue),
                 // The kernel ended the connection (the device was removed).
                 Err(Errno::ENODEV) => return Ok(Flow::Disconnected),
-                Err(errno) => {
-                    return Err(CuseError::io("read requests from", "the channel", errno))
-                }
+                Err(errno) => return Err(Error::io("read requests from", "the channel", errno)),
             };
             let message = self.buffer[..len].to_vec();
             if self.handle(&message) == Flow::Disconnected {
@@ -298,12 +296,12 @@ impl Session {
 
     /// Handles one request.
     fn handle(&mut self, message: &[u8]) -> Flow {
-        let (header, request) = match abi::parse(message) {
+        let (header, request) = match ll::parse(message) {
             Ok(parsed) => parsed,
             Err(error) => {
                 warn!("{error}");
                 if let Some(unique) = error.unique {
-                    self.send(&abi::reply_error(unique, nix::libc::EIO));
+                    self.send(&ll::reply_error(unique, nix::libc::EIO));
                 }
                 return Flow::Continue;
             }
@@ -321,7 +319,7 @@ impl Session {
                 Ok(pid) => pid,
                 // The caller is already gone: nobody waits for an answer but the kernel.
                 Err(()) => {
-                    self.send(&abi::reply_error(unique, nix::libc::EINTR));
+                    self.send(&ll::reply_error(unique, nix::libc::EINTR));
                     return Flow::Continue;
                 }
             }
@@ -335,21 +333,21 @@ impl Session {
                 debug!(pid, fh, "open");
                 // A FUSE file's reads must all come here, none from the page cache.
                 let flags = match self.filesystem {
-                    Some(_) => abi::FOPEN_NONSEEKABLE | abi::FOPEN_DIRECT_IO,
-                    None => abi::FOPEN_NONSEEKABLE,
+                    Some(_) => ll::FOPEN_NONSEEKABLE | ll::FOPEN_DIRECT_IO,
+                    None => ll::FOPEN_NONSEEKABLE,
                 };
-                Some(abi::reply_open(unique, fh, flags))
+                Some(ll::reply_open(unique, fh, flags))
             }
-            Request::Read { size: 0, .. } => Some(abi::reply_data(unique, &[])),
+            Request::Read { size: 0, .. } => Some(ll::reply_data(unique, &[])),
             Request::Read { flags, .. } => {
                 self.refresh_limits(Instant::now());
                 let nonblocking = flags & nix::libc::O_NONBLOCK as u32 != 0;
                 match self.device.read(pid, RequestId(unique), nonblocking, Instant::now()) {
                     ReadOutcome::Token => {
                         debug!(pid, "token handed out");
-                        Some(abi::reply_data(unique, TOKEN))
+                        Some(ll::reply_data(unique, TOKEN))
                     }
-                    ReadOutcome::WouldBlock => Some(abi::reply_error(unique, nix::libc::EAGAIN)),
+                    ReadOutcome::WouldBlock => Some(ll::reply_error(unique, nix::libc::EAGAIN)),
                     ReadOutcome::Pending => {
                         debug!(pid, unique, "read waits");
                         None
@@ -358,33 +356,33 @@ impl Session {
             }
             Request::Write { data, .. } => match self.device.write(pid, data.len(), Instant::now())
             {
-                Ok(accepted) => Some(abi::reply_write(unique, accepted as u32)),
+                Ok(accepted) => Some(ll::reply_write(unique, accepted as u32)),
                 Err(_) => {
                     debug!(pid, "write of a token not held: ENOSPC");
-                    Some(abi::reply_error(unique, nix::libc::ENOSPC))
+                    Some(ll::reply_error(unique, nix::libc::ENOSPC))
                 }
             },
             Request::Poll { kh, flags, events, .. } => {
                 self.refresh_limits(Instant::now());
-                let notify = (flags & abi::POLL_SCHEDULE_NOTIFY != 0).then_some(PollHandle(kh));
+                let notify = (flags & ll::POLL_SCHEDULE_NOTIFY != 0).then_some(PollHandle(kh));
                 let readable = self.device.poll(pid, notify, Instant::now());
-                Some(abi::reply_poll(unique, poll_events(readable, events)))
+                Some(ll::reply_poll(unique, poll_events(readable, events)))
             }
             Request::Interrupt { target } => {
                 if self.device.interrupt(RequestId(target)) {
                     debug!(target, "waiting read interrupted");
-                    self.send(&abi::reply_error(target, nix::libc::EINTR));
+                    self.send(&ll::reply_error(target, nix::libc::EINTR));
                 }
                 // An interrupt is never answered itself.
                 None
             }
-            Request::Flush { .. } | Request::Release { .. } => Some(abi::reply_empty(unique)),
-            Request::Ioctl { .. } => Some(abi::reply_error(unique, nix::libc::ENOTTY)),
+            Request::Flush { .. } | Request::Release { .. } => Some(ll::reply_empty(unique)),
+            Request::Ioctl { .. } => Some(ll::reply_error(unique, nix::libc::ENOTTY)),
             Request::Destroy => {
-                self.send(&abi::reply_empty(unique));
+                self.send(&ll::reply_empty(unique));
                 return Flow::Disconnected;
             }
-            Request::CuseInit { .. } => Some(abi::reply_error(unique, nix::libc::EPROTO)),
+            Request::CuseInit { .. } => Some(ll::reply_error(unique, nix::libc::EPROTO)),
             Request::Forget => None,
             Request::Lookup { .. }
             | Request::Getattr
@@ -396,13 +394,13 @@ impl Session {
                 self.filesystem
                     .as_ref()
                     .and_then(|filesystem| filesystem.answer(&header, &request))
-                    .unwrap_or_else(|| abi::reply_error(unique, nix::libc::ENOSYS)),
+                    .unwrap_or_else(|| ll::reply_error(unique, nix::libc::ENOSYS)),
             ),
             Request::Unknown => {
                 if self.unknown_opcodes.insert(header.opcode) {
                     warn!(opcode = header.opcode, "request with an unknown opcode answered ENOSYS");
                 }
-                Some(abi::reply_error(unique, nix::libc::ENOSYS))
+                Some(ll::reply_error(unique, nix::libc::ENOSYS))
             }
         };
         if let Some(reply) = reply {
@@ -451,12 +449,12 @@ impl Session {
             let message = match event {
                 Event::Answer { request, pid } => {
                     debug!(pid, request = request.0, "waiting read answered");
-                    abi::reply_data(request.0, TOKEN)
+                    ll::reply_data(request.0, TOKEN)
                 }
-                Event::Interrupted { request } => abi::reply_error(request.0, nix::libc::EINTR),
+                Event::Interrupted { request } => ll::reply_error(request.0, nix::libc::EINTR),
                 Event::Wake { handle, pid } => {
                     debug!(pid, "token reserved for a poller; waking it");
-                    abi::notify_poll(handle.0)
+                    ll::notify_poll(handle.0)
                 }
             };
             self.send(&message);
@@ -557,7 +555,7 @@ impl Controlled for Session {
 
     fn apply(&mut self, settings: &[(String, String)]) -> Result<(), String> {
         let mut limits = self.governor.limits().clone();
-        limits.apply(settings, crate::error::MAX_JOBS).map_err(|error| error.to_string())?;
+        limits.apply(settings, crate::MAX_JOBS).map_err(|error| error.to_string())?;
         info!("settings changed: {settings:?}");
         let now = Instant::now();
         self.device.set_jobs(limits.jobs, now);
