@@ -1,12 +1,15 @@
 //! `steve status`, `steve get` and `steve set`: clients of a running server's control socket,
 //! whatever its backend. The socket is `--control`, else `$STEVE_CONTROL`, else the one beside
-//! the jobserver MAKEFLAGS names, else the default places (see `steve_core::control`).
+//! the jobserver MAKEFLAGS names, else the default places of every backend (see
+//! `steve_core::server::control`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use steve_core::control::{ask, find_socket, Request, Response};
+use steve_core::server::control::{ask, find_socket, Request, Response};
 use steve_core::status::StatusReport;
+
+use crate::output;
 
 /// Options of `steve status`.
 #[derive(Debug, clap::Args)]
@@ -75,9 +78,9 @@ pub fn fetch_status(control: Option<&std::path::Path>) -> anyhow::Result<StatusR
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let report = fetch_status(args.control.as_deref())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        output::line(&serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!("{report}");
+        output::line(&report.to_string())?;
     }
     Ok(())
 }
@@ -87,7 +90,7 @@ pub fn get(args: GetArgs) -> anyhow::Result<()> {
     match exchange(args.control.as_deref(), &Request::Get { keys: args.keys })? {
         Response::Values { values } => {
             for (_, value) in values {
-                println!("{value}");
+                output::line(&value)?;
             }
             Ok(())
         }
@@ -100,7 +103,7 @@ pub fn set(args: SetArgs) -> anyhow::Result<()> {
     match exchange(args.control.as_deref(), &Request::Set { settings: args.settings })? {
         Response::Values { values } => {
             for (key, value) in values {
-                println!("{key}={value}");
+                output::line(&format!("{key}={value}"))?;
             }
             Ok(())
         }

@@ -3,16 +3,17 @@
 //! on steve-core's client library.
 //!
 //! The jobserver is the one MAKEFLAGS (CARGO_MAKEFLAGS, MFLAGS) names; when none does, the
-//! machine's steve: `/dev/steve`, `/run/steve/fuse/jobserver`, `/run/steve/jobserver`, or under
-//! `$XDG_RUNTIME_DIR/steve` `fuse/jobserver` or `jobserver`, the first that exists.
+//! machine's steve: the first default place of any backend, in `--backend auto`'s order, that
+//! exists (`/dev/steve`, `/run/steve/fuse/jobserver`, `/run/steve/jobserver`, and the same under
+//! `$XDG_RUNTIME_DIR/steve`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::fmt;
+use std::process::{Command, ExitStatus};
 
-use anyhow::{bail, Context};
 use steve_core::client::{Client, ClientError};
 use steve_core::makeflags::{Jobs, JobserverAuth, MakeFlags};
-use steve_core::signals::{supervise, Signals};
+use steve_core::server::signals::{supervise, Signals};
+use steve_core::server::ErrorKind;
 use tracing::debug;
 
 use crate::CommandLine;
@@ -24,68 +25,98 @@ pub struct ExecArgs {
     command: CommandLine,
 }
 
-/// The command could not be started (the exit status says 126 or 127, as env(1)).
+/// Why `steve exec` could not run its command.
 #[derive(Debug)]
-pub struct SpawnFailed {
-    /// The command's name.
-    pub command: String,
-    /// Why.
-    pub source: std::io::Error,
+pub enum ExecError {
+    /// No jobserver in the environment, and no steve serving here.
+    NoJobserver,
+    /// The jobserver could not be joined or read.
+    Client(ClientError),
+    /// Signals could not be blocked, or the command could not be waited for.
+    Supervise(std::io::Error),
+    /// The command could not be started.
+    Spawn {
+        /// The command's name.
+        command: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
-impl std::fmt::Display for SpawnFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot run {}: {}", self.command, self.source)
+impl ExecError {
+    /// What kind of failure it is, for the exit code (126 or 127 as env(1), else 125).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ExecError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::CommandNotFound
+            }
+            ExecError::Spawn { .. } => ErrorKind::CommandNotExecutable,
+            _ => ErrorKind::Failed,
+        }
     }
 }
 
-impl std::error::Error for SpawnFailed {}
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecError::NoJobserver => {
+                f.write_str("no jobserver in MAKEFLAGS and no steve serving on this machine")
+            }
+            ExecError::Client(error) => write!(f, "{error}"),
+            ExecError::Supervise(_) => f.write_str("cannot supervise the command"),
+            ExecError::Spawn { command, .. } => write!(f, "cannot run {command}"),
+        }
+    }
+}
+
+impl std::error::Error for ExecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ExecError::Client(error) => error.source(),
+            ExecError::Supervise(source) | ExecError::Spawn { source, .. } => Some(source),
+            ExecError::NoJobserver => None,
+        }
+    }
+}
 
 /// Where the machine's steve serves, when the environment names no jobserver.
-fn system_jobserver() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> =
-        ["/dev/steve", "/run/steve/fuse/jobserver", "/run/steve/jobserver"]
-            .map(PathBuf::from)
-            .into();
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        candidates.push(Path::new(&dir).join("steve/fuse/jobserver"));
-        candidates.push(Path::new(&dir).join("steve/jobserver"));
-    }
-    candidates.into_iter().find(|path| path.exists())
+fn system_jobserver() -> Option<std::path::PathBuf> {
+    steve_core::server::backend::default_places()
+        .into_iter()
+        .map(|place| place.jobserver)
+        .find(|path| path.exists())
 }
 
 /// Runs `steve exec`; returns the command's exit status.
-pub fn run(args: ExecArgs) -> anyhow::Result<std::process::ExitStatus> {
-    let (program, rest) = args.command.command.split_first().context("no command given")?;
+pub fn run(args: ExecArgs) -> Result<ExitStatus, ExecError> {
+    let (program, rest) = args.command.command.split_first().expect("clap requires a command");
     let mut command = Command::new(program);
     command.args(rest);
     let client = match Client::from_env() {
         Ok(client) => Some(client),
         Err(ClientError::NoJobserver) => {
-            let Some(path) = system_jobserver() else {
-                bail!("no jobserver in MAKEFLAGS and no steve serving on this machine");
-            };
+            let path = system_jobserver().ok_or(ExecError::NoJobserver)?;
             let auth = JobserverAuth::Fifo(path);
             let flags =
                 MakeFlags::default().with_jobserver(Jobs::Unlimited, auth.clone()).to_string();
             command.env("MAKEFLAGS", &flags).env("CARGO_MAKEFLAGS", &flags);
-            Some(Client::open(&auth)?)
+            Some(Client::open(&auth).map_err(ExecError::Client)?)
         }
         // A dry run runs no jobs: nothing to take a token for.
         Err(ClientError::DryRun { .. }) => None,
-        Err(error) => return Err(error.into()),
+        Err(error) => return Err(ExecError::Client(error)),
     };
-    let mut signals = Signals::block().context("blocking signals")?;
+    let mut signals = Signals::block().map_err(|errno| ExecError::Supervise(errno.into()))?;
     let token = match &client {
-        Some(client) => Some(client.acquire()?),
+        Some(client) => Some(client.acquire().map_err(ExecError::Client)?),
         None => None,
     };
     debug!(token = ?token.as_ref().map(|t| t.byte() as char), "running {:?}", args.command.command);
-    let mut child = command.spawn().map_err(|source| SpawnFailed {
+    let mut child = command.spawn().map_err(|source| ExecError::Spawn {
         command: program.to_string_lossy().into_owned(),
         source,
     })?;
-    let status = supervise(&mut child, &mut signals, &mut || {})?;
+    let status = supervise(&mut child, &mut signals, &mut || {}).map_err(ExecError::Supervise)?;
     drop(token);
     Ok(status)
 }

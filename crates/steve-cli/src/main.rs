@@ -1,21 +1,23 @@
 //! `steve`: the command line. Parses arguments, sets up logging, and hands the work to the
-//! backend chosen from steve-core's registry; no protocol logic lives here.
+//! backend chosen from steve-core's registry; it names no backend, and no protocol logic lives
+//! here.
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
-use steve_core::backend::{
-    self, Announcement, Availability, RunConfig, RunStyle, ServeConfig, Start,
-};
-use steve_core::limits::Limits;
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use steve_core::accounting::limits::{Limits, Settings};
+use steve_core::server::backend::{self, Availability, Backend, RunConfig, ServeConfig, Start};
+use steve_core::server::{Announcement, ErrorKind};
+use steve_core::{JobCount, Style};
 use tracing::info;
 
 mod control;
 mod exec;
+mod output;
 mod top;
 
 // Referenced so that the linker keeps each backend crate and its registry entries.
@@ -52,16 +54,17 @@ enum Commands {
     Set(control::SetArgs),
     /// Watch a running server's holders, waiters and limits live (q quits).
     Top(top::TopArgs),
-    /// List the backends and whether each works on this machine.
+    /// List the backends, whether each works on this machine, and the options each takes.
     Backends,
 }
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Which backend serves: `steve backends` lists them.
+    /// Which backend serves: `steve backends` lists them. `auto` takes the first that works
+    /// here and takes every option given.
     #[arg(long, default_value = "auto")]
     backend: String,
-    /// Where clients find the jobserver [default: /run/steve/jobserver as root,
+    /// fifo: where clients find the named pipe [default: /run/steve/jobserver as root,
     /// $XDG_RUNTIME_DIR/steve/jobserver otherwise].
     #[arg(long)]
     path: Option<PathBuf>,
@@ -69,27 +72,28 @@ struct ServeArgs {
     /// as root, $XDG_RUNTIME_DIR/steve/fuse otherwise].
     #[arg(long, value_name = "DIR")]
     mountpoint: Option<PathBuf>,
-    /// Number of job tokens [default: the number of CPUs].
+    /// Number of job tokens, 1 to 4096 (-j8, -j 8, --jobs=8, --jobs 8) [default: the number
+    /// of CPUs].
     #[arg(short, long, value_name = "N")]
-    jobs: Option<u32>,
-    /// Permission bits of the path, in octal [default: 0600 for a user's server; for root's,
-    /// 0666, or 0660 with --group].
+    jobs: Option<JobCount>,
+    /// Permission bits of the jobserver and the control socket, in octal [default: 0600 for a
+    /// user's server; for root's, 0666, or 0660 with --group].
     #[arg(long, value_parser = parse_mode)]
     mode: Option<u32>,
-    /// Group to give the path (name or number).
+    /// Group to give the jobserver and the control socket (name or number).
     #[arg(long)]
     group: Option<String>,
-    /// cuse: the device's name under /dev.
-    #[arg(long, value_name = "NAME", default_value = "steve")]
-    dev_name: String,
-    /// cuse: the user to run as once the device is set up (name or number). A fuse server
-    /// runs as the user who starts it.
+    /// cuse: the device's name under /dev [default: steve].
+    #[arg(long, value_name = "NAME")]
+    dev_name: Option<String>,
+    /// cuse: the user to run as once the device and the control socket are set up (name or
+    /// number). A fuse server runs as the user who starts it.
     #[arg(long)]
     user: Option<String>,
     /// cuse, fuse: how long a token reserved for a poll()ing client waits for its read, in
-    /// milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 500)]
-    poll_reservation_ms: u64,
+    /// milliseconds [default: 500].
+    #[arg(long, value_name = "MS")]
+    poll_reservation_ms: Option<u64>,
     /// Hold tokens back while the 1-minute load average is at or above X.
     #[arg(long, value_name = "X")]
     load_average: Option<f64>,
@@ -102,7 +106,7 @@ struct ServeArgs {
     /// cuse, fuse: the most tokens one process may hold.
     #[arg(long, value_name = "K")]
     per_process_limit: Option<usize>,
-    /// Seconds between readings of the load and memory while over a limit.
+    /// Seconds between readings of the load and memory while a load or memory limit is set.
     #[arg(long, value_name = "S", default_value_t = 0.5)]
     load_recheck: f64,
     /// The control socket [default: beside the jobserver; for a device /dev/NAME,
@@ -113,73 +117,94 @@ struct ServeArgs {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Job slots for the command tree, its own implicit one included [default: the number of
-    /// CPUs].
+    /// Job slots for the command tree, its own implicit one included, 1 to 4096 (-j3, -j 3,
+    /// --jobs=3, --jobs 3) [default: the number of CPUs].
     #[arg(short, long, value_name = "N")]
-    jobs: Option<u32>,
+    jobs: Option<JobCount>,
     /// pipe: inherited descriptors (make 4.2 and later); fifo: a private named pipe (make 4.4).
-    #[arg(long, value_enum, default_value_t = Style::Pipe)]
+    #[arg(long, default_value_t = Style::Pipe, value_parser = parse_style)]
     style: Style,
     #[command(flatten)]
     command: CommandLine,
 }
 
-/// The command `steve run` and `steve exec` start, after `--`.
+/// The command `steve run` and `steve exec` start, after `--` or after steve's own options.
 #[derive(Debug, clap::Args)]
 pub struct CommandLine {
     /// The command and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Style {
-    Pipe,
-    Fifo,
-}
-
-/// The preference of `--backend auto`, best first.
-const AUTO_ORDER: [&str; 3] = ["cuse", "fuse", "fifo"];
-
-/// `steve run`'s own failures, told apart from the command's statuses as env(1) does.
+/// `steve run` and `steve exec`: their own failures told apart from the command's statuses, as
+/// env(1) does.
 const EXIT_STEVE_FAILED: u8 = 125;
 const EXIT_CANNOT_RUN: u8 = 126;
 const EXIT_NOT_FOUND: u8 = 127;
+/// Everything else: 2 for input that cannot be used (as clap's own errors), 1 for failures.
+const EXIT_USAGE: u8 = 2;
+const EXIT_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.verbose, cli.debug);
-    let outcome = match cli.command {
-        Commands::Serve(args) => serve(*args).map(|()| ExitCode::SUCCESS),
-        Commands::Run(args) => return run(args),
-        Commands::Exec(args) => {
-            return match exec::run(args) {
-                Ok(status) => ExitCode::from(exit_code_of(status)),
-                Err(error) => {
-                    eprintln!("steve: error: {error:#}");
-                    let code = match error.downcast_ref::<exec::SpawnFailed>() {
-                        Some(failed) => spawn_failure_code(&failed.source),
-                        None => EXIT_STEVE_FAILED,
-                    };
-                    ExitCode::from(code)
-                }
-            }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version.
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
         }
-        Commands::Status(args) => control::status(args).map(|()| ExitCode::SUCCESS),
-        Commands::Get(args) => control::get(args).map(|()| ExitCode::SUCCESS),
-        Commands::Set(args) => control::set(args).map(|()| ExitCode::SUCCESS),
-        Commands::Top(args) => top::run(args).map(|()| ExitCode::SUCCESS),
-        Commands::Backends => list_backends().map(|()| ExitCode::SUCCESS),
+        Err(error) => {
+            output::usage_error(&error.to_string());
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
-    outcome.unwrap_or_else(|error| {
-        eprintln!("steve: error: {error:#}");
-        ExitCode::FAILURE
-    })
+    init_logging(cli.verbose, cli.debug);
+    match cli.command {
+        Commands::Serve(args) => report(serve(*args), serve_exit_code),
+        Commands::Run(args) => run(args),
+        Commands::Exec(args) => match exec::run(args) {
+            Ok(status) => ExitCode::from(exit_code_of(status)),
+            Err(error) => {
+                output::error(&error);
+                ExitCode::from(command_exit_code(error.kind()))
+            }
+        },
+        Commands::Status(args) => report(control::status(args), |_| EXIT_FAILED),
+        Commands::Get(args) => report(control::get(args), |_| EXIT_FAILED),
+        Commands::Set(args) => report(control::set(args), |_| EXIT_FAILED),
+        Commands::Top(args) => report(top::run(args), |_| EXIT_FAILED),
+        Commands::Backends => report(list_backends(), |_| EXIT_FAILED),
+    }
+}
+
+/// Success, or the error in one line and the exit code `code` picks for it. A closed standard
+/// output (`steve status | head -1`) ends the command quietly.
+fn report(outcome: anyhow::Result<()>, code: fn(&anyhow::Error) -> u8) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if output::is_closed_stdout(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            output::error(&*error);
+            ExitCode::from(code(&error))
+        }
+    }
+}
+
+fn serve_exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<steve_core::server::Error>().map(|error| error.kind()) {
+        Some(ErrorKind::Usage) => EXIT_USAGE,
+        _ => EXIT_FAILED,
+    }
+}
+
+/// `steve run`'s and `steve exec`'s own failures: 127 when the command was not found, 126
+/// when it could not be started otherwise, 125 for anything else.
+fn command_exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::CommandNotFound => EXIT_NOT_FOUND,
+        ErrorKind::CommandNotExecutable => EXIT_CANNOT_RUN,
+        _ => EXIT_STEVE_FAILED,
+    }
 }
 
 fn init_logging(verbose: bool, debug: bool) {
@@ -201,10 +226,6 @@ fn init_logging(verbose: bool, debug: bool) {
         .init();
 }
 
-fn default_jobs() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-}
-
 fn parse_mode(text: &str) -> Result<u32, String> {
     match u32::from_str_radix(text, 8) {
         Ok(mode) if mode <= 0o7777 => Ok(mode),
@@ -212,13 +233,15 @@ fn parse_mode(text: &str) -> Result<u32, String> {
     }
 }
 
+fn parse_style(text: &str) -> Result<Style, String> {
+    text.parse()
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let chosen = choose_backend(&args.backend)?;
-    let Start::Server(start) = chosen.start else {
-        bail!("backend {} serves one command tree: use `steve run`", chosen.name);
-    };
-    let mut limits = Limits::new(args.jobs.unwrap_or_else(default_jobs) as usize);
-    let settings: Vec<(String, String)> = [
+    let jobs = args.jobs.unwrap_or_else(JobCount::cpus);
+    // The limits get the same checks as `steve set`.
+    let mut settings = Settings { jobs, limits: Limits::default() };
+    let given: Vec<(String, String)> = [
         ("load-average", args.load_average.map(|v| v.to_string())),
         ("min-jobs", Some(args.min_jobs.to_string())),
         ("min-memory-avail", args.min_memory_avail.map(|v| v.to_string())),
@@ -228,32 +251,35 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .into_iter()
     .filter_map(|(key, value)| Some((key.to_string(), value?)))
     .collect();
-    // The same checks as `steve set`; the backend checks `jobs` against what it serves.
-    limits.apply(&settings, usize::MAX).map_err(|error| anyhow!("--{error}"))?;
+    settings
+        .apply(&given)
+        .map_err(|error| steve_core::server::Error::usage(format!("--{error}")))?;
     let config = ServeConfig {
-        limits,
+        jobs,
+        limits: settings.limits,
         control: args.control,
-        path: args.path,
-        mountpoint: args.mountpoint,
         mode: args.mode,
         group: args.group,
-        device_name: Some(args.dev_name),
+        path: args.path,
+        mountpoint: args.mountpoint,
+        dev_name: args.dev_name,
         user: args.user,
-        poll_reservation: std::time::Duration::from_millis(args.poll_reservation_ms),
+        poll_reservation: args.poll_reservation_ms.map(std::time::Duration::from_millis),
     };
+    let chosen = choose_backend(&args.backend, &config)?;
     let mut announce = |announcement: &Announcement| {
         info!("clients use MAKEFLAGS='{}'", announcement.makeflags);
-        let mut stdout = std::io::stdout().lock();
-        // The first line on stdout says the server is ready, in a form a shell can use.
-        let _ = writeln!(stdout, "MAKEFLAGS='{}'", shell_quote_body(&announcement.makeflags));
-        if let Some(control) = &announcement.control {
-            info!("control socket: {}", control.display());
-            let control = control.display().to_string();
-            let _ = writeln!(stdout, "STEVE_CONTROL='{}'", shell_quote_body(&control));
-        }
-        let _ = stdout.flush();
+        info!("control socket: {}", announcement.control.display());
+        // The first lines on stdout say the server is ready, in a form a shell can use.
+        let control = announcement.control.display().to_string();
+        let _ = output::line(&format!(
+            "MAKEFLAGS='{}'\nSTEVE_CONTROL='{}'",
+            shell_quote_body(&announcement.makeflags),
+            shell_quote_body(&control)
+        ));
     };
-    start(&config, &mut announce).map_err(|error| anyhow!(error))
+    steve_core::server::serve(chosen, &config, &mut announce)?;
+    Ok(())
 }
 
 /// `text` made safe inside single quotes.
@@ -261,66 +287,66 @@ fn shell_quote_body(text: &str) -> String {
     text.replace('\'', r"'\''")
 }
 
-fn choose_backend(name: &str) -> anyhow::Result<&'static backend::Backend> {
+/// The backend `name` names, or for `auto` the first in the registry's order that works here
+/// and takes every option given.
+fn choose_backend(name: &str, config: &ServeConfig) -> anyhow::Result<&'static Backend> {
+    let usage = |message: String| anyhow::Error::new(steve_core::server::Error::usage(message));
     if name != "auto" {
-        let chosen = backend::find(name)
-            .with_context(|| format!("no backend named {name:?}; `steve backends` lists them"))?;
+        let chosen = backend::find(name).ok_or_else(|| {
+            usage(format!("no backend named {name:?}; `steve backends` lists them"))
+        })?;
+        // Options first: a wrong option is wrong on any machine.
+        chosen.check_options(config)?;
         if let Availability::Unavailable(why) = (chosen.availability)() {
-            bail!("backend {name} cannot work here: {why}");
+            bail!(steve_core::server::Error::unavailable(format!(
+                "backend {name} cannot work here: {why}"
+            )));
         }
         return Ok(chosen);
     }
-    for candidate in AUTO_ORDER {
-        let Some(found) = backend::find(candidate) else {
-            continue;
-        };
-        match (found.availability)() {
+    let given = config.given_options();
+    let mut passed_over = Vec::new();
+    for candidate in backend::auto_order() {
+        let reason = match (candidate.availability)() {
+            Availability::Unavailable(why) => why,
             Availability::Available => {
-                info!("backend {candidate} chosen: the first available of {AUTO_ORDER:?}");
-                return Ok(found);
+                match given.iter().find(|option| !candidate.takes(**option)) {
+                    Some(option) => format!("it takes no {}", option.flag()),
+                    None => {
+                        info!("backend {} chosen: the first that works here and takes the options given", candidate.name);
+                        return Ok(candidate);
+                    }
+                }
             }
-            Availability::Unavailable(why) => info!("backend {candidate} passed over: {why}"),
-        }
+        };
+        info!("backend {} passed over: {reason}", candidate.name);
+        passed_over.push(format!("{}: {reason}", candidate.name));
     }
-    bail!("no server backend works on this machine; `steve backends` says why")
+    Err(usage(format!(
+        "no server backend works here with the options given ({})",
+        passed_over.join("; ")
+    )))
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let Some(backend) = backend::find("pipe") else {
-        eprintln!("steve: error: the pipe backend is not built in");
+    let Some(backend) = backend::command_tree() else {
+        output::error(&*anyhow::anyhow!("no command-tree backend is built in"));
         return ExitCode::from(EXIT_STEVE_FAILED);
     };
     let Start::CommandTree(start) = backend.start else {
-        eprintln!("steve: error: the pipe backend cannot run a command tree");
-        return ExitCode::from(EXIT_STEVE_FAILED);
+        unreachable!("command_tree() finds a command-tree backend");
     };
     let config = RunConfig {
-        jobs: args.jobs.unwrap_or_else(default_jobs),
-        style: match args.style {
-            Style::Pipe => RunStyle::Pipe,
-            Style::Fifo => RunStyle::Fifo,
-        },
+        jobs: args.jobs.unwrap_or_else(JobCount::cpus),
+        style: args.style,
         command: args.command.command,
     };
     match start(&config) {
         Ok(status) => ExitCode::from(exit_code_of(status)),
         Err(error) => {
-            eprintln!("steve: error: {error}");
-            let code = match error.downcast_ref::<steve_fifo::FifoError>() {
-                Some(steve_fifo::FifoError::Spawn { source, .. }) => spawn_failure_code(source),
-                _ => EXIT_STEVE_FAILED,
-            };
-            ExitCode::from(code)
+            output::error(&error);
+            ExitCode::from(command_exit_code(error.kind()))
         }
-    }
-}
-
-/// 127 when the command was not found, 126 when it could not be started otherwise (as env(1)).
-fn spawn_failure_code(error: &std::io::Error) -> u8 {
-    if error.kind() == std::io::ErrorKind::NotFound {
-        EXIT_NOT_FOUND
-    } else {
-        EXIT_CANNOT_RUN
     }
 }
 
@@ -350,6 +376,12 @@ fn list_backends() -> anyhow::Result<()> {
             "{:<6} {:<12} {availability}\n       {}",
             found.name, kind, found.summary
         )?;
+        if matches!(found.start, Start::Server(_)) {
+            let own: Vec<&str> = found.options.iter().map(|option| option.flag()).collect();
+            let own = if own.is_empty() { "none".to_string() } else { own.join(" ") };
+            writeln!(stdout, "       own options: {own}")?;
+        }
     }
+    stdout.flush().context("writing the list")?;
     Ok(())
 }

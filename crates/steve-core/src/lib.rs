@@ -1,38 +1,53 @@
-//! steve-core: the part of steve every transport shares.
+//! steve-core: what every part of steve shares, laid out by who uses it.
 //!
 //! steve is a GNU-make-compatible jobserver: one pool of job tokens shared by every build on a
 //! machine, so that `make -j`, ninja, cargo and GCC's LTO do not each size themselves for the
-//! whole machine. This crate holds what does not depend on how tokens travel:
+//! whole machine.
 //!
-//! - [`ledger`]: the pool, who holds what, one fair queue of waiters, reclaim and resizing;
-//! - [`makeflags`]: reading and writing the `MAKEFLAGS` that tell clients where the jobserver is;
-//! - [`device`]: the rules of a per-process jobserver device, written once for every transport;
-//! - [`accounts`]: users and groups named on the command line;
-//! - [`client`]: the client library: join or create a jobserver, take tokens, run jobs;
-//! - [`backend`]: the registry through which transport crates (named pipe, CUSE, ...) plug in;
-//! - [`limits`]: load, memory and per-process limits, and what they allow now;
-//! - [`status`]: the report a server gives of itself, the same for every backend;
-//! - [`control`]: the control socket every server listens on (`steve status`, `get`, `set`);
-//! - [`signals`]: signals read from a signalfd in a server's one poll loop.
+//! - **Build tools** embed the client library, re-exported here at the root: [`Client`] joins
+//!   the jobserver a tool was given, [`Token`] gives back the byte it read when dropped,
+//!   [`Jobserver`] creates one for a command tree, [`JobPool`] runs commands under tokens.
+//!   See `examples/` for runnable programs.
+//! - **Backend crates** implement [`server::Server`] and register a
+//!   [`server::Backend`]; [`server`] holds the contract, the one event loop, the control socket
+//!   and signals.
+//! - **Everyone** shares the pure parts, which forbid unsafe code and do no I/O:
+//!   [`accounting`] (the pool arithmetic, the ledger, the device semantics, the limits),
+//!   [`makeflags`] (reading and writing the `MAKEFLAGS` that name a jobserver) and [`status`]
+//!   (the report a server gives of itself).
+//!
+//! Raw OS calls without a safe wrapper live in one module, `sys`, each with its SAFETY note.
 //!
 //! ```
-//! use steve_core::ledger::{Acquire, Ledger, Wait};
-//! use steve_core::makeflags::{jobserver_makeflags, JobserverAuth};
+//! use steve_core::{Client, JobCount, Jobserver, Style};
 //!
-//! let mut pool = Ledger::new(4);
-//! assert_eq!(pool.acquire(std::process::id(), Wait::NoWait), Acquire::Granted);
-//! let flags = jobserver_makeflags(4, JobserverAuth::Fifo("/run/steve/jobserver".into()));
-//! assert_eq!(flags, " -j4 --jobserver-auth=fifo:/run/steve/jobserver");
+//! // A private jobserver of 2 job slots, as `steve run -j2` makes for its command.
+//! let jobserver = Jobserver::create(JobCount::new(2)?, Style::Pipe)?;
+//! let client: Client = jobserver.client()?;
+//! let implicit = client.take_implicit().expect("every client has one implicit token");
+//! let token = client.acquire()?; // the one token in the pipe
+//! assert!(client.try_acquire()?.is_none(), "both slots are in use");
+//! drop((token, implicit)); // the byte goes back
+//! assert_eq!(jobserver.close()?.missing, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+#![deny(missing_docs)]
 
-pub mod accounts;
-pub mod backend;
+pub mod accounting;
 pub mod client;
-pub mod control;
-pub mod device;
-pub mod ledger;
-pub mod limits;
 pub mod makeflags;
-pub mod signals;
+pub mod server;
 pub mod status;
-pub mod sys;
+mod sys;
+
+pub use accounting::pool::{JobCount, MAX_JOBS};
+pub use client::{
+    Client, ClientError, CloseReport, Finished, ImplicitToken, JobId, JobPool, Jobserver, Style,
+    Token,
+};
+
+/// The raw OS calls other steve crates need (a pidfd, the bytes in a pipe), re-exported from
+/// the one module that makes them.
+pub mod os {
+    pub use crate::sys::{bytes_in_pipe, pidfd_open};
+}

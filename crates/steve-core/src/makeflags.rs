@@ -27,6 +27,8 @@ use std::fmt;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
+use crate::accounting::pool::JobCount;
+
 /// The environment variables a client reads, in the order it looks at them: the first one that
 /// is set is used, even when it names no jobserver (as the jobserver crate and cargo do).
 pub const ENV_VARS: [&str; 3] = ["CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS"];
@@ -220,8 +222,15 @@ impl fmt::Display for MakeFlags {
 }
 
 /// The MAKEFLAGS a client should be given to use `auth` with `jobs` job slots.
-pub fn jobserver_makeflags(jobs: u32, auth: JobserverAuth) -> String {
-    MakeFlags::default().with_jobserver(Jobs::Limit(jobs), auth).to_string()
+pub fn jobserver_makeflags(jobs: JobCount, auth: JobserverAuth) -> String {
+    MakeFlags::default().with_jobserver(Jobs::from(jobs), auth).to_string()
+}
+
+impl From<JobCount> for Jobs {
+    fn from(jobs: JobCount) -> Jobs {
+        // A JobCount is at most MAX_JOBS, far below u32::MAX.
+        Jobs::Limit(jobs.get() as u32)
+    }
 }
 
 /// Which variable named the jobserver, and what it said.
@@ -431,12 +440,21 @@ mod tests {
 
     #[test]
     fn writes_what_make_writes_and_reads_back() {
-        let fifo = jobserver_makeflags(8, JobserverAuth::Fifo("/run/steve/jobserver".into()));
+        let fifo = jobserver_makeflags(
+            JobCount::new(8).unwrap(),
+            JobserverAuth::Fifo("/run/steve/jobserver".into()),
+        );
         assert_eq!(fifo, " -j8 --jobserver-auth=fifo:/run/steve/jobserver");
-        let fds = jobserver_makeflags(4, JobserverAuth::Fds { read: 3, write: 4 });
+        let fds = jobserver_makeflags(
+            JobCount::new(4).unwrap(),
+            JobserverAuth::Fds { read: 3, write: 4 },
+        );
         assert_eq!(fds, " -j4 --jobserver-fds=3,4 --jobserver-auth=3,4");
         let spaced = JobserverAuth::Fifo("/tmp/a dir/jobserver".into());
-        assert_eq!(auth(&jobserver_makeflags(2, spaced.clone())), Some(spaced));
+        assert_eq!(
+            auth(&jobserver_makeflags(JobCount::new(2).unwrap(), spaced.clone())),
+            Some(spaced)
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The status of a server, the same for every backend: what `steve status` shows (as text or
-//! JSON), what SIGUSR1 writes to the log, and what `steve get` reads values from.
+//! JSON), what SIGUSR1 writes to the log, and what `steve get` reads values from. A model only:
+//! the server's event loop fills in what every server has, and each backend its
+//! [`BackendReport`].
 //!
 //! Every field is documented in `docs/reference.md`; a test checks that the docs name each key
 //! a real server reports.
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{Limits, Pressure, SystemReading};
+use crate::accounting::limits::{Pressure, Settings, SystemReading};
 
 /// A server's state at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,8 +29,8 @@ pub struct StatusReport {
     pub uptime_seconds: f64,
     /// The tokens.
     pub pool: PoolReport,
-    /// The limits in force.
-    pub limits: Limits,
+    /// The settings in force: `jobs` and the limits.
+    pub limits: Settings,
     /// The last reading of the system.
     pub system: SystemReading,
     /// Why tokens are held back now, if they are.
@@ -37,6 +39,41 @@ pub struct StatusReport {
     /// that have the jobserver open (a pipe cannot say who holds what).
     pub holders_exact: bool,
     /// The processes holding tokens (or, for a pipe, having it open), by pid.
+    pub holders: Vec<HolderReport>,
+    /// The waiting requests, oldest first; `None` where the transport cannot see them.
+    pub waiters: Option<Vec<WaiterReport>>,
+    /// Running totals.
+    pub counters: CounterReport,
+}
+
+/// What every server reports the same way: which it is, and the limits and system it works
+/// under. [`StatusReport::assemble`] adds the backend's own part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportHeader {
+    /// The backend's name.
+    pub backend: String,
+    /// The path clients open.
+    pub path: PathBuf,
+    /// The control socket, if the server has one.
+    pub control: Option<PathBuf>,
+    /// Seconds since the server started.
+    pub uptime_seconds: f64,
+    /// The settings in force.
+    pub limits: Settings,
+    /// The last reading of the system.
+    pub system: SystemReading,
+    /// Why tokens are held back now, if they are.
+    pub limited_by: Option<Pressure>,
+}
+
+/// What a backend reports of itself; the server adds its name, path, limits and the system.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendReport {
+    /// The tokens.
+    pub pool: PoolReport,
+    /// Whether `holders` counts tokens per process (see [`StatusReport::holders_exact`]).
+    pub holders_exact: bool,
+    /// The processes holding tokens (or, for a pipe, having it open).
     pub holders: Vec<HolderReport>,
     /// The waiting requests, oldest first; `None` where the transport cannot see them.
     pub waiters: Option<Vec<WaiterReport>>,
@@ -111,6 +148,25 @@ pub const STATUS_KEYS: [&str; 8] =
     ["size", "free", "held", "withheld", "waiters", "holders", "load", "memory-available"];
 
 impl StatusReport {
+    /// The report of this process's server: the common `header` and the backend's `part`.
+    pub fn assemble(header: ReportHeader, part: BackendReport) -> StatusReport {
+        StatusReport {
+            backend: header.backend,
+            path: header.path,
+            control: header.control,
+            daemon_pid: std::process::id(),
+            uptime_seconds: header.uptime_seconds,
+            pool: part.pool,
+            limits: header.limits,
+            system: header.system,
+            limited_by: header.limited_by,
+            holders_exact: part.holders_exact,
+            holders: part.holders,
+            waiters: part.waiters,
+            counters: part.counters,
+        }
+    }
+
     /// A value by key, as `steve get` prints it: any setting (`jobs`, `load-average`, ...) or
     /// one of [`STATUS_KEYS`].
     pub fn value(&self, key: &str) -> Option<String> {
@@ -150,7 +206,7 @@ impl fmt::Display for StatusReport {
             write!(f, ", {} lent", pool.lent)?;
         }
         writeln!(f)?;
-        let limits = &self.limits;
+        let limits = &self.limits.limits;
         let or_none = |value: Option<String>| value.unwrap_or_else(|| "none".to_string());
         writeln!(
             f,
@@ -208,24 +264,6 @@ impl fmt::Display for StatusReport {
     }
 }
 
-/// A process's command line from `/proc/PID/cmdline` (arguments joined by spaces), or its
-/// `comm` name when that is empty (kernel threads, zombies).
-pub fn command_line(pid: u32) -> String {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let words: Vec<String> = raw
-        .split(|byte| *byte == 0)
-        .filter(|word| !word.is_empty())
-        .map(|word| String::from_utf8_lossy(word).into_owned())
-        .collect();
-    if words.is_empty() {
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|name| format!("[{}]", name.trim_end()))
-            .unwrap_or_else(|_| "?".to_string())
-    } else {
-        words.join(" ")
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -238,7 +276,10 @@ pub(crate) mod tests {
             daemon_pid: 42,
             uptime_seconds: 10.0,
             pool: PoolReport { jobs: 4, size: 4, free: 1, held: 3, withheld: 0, lent: 0 },
-            limits: Limits::new(4),
+            limits: Settings {
+                jobs: crate::accounting::pool::JobCount::new(4).unwrap(),
+                limits: Default::default(),
+            },
             system: SystemReading { load_average_1m: Some(1.5), memory_available_mib: Some(900) },
             limited_by: None,
             holders_exact: true,
@@ -282,13 +323,5 @@ pub(crate) mod tests {
             text.contains("tokens: 4 jobs, 4 in the pool: 1 free, 3 held, 0 withheld"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn command_lines_come_from_proc() {
-        let own = command_line(std::process::id());
-        let exe = std::env::current_exe().unwrap();
-        assert!(own.starts_with(&exe.display().to_string()), "{own}");
-        assert_eq!(command_line(u32::MAX), "?");
     }
 }

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use steve_core::ledger::{Acquire, Ledger, Wait, WaiterId};
+use steve_core::accounting::ledger::{Acquire, Grant, Ledger, Wait, WaiterId};
+use steve_core::accounting::pool::{JobCount, Pool};
 use steve_core::makeflags::{jobserver_makeflags, JobserverAuth, MakeFlags};
 
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u8..5).prop_map(|client| Op::Release { client }),
         1 => (0u8..5).prop_map(|client| Op::Reclaim { client }),
         1 => (0usize..8).prop_map(|nth_waiter| Op::Cancel { nth_waiter }),
-        1 => (0usize..8).prop_map(Op::SetTarget),
+        1 => (1usize..8).prop_map(Op::SetTarget),
         1 => proptest::option::of(0usize..8).prop_map(Op::SetAllowance),
         1 => Just(Op::Lend),
         1 => Just(Op::Repay),
@@ -42,7 +43,7 @@ proptest! {
         size in 0usize..6,
         ops in proptest::collection::vec(op(), 0..80),
     ) {
-        let mut ledger: Ledger<u8> = Ledger::new(size);
+        let mut ledger: Ledger<u8> = Ledger::over(Pool::with_target(size));
         // The model: tokens each client holds, and the queue in order.
         let mut held: HashMap<u8, usize> = HashMap::new();
         let mut queue: Vec<(WaiterId, u8)> = Vec::new();
@@ -52,7 +53,7 @@ proptest! {
         };
         let granted = |held: &mut HashMap<u8, usize>, queue: &mut Vec<(WaiterId, u8)>,
                            limit: Option<usize>,
-                           grants: Vec<steve_core::ledger::Grant<u8>>| {
+                           grants: Vec<Grant<u8>>| {
             for grant in grants {
                 // Grants go to the oldest waiter that may take a token: with a per-client limit
                 // that need not be the head, but every waiter before it must be at its limit.
@@ -122,7 +123,7 @@ proptest! {
                     }
                 }
                 Op::SetTarget(target) => {
-                    let grants = ledger.set_target(target);
+                    let grants = ledger.set_target(JobCount::new(target).unwrap());
                     granted(&mut held, &mut queue, limit, grants);
                     let counts = ledger.counts();
                     // A shrink never takes a token from its holder.
@@ -202,13 +203,15 @@ proptest! {
 
     #[test]
     fn formatted_flags_parse_back(
-        jobs in 1u32..1000,
+        jobs in 1usize..1000,
         read in 0i32..1024,
         write in 0i32..1024,
         path in "/[a-zA-Z0-9 _./-]{1,40}",
     ) {
         for auth in [JobserverAuth::Fds { read, write }, JobserverAuth::Fifo(path.clone().into())] {
-            let flags = MakeFlags::parse(&jobserver_makeflags(jobs, auth.clone())).unwrap();
+            let flags =
+                MakeFlags::parse(&jobserver_makeflags(JobCount::new(jobs).unwrap(), auth.clone()))
+                    .unwrap();
             prop_assert_eq!(flags.jobserver(), Some(&auth));
         }
     }

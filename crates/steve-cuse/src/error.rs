@@ -66,20 +66,11 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
-    /// The job count is out of range.
-    BadJobs {
-        /// The count asked for.
-        jobs: usize,
+    /// The mount point is `/`, or has no name.
+    BadMountpoint {
+        /// The mount point given.
+        mountpoint: PathBuf,
     },
-    /// The user or group given does not exist.
-    UnknownAccount {
-        /// "user" or "group".
-        kind: &'static str,
-        /// The name given.
-        name: String,
-    },
-    /// The option does not apply to this backend.
-    Unsupported(&'static str),
     /// A system call failed.
     Io {
         /// What steve was doing.
@@ -137,11 +128,11 @@ impl fmt::Display for Error {
                 mountpoint.display()
             ),
             Error::Mount { mountpoint, .. } => write!(f, "cannot mount on {}", mountpoint.display()),
-            Error::BadJobs { jobs } => {
-                write!(f, "job count {jobs} is out of range (1 to {})", crate::MAX_JOBS)
-            }
-            Error::UnknownAccount { kind, name } => write!(f, "no such {kind}: {name}"),
-            Error::Unsupported(what) => f.write_str(what),
+            Error::BadMountpoint { mountpoint } => write!(
+                f,
+                "{} cannot be a mount point: it must be a directory below /",
+                mountpoint.display()
+            ),
             Error::Io { action, what, .. } => write!(f, "cannot {action} {what}"),
         }
     }
@@ -156,5 +147,23 @@ impl std::error::Error for Error {
             Error::Protocol(error) => Some(error),
             _ => None,
         }
+    }
+}
+
+/// The kind tells the CLI its exit code; the error itself, and its chain, travel inside.
+impl From<Error> for steve_core::server::Error {
+    fn from(error: Error) -> steve_core::server::Error {
+        use steve_core::server::ErrorKind;
+        let kind = match &error {
+            Error::DeviceExists { .. } | Error::InUse { .. } | Error::ForeignMount { .. } => {
+                ErrorKind::InUse
+            }
+            Error::BadDeviceName { .. }
+            | Error::NotADirectory { .. }
+            | Error::BadMountpoint { .. } => ErrorKind::Usage,
+            Error::OpenCuse { .. } => ErrorKind::Unavailable,
+            _ => ErrorKind::Failed,
+        };
+        steve_core::server::Error::new(kind, error)
     }
 }

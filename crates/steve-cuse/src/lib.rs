@@ -26,7 +26,7 @@
 //! against a fake kernel speaking the same bytes over a socket. FUSE is tested on the host.
 //!
 //! ```no_run
-//! use steve_core::backend::find;
+//! use steve_core::server::backend::find;
 //! use steve_cuse as _;
 //!
 //! for name in ["cuse", "fuse"] {
@@ -45,17 +45,17 @@ pub mod session;
 
 pub use error::Error;
 
-use steve_core::backend::{Backend, Start};
-
-/// The largest pool the device serves.
-pub const MAX_JOBS: usize = 65_536;
+use steve_core::server::backend::{Backend, Start};
 
 inventory::submit! {
     Backend {
         name: "cuse",
         summary: "the character device /dev/steve, accounting tokens per process (make 4.4+, cargo, GCC)",
+        auto_priority: Some(10),
+        options: cuse::OPTIONS,
         availability: cuse::availability,
-        start: Start::Server(cuse::serve),
+        places: cuse::PLACES,
+        start: Start::Server(cuse::start),
     }
 }
 
@@ -63,7 +63,10 @@ inventory::submit! {
     Backend {
         name: "fuse",
         summary: "the file MOUNTPOINT/jobserver on a FUSE mount, accounting tokens per process (make 4.4+, cargo, GCC); root or fusermount3",
+        auto_priority: Some(20),
+        options: fuse::OPTIONS,
         availability: fuse::availability,
-        start: Start::Server(fuse::serve),
+        places: fuse::PLACES,
+        start: Start::Server(fuse::start),
     }
 }

@@ -12,11 +12,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use std::sync::{Arc, Mutex};
 
-use steve_core::device::Device;
-use steve_core::limits::{Governor, Limits, SystemProbe, SystemReading};
+use steve_core::accounting::device::Device;
+use steve_core::accounting::limits::{Limits, SystemProbe, SystemReading};
+use steve_core::makeflags::JobserverAuth;
+use steve_core::server::probe::ProcProbe;
+use steve_core::server::{Ended, Endpoint, EventLoop};
+use steve_core::JobCount;
 use steve_cuse::fuse::filesystem::{OneFile, FILE_ID};
 use steve_cuse::ll::{self, kernel};
-use steve_cuse::session::{Ended, Session};
+use steve_cuse::session::Session;
 
 const O_NONBLOCK: u32 = nix::libc::O_NONBLOCK as u32;
 const EAGAIN: i32 = -nix::libc::EAGAIN;
@@ -34,20 +38,20 @@ impl FakeKernel {
         FakeKernel::connect_with(jobs, None)
     }
 
-    /// Connects with a session that applies `governor`.
-    fn connect_with(jobs: usize, governor: Option<Governor>) -> FakeKernel {
+    /// Connects with a session whose loop applies `limits`, reading the system from `probe`.
+    fn connect_with(jobs: usize, governor: Option<(Limits, Box<dyn SystemProbe>)>) -> FakeKernel {
         let (kernel_end, daemon_end) =
             socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
                 .unwrap();
         let mut kernel = FakeKernel { fd: kernel_end, next_unique: 1, session: None };
         kernel.send(&kernel::cuse_init(1, 38));
         let session = std::thread::spawn(move || {
-            let device = Device::new(jobs, Duration::from_millis(500));
-            let mut session = Session::start(daemon_end, "steve-test", device).unwrap();
-            if let Some(governor) = governor {
-                session.set_governor(governor);
-            }
-            session.run(None).unwrap()
+            let device = Device::new(JobCount::new(jobs).unwrap(), Duration::from_millis(500));
+            let endpoint = endpoint("/dev/steve-test");
+            let mut session = Session::start(daemon_end, "steve-test", device, endpoint).unwrap();
+            let (limits, probe) =
+                governor.unwrap_or_else(|| (Limits::default(), Box::new(ProcProbe)));
+            serve_in_loop("cuse", &mut session, limits, probe)
         });
         let init = kernel.receive();
         let (len, error, unique, payload) = kernel::split_reply(&init);
@@ -70,12 +74,11 @@ impl FakeKernel {
             socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
                 .unwrap();
         let session = std::thread::spawn(move || {
-            let device = Device::new(jobs, Duration::from_millis(500));
+            let device = Device::new(JobCount::new(jobs).unwrap(), Duration::from_millis(500));
             let file = OneFile::new("jobserver", 1000, 1000, 0o600);
-            Session::for_mount(daemon_end, device, "/mnt/jobserver".into(), file)
-                .unwrap()
-                .run(None)
-                .unwrap()
+            let mut session =
+                Session::for_mount(daemon_end, device, endpoint("/mnt/jobserver"), file).unwrap();
+            serve_in_loop("fuse", &mut session, Limits::default(), Box::new(ProcProbe))
         });
         FakeKernel { fd: kernel_end, next_unique: 1, session: Some(session) }
     }
@@ -153,6 +156,30 @@ impl FakeKernel {
     }
 }
 
+/// What a session serving `path` tells the loop.
+fn endpoint(path: &str) -> Endpoint {
+    Endpoint {
+        path: path.into(),
+        auth: JobserverAuth::Fifo(path.into()),
+        default_control: format!("{path}.control").into(),
+        mode: 0o600,
+        gid: None,
+        how: "a fake kernel".into(),
+    }
+}
+
+/// Runs `session` in steve-core's event loop, as `steve serve` does, without signals or a
+/// control socket, until the fake kernel hangs up.
+fn serve_in_loop(
+    backend: &str,
+    session: &mut Session,
+    limits: Limits,
+    probe: Box<dyn SystemProbe>,
+) -> Ended {
+    let backend = steve_core::server::backend::find(backend).expect("steve-cuse registers it");
+    EventLoop::new(backend, limits, probe).unwrap().run(session).unwrap()
+}
+
 fn sleeper() -> Child {
     Command::new("sleep").arg("60").spawn().unwrap()
 }
@@ -168,7 +195,7 @@ fn open_read_write_with_one_token_per_read_and_eagain() {
     // Any byte goes back; the answer says how many were taken.
     assert_eq!(kernel.write(me, b"G"), (0, [1u32.to_ne_bytes(), 0u32.to_ne_bytes()].concat()));
     assert_eq!(kernel.write(me, b"+"), (0, [1u32.to_ne_bytes(), 0u32.to_ne_bytes()].concat()));
-    assert_eq!(kernel.disconnect(), Ended::Disconnected);
+    assert!(matches!(kernel.disconnect(), Ended::Transport(_)));
 }
 
 #[test]
@@ -322,10 +349,9 @@ fn over_the_load_limit_only_min_jobs_go_out_and_tokens_flow_when_it_drops() {
         load_average: Some(2.0),
         min_jobs: 1,
         load_recheck: Duration::from_millis(50),
-        ..Limits::new(3)
+        ..Limits::default()
     };
-    let mut kernel =
-        FakeKernel::connect_with(3, Some(Governor::new(limits, Box::new(load.clone()))));
+    let mut kernel = FakeKernel::connect_with(3, Some((limits, Box::new(load.clone()))));
     let me = std::process::id();
     assert_eq!(kernel.read(me, 0), (0, b"+".to_vec()), "min-jobs still go out");
     assert_eq!(kernel.read(me, O_NONBLOCK), (EAGAIN, vec![]), "held back over the load limit");
@@ -377,5 +403,5 @@ fn a_mount_serves_its_one_file_with_the_device_rules() {
     let unique = kernel.unique();
     let getxattr = kernel::on_node(FILE_ID, kernel::request(GETXATTR, unique, me, &[0; 16]));
     assert_eq!(kernel.ask(unique, &getxattr).0, -nix::libc::ENOSYS);
-    assert_eq!(kernel.disconnect(), Ended::Disconnected);
+    assert!(matches!(kernel.disconnect(), Ended::Transport(_)));
 }

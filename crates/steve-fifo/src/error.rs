@@ -30,27 +30,14 @@ pub enum FifoError {
     },
     /// No default path: not root and `XDG_RUNTIME_DIR` is not set.
     NoDefaultPath,
-    /// The job count is out of range.
-    BadJobs {
-        /// The count asked for.
-        jobs: usize,
-    },
-    /// The group given for the path does not exist.
-    UnknownGroup {
-        /// The name or number given.
-        group: String,
-    },
+    /// A setting steve-core checked (the group) cannot be used.
+    Config(steve_core::server::Error),
     /// `MAKEFLAGS` (or its siblings) in the environment do not parse.
     Makeflags(steve_core::makeflags::EnvError),
     /// The private jobserver could not be set up or read.
     Client(steve_core::client::ClientError),
     /// `steve run` was given no command.
     NoCommand,
-    /// An option this backend cannot honour.
-    Unsupported {
-        /// What, and what would.
-        what: &'static str,
-    },
     /// The command could not be started.
     Spawn {
         /// The command's name.
@@ -68,9 +55,6 @@ pub enum FifoError {
         source: io::Error,
     },
 }
-
-/// The largest pool a pipe can hold without a client ever blocking on a write-back.
-pub const MAX_JOBS: usize = 4096;
 
 impl FifoError {
     pub(crate) fn io(
@@ -104,22 +88,47 @@ impl fmt::Display for FifoError {
             FifoError::NoDefaultPath => f.write_str(
                 "XDG_RUNTIME_DIR is not set, so there is no default jobserver path: give --path",
             ),
-            FifoError::BadJobs { jobs } => {
-                write!(f, "job count {jobs} is out of range (1 to {MAX_JOBS})")
-            }
-            FifoError::UnknownGroup { group } => write!(f, "no such group: {group}"),
+            FifoError::Config(error) => write!(f, "{error}"),
             FifoError::Makeflags(error) => write!(f, "{error}"),
             FifoError::Client(error) => write!(f, "{error}"),
             FifoError::NoCommand => f.write_str("no command given to run"),
-            FifoError::Unsupported { what } => f.write_str(what),
-            FifoError::Spawn { command, source } => write!(f, "cannot run {command}: {source}"),
-            FifoError::Io { action, path, source } => {
-                write!(f, "cannot {action} {}: {source}", path.display())
-            }
+            FifoError::Spawn { command, .. } => write!(f, "cannot run {command}"),
+            FifoError::Io { action, path, .. } => write!(f, "cannot {action} {}", path.display()),
         }
     }
 }
 
-/// Each message already carries its cause, so `source()` stays empty: printed as a chain, the
-/// cause would appear twice.
-impl std::error::Error for FifoError {}
+/// A message says what failed; `source()` says why.
+impl std::error::Error for FifoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FifoError::Spawn { source, .. } | FifoError::Io { source, .. } => Some(source),
+            // These wrap an error whose own message is shown: its cause is theirs.
+            FifoError::Config(error) => std::error::Error::source(error),
+            FifoError::Client(error) => std::error::Error::source(error),
+            _ => None,
+        }
+    }
+}
+
+/// The kind tells the CLI its exit code; the error itself, and its chain, travel inside.
+impl From<FifoError> for steve_core::server::Error {
+    fn from(error: FifoError) -> steve_core::server::Error {
+        use steve_core::server::ErrorKind;
+        let kind = match &error {
+            FifoError::AlreadyServed { .. }
+            | FifoError::NotAPipe { .. }
+            | FifoError::ForeignPipe { .. } => ErrorKind::InUse,
+            FifoError::NoDefaultPath | FifoError::NoCommand | FifoError::Makeflags(_) => {
+                ErrorKind::Usage
+            }
+            FifoError::Config(error) => error.kind(),
+            FifoError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                ErrorKind::CommandNotFound
+            }
+            FifoError::Spawn { .. } => ErrorKind::CommandNotExecutable,
+            FifoError::Client(_) | FifoError::Io { .. } => ErrorKind::Failed,
+        };
+        steve_core::server::Error::new(kind, error)
+    }
+}

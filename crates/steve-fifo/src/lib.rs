@@ -12,11 +12,13 @@
 //! there. A pipe cannot tell which process took a token, so per-process accounting is for the
 //! device backends; the named pipe makes up for it by checking the pool whenever it is let go.
 //!
-//! ```no_run
-//! use steve_core::backend::{find, Start};
+//! ```
+//! use steve_core::server::backend::{find, Start};
+//! use steve_fifo as _;
 //!
 //! let fifo = find("fifo").expect("steve-fifo is linked in");
 //! assert!(matches!(fifo.start, Start::Server(_)));
+//! assert!(matches!(find("pipe").unwrap().start, Start::CommandTree(_)));
 //! ```
 
 pub mod error;
@@ -31,19 +33,10 @@ pub use error::FifoError;
 use std::fs::File;
 use std::path::Path;
 
-use error::MAX_JOBS;
-use steve_core::backend::{Availability, Backend, Start};
+use steve_core::server::backend::{Availability, Backend, Places, Start};
 
 /// The byte handed out as a token. Clients may write back any byte.
 pub(crate) const TOKEN: u8 = b'+';
-
-/// Refuses a pool no pipe can serve: empty, or larger than a client could always write back to.
-pub(crate) fn check_jobs(jobs: usize) -> Result<(), FifoError> {
-    if jobs == 0 || jobs > MAX_JOBS {
-        return Err(FifoError::BadJobs { jobs });
-    }
-    Ok(())
-}
 
 /// Makes a named pipe at `path` (steve-core's [`make_fifo`](steve_core::client::make_fifo)),
 /// with this backend's error.
@@ -59,8 +52,11 @@ inventory::submit! {
     Backend {
         name: "fifo",
         summary: "a named pipe shared by every build on the machine (every client, ninja included)",
+        auto_priority: Some(30),
+        options: named::OPTIONS,
         availability: always_available,
-        start: Start::Server(named::serve),
+        places: named::PLACES,
+        start: Start::Server(named::start),
     }
 }
 
@@ -68,7 +64,10 @@ inventory::submit! {
     Backend {
         name: "pipe",
         summary: "a private pipe for one command tree, via `steve run` (make 4.3 and later)",
+        auto_priority: None,
+        options: &[],
         availability: always_available,
+        places: Places::NONE,
         start: Start::CommandTree(private::run),
     }
 }

@@ -8,35 +8,46 @@
 //! the pipe open, every token must be back in it; the daemon tops up what is missing (and takes
 //! out any surplus a confused client wrote). It learns that the pipe was let go from inotify's
 //! close events, and confirms that nobody else holds it by scanning `/proc/*/fd`.
+//!
+//! The counts are steve-core's [`Pool`]: a token in the pipe or with a client is *held* (out of
+//! the daemon's hands), a token the daemon keeps back is *withheld*, and a *free* token is put
+//! into the pipe at once. The server runs in steve-core's event loop, which watches its inotify
+//! descriptor and its token taker.
 #![forbid(unsafe_code)]
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::unistd::Gid;
-use steve_core::backend::{Announcement, BackendError, ServeConfig};
-use steve_core::control::{answer, default_socket_for, ControlServer, Controlled};
-use steve_core::limits::{Governor, ProcProbe, SystemProbe};
-use steve_core::makeflags::{jobserver_makeflags, JobserverAuth};
-use steve_core::signals::{SignalEvent, Signals};
-use steve_core::status::{command_line, CounterReport, HolderReport, PoolReport, StatusReport};
+use steve_core::accounting::pool::Pool;
+use steve_core::makeflags::JobserverAuth;
+use steve_core::server::backend::{Place, Places, ServeConfig, ServeOption};
+use steve_core::server::processes::command_line;
+use steve_core::server::{Context, Endpoint, Flow, PoolChange, Server, SourceId};
+use steve_core::status::{BackendReport, CounterReport, HolderReport, PoolReport};
+use steve_core::JobCount;
 use tracing::{debug, info, warn};
 
-use crate::error::{FifoError, MAX_JOBS};
+use crate::error::FifoError;
 use crate::lock::PathLock;
 use crate::openers::{find_holder, find_holders, FileId};
 use crate::taker::Taker;
-use crate::{check_jobs, make_fifo, TOKEN};
-use steve_core::sys::bytes_in_pipe;
+use crate::{make_fifo, TOKEN};
+use steve_core::os::bytes_in_pipe;
 
 /// Where root's daemon serves when no `--path` is given.
 pub const SYSTEM_PATH: &str = "/run/steve/jobserver";
+
+/// The options `fifo` takes besides the common ones.
+pub const OPTIONS: &[ServeOption] = &[ServeOption::Path];
+
+/// The inotify descriptor and the taker's, to the event loop.
+const INOTIFY: SourceId = SourceId(0);
+const TAKER: SourceId = SourceId(1);
 
 /// The path to serve when none is given: the system path for root, the user's runtime
 /// directory otherwise.
@@ -44,31 +55,43 @@ pub fn default_path() -> Result<PathBuf, FifoError> {
     if nix::unistd::geteuid().is_root() {
         return Ok(PathBuf::from(SYSTEM_PATH));
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => Ok(Path::new(&dir).join("steve").join("jobserver")),
-        _ => Err(FifoError::NoDefaultPath),
-    }
+    user_path().ok_or(FifoError::NoDefaultPath)
 }
 
-/// `steve serve --backend fifo`: serves until SIGINT, SIGTERM or SIGHUP.
-pub fn serve(
-    config: &ServeConfig,
-    announce: &mut dyn FnMut(&Announcement),
-) -> Result<(), BackendError> {
-    // Blocked before the pipe exists, so that a stop signal is never lost between the two.
-    let signals = Signals::block()
-        .map_err(|e| FifoError::io("block signals for", "the server")(io::Error::from(e)))?;
+fn user_path() -> Option<PathBuf> {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty())?;
+    Some(Path::new(&dir).join("steve").join("jobserver"))
+}
+
+/// Where fifo servers are found: root's `/run/steve/jobserver` and this user's, each with its
+/// `PATH.control` beside it.
+pub const PLACES: Places = Places { defaults, control_for };
+
+fn defaults() -> Vec<Place> {
+    std::iter::once(PathBuf::from(SYSTEM_PATH))
+        .chain(user_path())
+        .map(|jobserver| Place { control: control_beside(&jobserver), jobserver })
+        .collect()
+}
+
+fn control_for(jobserver: &Path) -> Vec<PathBuf> {
+    vec![control_beside(jobserver)]
+}
+
+/// `PATH.control`.
+fn control_beside(jobserver: &Path) -> PathBuf {
+    let mut path = jobserver.as_os_str().to_owned();
+    path.push(".control");
+    PathBuf::from(path)
+}
+
+/// `steve serve --backend fifo`: makes the pipe and fills it; the event loop serves it.
+pub fn start(config: &ServeConfig) -> Result<Box<dyn Server>, steve_core::server::Error> {
     let server = NamedPipeServer::create(config)?;
-    announce(&Announcement {
-        makeflags: jobserver_makeflags(
-            server.governor.limits().jobs as u32,
-            JobserverAuth::Fifo(server.path.clone()),
-        ),
-        path: server.path.clone(),
-        control: Some(server.control_path.clone()),
-    });
-    server.run(signals)?;
-    Ok(())
+    if let Recovery::Off(reason) = &server.recovery {
+        warn!("leak recovery is off: {reason}");
+    }
+    Ok(Box::new(server))
 }
 
 /// How sure the daemon can be that nobody else holds the pipe.
@@ -81,11 +104,9 @@ enum Recovery {
 
 /// A named pipe this daemon made, with its lock, filled with tokens.
 ///
-/// Tokens are counted three ways: `pool` exist in all (in the pipe, with clients, or kept by the
-/// daemon), `withheld` are kept by the daemon, and the rest circulate. The daemon keeps as many
-/// circulating as the limits allow: it takes tokens out of the pipe as they come back while
-/// over a limit or shrinking (through the [`Taker`] thread, which wins the race for returned
-/// tokens against clients that poll), and puts them back when the limits allow.
+/// It keeps as many tokens out of its hands as the pool allows: it takes tokens out of the pipe
+/// as they come back while over a limit or shrinking (through the [`Taker`] thread, which wins
+/// the race for returned tokens against clients that poll), and puts them back when allowed.
 struct NamedPipeServer {
     path: PathBuf,
     /// Opened for reading and writing: keeps the pipe alive and lets the daemon count, add and
@@ -93,23 +114,14 @@ struct NamedPipeServer {
     pipe: File,
     pipe_id: FileId,
     inotify: Inotify,
-    governor: Governor,
-    /// Tokens that exist.
-    pool: usize,
-    /// Tokens the daemon keeps out of the pipe.
-    withheld: usize,
-    /// How many tokens may circulate now (`None`: all of them).
-    allowance: Option<usize>,
+    pool: Pool,
     /// Takes tokens out of the pipe with blocking reads while the daemon wants some.
     taker: Taker,
     recovery: Recovery,
     recovered: u64,
     /// The process last seen holding the pipe, checked first next time.
     last_holder: Option<u32>,
-    started: Instant,
-    /// The control socket; taken out while it is serviced, since servicing needs the server.
-    control: Option<ControlServer>,
-    control_path: PathBuf,
+    endpoint: Endpoint,
     // Fields drop in order, after `drop` below removed the pipe: first the lock (and its file),
     // then the directory, which is only empty once both are gone.
     _lock: PathLock,
@@ -128,18 +140,12 @@ impl Drop for MadeDir {
 
 impl NamedPipeServer {
     fn create(config: &ServeConfig) -> Result<NamedPipeServer, FifoError> {
-        check_jobs(config.limits.jobs)?;
-        if config.limits.per_process_limit.is_some() {
-            return Err(FifoError::Unsupported {
-                what: "--per-process-limit needs a backend that accounts per process (cuse)",
-            });
-        }
         let path = match &config.path {
             Some(path) => absolute(path)?,
             None => default_path()?,
         };
         let is_root = nix::unistd::geteuid().is_root();
-        let gid = config.group.as_deref().map(lookup_group).transpose()?;
+        let gid = config.gid().map_err(FifoError::Config)?;
         let mode = config.mode.unwrap_or(match (is_root, gid.is_some()) {
             (_, true) => 0o660,
             (true, false) => 0o666,
@@ -151,9 +157,6 @@ impl NamedPipeServer {
         let made_dir = make_dir(&dir)?.map(MadeDir);
         let lock = PathLock::acquire(&path)?;
         remove_stale_pipe(&path, &lock)?;
-        let control_path = config.control.clone().unwrap_or_else(|| default_socket_for(&path));
-        let control = ControlServer::bind(&control_path, mode, gid)
-            .map_err(FifoError::io("listen on the control socket", &control_path))?;
 
         let pipe = make_fifo(&path)?;
         // From here on the pipe is ours: dropping the server removes it, also on error.
@@ -162,22 +165,26 @@ impl NamedPipeServer {
             .map_err(|e| FifoError::io("watch", &path)(e.into()))?;
         let taker =
             Taker::start(&path).map_err(FifoError::io("start the token taker for", &path))?;
+        let pool = Pool::new(config.jobs);
+        let endpoint = Endpoint {
+            path: path.clone(),
+            auth: JobserverAuth::Fifo(path.clone()),
+            default_control: control_beside(&path),
+            mode,
+            gid,
+            how: "a named pipe; tokens of killed clients are put back once it is let go".into(),
+        };
         let mut server = NamedPipeServer {
             path,
             pipe,
             pipe_id: FileId::of(&metadata),
             inotify,
-            governor: Governor::new(config.limits.clone(), Box::new(ProcProbe)),
-            pool: 0,
-            withheld: 0,
-            allowance: None,
+            pool,
             taker,
             recovery: Recovery::On,
             recovered: 0,
             last_holder: None,
-            started: Instant::now(),
-            control: Some(control),
-            control_path,
+            endpoint,
             _lock: lock,
             _made_dir: made_dir,
         };
@@ -191,14 +198,14 @@ impl NamedPipeServer {
                     | AddWatchFlags::IN_CLOSE_NOWRITE,
             )
             .map_err(|e| FifoError::io("watch", &server.path)(e.into()))?;
-        server.allowance = server.governor.check(Instant::now());
-        server.rebalance()?;
         if !is_root && mode & 0o077 != 0 {
             server.recovery = Recovery::Off(format!(
                 "mode {mode:04o} lets other users open the pipe, and a non-root steve cannot see \
                  their processes"
             ));
         }
+        // Every token into the pipe; the event loop applies the limits before announcing it.
+        server.rebalance();
         Ok(server)
     }
 
@@ -212,208 +219,49 @@ impl NamedPipeServer {
             .map_err(FifoError::io("set the mode of", &self.path))
     }
 
-    fn run(mut self, mut signals: Signals) -> Result<(), FifoError> {
-        info!(
-            path = %self.path.display(),
-            jobs = self.pool,
-            "serving {} tokens on {}; control socket {}",
-            self.pool,
-            self.path.display(),
-            self.control_path.display()
-        );
-        if let Recovery::Off(reason) = &self.recovery {
-            warn!("leak recovery is off: {reason}");
-        }
-        loop {
-            let timeout = self.poll_timeout();
-            let (signal_ready, inotify_ready, taker_ready, control_ready) = {
-                let mut fds = vec![
-                    PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.taker.fd(), PollFlags::POLLIN),
-                ];
-                let first_control = fds.len();
-                if let Some(control) = &self.control {
-                    fds.extend(
-                        control.fds().into_iter().map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
-                    );
-                }
-                match poll(&mut fds, timeout) {
-                    Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => {
-                        return Err(FifoError::io("wait for events on", &self.path)(e.into()))
-                    }
-                }
-                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                (
-                    ready(&fds[0]),
-                    ready(&fds[1]),
-                    ready(&fds[2]),
-                    fds[first_control..].iter().any(ready),
-                )
-            };
-            if signal_ready {
-                while let Some(received) = signals
-                    .read_pending()
-                    .map_err(|e| FifoError::io("read signals for", &self.path)(e.into()))?
-                {
-                    match received.event {
-                        SignalEvent::Stop(signal) => {
-                            info!(
-                                "{signal} received: stopping and removing {}",
-                                self.path.display()
-                            );
-                            return Ok(());
-                        }
-                        SignalEvent::Report => info!("status:\n{}", self.status()),
-                        SignalEvent::Child => {}
-                    }
+    /// Brings the pipe towards what the pool wants: puts free tokens into it, and takes out
+    /// what is held beyond the allowance or a shrink, as far as the pipe has them now; the
+    /// taker waits for the rest.
+    fn rebalance(&mut self) {
+        for _ in 0..2 {
+            let free = self.pool.counts().free;
+            if free > 0 {
+                match self.put_tokens(free) {
+                    Ok(()) => (0..free).for_each(|_| {
+                        self.pool.hand_out();
+                    }),
+                    Err(error) => warn!("{error}"),
                 }
             }
-            if self.has_system_limits() {
-                self.apply_limits();
+            let excess = self.pool.excess_held();
+            if excess == 0 {
+                break;
             }
-            if taker_ready {
-                let taken = self.taker.collect();
-                self.account_taken(taken);
-                self.rebalance()?;
-            }
-            if control_ready {
-                if let Some(mut control) = self.control.take() {
-                    let owner = nix::unistd::geteuid().as_raw();
-                    control.service(&mut |request, peer| answer(&mut self, request, peer, owner));
-                    self.control = Some(control);
-                }
-            }
-            if inotify_ready && self.drain_events().closed {
-                self.recover_if_idle();
-            }
-        }
-    }
-
-    /// A pipe gives the daemon no moment of request to look at the system, so with a load or
-    /// memory limit it looks every `load_recheck`, over the limit or not.
-    fn poll_timeout(&self) -> PollTimeout {
-        if !self.has_system_limits() {
-            return PollTimeout::NONE;
-        }
-        let millis = self.governor.limits().load_recheck.as_millis().clamp(1, i32::MAX as u128);
-        PollTimeout::try_from(millis as i32).unwrap_or(PollTimeout::MAX)
-    }
-
-    fn has_system_limits(&self) -> bool {
-        let limits = self.governor.limits();
-        limits.load_average.is_some() || limits.min_memory_avail_mib.is_some()
-    }
-
-    /// Reads the system, and takes tokens out or puts them back as the limits now say.
-    fn apply_limits(&mut self) {
-        let allowance = self.governor.check(Instant::now());
-        if allowance != self.allowance {
-            match self.governor.pressure() {
-                Some(pressure) => info!("holding tokens back: {pressure}"),
-                None => info!("limits no longer exceeded: tokens flow again"),
-            }
-            self.allowance = allowance;
-        }
-        if let Err(error) = self.rebalance() {
-            warn!("{error}");
-        }
-    }
-
-    /// How many tokens should circulate (in the pipe or with clients) now.
-    fn wanted_circulating(&self) -> usize {
-        let jobs = self.governor.limits().jobs;
-        self.allowance.map_or(jobs, |allowance| allowance.min(jobs))
-    }
-
-    fn circulating(&self) -> usize {
-        self.pool - self.withheld
-    }
-
-    /// Tokens the daemon still has to take out of the pipe.
-    fn to_take(&self) -> usize {
-        self.circulating().saturating_sub(self.wanted_circulating())
-    }
-
-    /// Brings the pipe towards what the limits want: creates or retires tokens for a new `jobs`,
-    /// puts withheld tokens back, or takes tokens out as far as the pipe has them now.
-    fn rebalance(&mut self) -> Result<(), FifoError> {
-        let jobs = self.governor.limits().jobs;
-        if self.pool < jobs {
-            // New tokens start withheld; the release below puts in what the limits allow.
-            self.withheld += jobs - self.pool;
-            self.pool = jobs;
-        } else if self.pool > jobs {
-            let retired = (self.pool - jobs).min(self.withheld);
-            self.withheld -= retired;
-            self.pool -= retired;
-        }
-        let wanted = self.wanted_circulating();
-        if self.circulating() < wanted && self.withheld > 0 {
-            let released = (wanted - self.circulating()).min(self.withheld);
-            self.put_tokens(released)?;
-            self.withheld -= released;
-        }
-        let to_take = self.to_take();
-        if to_take > 0 {
-            // What is in the pipe now comes at once; the taker waits for the rest.
-            let mut sink = vec![0u8; to_take];
+            let mut sink = vec![0u8; excess];
             let taken = match (&self.pipe).read(&mut sink) {
                 Ok(taken) => taken,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(error) => return Err(FifoError::io("take tokens out of", &self.path)(error)),
+                Err(error) => {
+                    warn!("cannot take tokens out of {}: {error}", self.path.display());
+                    0
+                }
             };
-            self.account_taken(taken);
+            if taken == 0 {
+                break;
+            }
+            self.take_back(taken);
         }
-        self.taker.want(self.to_take());
-        Ok(())
+        self.taker.want(self.pool.excess_held());
     }
 
-    /// Tokens taken out of the pipe retire while more exist than `jobs`; the rest are kept back
-    /// (and put back by the next `rebalance` if more were taken than wanted).
-    fn account_taken(&mut self, taken: usize) {
-        let retired = taken.min(self.pool.saturating_sub(self.governor.limits().jobs));
-        self.pool -= retired;
-        self.withheld += taken - retired;
-    }
-
-    fn status(&self) -> StatusReport {
-        let free = bytes_in_pipe(&self.pipe).unwrap_or(0);
-        let holders = find_holders(self.pipe_id, std::process::id())
-            .into_iter()
-            .map(|pid| HolderReport {
-                pid,
-                command: command_line(pid),
-                tokens: None,
-                held_seconds: None,
-            })
-            .collect();
-        let system =
-            if self.has_system_limits() { self.governor.last_reading() } else { ProcProbe.read() };
-        StatusReport {
-            backend: "fifo".to_string(),
-            path: self.path.clone(),
-            control: Some(self.control_path.clone()),
-            daemon_pid: std::process::id(),
-            uptime_seconds: self.started.elapsed().as_secs_f64(),
-            pool: PoolReport {
-                jobs: self.governor.limits().jobs,
-                size: self.pool,
-                free,
-                held: self.circulating().saturating_sub(free),
-                withheld: self.withheld,
-                lent: 0,
-            },
-            limits: self.governor.limits().clone(),
-            system,
-            limited_by: self.governor.pressure(),
-            holders_exact: false,
-            holders,
-            waiters: None,
-            counters: CounterReport { reclaimed: self.recovered, ..CounterReport::default() },
+    /// Tokens taken out of the pipe come back into the pool (retiring what a shrink owes).
+    /// Bytes beyond the tokens out were never tokens: a client wrote back more than it took.
+    fn take_back(&mut self, taken: usize) {
+        let held = self.pool.counts().held;
+        if taken > held {
+            warn!("took {} byte(s) more than there are tokens out of the pipe", taken - held);
         }
+        self.pool.take_back(taken.min(held));
     }
 
     /// Reads every pending inotify event and says whether the pipe was opened or let go.
@@ -470,7 +318,7 @@ impl NamedPipeServer {
     }
 
     fn restore(&mut self, free: usize) {
-        let expected = self.circulating();
+        let expected = self.pool.counts().held;
         if free < expected {
             let missing = expected - free;
             match self.put_tokens(missing) {
@@ -480,7 +328,7 @@ impl NamedPipeServer {
                         recovered = missing,
                         "recovered {missing} token(s) lost by clients that exited without \
                          returning them; the pool of {} is whole again",
-                        self.pool
+                        self.pool.counts().size
                     );
                 }
                 Err(error) => warn!("could not put back {missing} lost token(s): {error}"),
@@ -496,7 +344,7 @@ impl NamedPipeServer {
                 Err(error) => warn!("could not take {surplus} surplus token(s) out: {error}"),
             }
         } else {
-            debug!("pipe idle, pool of {} whole", self.pool);
+            debug!("pipe idle, pool of {} whole", self.pool.counts().size);
         }
     }
 
@@ -505,23 +353,75 @@ impl NamedPipeServer {
     }
 }
 
-impl Controlled for NamedPipeServer {
-    fn status(&mut self) -> StatusReport {
-        NamedPipeServer::status(self)
+impl Server for NamedPipeServer {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
-    fn apply(&mut self, settings: &[(String, String)]) -> Result<(), String> {
-        let mut limits = self.governor.limits().clone();
-        limits.apply(settings, MAX_JOBS).map_err(|error| error.to_string())?;
-        if limits.per_process_limit.is_some() {
-            return Err(
-                "per-process-limit: needs a backend that accounts per process (cuse)".into()
-            );
+    fn sources(&self) -> Vec<(SourceId, BorrowedFd<'_>)> {
+        vec![(INOTIFY, self.inotify.as_fd()), (TAKER, self.taker.fd())]
+    }
+
+    fn readable(
+        &mut self,
+        source: SourceId,
+        _cx: &mut Context<'_>,
+    ) -> Result<Flow, steve_core::server::Error> {
+        match source {
+            TAKER => {
+                let taken = self.taker.collect();
+                self.take_back(taken);
+                self.rebalance();
+            }
+            _ => {
+                if self.drain_events().closed {
+                    self.recover_if_idle();
+                }
+            }
         }
-        info!("settings changed: {settings:?}");
-        self.governor.set_limits(limits);
-        self.apply_limits();
-        Ok(())
+        Ok(Flow::Continue)
+    }
+
+    fn jobs(&self) -> JobCount {
+        JobCount::new(self.pool.target()).expect("the pool's target is a job count")
+    }
+
+    fn change(&mut self, change: PoolChange, _cx: &mut Context<'_>) {
+        match change {
+            PoolChange::Jobs(jobs) => self.pool.set_target(jobs),
+            PoolChange::Allowance(allowance) => self.pool.set_allowance(allowance),
+            // The loop never sends it: this backend does not take the option.
+            PoolChange::PerProcessLimit(_) => return,
+        }
+        self.rebalance();
+    }
+
+    fn report(&mut self, _cx: &mut Context<'_>) -> BackendReport {
+        let counts = self.pool.counts();
+        let free = bytes_in_pipe(&self.pipe).unwrap_or(0);
+        let holders = find_holders(self.pipe_id, std::process::id())
+            .into_iter()
+            .map(|pid| HolderReport {
+                pid,
+                command: command_line(pid),
+                tokens: None,
+                held_seconds: None,
+            })
+            .collect();
+        BackendReport {
+            pool: PoolReport {
+                jobs: counts.target,
+                size: counts.size,
+                free,
+                held: counts.held.saturating_sub(free),
+                withheld: counts.withheld,
+                lent: 0,
+            },
+            holders_exact: false,
+            holders,
+            waiters: None,
+            counters: CounterReport { reclaimed: self.recovered, ..CounterReport::default() },
+        }
     }
 }
 
@@ -550,11 +450,6 @@ fn absolute(path: &Path) -> Result<PathBuf, FifoError> {
     }
     let cwd = std::env::current_dir().map_err(FifoError::io("resolve", path))?;
     Ok(cwd.join(path))
-}
-
-fn lookup_group(group: &str) -> Result<Gid, FifoError> {
-    steve_core::accounts::group_id(group)
-        .ok_or_else(|| FifoError::UnknownGroup { group: group.to_string() })
 }
 
 /// Makes the pipe's directory if it is missing; returns it if it was made.

@@ -14,33 +14,28 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::Instant;
 
-use steve_core::backend::{BackendError, RunConfig, RunStyle};
-use steve_core::client::{Jobserver, Style};
-use steve_core::limits::{Limits, ProcProbe, SystemProbe};
+use steve_core::accounting::limits::{Limits, Settings, SystemProbe};
+use steve_core::client::Jobserver;
 use steve_core::makeflags::{self, JobserverAuth};
-use steve_core::signals::{supervise, Signals};
-use steve_core::status::{CounterReport, PoolReport, StatusReport};
+use steve_core::server::backend::RunConfig;
+use steve_core::server::probe::ProcProbe;
+use steve_core::server::signals::{supervise, Signals};
+use steve_core::status::{BackendReport, CounterReport, PoolReport, ReportHeader, StatusReport};
 use tracing::{debug, info, warn};
 
-use crate::check_jobs;
 use crate::error::FifoError;
 
 /// `steve run`: runs the command under a private jobserver and returns its exit status.
-pub fn run(config: &RunConfig) -> Result<ExitStatus, BackendError> {
+pub fn run(config: &RunConfig) -> Result<ExitStatus, steve_core::server::Error> {
     Ok(run_command_tree(config)?)
 }
 
 fn run_command_tree(config: &RunConfig) -> Result<ExitStatus, FifoError> {
-    check_jobs(config.jobs as usize)?;
     // Refuse a malformed MAKEFLAGS before anything is created.
     makeflags::from_env().map_err(FifoError::Makeflags)?;
     let signals = Signals::block()
         .map_err(|e| FifoError::io("block signals for", "steve run")(std::io::Error::from(e)))?;
-    let style = match config.style {
-        RunStyle::Pipe => Style::Pipe,
-        RunStyle::Fifo => Style::Fifo,
-    };
-    let jobserver = Jobserver::create(config.jobs as usize, style).map_err(FifoError::Client)?;
+    let jobserver = Jobserver::create(config.jobs, config.style).map_err(FifoError::Client)?;
     let (program, args) = config.command.split_first().ok_or(FifoError::NoCommand)?;
     let mut command = Command::new(program);
     command.args(args);
@@ -56,7 +51,7 @@ fn run_command_tree(config: &RunConfig) -> Result<ExitStatus, FifoError> {
         info!("status:\n{}", status(&jobserver, started))
     })
     .map_err(FifoError::io("wait for", "the command"))?;
-    let tokens = jobserver.jobs() - 1;
+    let tokens = jobserver.jobs().get() - 1;
     let report = jobserver.close().map_err(FifoError::Client)?;
     if report.missing > 0 {
         warn!(
@@ -73,32 +68,35 @@ fn run_command_tree(config: &RunConfig) -> Result<ExitStatus, FifoError> {
 /// The private jobserver's status: its `jobs` slots, `jobs - 1` tokens in the pipe.
 fn status(jobserver: &Jobserver, started: Instant) -> StatusReport {
     let free = jobserver.free();
-    let tokens = jobserver.jobs() - 1;
+    let jobs = jobserver.jobs();
+    let tokens = jobs.get() - 1;
     let path = match jobserver.auth() {
         JobserverAuth::Fifo(path) => path,
         _ => PathBuf::from("anonymous pipe"),
     };
-    StatusReport {
+    let header = ReportHeader {
         backend: "pipe".to_string(),
         path,
         control: None,
-        daemon_pid: std::process::id(),
         uptime_seconds: started.elapsed().as_secs_f64(),
-        // The command's implicit token is one of the jobs but never in the pipe.
+        limits: Settings { jobs, limits: Limits::default() },
+        system: ProcProbe.read(),
+        limited_by: None,
+    };
+    // The command's implicit token is one of the jobs but never in the pipe.
+    let part = BackendReport {
         pool: PoolReport {
-            jobs: jobserver.jobs(),
+            jobs: jobs.get(),
             size: tokens,
             free,
             held: tokens.saturating_sub(free),
             withheld: 0,
             lent: 0,
         },
-        limits: Limits::new(jobserver.jobs()),
-        system: ProcProbe.read(),
-        limited_by: None,
         holders_exact: false,
         holders: Vec::new(),
         waiters: None,
         counters: CounterReport::default(),
-    }
+    };
+    StatusReport::assemble(header, part)
 }

@@ -128,6 +128,6 @@ mod tests {
         // The third token stays in the pipe: nothing more was wanted.
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(taker.collect(), 0);
-        assert_eq!(steve_core::sys::bytes_in_pipe(&keeper).unwrap(), 1);
+        assert_eq!(steve_core::os::bytes_in_pipe(&keeper).unwrap(), 1);
     }
 }

@@ -12,9 +12,11 @@ use std::process::Command;
 use nix::fcntl::OFlag;
 
 use super::{Client, ClientError};
+use crate::accounting::pool::JobCount;
 use crate::makeflags::{Jobs, JobserverAuth, MakeFlags};
 
-/// How the jobserver reaches its children.
+/// How the jobserver reaches its children: the one pipe-or-fifo choice, for the library,
+/// `steve run --style` and its backend alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
     /// An anonymous pipe, inherited as descriptors (`--jobserver-auth=R,W`): every make since
@@ -25,12 +27,42 @@ pub enum Style {
     Fifo,
 }
 
+impl Style {
+    /// Every style, as `--style` lists them.
+    pub const ALL: [Style; 2] = [Style::Pipe, Style::Fifo];
+
+    /// The style's name: `pipe` or `fifo`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Style::Pipe => "pipe",
+            Style::Fifo => "fifo",
+        }
+    }
+}
+
+impl std::str::FromStr for Style {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Style, String> {
+        Style::ALL
+            .into_iter()
+            .find(|style| style.name() == text)
+            .ok_or_else(|| format!("{text:?} is not a style: pipe or fifo"))
+    }
+}
+
+impl std::fmt::Display for Style {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A jobserver this process owns.
 ///
 /// ```
 /// use steve_core::client::{Jobserver, Style};
 ///
-/// let jobserver = Jobserver::create(4, Style::Pipe)?;
+/// let jobserver = Jobserver::create(4.try_into()?, Style::Pipe)?;
 /// let mut make = std::process::Command::new("true");
 /// jobserver.configure(&mut make); // MAKEFLAGS and CARGO_MAKEFLAGS, descriptors inherited
 /// make.status()?;
@@ -60,8 +92,8 @@ pub struct CloseReport {
 
 impl Jobserver {
     /// A jobserver for `jobs` jobs at once: `jobs - 1` tokens in the pipe.
-    pub fn create(jobs: usize, style: Style) -> Result<Jobserver, ClientError> {
-        let jobs = jobs.max(1);
+    pub fn create(jobs: JobCount, style: Style) -> Result<Jobserver, ClientError> {
+        let jobs = jobs.get();
         let (read, write, dir) = match style {
             Style::Pipe => {
                 let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
@@ -88,8 +120,8 @@ impl Jobserver {
     }
 
     /// Jobs at once, the implicit token included.
-    pub fn jobs(&self) -> usize {
-        self.jobs
+    pub fn jobs(&self) -> JobCount {
+        JobCount::new(self.jobs).expect("made from a JobCount")
     }
 
     /// Where children find it.
@@ -104,7 +136,7 @@ impl Jobserver {
 
     /// The MAKEFLAGS for children: `base`'s other flags kept, `-jN` and this jobserver set.
     pub fn makeflags(&self, base: &MakeFlags) -> String {
-        base.with_jobserver(Jobs::Limit(self.jobs as u32), self.auth()).to_string()
+        base.with_jobserver(Jobs::from(self.jobs()), self.auth()).to_string()
     }
 
     /// Hands the jobserver to `command`: MAKEFLAGS and CARGO_MAKEFLAGS (keeping the other flags
@@ -203,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_pipe_jobserver_reaches_a_child_and_counts_what_comes_back() {
-        let jobserver = Jobserver::create(3, Style::Pipe).unwrap();
+        let jobserver = Jobserver::create(JobCount::new(3).unwrap(), Style::Pipe).unwrap();
         assert_eq!(jobserver.free(), 2);
         // A child that takes one token through the inherited descriptors and keeps it.
         let mut child = Command::new("sh");
@@ -215,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_fifo_jobserver_is_a_path_removed_on_close() {
-        let jobserver = Jobserver::create(2, Style::Fifo).unwrap();
+        let jobserver = Jobserver::create(JobCount::new(2).unwrap(), Style::Fifo).unwrap();
         let JobserverAuth::Fifo(path) = jobserver.auth() else { panic!("not a fifo") };
         assert!(path.exists());
         let client = jobserver.client().unwrap();

@@ -2,10 +2,11 @@
 //!
 //! ```
 //! use steve_core::client::{Client, Jobserver, Style};
+//! use steve_core::JobCount;
 //!
 //! // In a build tool: `Client::from_env()?` joins the jobserver make or steve gave it. Here a
 //! // jobserver of 2 jobs stands in for one.
-//! let jobserver = Jobserver::create(2, Style::Pipe)?;
+//! let jobserver = Jobserver::create(JobCount::new(2).unwrap(), Style::Pipe)?;
 //! let client: Client = jobserver.client()?;
 //! // Every client may run one job on its own implicit token, without asking the server.
 //! let first = client.take_implicit().expect("not taken yet");
@@ -32,10 +33,10 @@
 //! [`Jobserver`] creates a jobserver for a command tree; [`JobPool`] runs commands under tokens.
 
 mod create;
-mod pool;
+mod job_pool;
 
 pub use create::{make_fifo, CloseReport, Jobserver, Style};
-pub use pool::{Finished, JobId, JobPool};
+pub use job_pool::{Finished, JobId, JobPool};
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};

@@ -1,5 +1,5 @@
-//! `steve serve --backend cuse`: opens `/dev/cuse`, registers `/dev/DEV_NAME`, gives the node its
-//! mode and group, drops to `--user`, announces the MAKEFLAGS and serves until stopped.
+//! Backend `cuse`: opens `/dev/cuse`, registers `/dev/DEV_NAME` and gives the node its mode and
+//! group; the session then serves it in steve-core's event loop (which also drops to `--user`).
 #![forbid(unsafe_code)]
 
 use std::fs::{self, OpenOptions};
@@ -7,23 +7,27 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::unistd::{AccessFlags, Gid, User};
-use steve_core::backend::{Announcement, Availability, BackendError, ServeConfig};
-use steve_core::control::{default_socket_for, ControlServer};
-use steve_core::device::Device;
-use steve_core::limits::{Governor, ProcProbe};
-use steve_core::makeflags::{jobserver_makeflags, JobserverAuth};
-use steve_core::signals::Signals;
-use tracing::{info, warn};
+use nix::unistd::AccessFlags;
+use steve_core::accounting::device::Device;
+use steve_core::makeflags::JobserverAuth;
+use steve_core::server::backend::{Availability, Place, Places, ServeConfig, ServeOption};
+use steve_core::server::{Endpoint, Server};
 
 use crate::error::Error;
-use crate::session::{Ended, Session};
-use crate::MAX_JOBS;
+use crate::session::Session;
 
 /// The kernel's CUSE control device.
 pub const CUSE_PATH: &str = "/dev/cuse";
 /// The device name when none is given.
 pub const DEFAULT_DEV_NAME: &str = "steve";
+
+/// The options `cuse` takes besides the common ones.
+pub const OPTIONS: &[ServeOption] = &[
+    ServeOption::DevName,
+    ServeOption::User,
+    ServeOption::PollReservation,
+    ServeOption::PerProcessLimit,
+];
 
 /// Whether this machine can serve a CUSE device, and if not, why.
 pub fn availability() -> Availability {
@@ -43,72 +47,78 @@ pub fn availability() -> Availability {
     }
 }
 
-/// Serves the device until SIGINT, SIGTERM or SIGHUP.
-pub fn serve(
-    config: &ServeConfig,
-    announce: &mut dyn FnMut(&Announcement),
-) -> Result<(), BackendError> {
-    // Blocked before the device exists, so that a stop signal is never lost.
-    let mut signals =
-        Signals::block().map_err(|errno| Error::io("block signals for", "the server", errno))?;
-    let (mut session, dev_path, control_path) = register(config)?;
-    announce_ready(config, &dev_path, &control_path, announce);
-    match session.run(Some(&mut signals))? {
-        Ended::Stopped(signal) => {
-            info!("{signal} received: stopping; {} goes with the connection", dev_path.display())
-        }
-        Ended::Disconnected => warn!("the kernel closed the CUSE connection"),
+/// Where a device's control socket goes: `/run/steve` for root, the user's runtime directory
+/// otherwise (a device node cannot have a socket beside it).
+fn control_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("/run/steve")];
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        dirs.push(Path::new(&dir).join("steve"));
     }
-    Ok(())
+    dirs
 }
 
-/// Tells clients where the jobserver is (the MAKEFLAGS line, the control socket) and logs that
-/// serving starts. Shared with steve-fuse, whose file is served the same way.
-pub fn announce_ready(
-    config: &ServeConfig,
-    jobserver: &Path,
-    control: &Path,
-    announce: &mut dyn FnMut(&Announcement),
-) {
-    let jobs = config.limits.jobs;
-    announce(&Announcement {
-        makeflags: jobserver_makeflags(jobs as u32, JobserverAuth::Fifo(jobserver.to_path_buf())),
-        path: jobserver.to_path_buf(),
-        control: Some(control.to_path_buf()),
-    });
-    info!(
-        jobs,
-        "serving {jobs} tokens on {} (per-process accounting; reservations of {:?} for pollers); \
-         control socket {}",
-        jobserver.display(),
-        config.poll_reservation,
-        control.display()
-    );
+/// The control socket of this process's server of `/dev/NAME`.
+fn own_control(name: &str) -> PathBuf {
+    let dirs = control_dirs();
+    let dir =
+        if nix::unistd::geteuid().is_root() { &dirs[0] } else { dirs.last().unwrap_or(&dirs[0]) };
+    dir.join(format!("{name}.control"))
 }
 
-/// Everything up to serving: checks, the CUSE handshake, the node's access, the control
-/// socket, the privilege drop.
-fn register(config: &ServeConfig) -> Result<(Session, PathBuf, PathBuf), Error> {
-    let jobs = checked_jobs(config)?;
-    let dev_name = config.device_name.as_deref().unwrap_or(DEFAULT_DEV_NAME);
+/// Where cuse servers are found: `/dev/steve`, its socket in `/run/steve` (or the user's
+/// runtime directory).
+pub const PLACES: Places = Places { defaults, control_for };
+
+fn defaults() -> Vec<Place> {
+    control_for(Path::new("/dev").join(DEFAULT_DEV_NAME).as_path())
+        .into_iter()
+        .map(|control| Place { jobserver: Path::new("/dev").join(DEFAULT_DEV_NAME), control })
+        .collect()
+}
+
+fn control_for(jobserver: &Path) -> Vec<PathBuf> {
+    let (Ok(rest), Some(name)) = (jobserver.strip_prefix("/dev"), jobserver.file_name()) else {
+        return Vec::new();
+    };
+    if rest.components().count() != 1 {
+        return Vec::new();
+    }
+    let name = name.to_string_lossy();
+    control_dirs().into_iter().map(|dir| dir.join(format!("{name}.control"))).collect()
+}
+
+/// Sets up `/dev/DEV_NAME`: the CUSE handshake and the node's access.
+pub fn start(config: &ServeConfig) -> Result<Box<dyn Server>, steve_core::server::Error> {
+    Ok(Box::new(register(config)?))
+}
+
+fn register(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
+    let dev_name = config.dev_name.as_deref().unwrap_or(DEFAULT_DEV_NAME);
     if dev_name.is_empty() || dev_name.contains('/') || dev_name.contains('\0') {
-        return Err(Error::Handshake(format!("{dev_name:?} is not a device name")));
+        return Err(Error::BadDeviceName { name: dev_name.to_string() }.into());
     }
     let dev_path = Path::new("/dev").join(dev_name);
     if fs::symlink_metadata(&dev_path).is_ok() {
-        return Err(Error::DeviceExists { path: dev_path });
+        return Err(Error::DeviceExists { path: dev_path }.into());
     }
-    let gid = config.group.as_deref().map(lookup_group).transpose()?;
-    let user = config.user.as_deref().map(lookup_user).transpose()?;
+    let gid = config.gid()?;
     let mode = config.mode.unwrap_or(if gid.is_some() { 0o660 } else { 0o666 });
-
     let channel = OpenOptions::new()
         .read(true)
         .write(true)
         .open(CUSE_PATH)
         .map_err(|source| Error::OpenCuse { source })?;
-    let device = Device::new(jobs, config.poll_reservation);
-    let mut session = Session::start(channel.into(), dev_name, device)?;
+    let reservation = config.poll_reservation();
+    let endpoint = Endpoint {
+        path: dev_path.clone(),
+        auth: JobserverAuth::Fifo(dev_path.clone()),
+        default_control: own_control(dev_name),
+        mode,
+        gid,
+        how: format!("per-process accounting; reservations of {reservation:?} for pollers"),
+    };
+    let device = Device::new(config.jobs, reservation);
+    let session = Session::start(channel.into(), dev_name, device, endpoint)?;
     wait_for_node(&dev_path)?;
     if let Some(gid) = gid {
         std::os::unix::fs::chown(&dev_path, None, Some(gid.as_raw())).map_err(|source| {
@@ -118,11 +128,7 @@ fn register(config: &ServeConfig) -> Result<(Session, PathBuf, PathBuf), Error> 
     fs::set_permissions(&dev_path, fs::Permissions::from_mode(mode)).map_err(|source| {
         Error::Io { action: "set the mode of", what: dev_path.display().to_string(), source }
     })?;
-    let control_path = govern_and_listen(&mut session, config, &dev_path, mode, gid)?;
-    if let Some(user) = user {
-        drop_privileges(&user)?;
-    }
-    Ok((session, dev_path, control_path))
+    Ok(session)
 }
 
 /// The kernel creates the node while it handles the CUSE_INIT answer; give devtmpfs a moment.
@@ -137,53 +143,16 @@ fn wait_for_node(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// The pool size asked for, checked against what a device serves (1 to [`MAX_JOBS`]).
-pub fn checked_jobs(config: &ServeConfig) -> Result<usize, Error> {
-    let jobs = config.limits.jobs;
-    if jobs == 0 || jobs > MAX_JOBS {
-        return Err(Error::BadJobs { jobs });
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_nodes_control_socket_is_in_the_runtime_directories() {
+        let found = control_for(Path::new("/dev/steve"));
+        assert_eq!(found[0], PathBuf::from("/run/steve/steve.control"));
+        assert!(control_for(Path::new("/dev/pts/0")).is_empty());
+        assert!(control_for(Path::new("/run/steve/jobserver")).is_empty());
+        assert_eq!(defaults()[0].jobserver, PathBuf::from("/dev/steve"));
     }
-    Ok(jobs)
-}
-
-/// What every device backend does once its session is up: applies the limits, and listens on
-/// the control socket (`--control`, or the default beside `jobserver`) with the jobserver's mode
-/// and group. Returns the socket's path.
-pub fn govern_and_listen(
-    session: &mut Session,
-    config: &ServeConfig,
-    jobserver: &Path,
-    mode: u32,
-    gid: Option<Gid>,
-) -> Result<PathBuf, Error> {
-    session.set_governor(Governor::new(config.limits.clone(), Box::new(ProcProbe)));
-    let control_path = config.control.clone().unwrap_or_else(|| default_socket_for(jobserver));
-    let control = ControlServer::bind(&control_path, mode, gid).map_err(|source| Error::Io {
-        action: "listen on the control socket",
-        what: control_path.display().to_string(),
-        source,
-    })?;
-    session.set_control(control);
-    Ok(control_path)
-}
-
-/// The group `--group` names (a name or a number).
-pub fn lookup_group(group: &str) -> Result<Gid, Error> {
-    steve_core::accounts::group_id(group)
-        .ok_or_else(|| Error::UnknownAccount { kind: "group", name: group.to_string() })
-}
-
-fn lookup_user(user: &str) -> Result<User, Error> {
-    steve_core::accounts::user(user)
-        .ok_or_else(|| Error::UnknownAccount { kind: "user", name: user.to_string() })
-}
-
-/// Becomes `user` for good: supplementary groups, group, then user.
-fn drop_privileges(user: &User) -> Result<(), Error> {
-    let failed = |action| move |errno| Error::io(action, user.name.clone(), errno);
-    nix::unistd::setgroups(&[user.gid]).map_err(failed("set the groups of"))?;
-    nix::unistd::setgid(user.gid).map_err(failed("take the group of"))?;
-    nix::unistd::setuid(user.uid).map_err(failed("become"))?;
-    info!("running as user {} (uid {}) from now on", user.name, user.uid);
-    Ok(())
 }

@@ -17,19 +17,17 @@
 pub mod filesystem;
 pub mod mount;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::cuse as serve;
-use crate::session::{Ended, Session};
 use filesystem::OneFile;
+use mount::FILE_NAME;
 use nix::unistd::{getegid, geteuid, AccessFlags};
-use steve_core::backend::{Announcement, Availability, BackendError, ServeConfig};
-use steve_core::device::Device;
-use steve_core::signals::Signals;
-use tracing::{info, warn};
+use steve_core::accounting::device::Device;
+use steve_core::makeflags::JobserverAuth;
+use steve_core::server::backend::{Availability, Place, Places, ServeConfig, ServeOption};
+use steve_core::server::{Endpoint, Server};
 
-use crate::error::Error;
-use mount::{Mounted, FILE_NAME};
+use crate::session::Session;
 
 /// The kernel's FUSE device.
 pub const FUSE_PATH: &str = "/dev/fuse";
@@ -75,42 +73,48 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|file| file.is_file())
 }
 
-/// Serves the mount until SIGINT, SIGTERM or SIGHUP, then unmounts.
-pub fn serve(
-    config: &ServeConfig,
-    announce: &mut dyn FnMut(&Announcement),
-) -> Result<(), BackendError> {
-    // Blocked before the mount exists, so that a stop signal is never lost.
-    let mut signals = Signals::block().map_err(|errno| Error::Io {
-        action: "block signals for",
-        what: "the server".to_string(),
-        source: errno.into(),
-    })?;
-    let (mut mounted, mut session, file, control_path) = set_up(config)?;
-    serve::announce_ready(config, &file, &control_path, announce);
-    let ended = session.run(Some(&mut signals));
-    // The connection goes first, so that clients still waiting are failed, not left hanging.
-    drop(session);
-    mounted.unmount();
-    match ended? {
-        Ended::Stopped(signal) => info!("{signal} received: stopped"),
-        Ended::Disconnected => {
-            warn!("the kernel closed the FUSE connection (unmounted from outside?)")
-        }
-    }
-    Ok(())
+/// The options `fuse` takes besides the common ones.
+pub const OPTIONS: &[ServeOption] =
+    &[ServeOption::Mountpoint, ServeOption::PollReservation, ServeOption::PerProcessLimit];
+
+/// Where fuse servers are found: `MOUNTPOINT/jobserver`, with `MOUNTPOINT.control` beside the
+/// mount point, at root's and this user's default mount points.
+pub const PLACES: Places = Places { defaults, control_for };
+
+fn defaults() -> Vec<Place> {
+    mount::default_mountpoints()
+        .into_iter()
+        .map(|mountpoint| Place {
+            jobserver: mountpoint.join(FILE_NAME),
+            control: control_beside(&mountpoint),
+        })
+        .collect()
 }
 
-/// Everything up to serving: checks, the mount point, the mount, the control socket.
-fn set_up(config: &ServeConfig) -> Result<(Mounted, Session, PathBuf, PathBuf), Error> {
-    let jobs = serve::checked_jobs(config)?;
-    if config.user.is_some() {
-        return Err(Error::Unsupported(
-            "--user does not apply to the fuse backend: start steve as that user instead (it \
-             mounts through fusermount3)",
-        ));
+fn control_for(jobserver: &Path) -> Vec<PathBuf> {
+    match jobserver.parent() {
+        Some(mountpoint) if jobserver.ends_with(FILE_NAME) && mountpoint.parent().is_some() => {
+            vec![control_beside(mountpoint)]
+        }
+        _ => Vec::new(),
     }
-    let gid = config.group.as_deref().map(serve::lookup_group).transpose()?;
+}
+
+/// `DIR.control`: the control socket goes beside the mount point, not inside the mount.
+fn control_beside(mountpoint: &Path) -> PathBuf {
+    let mut path = mountpoint.as_os_str().to_owned();
+    path.push(".control");
+    PathBuf::from(path)
+}
+
+/// Mounts the filesystem and sets up its session; the event loop serves it, and dropping it
+/// closes the connection, then unmounts.
+pub fn start(config: &ServeConfig) -> Result<Box<dyn Server>, steve_core::server::Error> {
+    Ok(Box::new(set_up(config)?))
+}
+
+fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
+    let gid = config.gid()?;
     let root = geteuid().is_root();
     let mode = config.mode.unwrap_or(match (root, gid) {
         (true, Some(_)) => 0o660,
@@ -126,20 +130,32 @@ fn set_up(config: &ServeConfig) -> Result<(Mounted, Session, PathBuf, PathBuf), 
     let file = mountpoint.join(FILE_NAME);
     let owner =
         OneFile::new(FILE_NAME, geteuid().as_raw(), gid.unwrap_or_else(getegid).as_raw(), mode);
-    let mut session = Session::for_mount(
-        channel,
-        Device::new(jobs, config.poll_reservation),
-        file.clone(),
-        owner,
-    )?;
-    // The control socket goes beside the mount point, not inside the mount.
-    let control_path = serve::govern_and_listen(&mut session, config, &mountpoint, mode, gid)?;
-    Ok((mounted, session, file, control_path))
+    let reservation = config.poll_reservation();
+    let endpoint = Endpoint {
+        path: file.clone(),
+        auth: JobserverAuth::Fifo(file),
+        default_control: control_beside(&mountpoint),
+        mode,
+        gid,
+        how: format!("per-process accounting; reservations of {reservation:?} for pollers"),
+    };
+    let device = Device::new(config.jobs, reservation);
+    let mut session = Session::for_mount(channel, device, endpoint, owner)?;
+    session.unmount_on_drop(mounted);
+    Ok(session)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_control_socket_sits_beside_the_mount_point() {
+        let control = control_for(Path::new("/run/steve/fuse/jobserver"));
+        assert_eq!(control, vec![PathBuf::from("/run/steve/fuse.control")]);
+        assert!(control_for(Path::new("/dev/steve")).is_empty());
+        assert!(control_for(Path::new("/jobserver")).is_empty());
+    }
 
     #[test]
     fn cap_sys_admin_is_read_from_the_effective_set() {

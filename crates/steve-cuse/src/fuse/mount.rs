@@ -24,10 +24,20 @@ pub fn default_mountpoint() -> PathBuf {
     if uid.is_root() {
         return PathBuf::from("/run/steve/fuse");
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
         Some(dir) => Path::new(&dir).join("steve/fuse"),
         None => PathBuf::from(format!("/tmp/steve-{uid}/fuse")),
     }
+}
+
+/// Every place a fuse server mounts by default: root's, then this user's.
+pub fn default_mountpoints() -> Vec<PathBuf> {
+    let mut places = vec![PathBuf::from("/run/steve/fuse")];
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => places.push(Path::new(&dir).join("steve/fuse")),
+        None => places.push(PathBuf::from(format!("/tmp/steve-{}/fuse", geteuid()))),
+    }
+    places
 }
 
 /// The name steve's mounts give as their source (`fsname`), by which they are told from others.
@@ -119,7 +129,7 @@ pub fn resolve(mountpoint: &Path) -> Result<PathBuf, Error> {
         |action, source| Error::Io { action, what: mountpoint.display().to_string(), source };
     let absolute = std::path::absolute(mountpoint).map_err(|source| io_error("resolve", source))?;
     let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
-        return Err(Error::Unsupported("the mount point must be a directory below /"));
+        return Err(Error::BadMountpoint { mountpoint: mountpoint.to_path_buf() });
     };
     fs::create_dir_all(parent).map_err(|source| io_error("create the parent of", source))?;
     let parent = fs::canonicalize(parent).map_err(|source| io_error("resolve", source))?;

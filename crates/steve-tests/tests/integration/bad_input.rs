@@ -194,6 +194,6 @@ fn fuse_refuses_a_file_a_foreign_mount_and_options_it_cannot_honour() {
     // /proc is a mount point of procfs on every Linux machine.
     fuse_serve_refuses(Path::new("/proc"), &[], "mount point of a proc filesystem");
     let free = dir.path().join("mnt");
-    fuse_serve_refuses(&free, &["--user", "nobody"], "--user does not apply to the fuse backend");
+    fuse_serve_refuses(&free, &["--user", "nobody"], "--user does not apply to backend fuse");
     assert!(!free.exists(), "{} was made for a server that refused", free.display());
 }

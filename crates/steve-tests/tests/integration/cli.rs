@@ -66,11 +66,16 @@ fn serve_without_backend_picks_the_best_available_and_says_why() {
     let path = dir.path().join("jobserver");
     let mountpoint = dir.path().join("mnt");
     let log = dir.path().join("steve.log");
-    let mut server = command()
-        .args(["serve", "-j", "1", "--dev-name", "steve-auto-test", "--path"])
-        .arg(&path)
-        .arg("--mountpoint")
-        .arg(&mountpoint)
+    // Only the chosen backend's own location option, so that it serves in the temporary
+    // folder: auto takes the first backend that works here and takes every option given.
+    let mut serve = command();
+    serve.args(["serve", "-j", "1"]);
+    match expected {
+        "cuse" => serve.args(["--dev-name", "steve-auto-test"]),
+        "fuse" => serve.arg("--mountpoint").arg(&mountpoint),
+        _ => serve.arg("--path").arg(&path),
+    };
+    let mut server = serve
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -99,4 +104,105 @@ fn serve_without_backend_picks_the_best_available_and_says_why() {
         _ => path,
     };
     assert!(announcement.contains(&format!("fifo:{}", jobserver.display())), "{announcement}");
+}
+
+/// Every pair of a server backend and an option it does not take: `steve serve` refuses it in
+/// one line naming both, and sets nothing up. The pairs come from the registry, so a new backend
+/// or option is covered without changing this test.
+#[test]
+fn a_backend_refuses_each_option_it_does_not_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let options: [(&str, Vec<std::ffi::OsString>); 6] = [
+        ("--path", vec!["--path".into(), dir.path().join("p").into()]),
+        ("--mountpoint", vec!["--mountpoint".into(), dir.path().join("m").into()]),
+        ("--dev-name", vec!["--dev-name".into(), "steve-refused".into()]),
+        ("--user", vec!["--user".into(), "nobody".into()]),
+        ("--poll-reservation-ms", vec!["--poll-reservation-ms".into(), "100".into()]),
+        ("--per-process-limit", vec!["--per-process-limit".into(), "1".into()]),
+    ];
+    let listing = command().arg("backends").output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    let mut refused = 0;
+    for backend in ["cuse", "fuse", "fifo"] {
+        let own = own_options(&listing, backend);
+        assert!(!own.is_empty() || backend == "fifo", "{backend} lists no options:\n{listing}");
+        for (flag, args) in &options {
+            if own.iter().any(|taken| taken == flag) {
+                continue;
+            }
+            let output = command()
+                .args(["serve", "--backend", backend, "-j", "1"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert_eq!(output.status.code(), Some(2), "{backend} {flag}: {output:?}");
+            let lines = stderr_lines(&output);
+            assert_eq!(lines.len(), 1, "{backend} {flag}: {lines:?}");
+            let expected = format!("{flag} does not apply to backend {backend}");
+            assert!(lines[0].contains(&expected), "{backend} {flag}: {}", lines[0]);
+            refused += 1;
+        }
+    }
+    // cuse takes 4 of the 6, fuse 3, fifo 1: 2 + 3 + 5 refusals.
+    assert_eq!(refused, 10, "{listing}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a refused server made files");
+}
+
+/// `own options:` of `backend` in `steve backends`' listing.
+fn own_options(listing: &str, backend: &str) -> Vec<String> {
+    let mut lines = listing.lines().skip_while(|line| !line.starts_with(backend));
+    lines
+        .find_map(|line| line.trim().strip_prefix("own options: "))
+        .map(|own| own.split(' ').filter(|o| *o != "none").map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// `steve run` and `steve serve` take a job count in every form make users type.
+#[test]
+fn job_counts_are_taken_in_every_form_make_users_type() {
+    for form in [&["-j3"][..], &["-j", "3"], &["--jobs=3"], &["--jobs", "3"]] {
+        let output = command()
+            .arg("run")
+            .args(form)
+            .args(["--", "sh", "-c", "echo \"$MAKEFLAGS\""])
+            .env_remove("MAKEFLAGS")
+            .env_remove("CARGO_MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{form:?}: {output:?}");
+        let makeflags = String::from_utf8_lossy(&output.stdout);
+        assert!(makeflags.starts_with(" -j3 "), "{form:?}: {makeflags}");
+    }
+    // The command's own options are its own, not steve's.
+    let output = command().args(["run", "-j2", "sh", "-c", "exit 4"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(4));
+    let dir = tempfile::tempdir().unwrap();
+    for form in [&["-j3"][..], &["-j", "3"], &["--jobs=3"], &["--jobs", "3"]] {
+        let path = dir.path().join("jobserver");
+        let mut server = command()
+            .args(["serve", "--backend", "fifo", "--path"])
+            .arg(&path)
+            .args(form)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut announcement = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut announcement)
+            .unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        server.wait().unwrap();
+        assert!(announcement.starts_with("MAKEFLAGS=' -j3 "), "{form:?}: {announcement}");
+    }
+    let bad = command().args(["run", "-jx", "true"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let lines = stderr_lines(&bad);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("\"x\" is not a job count"), "{}", lines[0]);
 }

@@ -160,7 +160,8 @@ fn get_prints_one_value_per_line_and_set_rejects_bad_values_whole() {
     assert!(!output.status.success());
     let lines = stderr_lines(&output);
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].contains("jobs: \"0\" is not a whole number of at least 1"), "{}", lines[0]);
+    // The same words as `steve serve -j 0`: one type checks every job count.
+    assert!(lines[0].contains("jobs: job count 0 is out of range (1 to 4096)"), "{}", lines[0]);
     assert_eq!(
         String::from_utf8_lossy(&server.ctl(&["get", "min-jobs"]).stdout),
         "1\n",
@@ -268,7 +269,7 @@ fn assert_documented(paths: &BTreeSet<String>) {
 #[test]
 fn every_field_of_a_fully_populated_status_is_documented() {
     // What a device backend reports under a load limit: waiters, counters, every kind of field.
-    use steve_core::limits::{Limits, Pressure, SystemReading};
+    use steve_core::accounting::limits::{Limits, Pressure, Settings, SystemReading};
     use steve_core::status::{CounterReport, HolderReport, PoolReport, StatusReport, WaiterReport};
     let full = StatusReport {
         backend: "cuse".into(),
@@ -277,11 +278,14 @@ fn every_field_of_a_fully_populated_status_is_documented() {
         daemon_pid: 1,
         uptime_seconds: 1.0,
         pool: PoolReport { jobs: 2, size: 2, free: 0, held: 1, withheld: 1, lent: 0 },
-        limits: Limits {
-            load_average: Some(2.0),
-            min_memory_avail_mib: Some(1),
-            per_process_limit: Some(1),
-            ..Limits::new(2)
+        limits: Settings {
+            jobs: steve_core::JobCount::new(2).unwrap(),
+            limits: Limits {
+                load_average: Some(2.0),
+                min_memory_avail_mib: Some(1),
+                per_process_limit: Some(1),
+                ..Limits::default()
+            },
         },
         system: SystemReading { load_average_1m: Some(3.0), memory_available_mib: Some(100) },
         limited_by: Some(Pressure::LoadAverage { current: 3.0, limit: 2.0 }),

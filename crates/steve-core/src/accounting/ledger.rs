@@ -1,29 +1,21 @@
-//! The token ledger: how many tokens exist, who holds them, who waits for one.
+//! The token ledger: who holds the pool's tokens, and who waits for one.
 //!
-//! The ledger is pure bookkeeping, with no I/O and no clock, so every transport (named pipe,
-//! character device, FUSE file) and every test can drive it the same way. A *client* is whatever
-//! the transport accounts by: a process id for per-process transports, a unit key for a pipe.
+//! The ledger is pure bookkeeping, with no I/O and no clock, so every per-process transport
+//! (character device, FUSE file) and every test can drive it the same way. A *client* is whatever
+//! the transport accounts by: a process id for the device backends. The counts themselves
+//! (`free + held + withheld == size`, resizing, the allowance, lending) are the [`Pool`]'s,
+//! which the fifo backend uses directly; the ledger adds holdings per client, one fair FIFO queue
+//! of waiters, reclaim, and a per-client limit.
 //!
-//! Every token that exists is in exactly one of three places, and this always holds:
-//!
-//! ```text
-//! free + held + withheld == size
-//! ```
-//!
-//! - `free`: may be handed out now.
-//! - `held`: handed out to a client and not yet returned.
-//! - `withheld`: exists, but an allowance (a scheduling limit) keeps it back for now.
-//!
-//! `size` follows the configured `target` (the `-j` value) plus the tokens clients have *lent*:
-//! growing creates tokens at once and grants them to waiters; shrinking retires free tokens at
-//! once and retires held tokens as they come back, never taking one from its holder. A client
-//! that hands back its implicit token before taking any (a grace return) lends it to the pool
-//! for as long as it lives; [`Ledger::repay`] retires it again the same way a shrink would.
+//! A client that hands back its implicit token before taking any (a grace return) lends it to
+//! the pool for as long as it lives; [`Ledger::repay`] retires it again the same way a shrink
+//! would.
 //!
 //! ```
-//! use steve_core::ledger::{Acquire, Ledger, Wait};
+//! use steve_core::accounting::ledger::{Acquire, Ledger, Wait};
+//! use steve_core::accounting::pool::JobCount;
 //!
-//! let mut ledger = Ledger::new(1);
+//! let mut ledger = Ledger::new(JobCount::new(1).unwrap());
 //! assert_eq!(ledger.acquire("make", Wait::Queue), Acquire::Granted);
 //! let Acquire::Queued(waiter) = ledger.acquire("ninja", Wait::Queue) else { panic!() };
 //! let grants = ledger.release(&"make").unwrap();
@@ -35,6 +27,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
+
+pub use super::pool::Counts;
+use super::pool::{JobCount, Pool};
 
 /// Identifies one queued request, so a transport can answer it when it is granted or drop it
 /// when the caller gives up.
@@ -104,25 +99,6 @@ pub struct Reclaimed<C> {
     pub grants: Vec<Grant<C>>,
 }
 
-/// A snapshot of the ledger's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    /// The configured number of tokens (`-j`).
-    pub target: usize,
-    /// Tokens lent to the pool by clients' grace returns, until those clients go.
-    pub lent: usize,
-    /// Tokens that exist now: `target + lent`, or more while a shrink waits for returns.
-    pub size: usize,
-    /// Tokens that may be handed out now.
-    pub free: usize,
-    /// Tokens out with clients.
-    pub held: usize,
-    /// Tokens kept back by the allowance.
-    pub withheld: usize,
-    /// Requests in the queue.
-    pub waiting: usize,
-}
-
 #[derive(Debug, Clone)]
 struct Waiter<C> {
     id: WaiterId,
@@ -132,14 +108,8 @@ struct Waiter<C> {
 /// The token pool with per-client holdings and one fair FIFO queue of waiters.
 #[derive(Debug, Clone)]
 pub struct Ledger<C> {
-    target: usize,
-    lent: usize,
-    size: usize,
-    free: usize,
-    withheld: usize,
-    held: usize,
-    /// How many tokens may be out with clients in total; `None` is no limit.
-    allowance: Option<usize>,
+    /// The counts; the ledger adds who holds what and who waits.
+    pool: Pool,
     /// How many tokens one client may hold; `None` is no limit.
     per_client_limit: Option<usize>,
     holders: HashMap<C, usize>,
@@ -148,16 +118,15 @@ pub struct Ledger<C> {
 }
 
 impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
-    /// A ledger of `size` free tokens.
-    pub fn new(size: usize) -> Self {
+    /// A ledger of `jobs` free tokens.
+    pub fn new(jobs: JobCount) -> Self {
+        Ledger::over(Pool::new(jobs))
+    }
+
+    /// A ledger over `pool` (an empty one, in tests).
+    pub fn over(pool: Pool) -> Self {
         Ledger {
-            target: size,
-            lent: 0,
-            size,
-            free: size,
-            withheld: 0,
-            held: 0,
-            allowance: None,
+            pool,
             per_client_limit: None,
             holders: HashMap::new(),
             queue: VecDeque::new(),
@@ -168,17 +137,19 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     /// Asks for one token for `client`. A request never overtakes one already queued, and a
     /// client at the per-client limit waits (or is refused) until it returns one.
     pub fn acquire(&mut self, client: C, wait: Wait) -> Acquire {
-        let outcome = if self.free > 0 && !self.has_eligible_waiter() && self.may_take(&client) {
-            self.hand_out(&client);
-            Acquire::Granted
-        } else if wait == Wait::Queue {
-            let id = WaiterId(self.next_waiter);
-            self.next_waiter += 1;
-            self.queue.push_back(Waiter { id, client });
-            Acquire::Queued(id)
-        } else {
-            Acquire::WouldBlock
-        };
+        let outcome =
+            if self.pool.counts().free > 0 && !self.has_eligible_waiter() && self.may_take(&client)
+            {
+                self.hand_out(&client);
+                Acquire::Granted
+            } else if wait == Wait::Queue {
+                let id = WaiterId(self.next_waiter);
+                self.next_waiter += 1;
+                self.queue.push_back(Waiter { id, client });
+                Acquire::Queued(id)
+            } else {
+                Acquire::WouldBlock
+            };
         self.debug_check();
         outcome
     }
@@ -194,8 +165,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             }
             None => return Err(LedgerError::NotHeld),
         }
-        self.held -= 1;
-        self.take_back(1);
+        self.pool.take_back(1);
         let grants = self.grant_waiters();
         self.debug_check();
         Ok(grants)
@@ -204,8 +174,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     /// Forgets a client that went away: its tokens come back and its queued requests go.
     pub fn reclaim(&mut self, client: &C) -> Reclaimed<C> {
         let tokens = self.holders.remove(client).unwrap_or(0);
-        self.held -= tokens;
-        self.take_back(tokens);
+        self.pool.take_back(tokens);
         let mut cancelled = Vec::new();
         self.queue.retain(|waiter| {
             let keep = waiter.client != *client;
@@ -229,33 +198,30 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
 
     /// Changes the configured number of tokens. Growing grants waiters at once; shrinking
     /// retires free tokens now and held ones as they come back.
-    pub fn set_target(&mut self, target: usize) -> Vec<Grant<C>> {
-        self.target = target;
-        self.resize()
+    pub fn set_target(&mut self, target: JobCount) -> Vec<Grant<C>> {
+        self.pool.set_target(target);
+        self.settle()
     }
 
     /// A client lends one token to the pool (it returned its implicit token): the pool grows by
     /// one until [`Ledger::repay`].
     pub fn lend(&mut self) -> Vec<Grant<C>> {
-        self.lent += 1;
-        self.resize()
+        self.pool.lend();
+        self.settle()
     }
 
     /// A lending client went away: the token it lent is retired, at once if one is free, else
     /// from the next return. Does nothing if nothing is lent.
     pub fn repay(&mut self) -> Vec<Grant<C>> {
-        self.lent = self.lent.saturating_sub(1);
-        self.resize()
+        self.pool.repay();
+        self.settle()
     }
 
     /// Limits how many tokens may be out with clients in total (`None`: no limit). Tokens above
     /// the allowance are withheld, never taken from a holder.
     pub fn set_allowance(&mut self, allowance: Option<usize>) -> Vec<Grant<C>> {
-        self.allowance = allowance;
-        self.rebalance();
-        let grants = self.grant_waiters();
-        self.debug_check();
-        grants
+        self.pool.set_allowance(allowance);
+        self.settle()
     }
 
     /// Limits how many tokens one client may hold (`None`: no limit). Nothing is taken back
@@ -282,46 +248,29 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
         self.queue.iter().map(|waiter| (waiter.id, &waiter.client))
     }
 
-    /// The counters as they are now.
+    /// The pool's counters as they are now.
     pub fn counts(&self) -> Counts {
-        Counts {
-            target: self.target,
-            lent: self.lent,
-            size: self.size,
-            free: self.free,
-            held: self.held,
-            withheld: self.withheld,
-            waiting: self.queue.len(),
-        }
+        self.pool.counts()
     }
 
-    /// Whether the accounting is consistent: `free + held + withheld == size`, holdings add up
-    /// to `held`, and no client that may take a token waits while one is free.
+    /// Requests in the queue.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether the accounting is consistent: the pool's own invariant, holdings add up to
+    /// `held`, and no client that may take a token waits while one is free.
     pub fn is_consistent(&self) -> bool {
         let holdings: usize = self.holders.values().sum();
-        self.free + self.held + self.withheld == self.size
-            && holdings == self.held
+        let counts = self.pool.counts();
+        self.pool.is_consistent()
+            && holdings == counts.held
             && self.holders.values().all(|count| *count > 0)
-            && (self.free == 0 || !self.has_eligible_waiter())
-            && self.size >= self.wanted()
-            && (self.size == self.wanted() || self.free + self.withheld == 0)
+            && (counts.free == 0 || !self.has_eligible_waiter())
     }
 
-    /// How many tokens should exist.
-    fn wanted(&self) -> usize {
-        self.target + self.lent
-    }
-
-    /// Brings `size` towards `wanted()` after either changed, and grants what became free.
-    fn resize(&mut self) -> Vec<Grant<C>> {
-        let wanted = self.wanted();
-        if wanted > self.size {
-            self.free += wanted - self.size;
-            self.size = wanted;
-        } else {
-            self.retire_excess();
-        }
-        self.rebalance();
+    /// Grants what a change of the pool freed, and checks the books.
+    fn settle(&mut self) -> Vec<Grant<C>> {
         let grants = self.grant_waiters();
         self.debug_check();
         grants
@@ -341,44 +290,15 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     }
 
     fn hand_out(&mut self, client: &C) {
-        self.free -= 1;
-        self.held += 1;
+        let handed = self.pool.hand_out();
+        debug_assert!(handed, "a token was free");
         *self.holders.entry(client.clone()).or_insert(0) += 1;
-    }
-
-    /// `count` tokens came back from clients: retire what a shrink still owes, keep the rest.
-    fn take_back(&mut self, count: usize) {
-        let retired = count.min(self.size - self.wanted());
-        self.size -= retired;
-        self.free += count - retired;
-        self.rebalance();
-    }
-
-    /// Retires free and withheld tokens while more tokens exist than the target asks for.
-    fn retire_excess(&mut self) {
-        let excess = self.size - self.wanted();
-        let from_withheld = excess.min(self.withheld);
-        self.withheld -= from_withheld;
-        let from_free = (excess - from_withheld).min(self.free);
-        self.free -= from_free;
-        self.size -= from_withheld + from_free;
-    }
-
-    /// Splits the tokens not held between free and withheld, as the allowance says.
-    fn rebalance(&mut self) {
-        let unheld = self.free + self.withheld;
-        let may_hand_out = match self.allowance {
-            Some(allowance) => allowance.saturating_sub(self.held),
-            None => unheld,
-        };
-        self.free = unheld.min(may_hand_out);
-        self.withheld = unheld - self.free;
     }
 
     /// Hands free tokens to the oldest waiters that may take one, in queue order.
     fn grant_waiters(&mut self) -> Vec<Grant<C>> {
         let mut grants = Vec::new();
-        while self.free > 0 {
+        while self.pool.counts().free > 0 {
             let Some(index) = self.queue.iter().position(|waiter| self.may_take(&waiter.client))
             else {
                 break;
@@ -395,9 +315,13 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
 mod tests {
     use super::*;
 
+    fn jobs(n: usize) -> JobCount {
+        JobCount::new(n).unwrap()
+    }
+
     #[test]
     fn grants_until_empty_then_queues_in_order() {
-        let mut ledger = Ledger::new(2);
+        let mut ledger = Ledger::new(jobs(2));
         assert_eq!(ledger.acquire(1, Wait::Queue), Acquire::Granted);
         assert_eq!(ledger.acquire(2, Wait::Queue), Acquire::Granted);
         assert_eq!(ledger.acquire(3, Wait::NoWait), Acquire::WouldBlock);
@@ -408,12 +332,12 @@ mod tests {
         let grants = ledger.release(&2).unwrap();
         assert_eq!(grants, vec![Grant { waiter: second, client: 4 }]);
         assert_eq!(ledger.counts().held, 2);
-        assert_eq!(ledger.counts().waiting, 0);
+        assert_eq!(ledger.waiting(), 0);
     }
 
     #[test]
     fn a_new_request_does_not_overtake_the_queue() {
-        let mut ledger = Ledger::new(1);
+        let mut ledger = Ledger::new(jobs(1));
         ledger.acquire(1, Wait::Queue);
         let Acquire::Queued(_) = ledger.acquire(2, Wait::Queue) else { panic!() };
         // The release grants the queued request at once, so nothing is free for a newcomer.
@@ -424,7 +348,7 @@ mod tests {
 
     #[test]
     fn returning_a_token_not_held_is_refused_and_changes_nothing() {
-        let mut ledger = Ledger::new(2);
+        let mut ledger = Ledger::new(jobs(2));
         ledger.acquire(1, Wait::Queue);
         let before = ledger.counts();
         assert_eq!(ledger.release(&2), Err(LedgerError::NotHeld));
@@ -433,7 +357,7 @@ mod tests {
 
     #[test]
     fn reclaim_returns_every_token_and_drops_the_clients_waiters() {
-        let mut ledger = Ledger::new(3);
+        let mut ledger = Ledger::new(jobs(3));
         for _ in 0..3 {
             ledger.acquire(1, Wait::Queue);
         }
@@ -448,7 +372,7 @@ mod tests {
 
     #[test]
     fn cancelled_waiter_is_not_granted() {
-        let mut ledger = Ledger::new(1);
+        let mut ledger = Ledger::new(jobs(1));
         ledger.acquire(1, Wait::Queue);
         let Acquire::Queued(waiter) = ledger.acquire(2, Wait::Queue) else { panic!() };
         assert!(ledger.cancel(waiter));
@@ -459,22 +383,22 @@ mod tests {
 
     #[test]
     fn growing_grants_waiters_at_once() {
-        let mut ledger = Ledger::new(1);
+        let mut ledger = Ledger::new(jobs(1));
         ledger.acquire(1, Wait::Queue);
         ledger.acquire(2, Wait::Queue);
         ledger.acquire(3, Wait::Queue);
-        let grants = ledger.set_target(3);
+        let grants = ledger.set_target(jobs(3));
         assert_eq!(grants.iter().map(|g| g.client).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(ledger.counts().size, 3);
     }
 
     #[test]
     fn shrinking_retires_free_tokens_now_and_held_tokens_as_they_return() {
-        let mut ledger = Ledger::new(4);
+        let mut ledger = Ledger::new(jobs(4));
         for client in 1..=3 {
             ledger.acquire(client, Wait::Queue);
         }
-        ledger.set_target(1);
+        ledger.set_target(jobs(1));
         let counts = ledger.counts();
         assert_eq!((counts.size, counts.free, counts.held), (3, 0, 3));
         // Nobody lost a token; the first two returns retire, the third becomes free.
@@ -488,7 +412,7 @@ mod tests {
 
     #[test]
     fn a_lent_token_grows_the_pool_until_repaid() {
-        let mut ledger = Ledger::new(1);
+        let mut ledger = Ledger::new(jobs(1));
         ledger.acquire(1, Wait::Queue);
         let Acquire::Queued(waiter) = ledger.acquire(2, Wait::Queue) else { panic!() };
         // Client 3 lends its implicit token: it goes to the waiting client at once.
@@ -504,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_client_at_its_limit_waits_without_holding_up_the_queue() {
-        let mut ledger = Ledger::new(3);
+        let mut ledger = Ledger::new(jobs(3));
         ledger.set_per_client_limit(Some(1));
         assert_eq!(ledger.acquire(1, Wait::Queue), Acquire::Granted);
         assert_eq!(ledger.acquire(1, Wait::NoWait), Acquire::WouldBlock, "at its limit");
@@ -521,7 +445,7 @@ mod tests {
 
     #[test]
     fn allowance_withholds_without_taking_from_holders() {
-        let mut ledger = Ledger::new(4);
+        let mut ledger = Ledger::new(jobs(4));
         ledger.acquire(1, Wait::Queue);
         ledger.acquire(1, Wait::Queue);
         ledger.set_allowance(Some(1));

@@ -188,10 +188,11 @@ impl fmt::Display for JobPool {
 mod tests {
     use super::*;
     use crate::client::{Jobserver, Style};
+    use crate::JobCount;
 
     #[test]
     fn runs_more_jobs_than_tokens_and_reports_failures_and_terminations() {
-        let jobserver = Jobserver::create(2, Style::Pipe).unwrap();
+        let jobserver = Jobserver::create(JobCount::new(2).unwrap(), Style::Pipe).unwrap();
         let mut pool = JobPool::new(jobserver.client().unwrap());
         let ok = pool.spawn(&mut Command::new("true")).unwrap();
         let failing = pool.spawn(Command::new("sh").args(["-c", "exit 3"])).unwrap();

@@ -1,4 +1,5 @@
-//! Users and groups named on the command line (`--group`, `--user`), by name or number.
+//! Users and groups named on the command line (`--group`, `--user`), by name or number, and
+//! becoming a user for good.
 #![forbid(unsafe_code)]
 
 use nix::unistd::{Gid, Group, Uid, User};
@@ -18,6 +19,16 @@ pub fn user(name: &str) -> Option<User> {
         Ok(number) => User::from_uid(Uid::from_raw(number)).ok().flatten(),
         Err(_) => User::from_name(name).ok().flatten(),
     }
+}
+
+/// Becomes `user` for good: supplementary groups, group, then user. Says what failed.
+pub fn become_user(user: &User) -> Result<(), String> {
+    let failed =
+        |what: &str, errno: nix::errno::Errno| format!("cannot {what} {}: {errno}", user.name);
+    nix::unistd::setgroups(&[user.gid]).map_err(|errno| failed("set the groups of", errno))?;
+    nix::unistd::setgid(user.gid).map_err(|errno| failed("take the group of", errno))?;
+    nix::unistd::setuid(user.uid).map_err(|errno| failed("become", errno))?;
+    Ok(())
 }
 
 #[cfg(test)]

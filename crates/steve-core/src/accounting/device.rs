@@ -24,10 +24,11 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use steve_core::device::{Device, Event, ReadOutcome, RequestId};
+//! use steve_core::accounting::device::{Device, Event, ReadOutcome, RequestId};
+//! use steve_core::accounting::pool::JobCount;
 //!
 //! let now = Instant::now();
-//! let mut device = Device::new(1, Duration::from_millis(500));
+//! let mut device = Device::new(JobCount::new(1).unwrap(), Duration::from_millis(500));
 //! assert_eq!(device.read(100, RequestId(1), false, now), ReadOutcome::Token);
 //! assert_eq!(device.read(200, RequestId(2), false, now), ReadOutcome::Pending);
 //! device.write(100, 1, now).unwrap();
@@ -39,7 +40,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::ledger::{Acquire, Counts, Grant, Ledger, Wait, WaiterId};
+use super::ledger::{Acquire, Counts, Grant, Ledger, Wait, WaiterId};
+use super::pool::{JobCount, Pool};
 
 /// A process, by its thread-group id.
 pub type Pid = u32;
@@ -194,9 +196,14 @@ pub struct Device {
 
 impl Device {
     /// A device with `jobs` tokens, holding a poller's token for `reservation`.
-    pub fn new(jobs: usize, reservation: Duration) -> Device {
+    pub fn new(jobs: JobCount, reservation: Duration) -> Device {
+        Device::over(Pool::new(jobs), reservation)
+    }
+
+    /// A device over `pool` (an empty one, in tests).
+    pub fn over(pool: Pool, reservation: Duration) -> Device {
         Device {
-            ledger: Ledger::new(jobs),
+            ledger: Ledger::over(pool),
             reservation,
             processes: HashMap::new(),
             waiting: HashMap::new(),
@@ -383,7 +390,7 @@ impl Device {
 
     /// Changes the pool size: growing answers waiters at once, shrinking takes tokens as they
     /// come back.
-    pub fn set_jobs(&mut self, jobs: usize, now: Instant) {
+    pub fn set_jobs(&mut self, jobs: JobCount, now: Instant) {
         let grants = self.ledger.set_target(jobs);
         self.settle(grants, now);
         self.debug_check();
@@ -506,7 +513,7 @@ mod tests {
     const RESERVE: Duration = Duration::from_millis(500);
 
     fn device(jobs: usize) -> (Device, Instant) {
-        (Device::new(jobs, RESERVE), Instant::now())
+        (Device::over(Pool::with_target(jobs), RESERVE), Instant::now())
     }
 
     #[test]
@@ -744,7 +751,7 @@ mod tests {
         device.read(1, RequestId(1), false, now);
         device.read(2, RequestId(2), false, now);
         device.poll(3, Some(PollHandle(3)), now);
-        device.set_jobs(3, now);
+        device.set_jobs(JobCount::new(3).unwrap(), now);
         assert_eq!(
             device.take_events(),
             vec![

@@ -1,5 +1,6 @@
-//! The client processes the device has seen: each request names the calling *thread*, the
-//! device accounts per *process*, and a pidfd per process tells when it exits.
+//! The client processes a server watches: a kernel request names the calling *thread*, the
+//! books are kept per *process*, and a pidfd per process, in the event loop's epoll, tells when
+//! it exits. Also the command lines status reports show.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -8,9 +9,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use steve_core::device::Pid;
 
-use steve_core::sys::pidfd_open;
+use crate::accounting::device::Pid;
+use crate::sys::pidfd_open;
 
 /// A process being watched.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ struct Watched {
 pub struct Processes {
     watched: HashMap<Pid, Watched>,
     process_of_thread: HashMap<u32, Pid>,
+    /// Processes watched since the event loop last added their pidfds to its epoll.
+    unregistered: Vec<Pid>,
 }
 
 /// Why a caller could not be watched: it is already gone.
@@ -45,6 +48,7 @@ impl Processes {
                 let name = fs::read_to_string(format!("/proc/{pid}/comm"))
                     .map(|name| name.trim_end().to_string())
                     .unwrap_or_else(|_| "?".to_string());
+                self.unregistered.push(pid);
                 entry.insert(Watched { pidfd, name, threads: Vec::new() })
             }
         };
@@ -69,12 +73,44 @@ impl Processes {
 
     /// The command line of a live process, read now (only status reports need it).
     pub fn command(&self, pid: Pid) -> String {
-        steve_core::status::command_line(pid)
+        command_line(pid)
     }
 
-    /// Every watched process with its pidfd, to poll.
-    pub fn pidfds(&self) -> Vec<(Pid, BorrowedFd<'_>)> {
-        self.watched.iter().map(|(pid, watched)| (*pid, watched.pidfd.as_fd())).collect()
+    /// How many processes are watched.
+    pub fn len(&self) -> usize {
+        self.watched.len()
+    }
+
+    /// Whether no process is watched.
+    pub fn is_empty(&self) -> bool {
+        self.watched.is_empty()
+    }
+
+    /// The processes watched since the last call, with their pidfds, for the event loop to add
+    /// to its epoll. A pidfd closes when its process is forgotten, which takes it out again.
+    pub(super) fn take_unregistered(&mut self) -> Vec<(Pid, BorrowedFd<'_>)> {
+        let pids = std::mem::take(&mut self.unregistered);
+        pids.into_iter()
+            .filter_map(|pid| Some((pid, self.watched.get(&pid)?.pidfd.as_fd())))
+            .collect()
+    }
+}
+
+/// A process's command line from `/proc/PID/cmdline` (arguments joined by spaces), or its
+/// `comm` name when that is empty (kernel threads, zombies).
+pub fn command_line(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let words: Vec<String> = raw
+        .split(|byte| *byte == 0)
+        .filter(|word| !word.is_empty())
+        .map(|word| String::from_utf8_lossy(word).into_owned())
+        .collect();
+    if words.is_empty() {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|name| format!("[{}]", name.trim_end()))
+            .unwrap_or_else(|_| "?".to_string())
+    } else {
+        words.join(" ")
     }
 }
 
@@ -112,7 +148,9 @@ mod tests {
         let tid = receiver.recv().unwrap();
         assert_ne!(tid, own);
         assert_eq!(processes.resolve(tid).unwrap(), own);
-        assert_eq!(processes.pidfds().len(), 1);
+        assert_eq!(processes.len(), 1);
+        assert_eq!(processes.take_unregistered().len(), 1, "one new pidfd for the loop");
+        assert!(processes.take_unregistered().is_empty());
         stop.send(()).unwrap();
         thread.join().unwrap();
         assert!(!processes.has_exited(own));
@@ -141,6 +179,14 @@ mod tests {
         child.wait().unwrap();
         assert!(processes.has_exited(pid));
         assert_eq!(processes.forget(pid).as_deref(), Some("sleep"));
-        assert!(processes.pidfds().is_empty());
+        assert!(processes.is_empty());
+    }
+
+    #[test]
+    fn command_lines_come_from_proc() {
+        let own = command_line(std::process::id());
+        let exe = std::env::current_exe().unwrap();
+        assert!(own.starts_with(&exe.display().to_string()), "{own}");
+        assert_eq!(command_line(u32::MAX), "?");
     }
 }

@@ -1,18 +1,22 @@
 //! Scheduling limits: how many tokens may be out right now, given the configured limits and what
 //! the system says about its load and memory.
 //!
-//! - `jobs`: the pool size;
 //! - `load_average`: while the 1-minute load average is at or above it, no token is handed out
 //!   beyond `min_jobs` held in total;
 //! - `min_memory_avail_mib`: the same while `MemAvailable` is below it;
 //! - `per_process_limit`: how many tokens one process may hold (per-process backends);
 //! - `load_recheck`: how often the load and memory are read again while over a limit.
 //!
-//! Readings come from a [`SystemProbe`]: [`ProcProbe`] reads `/proc`, tests drive a fake.
+//! The pool size, `jobs`, is not a limit: it is the pool's own target
+//! ([`Pool::target`](super::pool::Pool::target)), its one source of truth. [`Settings`] is the
+//! view `steve set` and `steve get` work on: the pool size with the limits.
+//!
+//! Readings come from a [`SystemProbe`]: the server's `ProcProbe` reads `/proc`, tests drive a
+//! fake. Nothing here does I/O.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use steve_core::limits::{Governor, Limits, SystemProbe, SystemReading};
+//! use steve_core::accounting::limits::{Governor, Limits, SystemProbe, SystemReading};
 //!
 //! #[derive(Debug)]
 //! struct Busy;
@@ -22,7 +26,7 @@
 //!     }
 //! }
 //!
-//! let limits = Limits { load_average: Some(4.0), min_jobs: 2, ..Limits::new(8) };
+//! let limits = Limits { load_average: Some(4.0), min_jobs: 2, ..Limits::default() };
 //! let mut governor = Governor::new(limits, Box::new(Busy));
 //! let now = Instant::now();
 //! assert_eq!(governor.check(now), Some(2));
@@ -31,16 +35,15 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::fs;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::pool::JobCount;
+
 /// The limits a server applies; all of them can be changed at run time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
-    /// Tokens in the pool.
-    pub jobs: usize,
     /// Hold back tokens while the 1-minute load average is at or above this.
     pub load_average: Option<f64>,
     /// Tokens that may still be out while a load or memory limit holds tokens back.
@@ -75,11 +78,21 @@ impl fmt::Display for SettingError {
 
 impl std::error::Error for SettingError {}
 
-impl Limits {
-    /// `jobs` tokens and no other limit.
-    pub fn new(jobs: usize) -> Limits {
+/// The settings of a running server as `steve set` and `steve get` see them: the pool size and
+/// the limits. A view: the server keeps `jobs` in its pool and the limits in its governor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Tokens in the pool.
+    pub jobs: JobCount,
+    /// The scheduling limits.
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+impl Default for Limits {
+    /// No limit: every token may go out whatever the load.
+    fn default() -> Limits {
         Limits {
-            jobs,
             load_average: None,
             min_jobs: 1,
             min_memory_avail_mib: None,
@@ -87,39 +100,45 @@ impl Limits {
             load_recheck: Duration::from_millis(500),
         }
     }
+}
 
+impl Limits {
+    /// Whether a limit needs readings of the system (load average or memory).
+    pub fn reads_the_system(&self) -> bool {
+        self.load_average.is_some() || self.min_memory_avail_mib.is_some()
+    }
+}
+
+impl Settings {
     /// The value of a setting as `steve get` prints it (`none` for an unset limit).
     pub fn get(&self, key: &str) -> Option<String> {
         let optional = |value: Option<String>| value.unwrap_or_else(|| "none".to_string());
+        let limits = &self.limits;
         Some(match key {
             "jobs" => self.jobs.to_string(),
-            "load-average" => optional(self.load_average.map(|v| v.to_string())),
-            "min-jobs" => self.min_jobs.to_string(),
-            "min-memory-avail" => optional(self.min_memory_avail_mib.map(|v| v.to_string())),
-            "per-process-limit" => optional(self.per_process_limit.map(|v| v.to_string())),
-            "load-recheck" => self.load_recheck.as_secs_f64().to_string(),
+            "load-average" => optional(limits.load_average.map(|v| v.to_string())),
+            "min-jobs" => limits.min_jobs.to_string(),
+            "min-memory-avail" => optional(limits.min_memory_avail_mib.map(|v| v.to_string())),
+            "per-process-limit" => optional(limits.per_process_limit.map(|v| v.to_string())),
+            "load-recheck" => limits.load_recheck.as_secs_f64().to_string(),
             _ => return None,
         })
     }
 
     /// Applies `KEY=VALUE` settings: all of them, or none if any is wrong. `none` (or `off`)
-    /// clears an optional limit. `max_jobs` bounds `jobs`.
-    pub fn apply(
-        &mut self,
-        settings: &[(String, String)],
-        max_jobs: usize,
-    ) -> Result<(), SettingError> {
+    /// clears an optional limit.
+    pub fn apply(&mut self, settings: &[(String, String)]) -> Result<(), SettingError> {
         let mut changed = self.clone();
         for (key, value) in settings {
             changed
-                .apply_one(key, value, max_jobs)
+                .apply_one(key, value)
                 .map_err(|reason| SettingError { key: key.clone(), reason })?;
         }
         *self = changed;
         Ok(())
     }
 
-    fn apply_one(&mut self, key: &str, value: &str, max_jobs: usize) -> Result<(), String> {
+    fn apply_one(&mut self, key: &str, value: &str) -> Result<(), String> {
         let cleared = matches!(value, "none" | "off");
         let count = |least: usize| -> Result<usize, String> {
             match value.parse::<usize>() {
@@ -127,27 +146,25 @@ impl Limits {
                 _ => Err(format!("{value:?} is not a whole number of at least {least}")),
             }
         };
+        let limits = &mut self.limits;
         match key {
             "jobs" => {
-                let jobs = count(1)?;
-                if jobs > max_jobs {
-                    return Err(format!("{jobs} is more than this backend serves ({max_jobs})"));
-                }
-                self.jobs = jobs;
+                self.jobs =
+                    value.parse().map_err(|error: super::pool::JobCountError| error.to_string())?
             }
-            "min-jobs" => self.min_jobs = count(0)?,
+            "min-jobs" => limits.min_jobs = count(0)?,
             "per-process-limit" => {
-                self.per_process_limit = if cleared { None } else { Some(count(1)?) }
+                limits.per_process_limit = if cleared { None } else { Some(count(1)?) }
             }
             "min-memory-avail" => {
-                self.min_memory_avail_mib = if cleared {
+                limits.min_memory_avail_mib = if cleared {
                     None
                 } else {
                     Some(value.parse().map_err(|_| format!("{value:?} is not a number of MiB"))?)
                 }
             }
             "load-average" => {
-                self.load_average = if cleared {
+                limits.load_average = if cleared {
                     None
                 } else {
                     match value.parse::<f64>() {
@@ -158,7 +175,7 @@ impl Limits {
             }
             "load-recheck" => match value.parse::<f64>() {
                 Ok(seconds) if (0.01..=3600.0).contains(&seconds) => {
-                    self.load_recheck = Duration::from_secs_f64(seconds)
+                    limits.load_recheck = Duration::from_secs_f64(seconds)
                 }
                 _ => return Err(format!("{value:?} is not a number of seconds from 0.01 to 3600")),
             },
@@ -181,24 +198,6 @@ pub struct SystemReading {
 pub trait SystemProbe: fmt::Debug + Send {
     /// Reads the load average and available memory now; a value that cannot be read is `None`.
     fn read(&mut self) -> SystemReading;
-}
-
-/// Reads `/proc/loadavg` and `/proc/meminfo`.
-#[derive(Debug, Default)]
-pub struct ProcProbe;
-
-impl SystemProbe for ProcProbe {
-    fn read(&mut self) -> SystemReading {
-        let load_average_1m = fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|text| text.split_whitespace().next()?.parse().ok());
-        let memory_available_mib = fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
-            let line = text.lines().find(|line| line.starts_with("MemAvailable:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib / 1024)
-        });
-        SystemReading { load_average_1m, memory_available_mib }
-    }
 }
 
 /// Why tokens are held back now.
@@ -267,22 +266,26 @@ impl Governor {
     }
 
     /// Reads the system (when a load or memory limit is set) and returns how many tokens may be
-    /// out in total: `Some(min_jobs)` while over a limit, `None` otherwise.
+    /// out in total: `Some(min_jobs)` while over a limit, `None` otherwise. While a limit that
+    /// reads the system is set, the next check is due `load_recheck` from now, over the limit or
+    /// not: a client that only ever blocks in `read` asks the server nothing in between.
     pub fn check(&mut self, now: Instant) -> Option<usize> {
         self.pressure = None;
-        if self.limits.load_average.is_some() || self.limits.min_memory_avail_mib.is_some() {
+        self.next_recheck = None;
+        if self.limits.reads_the_system() {
             self.last = self.probe.read();
             self.pressure = self.find_pressure();
+            self.next_recheck = Some(now + self.limits.load_recheck);
         }
-        match self.pressure {
-            Some(_) => {
-                self.next_recheck = Some(now + self.limits.load_recheck);
-                Some(self.limits.min_jobs)
-            }
-            None => {
-                self.next_recheck = None;
-                None
-            }
+        self.pressure.map(|_| self.limits.min_jobs)
+    }
+
+    /// A reading of the system now, for a status report, whether or not a limit needs one.
+    pub fn reading(&mut self) -> SystemReading {
+        if self.limits.reads_the_system() {
+            self.last
+        } else {
+            self.probe.read()
         }
     }
 
@@ -303,7 +306,7 @@ impl Governor {
         None
     }
 
-    /// When to check again: only while over a limit.
+    /// When to check again: only while a limit reads the system.
     pub fn next_recheck(&self) -> Option<Instant> {
         self.next_recheck
     }
@@ -359,14 +362,14 @@ mod tests {
     }
 
     #[test]
-    fn load_at_or_above_the_limit_holds_to_min_jobs_and_rechecks_only_while_over() {
+    fn load_at_or_above_the_limit_holds_to_min_jobs_and_rechecks_while_a_limit_is_set() {
         let fake = Fake::default();
-        let limits = Limits { load_average: Some(4.0), min_jobs: 2, ..Limits::new(8) };
+        let limits = Limits { load_average: Some(4.0), min_jobs: 2, ..Limits::default() };
         let mut governor = Governor::new(limits, Box::new(fake.clone()));
         let now = Instant::now();
         fake.set(3.9, 1000);
         assert_eq!(governor.check(now), None);
-        assert_eq!(governor.next_recheck(), None);
+        assert_eq!(governor.next_recheck(), Some(now + Duration::from_millis(500)));
         fake.set(4.0, 1000);
         assert_eq!(governor.check(now), Some(2));
         assert_eq!(governor.next_recheck(), Some(now + Duration::from_millis(500)));
@@ -374,12 +377,15 @@ mod tests {
         fake.set(1.0, 1000);
         assert_eq!(governor.check(now), None);
         assert_eq!(governor.pressure(), None);
+        governor.set_limits(Limits::default());
+        assert_eq!(governor.check(now), None);
+        assert_eq!(governor.next_recheck(), None, "no limit reads the system: no recheck");
     }
 
     #[test]
     fn low_memory_holds_to_min_jobs() {
         let fake = Fake::default();
-        let limits = Limits { min_memory_avail_mib: Some(2048), ..Limits::new(8) };
+        let limits = Limits { min_memory_avail_mib: Some(2048), ..Limits::default() };
         let mut governor = Governor::new(limits, Box::new(fake.clone()));
         fake.set(0.0, 2047);
         assert_eq!(governor.check(Instant::now()), Some(1));
@@ -397,40 +403,36 @@ mod tests {
                 panic!("read without a load or memory limit")
             }
         }
-        let mut governor = Governor::new(Limits::new(4), Box::new(Panics));
+        let mut governor = Governor::new(Limits::default(), Box::new(Panics));
         assert_eq!(governor.check(Instant::now()), None);
     }
 
     #[test]
     fn settings_apply_all_or_nothing() {
-        let mut limits = Limits::new(4);
+        let mut settings = Settings { jobs: JobCount::new(4).unwrap(), limits: Limits::default() };
         let set = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
         };
-        limits
-            .apply(&set(&[("jobs", "6"), ("load-average", "3.5"), ("per-process-limit", "2")]), 100)
+        settings
+            .apply(&set(&[("jobs", "6"), ("load-average", "3.5"), ("per-process-limit", "2")]))
             .unwrap();
         assert_eq!(
-            (limits.jobs, limits.load_average, limits.per_process_limit),
+            (settings.jobs.get(), settings.limits.load_average, settings.limits.per_process_limit),
             (6, Some(3.5), Some(2))
         );
-        let error = limits.apply(&set(&[("min-jobs", "3"), ("jobs", "0")]), 100).unwrap_err();
+        let error = settings.apply(&set(&[("min-jobs", "3"), ("jobs", "0")])).unwrap_err();
         assert_eq!(error.key, "jobs");
-        assert_eq!(limits.min_jobs, 1, "nothing applied when one setting is wrong");
-        assert!(limits.apply(&set(&[("jobs", "101")]), 100).is_err());
-        assert!(limits.apply(&set(&[("colour", "red")]), 100).is_err());
-        limits.apply(&set(&[("load-average", "none"), ("load-recheck", "0.25")]), 100).unwrap();
-        assert_eq!(limits.get("load-average").as_deref(), Some("none"));
-        assert_eq!(limits.get("load-recheck").as_deref(), Some("0.25"));
+        assert_eq!(settings.limits.min_jobs, 1, "nothing applied when one setting is wrong");
+        assert!(settings.apply(&set(&[("jobs", "4097")])).is_err());
+        assert!(settings.apply(&set(&[("colour", "red")])).is_err());
+        settings.apply(&set(&[("load-average", "none"), ("load-recheck", "0.25")])).unwrap();
+        assert_eq!(settings.get("load-average").as_deref(), Some("none"));
+        assert_eq!(settings.get("load-recheck").as_deref(), Some("0.25"));
         for key in SETTINGS {
-            assert!(limits.get(key).is_some(), "{key}");
+            assert!(settings.get(key).is_some(), "{key}");
         }
-    }
-
-    #[test]
-    fn the_proc_probe_reads_this_machine() {
-        let reading = ProcProbe.read();
-        assert!(reading.load_average_1m.is_some_and(|load| load >= 0.0));
-        assert!(reading.memory_available_mib.is_some_and(|mib| mib > 0));
+        let json = serde_json::to_value(&settings).unwrap();
+        assert_eq!(json["jobs"], 6, "the pool size sits beside the limits: {json}");
+        assert_eq!(json["load_recheck"], 0.25);
     }
 }

@@ -1,0 +1,18 @@
+//! Token accounting: the pure logic every server backend shares, with no I/O and no unsafe code,
+//! so that every transport and every test drives it the same way.
+//!
+//! - [`pool`]: the pool arithmetic (`free + held + withheld == size`, resizing, the allowance,
+//!   lending) and [`JobCount`](pool::JobCount), the one type of a `-j` value;
+//! - [`ledger`]: per-client holdings and one fair FIFO queue of waiters over a pool;
+//! - [`device`]: the rules of a per-process jobserver device (CUSE, FUSE), as a sans-IO state
+//!   machine over a ledger;
+//! - [`limits`]: load and memory limits, and how many tokens they let out now.
+//!
+//! The fifo backend drives a [`pool::Pool`] directly (a pipe cannot say who holds a token); the
+//! device backends drive a [`device::Device`].
+#![forbid(unsafe_code)]
+
+pub mod device;
+pub mod ledger;
+pub mod limits;
+pub mod pool;

@@ -1,0 +1,425 @@
+//! The backend contract: what a transport crate implements to serve the jobserver protocol, and
+//! the registry through which the `steve` binary finds it without naming it.
+//!
+//! A backend crate provides two things:
+//!
+//! - a type implementing [`Server`]: the descriptors it wants watched, what it does when they
+//!   are ready, its next deadline, how it changes its pool and what it reports;
+//! - one [`Backend`] descriptor, submitted with `inventory`, that says everything the CLI would
+//!   otherwise hard-code: its name, its place in `--backend auto`'s order, the options it takes
+//!   beyond the common ones, where it serves by default, and how it starts.
+//!
+//! ```
+//! use steve_core::server::backend::{Availability, Backend, Places, ServeConfig, Start};
+//! use steve_core::server::{Error, Server};
+//!
+//! fn start(_config: &ServeConfig) -> Result<Box<dyn Server>, Error> {
+//!     Err(Error::unavailable("it is only an example"))
+//! }
+//!
+//! inventory::submit! {
+//!     Backend {
+//!         name: "example",
+//!         summary: "a backend that only shows how to register one",
+//!         auto_priority: None,
+//!         options: &[],
+//!         availability: || Availability::Unavailable("it is an example".into()),
+//!         places: Places::NONE,
+//!         start: Start::Server(start),
+//!     }
+//! }
+//!
+//! let example = steve_core::server::backend::find("example").unwrap();
+//! assert_eq!(example.summary, "a backend that only shows how to register one");
+//! ```
+//!
+//! The binary must reference each backend crate (`use steve_fifo as _;`), or the linker may
+//! drop the crate and its descriptor with it. The event loop that drives a [`Server`] is
+//! [`super::serve`].
+
+use std::ffi::OsString;
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use nix::unistd::Gid;
+
+use super::processes::Processes;
+use super::Error;
+use crate::accounting::limits::Limits;
+use crate::accounting::pool::JobCount;
+use crate::client::Style;
+use crate::makeflags::JobserverAuth;
+use crate::status::BackendReport;
+
+/// The registry descriptor of one backend.
+pub struct Backend {
+    /// The name given to `--backend`.
+    pub name: &'static str,
+    /// One line saying what it is.
+    pub summary: &'static str,
+    /// Its place in `--backend auto`'s order: lower is tried first; `None` is never chosen.
+    pub auto_priority: Option<u8>,
+    /// The options it takes besides the ones every server takes (see [`ServeOption`]).
+    pub options: &'static [ServeOption],
+    /// Whether it can work on this machine now, and if not, why.
+    pub availability: fn() -> Availability,
+    /// Where its jobserver and control socket are when no option says otherwise.
+    pub places: Places,
+    /// How it is started.
+    pub start: Start,
+}
+
+inventory::collect!(Backend);
+
+/// How a backend is started.
+#[derive(Clone, Copy)]
+pub enum Start {
+    /// Sets up a server shared by any process that finds it (`steve serve`); the event loop
+    /// then runs it until a stop signal.
+    Server(fn(&ServeConfig) -> Result<Box<dyn Server>, Error>),
+    /// Runs one command tree under a private jobserver (`steve run`) and returns its status.
+    CommandTree(fn(&RunConfig) -> Result<ExitStatus, Error>),
+}
+
+/// Whether a backend can work here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// It can.
+    Available,
+    /// It cannot, for this reason.
+    Unavailable(String),
+}
+
+/// Where a backend's server is found by default, for clients that are told nothing
+/// (`steve exec`, `steve status`).
+#[derive(Clone, Copy)]
+pub struct Places {
+    /// The jobserver paths and control sockets of this user's and root's default servers.
+    pub defaults: fn() -> Vec<Place>,
+    /// Where the control socket of a server of this backend serving `jobserver` is by default;
+    /// empty if the path cannot be one of its.
+    pub control_for: fn(&Path) -> Vec<PathBuf>,
+}
+
+impl Places {
+    /// No default places (a command-tree backend, or an example).
+    pub const NONE: Places = Places { defaults: Vec::new, control_for: |_| Vec::new() };
+}
+
+/// One default place of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The path clients open.
+    pub jobserver: PathBuf,
+    /// Its control socket.
+    pub control: PathBuf,
+}
+
+/// The options of `steve serve` that only some backends take. Every server takes the rest:
+/// `--jobs`, `--mode`, `--group`, `--control`, and the load and memory limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServeOption {
+    /// `--path`: where the jobserver is made.
+    Path,
+    /// `--mountpoint`: the directory a filesystem is mounted on.
+    Mountpoint,
+    /// `--dev-name`: the name of a device under /dev.
+    DevName,
+    /// `--user`: the user to become once set up.
+    User,
+    /// `--poll-reservation-ms`: how long a poller's reserved token waits.
+    PollReservation,
+    /// `--per-process-limit` (also `steve set per-process-limit=`): needs per-process accounting.
+    PerProcessLimit,
+}
+
+impl ServeOption {
+    /// The option as it is typed.
+    pub fn flag(self) -> &'static str {
+        match self {
+            ServeOption::Path => "--path",
+            ServeOption::Mountpoint => "--mountpoint",
+            ServeOption::DevName => "--dev-name",
+            ServeOption::User => "--user",
+            ServeOption::PollReservation => "--poll-reservation-ms",
+            ServeOption::PerProcessLimit => "--per-process-limit",
+        }
+    }
+
+    /// What a backend must be to take it, for the line that refuses it.
+    pub fn needs(self) -> &'static str {
+        match self {
+            ServeOption::Path => "it places a named pipe",
+            ServeOption::Mountpoint => "it places a FUSE mount",
+            ServeOption::DevName => "it names a CUSE device",
+            ServeOption::User => {
+                "only a cuse server becomes another user; start the others as that user"
+            }
+            ServeOption::PollReservation => "it needs a backend that accounts per process",
+            ServeOption::PerProcessLimit => "it needs a backend that accounts per process",
+        }
+    }
+}
+
+/// How long a poller's reserved token waits for its read, unless told otherwise.
+pub const DEFAULT_POLL_RESERVATION: Duration = Duration::from_millis(500);
+
+/// What `steve serve` asks of a server backend. The options only some backends take are
+/// `None` unless given; [`super::serve`] refuses any the chosen backend does not take before
+/// it starts, so a backend may treat them as absent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    /// The pool size.
+    pub jobs: JobCount,
+    /// The scheduling limits.
+    pub limits: Limits,
+    /// The control socket; `None` for the backend's default.
+    pub control: Option<PathBuf>,
+    /// Permission bits of the jobserver (and the control socket); `None` for the backend's
+    /// default.
+    pub mode: Option<u32>,
+    /// Group to give the jobserver and the control socket, by name or number.
+    pub group: Option<String>,
+    /// [`ServeOption::Path`].
+    pub path: Option<PathBuf>,
+    /// [`ServeOption::Mountpoint`].
+    pub mountpoint: Option<PathBuf>,
+    /// [`ServeOption::DevName`].
+    pub dev_name: Option<String>,
+    /// [`ServeOption::User`].
+    pub user: Option<String>,
+    /// [`ServeOption::PollReservation`].
+    pub poll_reservation: Option<Duration>,
+}
+
+impl ServeConfig {
+    /// `jobs` tokens, no limits, every option left to the backend.
+    pub fn new(jobs: JobCount) -> ServeConfig {
+        ServeConfig {
+            jobs,
+            limits: Limits::default(),
+            control: None,
+            mode: None,
+            group: None,
+            path: None,
+            mountpoint: None,
+            dev_name: None,
+            user: None,
+            poll_reservation: None,
+        }
+    }
+
+    /// The options only some backends take that were given.
+    pub fn given_options(&self) -> Vec<ServeOption> {
+        [
+            (self.path.is_some(), ServeOption::Path),
+            (self.mountpoint.is_some(), ServeOption::Mountpoint),
+            (self.dev_name.is_some(), ServeOption::DevName),
+            (self.user.is_some(), ServeOption::User),
+            (self.poll_reservation.is_some(), ServeOption::PollReservation),
+            (self.limits.per_process_limit.is_some(), ServeOption::PerProcessLimit),
+        ]
+        .into_iter()
+        .filter_map(|(given, option)| given.then_some(option))
+        .collect()
+    }
+
+    /// The group `--group` names, looked up.
+    pub fn gid(&self) -> Result<Option<Gid>, Error> {
+        self.group
+            .as_deref()
+            .map(|name| {
+                super::accounts::group_id(name)
+                    .ok_or_else(|| Error::usage(format!("no such group: {name}")))
+            })
+            .transpose()
+    }
+
+    /// How long a poller's reserved token waits.
+    pub fn poll_reservation(&self) -> Duration {
+        self.poll_reservation.unwrap_or(DEFAULT_POLL_RESERVATION)
+    }
+}
+
+/// What `steve run` asks of a command-tree backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunConfig {
+    /// Job slots for the tree, the command's own implicit one included.
+    pub jobs: JobCount,
+    /// Pipe or named pipe.
+    pub style: Style,
+    /// The command and its arguments.
+    pub command: Vec<OsString>,
+}
+
+/// Where a running server is found, and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The path clients open.
+    pub path: PathBuf,
+    /// How MAKEFLAGS names it.
+    pub auth: JobserverAuth,
+    /// The control socket when `--control` does not say: beside the jobserver.
+    pub default_control: PathBuf,
+    /// The jobserver's permission bits, which the control socket gets too.
+    pub mode: u32,
+    /// The jobserver's group, which the control socket gets too.
+    pub gid: Option<Gid>,
+    /// How it serves, for the log line that says it is ready ("per-process accounting").
+    pub how: String,
+}
+
+/// One of a backend's own descriptors, by a number the backend chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourceId(pub u32);
+
+/// Whether the server goes on after an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep serving.
+    Continue,
+    /// The transport is gone (the kernel closed the connection): stop, saying why.
+    Ended(String),
+}
+
+/// A change to a server's pool: the loop applies settings and limits through these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolChange {
+    /// A new pool size (`steve set jobs=`).
+    Jobs(JobCount),
+    /// How many tokens may be out in total now (the load and memory limits); `None`: all.
+    Allowance(Option<usize>),
+    /// How many tokens one process may hold; `None`: no cap. Only sent to a backend whose
+    /// descriptor takes [`ServeOption::PerProcessLimit`].
+    PerProcessLimit(Option<usize>),
+}
+
+/// What the event loop lends a server while it handles an event: the client processes it
+/// watches (a pidfd each, in the loop's epoll) and the time.
+pub struct Context<'a> {
+    pub(super) processes: &'a mut Processes,
+    pub(super) now: Instant,
+}
+
+impl Context<'_> {
+    /// The time the event was taken up.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The client processes; a process watched here is reported to [`Server::process_exited`]
+    /// once when it exits.
+    pub fn processes(&mut self) -> &mut Processes {
+        self.processes
+    }
+}
+
+/// A running server, driven by the one event loop ([`super::serve`]).
+///
+/// Every method runs on the loop's thread and must not block: the loop calls
+/// [`Server::readable`] only when a descriptor is ready, and the server answers what it can
+/// now and keeps the rest for later events.
+pub trait Server {
+    /// Where clients find it.
+    fn endpoint(&self) -> &Endpoint;
+
+    /// Its own descriptors, watched for reading from the start until it stops.
+    fn sources(&self) -> Vec<(SourceId, BorrowedFd<'_>)>;
+
+    /// `source` is readable (or has hung up).
+    fn readable(&mut self, source: SourceId, cx: &mut Context<'_>) -> Result<Flow, Error>;
+
+    /// A process watched through [`Context::processes`] exited: reclaim what it held. The loop
+    /// forgets it afterwards.
+    fn process_exited(&mut self, pid: u32, cx: &mut Context<'_>) {
+        let _ = (pid, cx);
+    }
+
+    /// When it next wants [`Server::deadline`] called, if ever.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Its deadline passed.
+    fn deadline(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
+    /// The configured pool size: the pool's own target, the one source of truth for `jobs`.
+    fn jobs(&self) -> JobCount;
+
+    /// Changes the pool (settings and limits go through here).
+    fn change(&mut self, change: PoolChange, cx: &mut Context<'_>);
+
+    /// Its part of the status report.
+    fn report(&mut self, cx: &mut Context<'_>) -> BackendReport;
+}
+
+/// Every registered backend, in name order.
+pub fn backends() -> Vec<&'static Backend> {
+    let mut all: Vec<&'static Backend> = inventory::iter::<Backend>.into_iter().collect();
+    all.sort_by_key(|backend| backend.name);
+    all
+}
+
+/// The server backends `--backend auto` tries, in its order.
+pub fn auto_order() -> Vec<&'static Backend> {
+    let mut ordered: Vec<&'static Backend> =
+        backends().into_iter().filter(|backend| backend.auto_priority.is_some()).collect();
+    ordered.sort_by_key(|backend| backend.auto_priority);
+    ordered
+}
+
+/// Every default place of every backend, in `--backend auto`'s order: where the machine's (or
+/// this user's) server is when nothing says otherwise.
+pub fn default_places() -> Vec<Place> {
+    auto_order().into_iter().flat_map(|backend| (backend.places.defaults)()).collect()
+}
+
+/// The backend registered under `name`.
+pub fn find(name: &str) -> Option<&'static Backend> {
+    inventory::iter::<Backend>.into_iter().find(|backend| backend.name == name)
+}
+
+/// The backend that runs command trees (`steve run`).
+pub fn command_tree() -> Option<&'static Backend> {
+    backends().into_iter().find(|backend| matches!(backend.start, Start::CommandTree(_)))
+}
+
+impl Backend {
+    /// Whether it takes `option`.
+    pub fn takes(&self, option: ServeOption) -> bool {
+        self.options.contains(&option)
+    }
+
+    /// Refuses the first option in `config` this backend does not take, in one line naming
+    /// both.
+    pub fn check_options(&self, config: &ServeConfig) -> Result<(), Error> {
+        match config.given_options().into_iter().find(|option| !self.takes(*option)) {
+            None => Ok(()),
+            Some(option) => Err(Error::usage(self.refusal(option))),
+        }
+    }
+
+    /// The line that refuses `option`.
+    pub fn refusal(&self, option: ServeOption) -> String {
+        let own: Vec<&str> = self.options.iter().map(|option| option.flag()).collect();
+        let own = if own.is_empty() { "none".to_string() } else { own.join(", ") };
+        format!(
+            "{} does not apply to backend {}: {} (its own options: {own})",
+            option.flag(),
+            self.name,
+            option.needs()
+        )
+    }
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend").field("name", &self.name).finish_non_exhaustive()
+    }
+}

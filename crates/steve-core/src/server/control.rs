@@ -1,0 +1,464 @@
+//! The control plane: every server listens on a Unix socket (by default beside its jobserver)
+//! for one JSON request per connection and writes one JSON answer. `steve status`, `get`, `set`
+//! and `top` are its clients, whatever the backend.
+//!
+//! - `status` and `get` are open to anyone who can connect (the socket gets the jobserver's mode
+//!   and group, so: anyone allowed to use the jobserver);
+//! - `set` only to root and the daemon's own user, checked with the peer's credentials
+//!   (`SO_PEERCRED`); others get `permission denied`.
+//!
+//! The server side ([`ControlServer`]) never blocks the event loop: it accepts, reads and writes
+//! without blocking, each connection's descriptor in the loop's epoll; an answer that does not fit
+//! in the socket at once is kept and written as the client reads it. A connection that has not
+//! sent its request, or not taken its answer, within a few seconds is dropped. The answers
+//! themselves are made by the event loop (`event_loop.rs`), which holds the server's state.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::unistd::Gid;
+use serde::{Deserialize, Serialize};
+
+use crate::status::StatusReport;
+
+/// A request to a server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    /// The whole status report.
+    Status,
+    /// Some values by key (settings, or the status keys).
+    Get {
+        /// The keys asked for.
+        keys: Vec<String>,
+    },
+    /// Change settings, all or none.
+    Set {
+        /// `(key, value)` pairs.
+        settings: Vec<(String, String)>,
+    },
+}
+
+/// A server's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum Response {
+    /// The status report.
+    Status {
+        /// The report.
+        report: Box<StatusReport>,
+    },
+    /// Values by key, in the order asked (for `set`, the new values).
+    Values {
+        /// `(key, value)` pairs.
+        values: Vec<(String, String)>,
+    },
+    /// The request was refused or failed.
+    Error {
+        /// Why, in one line.
+        message: String,
+    },
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's user id.
+    pub uid: u32,
+    /// The peer's process id.
+    pub pid: i32,
+}
+
+/// Why a control request failed on the client's side.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No server socket found.
+    NotFound {
+        /// Where it was looked for.
+        tried: Vec<PathBuf>,
+    },
+    /// The socket could not be reached.
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The exchange failed half-way.
+    Io(io::Error),
+    /// The server's answer could not be understood.
+    Protocol(String),
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlError::NotFound { tried } => {
+                let tried: Vec<String> =
+                    tried.iter().map(|path| path.display().to_string()).collect();
+                write!(
+                    f,
+                    "no steve control socket found (tried {}); give --control",
+                    tried.join(", ")
+                )
+            }
+            ControlError::Connect { path, .. } => {
+                write!(f, "cannot reach the steve server at {}", path.display())
+            }
+            ControlError::Io(_) => f.write_str("talking to the steve server failed"),
+            ControlError::Protocol(what) => {
+                write!(f, "unexpected answer from the steve server: {what}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ControlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ControlError::Connect { source, .. } | ControlError::Io(source) => Some(source),
+            ControlError::NotFound { .. } | ControlError::Protocol(_) => None,
+        }
+    }
+}
+
+/// Sends `request` to the server at `socket` and returns its answer.
+pub fn ask(socket: &Path, request: &Request) -> Result<Response, ControlError> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|source| ControlError::Connect { path: socket.to_path_buf(), source })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(ControlError::Io)?;
+    let mut line =
+        serde_json::to_string(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(ControlError::Io)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(ControlError::Io)?;
+    serde_json::from_str(answer.trim_end())
+        .map_err(|e| ControlError::Protocol(format!("{e}: {answer:?}")))
+}
+
+/// Whether `peer` may change settings of a server run by `owner_uid`: root and the owner only.
+pub fn may_change(peer: Peer, owner_uid: u32) -> Result<(), String> {
+    if peer.uid == 0 || peer.uid == owner_uid {
+        Ok(())
+    } else {
+        Err(format!(
+            "permission denied: only root or the daemon's user (uid {owner_uid}) may change \
+             settings; you are uid {}",
+            peer.uid
+        ))
+    }
+}
+
+/// Finds the control socket a client should talk to: `explicit`, else `$STEVE_CONTROL`, else
+/// the one the server of the jobserver the environment's MAKEFLAGS names would have, else the
+/// default places of every backend (in `--backend auto`'s order).
+pub fn find_socket(explicit: Option<&Path>) -> Result<PathBuf, ControlError> {
+    if let Some(path) = explicit {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os("STEVE_CONTROL").filter(|value| !value.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let mut tried = Vec::new();
+    if let Ok(Some(found)) = crate::makeflags::from_env() {
+        if let Some(crate::makeflags::JobserverAuth::Fifo(jobserver)) = found.flags.jobserver() {
+            tried.extend(
+                super::backend::auto_order()
+                    .into_iter()
+                    .flat_map(|backend| (backend.places.control_for)(jobserver)),
+            );
+        }
+    }
+    tried.extend(super::backend::default_places().into_iter().map(|place| place.control));
+    let mut seen = std::collections::HashSet::new();
+    tried.retain(|path| seen.insert(path.clone()));
+    match tried.iter().find(|path| is_socket(path)) {
+        Some(path) => Ok(path.clone()),
+        None => Err(ControlError::NotFound { tried }),
+    }
+}
+
+fn is_socket(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|metadata| metadata.file_type().is_socket())
+}
+
+/// How long a connection may take to send its request, and to take its answer.
+const DEADLINE: Duration = Duration::from_secs(5);
+/// The longest request line a server reads.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// One control connection's number, for the event loop's epoll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub u32);
+
+#[derive(Debug)]
+struct Connection {
+    stream: UnixStream,
+    peer: Peer,
+    /// The request read so far; then the answer, with how much of it is written.
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    /// When it is dropped if it has not sent its request (or taken its answer) by then.
+    deadline: Instant,
+}
+
+/// What a connection did when it became readable.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Nothing complete yet.
+    Pending,
+    /// A whole request (or a malformed one, with why), from `peer`.
+    Request(Result<Request, String>, Peer),
+    /// The connection went away, or broke a rule (too long); it is closed.
+    Closed,
+}
+
+/// Whether an answer has been written out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outgoing {
+    /// All of it: the connection is closed.
+    Done,
+    /// Part of it: wait until the socket is writable and call [`ControlServer::write`].
+    Pending,
+}
+
+/// The listening side. The event loop watches [`ControlServer::listener`] and each connection's
+/// descriptor, and calls in when they are ready.
+#[derive(Debug)]
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    socket_id: (u64, u64),
+    connections: HashMap<ConnectionId, Connection>,
+    next_id: u32,
+}
+
+impl ControlServer {
+    /// Listens on `path`, with `mode` and group `gid`. A stale socket nobody answers on is
+    /// replaced; a live one, or anything that is not a socket, is an error.
+    pub fn bind(path: &Path, mode: u32, gid: Option<Gid>) -> io::Result<ControlServer> {
+        if let Ok(metadata) = fs::symlink_metadata(path) {
+            if !metadata.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another server answers on {}", path.display()),
+                ));
+            }
+            fs::remove_file(path)?;
+        }
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(path, None, Some(gid.as_raw()))?;
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        let metadata = fs::symlink_metadata(path)?;
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+            socket_id: (metadata.dev(), metadata.ino()),
+            connections: HashMap::new(),
+            next_id: 0,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The listening descriptor: readable when a client connects.
+    pub fn listener(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
+    /// A connection's descriptor.
+    pub fn connection(&self, id: ConnectionId) -> Option<BorrowedFd<'_>> {
+        self.connections.get(&id).map(|connection| connection.stream.as_fd())
+    }
+
+    /// Accepts the clients waiting; returns the new connections, to watch for reading.
+    pub fn accept(&mut self, now: Instant) -> Vec<ConnectionId> {
+        let mut accepted = Vec::new();
+        while let Ok((stream, _)) = self.listener.accept() {
+            let Ok(credentials) = getsockopt(&stream, PeerCredentials) else { continue };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let id = ConnectionId(self.next_id);
+            self.next_id = self.next_id.wrapping_add(1);
+            let peer = Peer { uid: credentials.uid(), pid: credentials.pid() };
+            self.connections.insert(
+                id,
+                Connection {
+                    stream,
+                    peer,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    written: 0,
+                    deadline: now + DEADLINE,
+                },
+            );
+            accepted.push(id);
+        }
+        accepted
+    }
+
+    /// Reads what connection `id` sent, without blocking.
+    pub fn read(&mut self, id: ConnectionId) -> Incoming {
+        let Some(connection) = self.connections.get_mut(&id) else { return Incoming::Closed };
+        let mut chunk = [0u8; 4096];
+        let closed = loop {
+            match connection.stream.read(&mut chunk) {
+                Ok(0) => break true,
+                Ok(count) => connection.input.extend_from_slice(&chunk[..count]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break true,
+            }
+            if connection.input.len() > MAX_REQUEST {
+                self.connections.remove(&id);
+                return Incoming::Closed;
+            }
+        };
+        let Some(end) = connection.input.iter().position(|byte| *byte == b'\n') else {
+            if closed {
+                self.connections.remove(&id);
+                return Incoming::Closed;
+            }
+            return Incoming::Pending;
+        };
+        let request = serde_json::from_slice::<Request>(&connection.input[..end])
+            .map_err(|error| format!("malformed request: {error}"));
+        Incoming::Request(request, connection.peer)
+    }
+
+    /// Queues `response` for connection `id` and writes what the socket takes now.
+    pub fn respond(&mut self, id: ConnectionId, response: &Response, now: Instant) -> Outgoing {
+        let Some(connection) = self.connections.get_mut(&id) else { return Outgoing::Done };
+        let mut text = serde_json::to_vec(response).unwrap_or_default();
+        text.push(b'\n');
+        connection.output = text;
+        connection.written = 0;
+        connection.deadline = now + DEADLINE;
+        self.write(id)
+    }
+
+    /// Writes more of connection `id`'s answer, without blocking.
+    pub fn write(&mut self, id: ConnectionId) -> Outgoing {
+        let Some(connection) = self.connections.get_mut(&id) else { return Outgoing::Done };
+        while connection.written < connection.output.len() {
+            match connection.stream.write(&connection.output[connection.written..]) {
+                Ok(count) => connection.written += count,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return Outgoing::Pending
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.connections.remove(&id);
+        Outgoing::Done
+    }
+
+    /// Drops the connections whose deadline has passed.
+    pub fn expire(&mut self, now: Instant) {
+        self.connections.retain(|_, connection| connection.deadline > now);
+    }
+
+    /// The earliest connection deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.connections.values().map(|connection| connection.deadline).min()
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let still_ours = fs::symlink_metadata(&self.path)
+            .is_ok_and(|metadata| (metadata.dev(), metadata.ino()) == self.socket_id);
+        if still_ours {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_is_for_root_and_the_owner_only() {
+        assert!(may_change(Peer { uid: 0, pid: 1 }, 500).is_ok());
+        assert!(may_change(Peer { uid: 500, pid: 1 }, 500).is_ok());
+        let refused = may_change(Peer { uid: 1000, pid: 1 }, 500).unwrap_err();
+        assert!(refused.starts_with("permission denied"), "{refused}");
+    }
+
+    #[test]
+    fn a_request_is_read_and_a_large_answer_written_without_blocking() {
+        let dir = tempfile_dir();
+        let path = dir.join("test.control");
+        let mut server = ControlServer::bind(&path, 0o600, None).unwrap();
+        let now = Instant::now();
+        // A client that sends its request and then reads nothing yet.
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"{\"command\":\"status\"}\n").unwrap();
+        let [id] = server.accept(now)[..] else { panic!("one connection") };
+        let Incoming::Request(Ok(Request::Status), peer) = server.read(id) else {
+            panic!("no request")
+        };
+        assert_eq!(peer.uid, nix::unistd::geteuid().as_raw());
+        // An answer far larger than the socket buffer: written in part, the rest kept.
+        let big = Response::Error { message: "x".repeat(4 << 20) };
+        assert_eq!(server.respond(id, &big, now), Outgoing::Pending);
+        assert!(server.connection(id).is_some());
+        // The client reads: the rest goes out as it does.
+        let reader = std::thread::spawn(move || {
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).unwrap();
+            answer.len()
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.write(id) == Outgoing::Pending {
+            assert!(Instant::now() < deadline, "the answer was never written out");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(reader.join().unwrap(), serde_json::to_vec(&big).unwrap().len() + 1);
+        // A second server on the same path is refused while the first listens.
+        let _silent = UnixStream::connect(&path).unwrap();
+        assert!(ControlServer::bind(&path, 0o600, None).is_err());
+        // Silent connections (ours, and the second server's probe) are dropped at their
+        // deadline.
+        assert_eq!(server.accept(now).len(), 2);
+        server.expire(now + DEADLINE);
+        assert_eq!(server.next_deadline(), None);
+        drop(server);
+        assert!(!path.exists(), "the socket is removed with its server");
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("steve-control-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

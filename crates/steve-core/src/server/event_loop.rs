@@ -1,0 +1,469 @@
+//! The one event loop every server runs in: one epoll over the signalfd, the control socket and
+//! its connections, a pidfd per client process, and the backend's own descriptors, with the
+//! earliest deadline (a poller's reservation, a limit recheck, a control connection's time) as
+//! the timeout. It is the only place a server blocks, and its cost per event does not grow with
+//! the number of client processes.
+//!
+//! Why epoll from nix rather than mio: every descriptor here is Linux-only (signalfd, pidfd,
+//! inotify, CUSE), so mio's portability buys nothing, and nix's thin `Epoll` keeps the
+//! level-triggered semantics the backends are written for (read until `EAGAIN`, or leave the
+//! rest for the next wake-up) without a second token and registry model beside our own.
+//!
+//! The loop owns what every server shares: the governor (limits and the system probe), the
+//! control plane's answers (`status`, `get`, `set`), the status report's common part, and the
+//! client processes' pidfds. The backend owns its pool and its transport.
+#![forbid(unsafe_code)]
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::Signal;
+use tracing::info;
+
+use super::backend::{Backend, Context, Flow, PoolChange, ServeOption, Server, SourceId};
+use super::control::{
+    may_change, ConnectionId, ControlServer, Incoming, Outgoing, Request, Response,
+};
+use super::processes::Processes;
+use super::signals::{SignalEvent, Signals};
+use super::Error;
+use crate::accounting::limits::{Governor, Limits, Settings, SystemProbe};
+use crate::status::{ReportHeader, StatusReport};
+
+/// Why a server stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// A stop signal arrived (SIGINT, SIGTERM, SIGHUP).
+    Stopped(Signal),
+    /// The backend's transport ended, for this reason.
+    Transport(String),
+}
+
+/// What an epoll event is about: the top byte of its data says the kind, the rest the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    /// Handled first, so a new process reusing an exited one's pid starts with clean books.
+    Exited(u32),
+    Signals,
+    Listener,
+    Connection(u32),
+    Source(u32),
+}
+
+impl Key {
+    fn encode(self) -> u64 {
+        let (kind, id) = match self {
+            Key::Exited(pid) => (0u64, pid),
+            Key::Signals => (1, 0),
+            Key::Listener => (2, 0),
+            Key::Connection(id) => (3, id),
+            Key::Source(id) => (4, id),
+        };
+        kind << 56 | u64::from(id)
+    }
+
+    fn decode(data: u64) -> Option<Key> {
+        let id = (data & 0xffff_ffff) as u32;
+        Some(match data >> 56 {
+            0 => Key::Exited(id),
+            1 => Key::Signals,
+            2 => Key::Listener,
+            3 => Key::Connection(id),
+            4 => Key::Source(id),
+            _ => return None,
+        })
+    }
+}
+
+/// Events taken from the kernel per wait.
+const BATCH: usize = 64;
+
+/// The event loop: set it up with [`EventLoop::new`], add signals and a control socket, and
+/// [`EventLoop::run`] a server in it.
+pub struct EventLoop {
+    epoll: Epoll,
+    backend: &'static Backend,
+    signals: Option<Signals>,
+    control: Option<ControlServer>,
+    governor: Governor,
+    /// The allowance last given to the server.
+    allowance: Option<usize>,
+    processes: Processes,
+    started: Instant,
+    owner_uid: u32,
+    /// Whether the server's descriptors are watched and its limits applied.
+    primed: bool,
+}
+
+impl EventLoop {
+    /// A loop for a server of `backend`, applying `limits` with readings from `probe`. Without
+    /// signals (tests) it runs until the backend's transport ends.
+    pub fn new(
+        backend: &'static Backend,
+        limits: Limits,
+        probe: Box<dyn SystemProbe>,
+    ) -> Result<EventLoop, Error> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .map_err(|errno| Error::io("cannot create the event loop's epoll", errno.into()))?;
+        Ok(EventLoop {
+            epoll,
+            backend,
+            signals: None,
+            control: None,
+            governor: Governor::new(limits, probe),
+            allowance: None,
+            processes: Processes::default(),
+            started: Instant::now(),
+            owner_uid: nix::unistd::geteuid().as_raw(),
+            primed: false,
+        })
+    }
+
+    /// Stops on SIGINT, SIGTERM and SIGHUP, and logs the status on SIGUSR1.
+    pub fn with_signals(mut self, signals: Signals) -> EventLoop {
+        self.signals = Some(signals);
+        self
+    }
+
+    /// Answers `status`, `get` and `set` on `control`.
+    pub fn with_control(mut self, control: ControlServer) -> EventLoop {
+        self.control = Some(control);
+        self
+    }
+
+    /// Watches the server's descriptors and applies the limits to its pool: what must be done
+    /// before clients are told where it is. [`EventLoop::run`] does it if it was not done.
+    pub fn prime(&mut self, server: &mut dyn Server) -> Result<(), Error> {
+        if !self.primed {
+            self.register_all(server)?;
+            let now = Instant::now();
+            let limit = self.governor.limits().per_process_limit;
+            if limit.is_some() && self.backend.takes(ServeOption::PerProcessLimit) {
+                let mut cx = Context { processes: &mut self.processes, now };
+                server.change(PoolChange::PerProcessLimit(limit), &mut cx);
+            }
+            self.recheck_limits(server, now, true);
+            self.primed = true;
+        }
+        Ok(())
+    }
+
+    /// Serves until a stop signal or the end of the server's transport.
+    pub fn run(&mut self, server: &mut dyn Server) -> Result<Ended, Error> {
+        self.prime(server)?;
+        let mut events = [EpollEvent::empty(); BATCH];
+        loop {
+            self.register_new_processes()?;
+            let ready = match self.epoll.wait(&mut events, self.timeout(server)) {
+                Ok(ready) => ready,
+                Err(Errno::EINTR) => 0,
+                Err(errno) => return Err(Error::io("cannot wait for events", errno.into())),
+            };
+            let mut keys: Vec<(Key, EpollFlags)> = events[..ready]
+                .iter()
+                .filter_map(|event| Some((Key::decode(event.data())?, event.events())))
+                .collect();
+            keys.sort_by_key(|(key, _)| *key);
+            let now = Instant::now();
+            for (key, flags) in keys {
+                if let Some(ended) = self.dispatch(server, key, flags, now)? {
+                    return Ok(ended);
+                }
+            }
+            self.due(server, Instant::now());
+        }
+    }
+
+    fn register_all(&mut self, server: &mut dyn Server) -> Result<(), Error> {
+        let watch = |epoll: &Epoll, fd, key: Key| {
+            epoll
+                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, key.encode()))
+                .map_err(|errno| Error::io("cannot watch a descriptor", errno.into()))
+        };
+        if let Some(signals) = &self.signals {
+            watch(&self.epoll, signals.as_fd(), Key::Signals)?;
+        }
+        if let Some(control) = &self.control {
+            watch(&self.epoll, control.listener(), Key::Listener)?;
+        }
+        for (SourceId(id), fd) in server.sources() {
+            watch(&self.epoll, fd, Key::Source(id))?;
+        }
+        Ok(())
+    }
+
+    /// Adds the pidfds of processes the server started watching to the epoll.
+    fn register_new_processes(&mut self) -> Result<(), Error> {
+        for (pid, pidfd) in self.processes.take_unregistered() {
+            let event = EpollEvent::new(EpollFlags::EPOLLIN, Key::Exited(pid).encode());
+            self.epoll
+                .add(pidfd, event)
+                .map_err(|errno| Error::io("cannot watch a client's pidfd", errno.into()))?;
+        }
+        Ok(())
+    }
+
+    fn timeout(&self, server: &dyn Server) -> EpollTimeout {
+        let deadline = [
+            server.next_deadline(),
+            self.governor.next_recheck(),
+            self.control.as_ref().and_then(ControlServer::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(deadline) = deadline else { return EpollTimeout::NONE };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        // Round up, so that the deadline has passed when the wait returns.
+        let millis = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        EpollTimeout::try_from(millis).unwrap_or(EpollTimeout::MAX)
+    }
+
+    fn dispatch(
+        &mut self,
+        server: &mut dyn Server,
+        key: Key,
+        flags: EpollFlags,
+        now: Instant,
+    ) -> Result<Option<Ended>, Error> {
+        match key {
+            Key::Exited(pid) => {
+                // The server may have reaped it already (a request from it came first), and a
+                // new process may have its pid and a new pidfd: only a fired pidfd counts.
+                if self.processes.has_exited(pid) {
+                    server
+                        .process_exited(pid, &mut Context { processes: &mut self.processes, now });
+                    self.processes.forget(pid);
+                }
+            }
+            Key::Signals => return self.take_signals(server),
+            Key::Listener => self.accept(now)?,
+            Key::Connection(id) => self.converse(server, ConnectionId(id), flags, now)?,
+            Key::Source(id) => {
+                let mut cx = Context { processes: &mut self.processes, now };
+                if let Flow::Ended(why) = server.readable(SourceId(id), &mut cx)? {
+                    return Ok(Some(Ended::Transport(why)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn take_signals(&mut self, server: &mut dyn Server) -> Result<Option<Ended>, Error> {
+        loop {
+            let Some(signals) = self.signals.as_mut() else { return Ok(None) };
+            let received = signals
+                .read_pending()
+                .map_err(|errno| Error::io("cannot read signals", errno.into()))?;
+            match received.map(|received| received.event) {
+                None => return Ok(None),
+                Some(SignalEvent::Stop(signal)) => return Ok(Some(Ended::Stopped(signal))),
+                Some(SignalEvent::Report) => info!("status:\n{}", self.report(server)),
+                Some(SignalEvent::Child) => {}
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Instant) -> Result<(), Error> {
+        let Some(control) = self.control.as_mut() else { return Ok(()) };
+        for id in control.accept(now) {
+            if let Some(fd) = control.connection(id) {
+                let event = EpollEvent::new(EpollFlags::EPOLLIN, Key::Connection(id.0).encode());
+                self.epoll.add(fd, event).map_err(|errno| {
+                    Error::io("cannot watch a control connection", errno.into())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A control connection is ready: read its request and answer, or write more of the answer.
+    fn converse(
+        &mut self,
+        server: &mut dyn Server,
+        id: ConnectionId,
+        flags: EpollFlags,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let Some(control) = self.control.as_mut() else { return Ok(()) };
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            control.write(id);
+            return Ok(());
+        }
+        let Incoming::Request(request, peer) = control.read(id) else { return Ok(()) };
+        let response = match request {
+            Ok(request) => self.answer(server, request, peer, now),
+            Err(message) => Response::Error { message },
+        };
+        let Some(control) = self.control.as_mut() else { return Ok(()) };
+        if control.respond(id, &response, now) == Outgoing::Pending {
+            if let Some(fd) = control.connection(id) {
+                // The rest goes out as the client reads; nothing more is read from it.
+                let mut event =
+                    EpollEvent::new(EpollFlags::EPOLLOUT, Key::Connection(id.0).encode());
+                self.epoll.modify(fd, &mut event).map_err(|errno| {
+                    Error::io("cannot watch a control connection", errno.into())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn answer(
+        &mut self,
+        server: &mut dyn Server,
+        request: Request,
+        peer: super::control::Peer,
+        now: Instant,
+    ) -> Response {
+        match request {
+            Request::Status => Response::Status { report: Box::new(self.report(server)) },
+            Request::Get { keys } => {
+                let report = self.report(server);
+                let mut values = Vec::new();
+                for key in keys {
+                    match report.value(&key) {
+                        Some(value) => values.push((key, value)),
+                        None => return Response::Error { message: format!("unknown key {key:?}") },
+                    }
+                }
+                Response::Values { values }
+            }
+            Request::Set { settings } => {
+                if let Err(message) = may_change(peer, self.owner_uid) {
+                    return Response::Error { message };
+                }
+                match self.apply(server, &settings, now) {
+                    Ok(()) => {
+                        let report = self.report(server);
+                        let values = settings
+                            .into_iter()
+                            .map(|(key, _)| {
+                                let value = report.value(&key).unwrap_or_default();
+                                (key, value)
+                            })
+                            .collect();
+                        Response::Values { values }
+                    }
+                    Err(message) => Response::Error { message },
+                }
+            }
+        }
+    }
+
+    /// Applies `steve set`'s settings, all of them or none.
+    fn apply(
+        &mut self,
+        server: &mut dyn Server,
+        settings: &[(String, String)],
+        now: Instant,
+    ) -> Result<(), String> {
+        let before = Settings { jobs: server.jobs(), limits: self.governor.limits().clone() };
+        let mut wanted = before.clone();
+        wanted.apply(settings).map_err(|error| error.to_string())?;
+        let per_process = wanted.limits.per_process_limit;
+        if per_process.is_some() && !self.backend.takes(ServeOption::PerProcessLimit) {
+            return Err(format!(
+                "per-process-limit: {}",
+                self.backend.refusal(ServeOption::PerProcessLimit)
+            ));
+        }
+        info!("settings changed: {settings:?}");
+        let mut cx = Context { processes: &mut self.processes, now };
+        if wanted.jobs != before.jobs {
+            server.change(PoolChange::Jobs(wanted.jobs), &mut cx);
+        }
+        if per_process != before.limits.per_process_limit {
+            server.change(PoolChange::PerProcessLimit(per_process), &mut cx);
+        }
+        self.governor.set_limits(wanted.limits);
+        self.recheck_limits(server, now, true);
+        Ok(())
+    }
+
+    /// Reads the system if a limit needs it and gives the server the allowance the limits
+    /// make, if it changed (or always, with `force`).
+    fn recheck_limits(&mut self, server: &mut dyn Server, now: Instant, force: bool) {
+        let allowance = self.governor.check(now);
+        if allowance == self.allowance && !force {
+            return;
+        }
+        if allowance != self.allowance {
+            match self.governor.pressure() {
+                Some(pressure) => info!("holding tokens back: {pressure}"),
+                None => info!("limits no longer exceeded: tokens flow again"),
+            }
+        }
+        self.allowance = allowance;
+        let mut cx = Context { processes: &mut self.processes, now };
+        server.change(PoolChange::Allowance(allowance), &mut cx);
+    }
+
+    /// Whatever deadline has passed: the limits' recheck, the server's own, control connections.
+    fn due(&mut self, server: &mut dyn Server, now: Instant) {
+        if self.governor.next_recheck().is_some_and(|at| at <= now) {
+            self.recheck_limits(server, now, false);
+        }
+        if server.next_deadline().is_some_and(|at| at <= now) {
+            server.deadline(&mut Context { processes: &mut self.processes, now });
+        }
+        if let Some(control) = self.control.as_mut() {
+            control.expire(now);
+        }
+    }
+
+    /// The whole status report: the server's part and what the loop knows.
+    pub fn report(&mut self, server: &mut dyn Server) -> StatusReport {
+        let now = Instant::now();
+        let part = server.report(&mut Context { processes: &mut self.processes, now });
+        let header = ReportHeader {
+            backend: self.backend.name.to_string(),
+            path: server.endpoint().path.clone(),
+            control: self.control.as_ref().map(|control| control.path().to_path_buf()),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            limits: Settings { jobs: server.jobs(), limits: self.governor.limits().clone() },
+            system: self.governor.reading(),
+            limited_by: self.governor.pressure(),
+        };
+        StatusReport::assemble(header, part)
+    }
+
+    /// How long the loop has run.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("backend", &self.backend.name)
+            .field("processes", &self.processes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_exits_sort_first() {
+        let keys = [
+            Key::Source(7),
+            Key::Connection(u32::MAX),
+            Key::Exited(4_194_304),
+            Key::Listener,
+            Key::Signals,
+        ];
+        for key in keys {
+            assert_eq!(Key::decode(key.encode()), Some(key));
+        }
+        let mut sorted = keys.to_vec();
+        sorted.sort();
+        assert_eq!(sorted[0], Key::Exited(4_194_304));
+        assert_eq!(Key::decode(9 << 56), None);
+    }
+}

@@ -1,0 +1,116 @@
+//! The server plumbing, for backend crates and the `steve` binary: the backend contract and its
+//! registry, the one event loop every server runs in, the control socket, signals, the client
+//! processes' pidfds, and the system probe.
+//!
+//! - [`backend`]: the [`Server`] trait a backend implements and the [`Backend`] descriptor it
+//!   registers;
+//! - `event_loop`: [`EventLoop`], one epoll over everything a server waits for;
+//! - [`control`]: the control socket (`steve status`, `get`, `set`), server and client side;
+//! - [`signals`]: signals read from a signalfd, and the child supervision of `steve run`/`exec`;
+//! - [`processes`]: thread to process, a pidfd per client process, command lines;
+//! - [`probe`]: the load and memory readings from `/proc`;
+//! - [`accounts`]: users and groups named on the command line.
+//!
+//! [`serve`] is the whole of `steve serve` for any backend: it refuses options the backend does
+//! not take, blocks the signals, starts the backend's server, binds the control socket, drops to
+//! `--user`, announces the MAKEFLAGS and runs the loop until a stop signal.
+
+pub mod accounts;
+pub mod backend;
+pub mod control;
+mod error;
+mod event_loop;
+pub mod probe;
+pub mod processes;
+pub mod signals;
+
+use std::path::PathBuf;
+
+use tracing::{info, warn};
+
+pub use backend::{Backend, Context, Endpoint, Flow, PoolChange, Server, SourceId};
+pub use error::{Error, ErrorKind};
+pub use event_loop::{Ended, EventLoop};
+
+use crate::makeflags::jobserver_makeflags;
+
+/// What a server tells once it is ready for clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// The MAKEFLAGS value clients should be given.
+    pub makeflags: String,
+    /// The path clients open.
+    pub path: PathBuf,
+    /// The control socket (`steve status`, `get`, `set`).
+    pub control: PathBuf,
+}
+
+/// Serves `backend` with `config` until a stop signal: `steve serve`. `announce` is called once,
+/// when clients may connect.
+pub fn serve(
+    backend: &'static Backend,
+    config: &backend::ServeConfig,
+    announce: &mut dyn FnMut(&Announcement),
+) -> Result<Ended, Error> {
+    backend.check_options(config)?;
+    let backend::Start::Server(start) = backend.start else {
+        return Err(Error::usage(format!(
+            "backend {} serves one command tree: use `steve run`",
+            backend.name
+        )));
+    };
+    // Looked up before anything is set up, so that a wrong name changes nothing.
+    let user = config
+        .user
+        .as_deref()
+        .map(|name| {
+            accounts::user(name).ok_or_else(|| Error::usage(format!("no such user: {name}")))
+        })
+        .transpose()?;
+    // Blocked before the jobserver exists, so that a stop signal is never lost.
+    let signals = signals::Signals::block()
+        .map_err(|errno| Error::io("cannot block signals", errno.into()))?;
+    let mut server = start(config)?;
+    let endpoint = server.endpoint().clone();
+    let control_path = config.control.clone().unwrap_or_else(|| endpoint.default_control.clone());
+    let control = control::ControlServer::bind(&control_path, endpoint.mode, endpoint.gid)
+        .map_err(|source| {
+            Error::io(
+                format!("cannot listen on the control socket {}", control_path.display()),
+                source,
+            )
+        })?;
+    if let Some(user) = user {
+        accounts::become_user(&user).map_err(Error::usage)?;
+        info!("running as user {} (uid {}) from now on", user.name, user.uid);
+    }
+    let mut event_loop =
+        EventLoop::new(backend, config.limits.clone(), Box::new(probe::ProcProbe))?
+            .with_signals(signals)
+            .with_control(control);
+    event_loop.prime(&mut *server)?;
+    let jobs = server.jobs();
+    announce(&Announcement {
+        makeflags: jobserver_makeflags(jobs, endpoint.auth.clone()),
+        path: endpoint.path.clone(),
+        control: control_path.clone(),
+    });
+    info!(
+        jobs = jobs.get(),
+        "serving {jobs} tokens on {} ({}); control socket {}",
+        endpoint.path.display(),
+        endpoint.how,
+        control_path.display()
+    );
+    let ended = event_loop.run(&mut *server);
+    // The control socket goes with the loop, then the server (its transport closes, a mount is
+    // unmounted, a pipe and the directory steve made for it are removed).
+    drop(event_loop);
+    drop(server);
+    match &ended {
+        Ok(Ended::Stopped(signal)) => info!("{signal} received: stopped"),
+        Ok(Ended::Transport(why)) => warn!("{why}"),
+        Err(_) => {}
+    }
+    ended
+}
