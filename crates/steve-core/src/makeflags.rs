@@ -262,13 +262,20 @@ pub enum EnvError {
 impl fmt::Display for EnvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EnvError::Malformed { variable, error } => write!(f, "malformed {variable}: {error}"),
+            EnvError::Malformed { variable, .. } => write!(f, "malformed {variable}"),
             EnvError::NotUnicode { variable } => write!(f, "{variable} is not valid UTF-8"),
         }
     }
 }
 
-impl std::error::Error for EnvError {}
+impl std::error::Error for EnvError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EnvError::Malformed { error, .. } => Some(error),
+            EnvError::NotUnicode { .. } => None,
+        }
+    }
+}
 
 /// Reads the first of [`ENV_VARS`] that is set, through `lookup` (pass `std::env::var_os` for
 /// the process environment). `Ok(None)` when none is set.
@@ -479,9 +486,11 @@ mod tests {
         assert_eq!(found.unwrap().variable, "CARGO_MAKEFLAGS");
         assert_eq!(from_env_with(env(&[])).unwrap(), None);
         let error = from_env_with(env(&[("MAKEFLAGS", "--jobserver-auth=x")])).unwrap_err();
+        assert_eq!(error.to_string(), "malformed MAKEFLAGS");
+        let cause = std::error::Error::source(&error).expect("the parse error is the cause");
         assert_eq!(
-            error.to_string(),
-            "malformed MAKEFLAGS: invalid jobserver option (expected fifo:PATH or R,W): \"x\""
+            cause.to_string(),
+            "invalid jobserver option (expected fifo:PATH or R,W): \"x\""
         );
     }
 }

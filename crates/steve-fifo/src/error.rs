@@ -106,6 +106,7 @@ impl std::error::Error for FifoError {
             // These wrap an error whose own message is shown: its cause is theirs.
             FifoError::Config(error) => std::error::Error::source(error),
             FifoError::Client(error) => std::error::Error::source(error),
+            FifoError::Makeflags(error) => std::error::Error::source(error),
             _ => None,
         }
     }

@@ -11,8 +11,13 @@
 //! - [`timeline`]: the peak number of jobs running at once, from such a log;
 //! - [`pipe`]: counts the tokens in a named pipe by draining it and putting them back;
 //! - [`vm`]: a QEMU VM with Debian's kernel, for the CUSE tests and an ordinary user's FUSE mount;
-//! - `src/bin/device-scenarios.rs`: the compliance scenarios of the per-process backends, run
-//!   inside the VM against cuse and on the host against fuse.
+//! - `src/bin/compliance.rs`: the compliance suite, one list of scenarios run against every
+//!   backend each applies to (fifo and fuse on the host, cuse inside the VM), which
+//!   `tests/compliance.rs` makes one test each of.
+//!
+//! `cargo test` works without root, QEMU or the real clients: the tests that need them are
+//! ignored unless `STEVE_TEST_ALL=1` ([`run_everything`]), which `scripts/test` sets; with it, a
+//! missing prerequisite fails the test that needs it.
 
 pub mod clients;
 pub mod pipe;
@@ -24,6 +29,13 @@ pub mod vm;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
+
+/// Whether every test is to run, those that need root, QEMU and the real clients included
+/// (`STEVE_TEST_ALL=1`, as `scripts/test` sets). The integration tests read the same variable
+/// when they are built (`build.rs` turns it into `cfg(steve_test_all)`).
+pub fn run_everything() -> bool {
+    std::env::var_os("STEVE_TEST_ALL").is_some_and(|value| value == "1")
+}
 
 /// The workspace's root folder.
 pub fn workspace_root() -> PathBuf {
@@ -59,7 +71,7 @@ pub fn command_as(
     command
 }
 
-/// Whether `device-scenarios` printed `scenario NAME ok` in `output`; if not, its failure line or
+/// Whether the `compliance` program printed `scenario NAME ok` in `output`; if not, its failure line or
 /// that it did not run.
 pub fn scenario_outcome(output: &str, name: &str) -> Result<(), String> {
     let prefix = format!("scenario {name} ");
@@ -70,13 +82,31 @@ pub fn scenario_outcome(output: &str, name: &str) -> Result<(), String> {
     }
 }
 
-/// Prints the `figure NAME VALUE` lines of `device-scenarios` output on stderr, under `title`
+/// Prints the `figure NAME VALUE` lines of the `compliance` program's output on stderr, under `title`
 /// (`--nocapture` shows them).
 pub fn print_figures(title: &str, output: &str) {
     eprintln!("{title}; figures:");
     for line in output.lines().filter(|line| line.starts_with("figure ")) {
         eprintln!("  {line}");
     }
+}
+
+/// Runs `command` to the end and returns what it printed, or `None` if it was still running
+/// after `limit` (it is killed then): for a command that must refuse and exit, which would
+/// otherwise hang the test by serving.
+pub fn output_within(command: &mut std::process::Command, limit: Duration) -> Option<Output> {
+    use std::process::Stdio;
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().ok()?;
+    let deadline = Instant::now() + limit;
+    while child.try_wait().ok()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().ok()
 }
 
 /// Asserts that a client's run succeeded, showing what it printed if not.

@@ -99,17 +99,25 @@ impl fmt::Display for ClientError {
             }
             ClientError::Disabled { reason } => write!(f, "the jobserver is disabled: {reason}"),
             ClientError::NotAJobserver { reason } => write!(f, "not a jobserver: {reason}"),
-            ClientError::Makeflags(error) => write!(f, "{error}"),
-            ClientError::Open { path, source } => {
-                write!(f, "cannot open the jobserver {}: {source}", path.display())
+            ClientError::Makeflags(_) => f.write_str("the environment's MAKEFLAGS cannot be used"),
+            ClientError::Open { path, .. } => {
+                write!(f, "cannot open the jobserver {}", path.display())
             }
             ClientError::Closed => f.write_str("the jobserver closed"),
-            ClientError::Io(error) => write!(f, "jobserver I/O failed: {error}"),
+            ClientError::Io(_) => f.write_str("jobserver I/O failed"),
         }
     }
 }
 
-impl std::error::Error for ClientError {}
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Open { source, .. } | ClientError::Io(source) => Some(source),
+            ClientError::Makeflags(error) => Some(error),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Inner {

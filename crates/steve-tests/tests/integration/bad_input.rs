@@ -185,6 +185,10 @@ fn fuse_serve_refuses(mountpoint: &Path, extra: &[&str], message: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs root; scripts/test runs it (it sets STEVE_TEST_ALL=1)"
+)]
 fn fuse_refuses_a_file_a_foreign_mount_and_options_it_cannot_honour() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-directory");

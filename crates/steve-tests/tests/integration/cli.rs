@@ -1,5 +1,7 @@
 //! The command line itself: listing backends and choosing one.
 
+use std::time::Duration;
+
 use steve_tests::steve::{command, stderr_lines};
 
 #[test]
@@ -130,11 +132,10 @@ fn a_backend_refuses_each_option_it_does_not_take() {
             if own.iter().any(|taken| taken == flag) {
                 continue;
             }
-            let output = command()
-                .args(["serve", "--backend", backend, "-j", "1"])
-                .args(args)
-                .output()
-                .unwrap();
+            let mut serve = command();
+            serve.args(["serve", "--backend", backend, "-j", "1"]).args(args);
+            let output = steve_tests::output_within(&mut serve, Duration::from_secs(20))
+                .unwrap_or_else(|| panic!("{backend} served despite {flag}"));
             assert_eq!(output.status.code(), Some(2), "{backend} {flag}: {output:?}");
             let lines = stderr_lines(&output);
             assert_eq!(lines.len(), 1, "{backend} {flag}: {lines:?}");

@@ -44,11 +44,19 @@ fn under_make(make: std::path::PathBuf, what: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs GNU make 4.4.1, which scripts/test installs (it sets STEVE_TEST_ALL=1)"
+)]
 fn the_client_joins_make_4_4_1s_own_fifo_jobserver() {
     under_make(clients::make44(), "client library under make 4.4.1 -j3 (fifo)");
 }
 
 #[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs Debian's make 4.3, which scripts/test installs (it sets STEVE_TEST_ALL=1)"
+)]
 fn the_client_joins_make_4_3s_pipe_jobserver() {
     under_make(clients::make43(), "client library under make 4.3 -j3 (pipe)");
 }

@@ -1,7 +1,8 @@
-//! The control plane and limits against a real fifo server: status names the real holders,
-//! `set jobs=` moves the measured peak down and up while makes run, `set` is refused to another
-//! user, a memory limit holds tokens back until lifted, `get` prints values, every JSON field is
-//! documented, and `steve top` draws a live frame in a terminal.
+//! The control plane against a real fifo server: status names the processes that have the pipe
+//! open, `get` prints values and `set` applies all or nothing, every JSON field is documented,
+//! `steve top` draws a live frame in a terminal, and a closed stdout ends steve quietly. (`set`
+//! moving the peak, `set` refused to another user and the memory limit are compliance scenarios,
+//! run against every backend: `src/bin/compliance.rs`.)
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -11,8 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use steve_tests::steve::{binary, stderr_lines, FifoServer};
-use steve_tests::timeline::{self, now_nanos};
+use steve_tests::steve::{stderr_lines, FifoServer};
 use steve_tests::{assert_success, clients, projects, wait_for, workspace_root};
 
 fn start_make(
@@ -44,6 +44,10 @@ fn started(log: &std::path::Path) -> usize {
 }
 
 #[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs GNU make 4.4.1, which scripts/test installs (it sets STEVE_TEST_ALL=1)"
+)]
 fn status_json_names_the_real_holders_while_make_runs() {
     let server = FifoServer::start(2);
     let dir = tempfile::tempdir().unwrap();
@@ -72,85 +76,6 @@ fn status_json_names_the_real_holders_while_make_runs() {
 }
 
 #[test]
-fn set_jobs_down_and_up_while_two_makes_run_moves_the_peak() {
-    // Enough work that jobs are left after the low phase, however slowly the shrink converges.
-    const JOBS_EACH: usize = 40;
-    let server = FifoServer::start(4);
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("timeline");
-    let makes: Vec<Child> = (0..2)
-        .map(|n| start_make(&server, dir.path(), &format!("m{n}"), JOBS_EACH, 0.4, &log))
-        .collect();
-    wait_for("the makes to start", Duration::from_secs(20), || (started(&log) >= 4).then_some(()));
-
-    // Down to 1: the daemon takes tokens out of the pipe as they come back.
-    let asked = Instant::now();
-    assert_success(&server.ctl(&["set", "jobs=1"]), "steve set jobs=1");
-    wait_for("the pool to shrink to 1", Duration::from_secs(30), || {
-        let status = server.status_json();
-        (status["pool"]["size"] == 1).then_some(())
-    });
-    let shrunk = now_nanos();
-    eprintln!("fifo shrink 4 -> 1 settled in {:?} with two busy makes", asked.elapsed());
-    std::thread::sleep(Duration::from_millis(1500));
-    let grow = now_nanos();
-    let left = 2 * JOBS_EACH - started(&log);
-    assert!(
-        left >= 12,
-        "only {left} jobs left when growing back: too few to measure; raise JOBS_EACH"
-    );
-    assert_success(&server.ctl(&["set", "jobs=4"]), "steve set jobs=4");
-    for mut make in makes {
-        assert!(make.wait().unwrap().success());
-    }
-    let spans = timeline::spans(&log);
-    let low = timeline::peak_between(&spans, shrunk, grow);
-    let high = timeline::peak_between(&spans, grow, now_nanos());
-    eprintln!("two makes, jobs 4 -> 1 -> 4: peak {low} while 1 token, {high} after growing back");
-    // One token plus each make's implicit one.
-    assert!(low <= 3, "peak {low} with jobs=1 and two makes");
-    assert!(low >= 2, "peak {low}: the makes stalled");
-    assert!(high > 3 && high <= 6, "peak {high} after growing back to 4");
-    assert_eq!(server.tokens(), 4);
-}
-
-#[test]
-fn a_memory_limit_holds_tokens_back_until_lifted() {
-    // No machine has this much memory available: the limit holds from the start.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jobserver");
-    let args =
-        ["-j", "4", "--min-memory-avail", "100000000", "--min-jobs", "1", "--load-recheck", "0.1"];
-    let server = FifoServer::start_at(&path, &dir.path().join("steve.log"), &args).unwrap();
-    let status = server.status_json();
-    assert_eq!(status["limited_by"]["kind"], "memory", "{status}");
-    assert_eq!(status["pool"]["withheld"], 3);
-    let log = dir.path().join("held-back");
-    projects::makefile(dir.path(), "held", 6, 0.3, &log);
-    assert_success(
-        &server.client(clients::make44()).current_dir(dir.path()).output().unwrap(),
-        "make",
-    );
-    let peak = timeline::peak_of(&log, 6);
-    assert!(peak <= 2, "peak {peak} with one token allowed (min-jobs 1) plus make's own");
-
-    assert_success(&server.ctl(&["set", "min-memory-avail=none"]), "lifting the limit");
-    let status = server.status_json();
-    assert_eq!(status["limited_by"], serde_json::Value::Null);
-    assert_eq!(status["pool"]["withheld"], 0);
-    let log = dir.path().join("flowing");
-    let second = dir.path().join("second");
-    std::fs::create_dir(&second).unwrap();
-    projects::makefile(&second, "free", 10, 0.3, &log);
-    assert_success(
-        &server.client(clients::make44()).current_dir(&second).output().unwrap(),
-        "make",
-    );
-    timeline::assert_peak_within(&log, 10, 5, "make after the memory limit was lifted");
-    assert!(timeline::peak_of(&log, 10) > 2, "tokens did not flow again");
-}
-
-#[test]
 fn get_prints_one_value_per_line_and_set_rejects_bad_values_whole() {
     let server = FifoServer::start(3);
     let output = server.ctl(&["get", "jobs", "free", "min-jobs", "load-average"]);
@@ -173,50 +98,6 @@ fn get_prints_one_value_per_line_and_set_rejects_bad_values_whole() {
     assert!(stderr_lines(&output)[0].contains("unknown key \"colour\""));
 }
 
-#[test]
-fn an_unprivileged_user_is_refused_set_but_may_read() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test creates a user and runs steve as it: run the suite as root (as CI does)"
-    );
-    let server = FifoServer::start(2);
-    let name = format!("stevetest{}", std::process::id() % 100_000);
-    let created = std::process::Command::new("useradd")
-        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", &name])
-        .status()
-        .unwrap();
-    assert!(created.success(), "useradd {name} failed");
-    let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
-    // steve as the new user, from a copy it can reach.
-    let copy_dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(copy_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
-    let copy = copy_dir.path().join("steve");
-    std::fs::copy(binary(), &copy).unwrap();
-    let as_user = |args: &[&str]| {
-        steve_tests::command_as(user.uid.as_raw(), user.gid.as_raw(), &copy)
-            .args(args)
-            .arg("--control")
-            .arg(&server.control)
-            .output()
-            .unwrap()
-    };
-    let refused = as_user(&["set", "jobs=8"]);
-    let read = as_user(&["get", "jobs"]);
-    let _ = std::process::Command::new("userdel").arg(&name).status();
-    assert!(!refused.status.success());
-    let lines = stderr_lines(&refused);
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].contains("permission denied"), "{}", lines[0]);
-    assert_eq!(
-        String::from_utf8_lossy(&read.stdout),
-        "2\n",
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    assert_eq!(server.status_json()["limits"]["jobs"], 2);
-}
-
 /// Every key of a JSON value, as dotted paths with `[]` for array elements.
 fn key_paths(value: &serde_json::Value, prefix: &str, paths: &mut BTreeSet<String>) {
     match value {
@@ -237,6 +118,10 @@ fn key_paths(value: &serde_json::Value, prefix: &str, paths: &mut BTreeSet<Strin
 }
 
 #[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs GNU make 4.4.1, which scripts/test installs (it sets STEVE_TEST_ALL=1)"
+)]
 fn every_status_field_a_real_server_reports_is_documented() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobserver");
@@ -318,6 +203,10 @@ fn every_field_of_a_fully_populated_status_is_documented() {
 }
 
 #[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs GNU make 4.4.1, which scripts/test installs (it sets STEVE_TEST_ALL=1)"
+)]
 fn steve_top_draws_a_live_holder_in_a_terminal() {
     let server = FifoServer::start(2);
     let dir = tempfile::tempdir().unwrap();
@@ -366,4 +255,26 @@ fn steve_top_draws_a_live_holder_in_a_terminal() {
     )
     .unwrap();
     make.wait().unwrap();
+}
+
+/// `steve status | head -1`: a reader that goes away ends steve quietly, with no panic and no
+/// error line.
+#[test]
+fn a_closed_stdout_ends_status_and_get_quietly() {
+    let server = FifoServer::start(2);
+    for args in [&["status"][..], &["status", "--json"], &["get", "jobs", "free", "size"]] {
+        let mut child = steve_tests::steve::command()
+            .args(args)
+            .arg("--control")
+            .arg(&server.control)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before steve has its answer to write.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{args:?}");
+    }
 }

@@ -1,16 +1,19 @@
-//! The compliance scenarios of the per-process backends: real clients against
-//! `steve serve --backend cuse` inside the test VM (the host has no CUSE), and against
-//! `steve serve --backend fuse` on the host.
+//! The compliance suite: one list of scenarios, each run with real clients against every server
+//! backend it applies to: `fifo` and `fuse` on the host, `cuse` inside the test VM (the host has
+//! no CUSE). [`SCENARIOS`] is the list, and [`Needs`] the one place that says which backends a
+//! scenario applies to (those that only make sense with per-process accounting say so there).
 //!
-//! `device-scenarios run SCENARIO...` runs scenarios and prints one line per scenario,
-//! `scenario NAME ok` or `scenario NAME FAILED: why`, and figures as `figure NAME VALUE`. The
-//! test side (`tests/integration/cuse_vm.rs`, `tests/integration/fuse_host.rs`) runs this program
-//! and asserts on those lines. Other subcommands are client roles the scenarios start as
-//! separate processes, because the server accounts per process.
+//! `compliance list BACKEND` prints the names of the scenarios that apply to BACKEND;
+//! `compliance run SCENARIO...` runs scenarios against `STEVE_SCENARIO_BACKEND` and prints one
+//! line per scenario, `scenario NAME ok` or `scenario NAME FAILED: why`, and figures as
+//! `figure NAME VALUE`. The test side (`tests/compliance.rs`) asks for the list, runs the program
+//! once per backend and makes one test of each line. Other subcommands are client roles the
+//! scenarios start as separate processes, because the device backends account per process.
 //!
 //! Paths come from the environment: `STEVE_BIN` (the steve binary), `STEVE_TEST_MAKE44` (GNU
-//! make 4.4.1), `STEVE_TEST_CARGO` (cargo), `STEVE_TEST_NINJA` (ninja 1.13.2, one scenario), `STEVE_SCENARIO_BACKEND` (`cuse`, the default, or
-//! `fuse`) and for fuse `STEVE_SCENARIO_MOUNTPOINT` (the directory each server mounts on).
+//! make 4.4.1), `STEVE_TEST_CARGO` (cargo), `STEVE_TEST_NINJA` (ninja 1.13.2, one scenario),
+//! `STEVE_SCENARIO_BACKEND` (`cuse`, the default, `fuse` or `fifo`), and for fuse and fifo
+//! `STEVE_SCENARIO_PLACE` (the directory each server mounts on, or the path of its pipe).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -30,22 +33,37 @@ struct Target {
     backend: String,
     /// `--mountpoint` for fuse.
     mountpoint: Option<PathBuf>,
+    /// `--path` for fifo.
+    path: Option<PathBuf>,
     jobserver: PathBuf,
+}
+
+impl Target {
+    /// Whether the backend accounts tokens per process (and so logs each grant, counts
+    /// interrupts, shows waiters).
+    fn per_process(&self) -> bool {
+        self.backend != "fifo"
+    }
 }
 
 fn target() -> &'static Target {
     static TARGET: std::sync::OnceLock<Target> = std::sync::OnceLock::new();
     TARGET.get_or_init(|| {
         let backend = std::env::var("STEVE_SCENARIO_BACKEND").unwrap_or_else(|_| "cuse".into());
-        match backend.as_str() {
-            "cuse" => Target { backend, mountpoint: None, jobserver: "/dev/steve".into() },
+        let (mountpoint, path, jobserver) = match backend.as_str() {
+            "cuse" => (None, None, "/dev/steve".into()),
             "fuse" => {
-                let mountpoint = env_path("STEVE_SCENARIO_MOUNTPOINT");
+                let mountpoint = env_path("STEVE_SCENARIO_PLACE");
                 let jobserver = mountpoint.join("jobserver");
-                Target { backend, mountpoint: Some(mountpoint), jobserver }
+                (Some(mountpoint), None, jobserver)
             }
-            other => panic!("STEVE_SCENARIO_BACKEND={other}: expected cuse or fuse"),
-        }
+            "fifo" => {
+                let path = env_path("STEVE_SCENARIO_PLACE");
+                (None, Some(path.clone()), path)
+            }
+            other => panic!("STEVE_SCENARIO_BACKEND={other}: expected cuse, fuse or fifo"),
+        };
+        Target { backend, mountpoint, path, jobserver }
     })
 }
 
@@ -57,6 +75,12 @@ fn jobserver() -> &'static Path {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("list") => {
+            let backend = args.get(1).expect("list BACKEND");
+            for scenario in SCENARIOS.iter().filter(|s| s.needs.applies_to(backend)) {
+                println!("{}", scenario.name);
+            }
+        }
         Some("run") => run_scenarios(&args[1..]),
         Some("hold") => hold(args[1].parse().expect("hold COUNT")),
         Some("blocking-client") => compete(false, &args[1]),
@@ -69,51 +93,96 @@ fn main() {
             round_trips(&args[1], args[2].parse().expect("round-trips PATH SECONDS"))
         }
         _ => {
-            eprintln!(
-                "usage: device-scenarios run SCENARIO... (this program runs inside steve's test VM)"
-            );
+            eprintln!("usage: compliance list BACKEND | compliance run SCENARIO...");
             std::process::exit(2);
         }
     }
 }
 
-type Scenario = fn() -> Result<(), String>;
+/// What a scenario needs of the backend under test: the one place that says which backends
+/// each scenario applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// Any jobserver: fifo, fuse and cuse.
+    Jobserver,
+    /// Per-process accounting (ENOSPC, reclaim at exit, reservations, waiters): fuse and cuse.
+    PerProcess,
+    /// A CUSE device node: cuse.
+    Device,
+    /// A FUSE mount: fuse.
+    Mount,
+    /// The backend `--backend auto` picks where the suite runs it: cuse in the VM, fuse on
+    /// the host.
+    AutoChoice,
+    /// An ordinary user's FUSE mount through fusermount3: only the VM opens /dev/fuse to
+    /// others, so it runs with cuse's VM boot.
+    UserMount,
+}
 
-const SCENARIOS: &[(&str, Scenario)] = &[
-    ("make_peak", make_peak),
-    ("two_makes", two_makes),
-    ("enospc_and_grace", enospc_and_grace),
-    ("nonblocking_eagain", nonblocking_eagain),
-    ("sigkill_reclaim", sigkill_reclaim),
-    ("poller_fairness", poller_fairness),
-    ("second_daemon", second_daemon),
-    ("round_trips", round_trip_figures),
-    ("auto_backend", auto_backend),
-    ("mode_group_user", mode_group_user),
-    ("status_names_holders", status_names_holders),
-    ("set_jobs_moves_the_peak", set_jobs_moves_the_peak),
-    ("set_refused_to_others", set_refused_to_others),
-    ("per_process_limit", per_process_limit),
-    ("memory_limit", memory_limit),
-    ("client_library", client_library),
-    ("cargo_build", cargo_build),
-    ("killed_while_waiting", killed_while_waiting),
-    ("signal_interrupts_waiting_read", signal_interrupts_waiting_read),
-    ("stale_mount_recovered", stale_mount_recovered),
-    ("unmounts_while_busy", unmounts_while_busy),
-    ("unprivileged_fuse", unprivileged_fuse),
-    ("fuse_mode_and_group", fuse_mode_and_group),
-    ("ninja_wants_a_fifo", ninja_wants_a_fifo),
-    ("status_finds_the_server", status_finds_the_server),
+impl Needs {
+    fn applies_to(self, backend: &str) -> bool {
+        match self {
+            Needs::Jobserver => true,
+            Needs::PerProcess => backend == "fuse" || backend == "cuse",
+            Needs::Device | Needs::AutoChoice | Needs::UserMount if backend == "cuse" => true,
+            Needs::Mount | Needs::AutoChoice => backend == "fuse",
+            Needs::Device | Needs::UserMount => false,
+        }
+    }
+}
+
+/// One scenario: its name, what it needs, and the code.
+struct Scenario {
+    name: &'static str,
+    needs: Needs,
+    run: fn() -> Result<(), String>,
+}
+
+const fn scenario(name: &'static str, needs: Needs, run: fn() -> Result<(), String>) -> Scenario {
+    Scenario { name, needs, run }
+}
+
+/// The compliance suite.
+const SCENARIOS: &[Scenario] = &[
+    scenario("make_peak", Needs::Jobserver, make_peak),
+    scenario("two_makes", Needs::Jobserver, two_makes),
+    scenario("nonblocking_eagain", Needs::Jobserver, nonblocking_eagain),
+    scenario("second_daemon", Needs::Jobserver, second_daemon),
+    scenario("round_trips", Needs::Jobserver, round_trip_figures),
+    scenario("set_jobs_moves_the_peak", Needs::Jobserver, set_jobs_moves_the_peak),
+    scenario("set_refused_to_others", Needs::Jobserver, set_refused_to_others),
+    scenario("memory_limit", Needs::Jobserver, memory_limit),
+    scenario("client_library", Needs::Jobserver, client_library),
+    scenario("cargo_build", Needs::Jobserver, cargo_build),
+    scenario("status_finds_the_server", Needs::Jobserver, status_finds_the_server),
+    scenario("enospc_and_grace", Needs::PerProcess, enospc_and_grace),
+    scenario("sigkill_reclaim", Needs::PerProcess, sigkill_reclaim),
+    scenario("poller_fairness", Needs::PerProcess, poller_fairness),
+    scenario("status_names_holders", Needs::PerProcess, status_names_holders),
+    scenario("per_process_limit", Needs::PerProcess, per_process_limit),
+    scenario("killed_while_waiting", Needs::PerProcess, killed_while_waiting),
+    scenario("signal_interrupts_waiting_read", Needs::PerProcess, signal_interrupts_waiting_read),
+    scenario("mode_group_user", Needs::Device, mode_group_user),
+    scenario("auto_backend", Needs::AutoChoice, auto_backend),
+    scenario("stale_mount_recovered", Needs::Mount, stale_mount_recovered),
+    scenario("unmounts_while_busy", Needs::Mount, unmounts_while_busy),
+    scenario("fuse_mode_and_group", Needs::Mount, fuse_mode_and_group),
+    scenario("ninja_wants_a_fifo", Needs::Mount, ninja_wants_a_fifo),
+    scenario("unprivileged_fuse", Needs::UserMount, unprivileged_fuse),
 ];
 
 fn run_scenarios(names: &[String]) {
     for name in names {
-        let Some((_, scenario)) = SCENARIOS.iter().find(|(known, _)| known == name) else {
+        let Some(scenario) = SCENARIOS.iter().find(|known| known.name == name) else {
             println!("scenario {name} FAILED: no such scenario");
             continue;
         };
-        let outcome = std::panic::catch_unwind(scenario)
+        if !scenario.needs.applies_to(&target().backend) {
+            let why = format!("needs {:?}, not backend {}", scenario.needs, target().backend);
+            println!("scenario {name} FAILED: {why}");
+            continue;
+        }
+        let outcome = std::panic::catch_unwind(scenario.run)
             .unwrap_or_else(|panic| Err(panic_text(panic.as_ref())));
         match outcome {
             Ok(()) => println!("scenario {name} ok"),
@@ -424,8 +493,8 @@ fn sigkill_reclaim() -> Result<(), String> {
     device.write_all(&vec![b'+'; jobs as usize]).unwrap();
     let log = daemon.log();
     let logged = log.lines().any(|line| {
-        // The kernel keeps 15 bytes of a command's name: "device-scenario".
-        line.contains(&format!("reclaimed 3 token(s) from pid {} (device-scenario)", holder.pid()))
+        // The kernel's command name of this program.
+        line.contains(&format!("reclaimed 3 token(s) from pid {} (compliance)", holder.pid()))
     });
     ensure(logged, || format!("no reclaim line naming pid and command:\n{log}"))?;
     daemon.assert_pool_whole(jobs as usize)
@@ -485,15 +554,16 @@ fn poller_share(reservation_ms: u64, total: usize) -> Result<(usize, usize), Str
 fn serve_command(jobs: u32, extra: &[&str]) -> Command {
     let mut command = Command::new(env_path("STEVE_BIN"));
     command.args(["serve", "--backend", &target().backend, "-j", &jobs.to_string()]);
-    command.args(mountpoint_args()).args(extra);
+    command.args(place_args()).args(extra);
     command
 }
 
-/// `--mountpoint DIR` for fuse, nothing for cuse.
-fn mountpoint_args() -> Vec<std::ffi::OsString> {
-    match &target().mountpoint {
-        Some(dir) => vec!["--mountpoint".into(), dir.into()],
-        None => Vec::new(),
+/// Where the server goes: `--mountpoint DIR` for fuse, `--path PATH` for fifo, nothing for cuse.
+fn place_args() -> Vec<std::ffi::OsString> {
+    match (&target().mountpoint, &target().path) {
+        (Some(dir), _) => vec!["--mountpoint".into(), dir.into()],
+        (None, Some(path)) => vec!["--path".into(), path.into()],
+        (None, None) => Vec::new(),
     }
 }
 
@@ -545,9 +615,10 @@ fn second_daemon() -> Result<(), String> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
     ensure(!output.status.success(), || "a second daemon started".to_string())?;
-    let refusal = match &target().mountpoint {
-        Some(dir) => format!("{} is mounted already", dir.display()),
-        None => "/dev/steve exists already".to_string(),
+    let refusal = match (&target().mountpoint, &target().path) {
+        (Some(dir), _) => format!("{} is mounted already", dir.display()),
+        (None, Some(path)) => format!("is already serving {}", path.display()),
+        (None, None) => "/dev/steve exists already".to_string(),
     };
     ensure(lines.len() == 1 && lines[0].contains(&refusal), || format!("{lines:?}"))?;
     _first.assert_pool_whole(2)
@@ -614,8 +685,9 @@ fn cargo_build() -> Result<(), String> {
     ensure(peak <= jobs as usize + 1 && peak >= 2, || {
         format!("peak {peak} rustc with {jobs} tokens")
     })?;
+    // A device logs each token it hands out; a pipe cannot tell.
     let log = daemon.log();
-    ensure(log.contains("token handed out"), || {
+    ensure(!target().per_process() || log.contains("token handed out"), || {
         format!("cargo never took a token from the device:\n{log}")
     })?;
     daemon.assert_pool_whole(jobs as usize)
@@ -624,7 +696,7 @@ fn cargo_build() -> Result<(), String> {
 /// Without --backend, steve picks cuse where /dev/cuse exists, else fuse, and says so.
 fn auto_backend() -> Result<(), String> {
     let mut command = Command::new(env_path("STEVE_BIN"));
-    command.args(["serve", "-j", "2"]).args(mountpoint_args());
+    command.args(["serve", "-j", "2"]).args(place_args());
     let daemon = Daemon::start_with(command);
     let log = daemon.log();
     let chosen = format!("backend {} chosen", target().backend);
@@ -930,9 +1002,7 @@ fn is_mount_point(dir: &Path) -> bool {
 /// fuse: a server killed with SIGKILL leaves a dead mount (ENOTCONN); the next server clears it
 /// and serves on the same mount point.
 fn stale_mount_recovered() -> Result<(), String> {
-    let Some(mountpoint) = target().mountpoint.clone() else {
-        return Ok(()); // cuse: a device node goes with its server
-    };
+    let mountpoint = target().mountpoint.clone().ok_or("needs a mount")?;
     let mut first = Daemon::start(2);
     // Looked at while alive, so that the kernel caches the root's attributes: a stat of the
     // dead mount may then still succeed, and must not pass for a live server.
@@ -955,9 +1025,7 @@ fn stale_mount_recovered() -> Result<(), String> {
 /// fuse: SIGINT unmounts even while a client has the file open (a lazy detach), and the
 /// server exits 0.
 fn unmounts_while_busy() -> Result<(), String> {
-    let Some(mountpoint) = target().mountpoint.clone() else {
-        return Ok(());
-    };
+    let mountpoint = target().mountpoint.clone().ok_or("needs a mount")?;
     let mut daemon = Daemon::start(2);
     let busy = open_device(true);
     ensure(is_mount_point(&mountpoint), || "not mounted".into())?;
