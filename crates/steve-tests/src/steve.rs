@@ -31,6 +31,20 @@ pub fn binary() -> &'static Path {
     })
 }
 
+/// The path of steve-core's example `name` (`crates/steve-core/examples/NAME.rs`), built now
+/// with cargo so that the test runs the working tree's code.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let mut build = Command::new(clients::cargo());
+    build.args(["build", "--quiet", "-p", "steve-core", "--example", name]);
+    if profile_dir.file_name().is_some_and(|dir| dir == "release") {
+        build.arg("--release");
+    }
+    assert!(build.status().expect("run cargo build").success(), "building example {name}");
+    profile_dir.join("examples").join(name)
+}
+
 /// A `steve` command, ready for arguments.
 pub fn command() -> Command {
     Command::new(binary())

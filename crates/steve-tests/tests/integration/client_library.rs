@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use steve_tests::steve::{command, FifoServer};
+use steve_tests::steve::{self, command, FifoServer};
 use steve_tests::{assert_success, clients, timeline};
 
 fn probe() -> &'static str {
@@ -154,4 +154,34 @@ fn a_job_pool_runs_50_short_commands_within_n_plus_one() {
     assert_success(&output, "probe with 50 jobs");
     timeline::assert_peak_within(&log, 50, 4, "JobPool, 50 commands, 3 tokens + the implicit one");
     assert_eq!(server.tokens(), 3, "every token came back");
+}
+
+/// The runnable examples of steve-core's client library do what their docs say, under a real
+/// `steve run`: `tokens` finds exactly the slots of `-j3`, `job_pool` runs every command.
+#[test]
+fn the_client_librarys_examples_run_under_steve_run() {
+    let tokens =
+        steve::command().args(["run", "-j3", "--"]).arg(steve::example("tokens")).output().unwrap();
+    assert_success(&tokens, "example tokens");
+    let said = String::from_utf8_lossy(&tokens.stdout);
+    assert_eq!(said.trim(), "3 jobs at once: the implicit token and 2 from the jobserver");
+
+    let dir = tempfile::tempdir().unwrap();
+    let commands: Vec<String> =
+        (0..4).map(|n| format!("touch {}", dir.path().join(n.to_string()).display())).collect();
+    let pool = steve::command()
+        .args(["run", "-j2", "--"])
+        .arg(steve::example("job_pool"))
+        .args(&commands)
+        .output()
+        .unwrap();
+    assert_success(&pool, "example job_pool");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4, "not every command ran");
+    let failing = steve::command()
+        .args(["run", "-j2", "--"])
+        .arg(steve::example("job_pool"))
+        .args(["true", "exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(failing.status.code(), Some(1), "a failed job fails the example");
 }
