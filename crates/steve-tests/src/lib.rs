@@ -71,6 +71,37 @@ pub fn command_as(
     command
 }
 
+/// An ordinary local user made for the tests (`steve-attacker`, a system user without a home
+/// or a login shell), created on first use with useradd: the tests that play a local user
+/// against root's daemon run as it. Its uid and gid. The caller must be root.
+pub fn attacker() -> (u32, u32) {
+    static USER: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *USER.get_or_init(|| {
+        const NAME: &str = "steve-attacker";
+        if nix::unistd::User::from_name(NAME).ok().flatten().is_none() {
+            let created = std::process::Command::new("useradd")
+                .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", NAME])
+                .status()
+                .expect("run useradd (package passwd; the tests need root)");
+            assert!(created.success(), "useradd {NAME} failed: the tests need root");
+        }
+        let user = nix::unistd::User::from_name(NAME).unwrap().expect("the user just made");
+        (user.uid.as_raw(), user.gid.as_raw())
+    })
+}
+
+/// Seconds of CPU the process `pid` has used so far (user and system, from `/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')').expect("comm in parentheses") + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    ticks as f64 / per_second
+}
+
 /// Whether the `compliance` program printed `scenario NAME ok` in `output`; if not, its failure line or
 /// that it did not run.
 pub fn scenario_outcome(output: &str, name: &str) -> Result<(), String> {

@@ -98,10 +98,20 @@ impl FifoServer {
 
     /// Serves on `path` with `args` added, logging to `log`; waits until it announces itself.
     pub fn start_at(path: &Path, log: &Path, args: &[&str]) -> Result<FifoServer, StartFailure> {
-        let mut child = command()
-            .args(["serve", "--backend", "fifo", "--path"])
-            .arg(path)
-            .args(args)
+        let mut serve = command();
+        serve.args(["serve", "--backend", "fifo", "--path"]).arg(path).args(args);
+        FifoServer::start_command(serve, path, log)
+    }
+
+    /// Starts `serve`, a `steve serve --backend fifo --path PATH ...` command (perhaps behind a
+    /// wrapper such as prlimit, which execs it), logging to `log`; waits until it announces
+    /// itself.
+    pub fn start_command(
+        mut serve: Command,
+        path: &Path,
+        log: &Path,
+    ) -> Result<FifoServer, StartFailure> {
+        let mut child = serve
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(File::create(log).expect("create the log"))

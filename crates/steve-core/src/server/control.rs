@@ -193,6 +193,9 @@ fn is_socket(path: &Path) -> bool {
 
 /// How long a connection may take to send its request, and to take its answer.
 const DEADLINE: Duration = Duration::from_secs(5);
+/// Connections one user may have open at once: one user cannot use up the server's
+/// descriptors (root is held to it too).
+pub const MAX_CONNECTIONS_PER_USER: usize = 16;
 /// The longest request line a server reads.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -221,6 +224,18 @@ pub enum Incoming {
     Request(Result<Request, String>, Peer),
     /// The connection went away, or broke a rule (too long); it is closed.
     Closed,
+}
+
+/// What [`ControlServer::accept`] did.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// The new connections, to watch for reading.
+    pub connections: Vec<ConnectionId>,
+    /// Connections refused because their user had [`MAX_CONNECTIONS_PER_USER`] open, by uid.
+    pub refused: Vec<u32>,
+    /// The process is out of descriptors (`EMFILE`, `ENFILE`): clients are still waiting, and
+    /// accepting again at once would fail again.
+    pub out_of_descriptors: bool,
 }
 
 /// Whether an answer has been written out.
@@ -296,12 +311,42 @@ impl ControlServer {
         self.connections.get(&id).map(|connection| connection.stream.as_fd())
     }
 
-    /// Accepts the clients waiting; returns the new connections, to watch for reading.
-    pub fn accept(&mut self, now: Instant) -> Vec<ConnectionId> {
-        let mut accepted = Vec::new();
-        while let Ok((stream, _)) = self.listener.accept() {
+    /// Accepts the clients waiting, up to [`MAX_CONNECTIONS_PER_USER`] each.
+    pub fn accept(&mut self, now: Instant) -> Accepted {
+        let mut accepted = Accepted::default();
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if error.raw_os_error() == Some(nix::libc::ECONNABORTED) => continue,
+                Err(error)
+                    if matches!(
+                        error.raw_os_error(),
+                        Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::ENOBUFS)
+                    ) =>
+                {
+                    accepted.out_of_descriptors = true;
+                    break;
+                }
+                Err(_) => break,
+            };
             let Ok(credentials) = getsockopt(&stream, PeerCredentials) else { continue };
             if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let uid = credentials.uid();
+            let open = self.connections.values().filter(|c| c.peer.uid == uid).count();
+            if open >= MAX_CONNECTIONS_PER_USER {
+                // One line and the connection closes; a full socket just gets the close.
+                let message = format!(
+                    "too many control connections from uid {uid} (at most \
+                     {MAX_CONNECTIONS_PER_USER} at once)"
+                );
+                let mut text = serde_json::to_vec(&Response::Error { message }).unwrap_or_default();
+                text.push(b'\n');
+                let _ = (&stream).write(&text);
+                accepted.refused.push(uid);
                 continue;
             }
             let id = ConnectionId(self.next_id);
@@ -318,7 +363,7 @@ impl ControlServer {
                     deadline: now + DEADLINE,
                 },
             );
-            accepted.push(id);
+            accepted.connections.push(id);
         }
         accepted
     }
@@ -380,6 +425,16 @@ impl ControlServer {
         Outgoing::Done
     }
 
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.connections.is_empty()
+    }
+
     /// Drops the connections whose deadline has passed.
     pub fn expire(&mut self, now: Instant) {
         self.connections.retain(|_, connection| connection.deadline > now);
@@ -422,7 +477,7 @@ mod tests {
         // A client that sends its request and then reads nothing yet.
         let mut client = UnixStream::connect(&path).unwrap();
         client.write_all(b"{\"command\":\"status\"}\n").unwrap();
-        let [id] = server.accept(now)[..] else { panic!("one connection") };
+        let [id] = server.accept(now).connections[..] else { panic!("one connection") };
         let Incoming::Request(Ok(Request::Status), peer) = server.read(id) else {
             panic!("no request")
         };
@@ -448,12 +503,36 @@ mod tests {
         assert!(ControlServer::bind(&path, 0o600, None).is_err());
         // Silent connections (ours, and the second server's probe) are dropped at their
         // deadline.
-        assert_eq!(server.accept(now).len(), 2);
+        assert_eq!(server.accept(now).connections.len(), 2);
         server.expire(now + DEADLINE);
         assert_eq!(server.next_deadline(), None);
         drop(server);
         assert!(!path.exists(), "the socket is removed with its server");
         let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn one_user_gets_a_bounded_number_of_connections() {
+        let dir = tempfile_dir().join("per-user");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("test.control");
+        let mut server = ControlServer::bind(&path, 0o600, None).unwrap();
+        let clients: Vec<UnixStream> = (0..MAX_CONNECTIONS_PER_USER + 3)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let accepted = server.accept(Instant::now());
+        assert_eq!(accepted.connections.len(), MAX_CONNECTIONS_PER_USER);
+        assert_eq!(accepted.refused.len(), 3);
+        assert!(!accepted.out_of_descriptors);
+        // A refused client is told why in one line, then the connection closes.
+        let mut refused = String::new();
+        (&clients[MAX_CONNECTIONS_PER_USER]).read_to_string(&mut refused).unwrap();
+        assert!(refused.contains("too many control connections"), "{refused}");
+        // One connection done, one more may come.
+        server.expire(Instant::now() + DEADLINE);
+        drop(clients);
+        let _again = UnixStream::connect(&path).unwrap();
+        assert_eq!(server.accept(Instant::now()).connections.len(), 1);
     }
 
     fn tempfile_dir() -> PathBuf {

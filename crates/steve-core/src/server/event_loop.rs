@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::Signal;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use super::backend::{Backend, Context, Flow, PoolChange, ServeOption, Server, SourceId};
 use super::control::{
@@ -79,6 +79,8 @@ impl Key {
 
 /// Events taken from the kernel per wait.
 const BATCH: usize = 64;
+/// How long the control socket is left alone when the process is out of descriptors.
+const LISTENER_PAUSE: Duration = Duration::from_secs(1);
 
 /// The event loop: set it up with [`EventLoop::new`], add signals and a control socket, and
 /// [`EventLoop::run`] a server in it.
@@ -95,6 +97,8 @@ pub struct EventLoop {
     owner_uid: u32,
     /// Whether the server's descriptors are watched and its limits applied.
     primed: bool,
+    /// Until when the control listener is out of the epoll (out of descriptors).
+    listener_paused_until: Option<Instant>,
 }
 
 impl EventLoop {
@@ -118,6 +122,7 @@ impl EventLoop {
             started: Instant::now(),
             owner_uid: nix::unistd::geteuid().as_raw(),
             primed: false,
+            listener_paused_until: None,
         })
     }
 
@@ -210,6 +215,7 @@ impl EventLoop {
             server.next_deadline(),
             self.governor.next_recheck(),
             self.control.as_ref().and_then(ControlServer::next_deadline),
+            self.listener_paused_until,
         ]
         .into_iter()
         .flatten()
@@ -268,7 +274,23 @@ impl EventLoop {
 
     fn accept(&mut self, now: Instant) -> Result<(), Error> {
         let Some(control) = self.control.as_mut() else { return Ok(()) };
-        for id in control.accept(now) {
+        let accepted = control.accept(now);
+        for uid in accepted.refused {
+            debug!(uid, "control connection refused: too many open from this user");
+        }
+        if accepted.out_of_descriptors {
+            // Level-triggered: the listener stays readable, and accepting now would fail again
+            // and spin. It is watched again after a pause.
+            let _ = self.epoll.delete(control.listener());
+            self.listener_paused_until = Some(now + LISTENER_PAUSE);
+            warn!(
+                "out of file descriptors: control connections wait {LISTENER_PAUSE:?}; {} \
+                 client processes and {} control connections are open (raise LimitNOFILE)",
+                self.processes.len(),
+                control.len()
+            );
+        }
+        for id in accepted.connections {
             if let Some(fd) = control.connection(id) {
                 let event = EpollEvent::new(EpollFlags::EPOLLIN, Key::Connection(id.0).encode());
                 self.epoll.add(fd, event).map_err(|errno| {
@@ -411,6 +433,13 @@ impl EventLoop {
         }
         if let Some(control) = self.control.as_mut() {
             control.expire(now);
+            if self.listener_paused_until.is_some_and(|until| until <= now) {
+                self.listener_paused_until = None;
+                let event = EpollEvent::new(EpollFlags::EPOLLIN, Key::Listener.encode());
+                if let Err(errno) = self.epoll.add(control.listener(), event) {
+                    warn!("cannot watch the control socket again: {errno}");
+                }
+            }
         }
     }
 

@@ -67,6 +67,7 @@ pub fn serve(
             accounts::user(name).ok_or_else(|| Error::usage(format!("no such user: {name}")))
         })
         .transpose()?;
+    raise_descriptor_limit();
     // Blocked before the jobserver exists, so that a stop signal is never lost.
     let signals = signals::Signals::block()
         .map_err(|errno| Error::io("cannot block signals", errno.into()))?;
@@ -113,4 +114,18 @@ pub fn serve(
         Err(_) => {}
     }
     ended
+}
+
+/// Raises the soft limit on open descriptors to the hard one: a server keeps one per client
+/// process and per control connection, and systemd's default soft limit is 1,024.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!("descriptor limit raised from {soft} to {hard}"),
+            Err(errno) => warn!("cannot raise the descriptor limit from {soft} to {hard}: {errno}"),
+        },
+        Ok(_) => {}
+        Err(errno) => warn!("cannot read the descriptor limit: {errno}"),
+    }
 }

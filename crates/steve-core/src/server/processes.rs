@@ -96,10 +96,21 @@ impl Processes {
     }
 }
 
-/// A process's command line from `/proc/PID/cmdline` (arguments joined by spaces), or its
-/// `comm` name when that is empty (kernel threads, zombies).
+/// The most of a command line a status report shows: a client cannot make every report, and the
+/// work of making it, as large as it likes.
+pub const COMMAND_LINE_MAX: usize = 4096;
+
+/// A process's command line from `/proc/PID/cmdline` (arguments joined by spaces, the first
+/// [`COMMAND_LINE_MAX`] bytes, `...` after a longer one), or its `comm` name when that is empty
+/// (kernel threads, zombies).
 pub fn command_line(pid: u32) -> String {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    use std::io::Read;
+    let mut raw = Vec::new();
+    if let Ok(file) = std::fs::File::open(format!("/proc/{pid}/cmdline")) {
+        let _ = file.take(COMMAND_LINE_MAX as u64 + 1).read_to_end(&mut raw);
+    }
+    let cut = raw.len() > COMMAND_LINE_MAX;
+    raw.truncate(COMMAND_LINE_MAX);
     let words: Vec<String> = raw
         .split(|byte| *byte == 0)
         .filter(|word| !word.is_empty())
@@ -109,6 +120,8 @@ pub fn command_line(pid: u32) -> String {
         std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|name| format!("[{}]", name.trim_end()))
             .unwrap_or_else(|_| "?".to_string())
+    } else if cut {
+        words.join(" ") + " ..."
     } else {
         words.join(" ")
     }
@@ -188,5 +201,23 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         assert!(own.starts_with(&exe.display().to_string()), "{own}");
         assert_eq!(command_line(u32::MAX), "?");
+        let long = "x".repeat(100_000);
+        // A shell that waits for its input to close, with a 100 KB argument it ignores.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read line", "sh", &long])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !fs::read(&cmdline).unwrap_or_default().starts_with(b"sh") {
+            assert!(std::time::Instant::now() < deadline, "sh never started");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let shown = command_line(child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(shown.len() <= COMMAND_LINE_MAX + 4 && shown.ends_with(" ..."), "{}", shown.len());
+        assert!(shown.starts_with("sh -c read line sh xxx"), "{}", &shown[..40]);
     }
 }

@@ -267,8 +267,17 @@ impl Session {
     /// The process behind the calling thread, watched from now on. A process that exited
     /// since it was last seen is reaped first, so that a new process with its pid starts clean.
     fn caller(&mut self, tid: u32, cx: &mut Context<'_>) -> Result<Pid, ()> {
-        let gone =
-            |gone: steve_core::server::processes::Gone| debug!(tid, "caller gone: {}", gone.0);
+        let gone = |gone: steve_core::server::processes::Gone| {
+            if matches!(gone.0.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE)) {
+                warn!(
+                    tid,
+                    "out of file descriptors: cannot watch the caller's process, so its request \
+                     is answered EINTR (raise LimitNOFILE)"
+                );
+            } else {
+                debug!(tid, "caller gone: {}", gone.0);
+            }
+        };
         let pid = cx.processes().resolve(tid).map_err(gone)?;
         if cx.processes().has_exited(pid) {
             self.reap(pid, cx);

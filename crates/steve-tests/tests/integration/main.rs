@@ -12,5 +12,6 @@ mod cli;
 mod client_library;
 mod control;
 mod fifo_server;
+mod hardening;
 mod leak_recovery;
 mod run_command;

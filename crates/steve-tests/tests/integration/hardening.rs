@@ -1,0 +1,210 @@
+//! What a local user could try against root's daemon, each attack as a test, run as an ordinary
+//! user the test creates (`steve_tests::attacker`) against a daemon run as root: using up its
+//! descriptors, stalling its control socket. The server must keep serving tokens and must not
+//! spin.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use steve_tests::steve::{command, FifoServer};
+use steve_tests::{attacker, command_as, cpu_seconds, wait_for};
+
+/// A fifo server started through `prlimit --nofile=SOFT:HARD`, in a folder others can enter.
+fn limited_server(dir: &tempfile::TempDir, soft: u32, hard: u32) -> FifoServer {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("jobserver");
+    let mut serve = Command::new("prlimit");
+    serve
+        .arg(format!("--nofile={soft}:{hard}"))
+        .arg("--")
+        .arg(steve_tests::steve::binary())
+        .args(["serve", "--backend", "fifo", "-j", "2", "--path"])
+        .arg(&path);
+    FifoServer::start_command(serve, &path, &dir.path().join("steve.log"))
+        .unwrap_or_else(|failure| panic!("steve serve under prlimit: {failure:?}"))
+}
+
+#[test]
+fn the_descriptor_limit_is_raised_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = limited_server(&dir, 256, 8192);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let line = limits.lines().find(|line| line.starts_with("Max open files")).unwrap();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["8192", "8192"], "{line}");
+}
+
+/// A process as `uid` that opens `count` connections to `socket` and holds them, sending each a
+/// status request and reading nothing if `ask`; killed when dropped.
+struct Holder(Child);
+
+impl Holder {
+    fn start(uid: u32, gid: u32, socket: &std::path::Path, count: usize) -> Holder {
+        Holder::start_asking(uid, gid, socket, count, false)
+    }
+
+    fn start_asking(
+        uid: u32,
+        gid: u32,
+        socket: &std::path::Path,
+        count: usize,
+        ask: bool,
+    ) -> Holder {
+        let request = if ask { r#"s.sendall(b'{"command":"status"}\n')"# } else { "pass" };
+        let script = format!(
+            "import socket, sys, time\n\
+             held = []\n\
+             for _ in range({count}):\n\
+             \x20   s = socket.socket(socket.AF_UNIX)\n\
+             \x20   try:\n\
+             \x20       s.connect(sys.argv[1])\n\
+             \x20       {request}\n\
+             \x20   except OSError:\n\
+             \x20       break\n\
+             \x20   held.append(s)\n\
+             print(len(held), flush=True)\n\
+             time.sleep(60)\n"
+        );
+        // Debian's python3 (scripts/test installs it): another user can run it.
+        let mut child = command_as(uid, gid, "/usr/bin/python3")
+            .args(["-c", &script])
+            .arg(socket)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let held: usize =
+            line.trim().parse().unwrap_or_else(|_| panic!("the holder said {line:?}"));
+        assert_eq!(held, count, "uid {uid} could open only {held} connections");
+        Holder(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One token out of the pipe and back, as a client does.
+fn round_trip(path: &std::path::Path) {
+    let mut pipe = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut byte = [0u8; 1];
+    pipe.read_exact(&mut byte).unwrap();
+    pipe.write_all(&byte).unwrap();
+}
+
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs root; scripts/test runs it (it sets STEVE_TEST_ALL=1)"
+)]
+fn out_of_descriptors_the_server_neither_spins_nor_stops_serving() {
+    let (uid, gid) = attacker();
+    let dir = tempfile::tempdir().unwrap();
+    // 40 descriptors: a dozen are the server's own, and three users' connections (16 each, the
+    // most one user may have) are more than the rest.
+    let server = limited_server(&dir, 40, 40);
+    let holders: Vec<Holder> = [(uid, gid), (65534, 65534), (0, 0)]
+        .into_iter()
+        .map(|(uid, gid)| Holder::start(uid, gid, &server.control, 16))
+        .collect();
+    // One more connection finds the server out of descriptors.
+    let _late = std::os::unix::net::UnixStream::connect(&server.control);
+    server.wait_for_log("out of file descriptors");
+    let before = cpu_seconds(server.pid());
+    let started = Instant::now();
+    let mut round_trips = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        round_trip(&server.path);
+        round_trips += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let used = cpu_seconds(server.pid()) - before;
+    assert!(round_trips > 10, "tokens stopped flowing: {round_trips} round trips");
+    // A spinning loop would use all of the 2 s.
+    assert!(used < 0.5, "the server used {used:.2} s of CPU in 2 s out of descriptors");
+    drop(holders);
+    let status = wait_for("the control socket to answer again", Duration::from_secs(20), || {
+        let output = command().args(["status", "--control"]).arg(&server.control).output().ok()?;
+        output.status.success().then_some(output)
+    });
+    assert!(String::from_utf8_lossy(&status.stdout).contains("fifo jobserver"));
+    assert_eq!(server.tokens(), 2);
+}
+
+/// A holder of one token of the fuse file at `file` whose command line is about 1 MB, so that
+/// every status answer is large.
+fn long_command_line_holder(file: &std::path::Path) -> Child {
+    let padding: Vec<String> = (0..10).map(|n| format!("{n}{}", "x".repeat(100_000))).collect();
+    // The process itself takes the token (a dd would take it for itself and exit).
+    let script = "import os, sys, time\n\
+                  fd = os.open(sys.argv[1], os.O_RDWR)\n\
+                  os.read(fd, 1)\n\
+                  print('held', flush=True)\n\
+                  time.sleep(60)\n";
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(file)
+        .args(&padding)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "held");
+    child
+}
+
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs root; scripts/test runs it (it sets STEVE_TEST_ALL=1)"
+)]
+fn status_readers_that_never_read_do_not_stall_token_traffic() {
+    use std::os::unix::fs::PermissionsExt;
+    let (uid, gid) = attacker();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mountpoint = dir.path().join("mnt");
+    let mut server = command()
+        .args(["serve", "--backend", "fuse", "-j", "4", "--mountpoint"])
+        .arg(&mountpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut announcement = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
+    let file = mountpoint.join("jobserver");
+    let control = dir.path().join("mnt.control");
+    let mut holder = long_command_line_holder(&file);
+    // Sixteen status requests whose 1 MB answers nobody reads.
+    let stalled = Holder::start_asking(uid, gid, &control, 16, true);
+    // Round trips for 4 s: a loop that blocked on a reader that does not read would stop them
+    // for a second or more at a time, the longest round trip says.
+    let started = Instant::now();
+    let (mut round_trips, mut longest) = (0, Duration::ZERO);
+    while started.elapsed() < Duration::from_secs(4) {
+        let one = Instant::now();
+        round_trip(&file);
+        longest = longest.max(one.elapsed());
+        round_trips += 1;
+    }
+    assert!(round_trips > 100, "{round_trips} round trips in 4 s while status readers stall");
+    assert!(longest < Duration::from_millis(500), "a round trip took {longest:?}");
+    let status = command().args(["get", "held", "--control"]).arg(&control).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "1\n", "{status:?}");
+    drop(stalled);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    server.wait().unwrap();
+}
