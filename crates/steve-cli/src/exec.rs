@@ -12,7 +12,7 @@ use std::process::{Command, ExitStatus};
 
 use steve_core::client::{Client, ClientError};
 use steve_core::makeflags::{Jobs, JobserverAuth, MakeFlags};
-use steve_core::server::signals::{supervise, Signals};
+use steve_core::server::signals::{supervise, SignalEvent, Signals};
 use steve_core::server::ErrorKind;
 use tracing::debug;
 
@@ -34,6 +34,8 @@ pub enum ExecError {
     Client(ClientError),
     /// Signals could not be blocked, or the command could not be waited for.
     Supervise(std::io::Error),
+    /// A stop signal came while waiting for a token: the command was not run.
+    Stopped(nix::sys::signal::Signal),
     /// The command could not be started.
     Spawn {
         /// The command's name.
@@ -47,6 +49,7 @@ impl ExecError {
     /// What kind of failure it is, for the exit code (126 or 127 as env(1), else 125).
     pub fn kind(&self) -> ErrorKind {
         match self {
+            ExecError::Stopped(_) => ErrorKind::Stopped,
             ExecError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 ErrorKind::CommandNotFound
             }
@@ -64,6 +67,9 @@ impl fmt::Display for ExecError {
             }
             ExecError::Client(error) => write!(f, "{error}"),
             ExecError::Supervise(_) => f.write_str("cannot supervise the command"),
+            ExecError::Stopped(signal) => {
+                write!(f, "{signal} while waiting for a token: the command was not run")
+            }
             ExecError::Spawn { command, .. } => write!(f, "cannot run {command}"),
         }
     }
@@ -74,7 +80,7 @@ impl std::error::Error for ExecError {
         match self {
             ExecError::Client(error) => error.source(),
             ExecError::Supervise(source) | ExecError::Spawn { source, .. } => Some(source),
-            ExecError::NoJobserver => None,
+            ExecError::NoJobserver | ExecError::Stopped(_) => None,
         }
     }
 }
@@ -85,6 +91,24 @@ fn system_jobserver() -> Option<std::path::PathBuf> {
         .into_iter()
         .map(|place| place.jobserver)
         .find(|path| path.exists())
+}
+
+/// Waits for a token, or stops on SIGINT, SIGTERM or SIGHUP (which are blocked, so they would
+/// otherwise wait unseen until the command ran).
+fn wait_for_token(client: &Client, signals: &mut Signals) -> Result<steve_core::Token, ExecError> {
+    use std::os::fd::AsFd;
+    loop {
+        if let Some(token) = client.acquire_unless(signals.as_fd()).map_err(ExecError::Client)? {
+            return Ok(token);
+        }
+        while let Some(received) =
+            signals.read_pending().map_err(|errno| ExecError::Supervise(errno.into()))?
+        {
+            if let SignalEvent::Stop(signal) = received.event {
+                return Err(ExecError::Stopped(signal));
+            }
+        }
+    }
 }
 
 /// Runs `steve exec`; returns the command's exit status.
@@ -108,7 +132,7 @@ pub fn run(args: ExecArgs) -> Result<ExitStatus, ExecError> {
     };
     let mut signals = Signals::block().map_err(|errno| ExecError::Supervise(errno.into()))?;
     let token = match &client {
-        Some(client) => Some(client.acquire().map_err(ExecError::Client)?),
+        Some(client) => Some(wait_for_token(client, &mut signals)?),
         None => None,
     };
     debug!(token = ?token.as_ref().map(|t| t.byte() as char), "running {:?}", args.command.command);

@@ -164,6 +164,11 @@ fn main() -> ExitCode {
         Commands::Run(args) => run(args),
         Commands::Exec(args) => match exec::run(args) {
             Ok(status) => ExitCode::from(exit_code_of(status)),
+            // As a shell reports a command a signal ended: 128 + the signal.
+            Err(exec::ExecError::Stopped(signal)) => {
+                output::error(&exec::ExecError::Stopped(signal));
+                ExitCode::from(128u8.wrapping_add(signal as u8))
+            }
             Err(error) => {
                 output::error(&error);
                 ExitCode::from(command_exit_code(error.kind()))

@@ -224,6 +224,28 @@ impl Client {
         }
     }
 
+    /// Waits for a token unless `stop` becomes readable first (a signalfd, a pipe a thread
+    /// writes to when it is time to give up): then `None`, and nothing was taken. Signals do not
+    /// end the wait by themselves.
+    pub fn acquire_unless(&self, stop: BorrowedFd<'_>) -> Result<Option<Token>, ClientError> {
+        loop {
+            if let Some(token) = self.try_acquire()? {
+                return Ok(Some(token));
+            }
+            let mut fds = [
+                PollFd::new(self.0.read.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop, PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(errno) => return Err(ClientError::Io(errno.into())),
+            }
+            if fds[1].revents().is_some_and(|events| !events.is_empty()) {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Readable when a token may be there: poll it in your own loop, then [`Client::try_acquire`]
     /// (which may still find nothing: another process can be faster).
     pub fn readiness(&self) -> BorrowedFd<'_> {
@@ -396,6 +418,26 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(10));
         drop(taken);
         assert!(slow.acquire_timeout(Duration::from_secs(10)).unwrap().is_some());
+    }
+
+    #[test]
+    fn acquire_unless_gives_up_when_told_and_takes_nothing() {
+        let (read, write, auth) = pipe_with(b"");
+        let client = Client::open(&auth).unwrap();
+        let (stop_read, stop_write) = nix::unistd::pipe().unwrap();
+        let waiter = std::thread::spawn(move || {
+            client.acquire_unless(stop_read.as_fd()).map(|token| token.is_some())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "gave up before it was told");
+        nix::unistd::write(&stop_write, b"!").unwrap();
+        assert!(!waiter.join().unwrap().unwrap(), "a token came from an empty pipe");
+        // A token there is taken, stop or not.
+        nix::unistd::write(&write, b"+").unwrap();
+        let client = Client::open(&auth).unwrap();
+        let (stop, _keep) = nix::unistd::pipe().unwrap();
+        assert!(client.acquire_unless(stop.as_fd()).unwrap().is_some());
+        assert_eq!(crate::sys::bytes_in_pipe(&read).unwrap(), 1, "written back on drop");
     }
 
     extern "C" fn ignore_signal(_: nix::libc::c_int) {}

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     CommandNotFound,
     /// `steve run`'s command was found but could not be started.
     CommandNotExecutable,
+    /// A stop signal ended the wait before anything was done.
+    Stopped,
     /// Anything else: a system call failed while setting up or serving.
     Failed,
 }

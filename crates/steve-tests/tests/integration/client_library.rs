@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use steve_tests::steve::{self, command, FifoServer};
 use steve_tests::{assert_success, clients, timeline};
@@ -184,4 +185,65 @@ fn the_client_librarys_examples_run_under_steve_run() {
         .output()
         .unwrap();
     assert_eq!(failing.status.code(), Some(1), "a failed job fails the example");
+}
+
+/// `steve exec` waiting for a token honours SIGTERM and SIGINT: it ends at once with 128 +
+/// the signal, and never runs its command (`timeout 3 steve exec -- true` used to wait on).
+#[test]
+fn steve_exec_waiting_for_a_token_stops_on_a_signal_without_running() {
+    use nix::sys::signal::{kill, Signal};
+    let server = FifoServer::start(1);
+    // The one token is out: steve exec waits (it holds no implicit token of its own).
+    let mut pipe = std::fs::OpenOptions::new().read(true).write(true).open(&server.path).unwrap();
+    let mut byte = [0u8; 1];
+    std::io::Read::read_exact(&mut pipe, &mut byte).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (signal, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let marker = dir.path().join(format!("ran-{signal}"));
+        let exec = server
+            .client(steve_tests::steve::binary())
+            .args(["exec", "--", "touch"])
+            .arg(&marker)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Killed if the test fails before it ends by itself.
+        let mut exec = KillOnDrop(Some(exec));
+        let pid = exec.child().id() as u64;
+        // Waiting once it has the pipe open (status lists the processes that have it open).
+        steve_tests::wait_for("steve exec to wait on the pipe", Duration::from_secs(10), || {
+            let holders = server.status_json()["holders"].clone();
+            holders.as_array()?.iter().any(|holder| holder["pid"] == pid).then_some(())
+        });
+        kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+        steve_tests::wait_for("steve exec to stop", Duration::from_secs(10), || {
+            exec.child().try_wait().unwrap().map(|_| ())
+        });
+        let output = exec.0.take().unwrap().wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(code), "{signal}: {output:?}");
+        assert!(!marker.exists(), "the command ran after {signal}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("while waiting for a token"), "{said}");
+    }
+    std::io::Write::write_all(&mut pipe, &byte).unwrap();
+    assert_eq!(server.tokens(), 1);
+}
+
+/// A child killed and reaped when dropped, unless taken out first.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("not taken")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
