@@ -158,6 +158,8 @@ impl Client {
             JobserverAuth::Fifo(path) => {
                 check_kind(path, &path.display().to_string())?;
                 let file = open_path(path, true, true)?;
+                // Judged again on what was opened: the name may have changed in between.
+                check_opened(&file, path)?;
                 let write = file.try_clone().map_err(ClientError::Io)?;
                 (file, write)
             }
@@ -308,8 +310,9 @@ impl Drop for ImplicitToken {
     }
 }
 
-/// A jobserver path must be a FIFO or a character device (a FUSE file is a regular file on a
-/// FUSE mount: accepted too).
+/// A jobserver path must be a FIFO, a character device (`/dev/steve`), or steve's own file on a
+/// FUSE mount; any other file is refused before a byte is written to it (make writes a token into
+/// whatever regular file MAKEFLAGS names).
 fn check_kind(path: &Path, shown: &str) -> Result<(), ClientError> {
     let metadata = match fs::metadata(path) {
         Ok(metadata) => metadata,
@@ -323,6 +326,44 @@ fn check_kind(path: &Path, shown: &str) -> Result<(), ClientError> {
             reason: format!("{shown} is neither a pipe nor a device"),
         })
     }
+}
+
+/// The file opened for a `fifo:` jobserver must be a FIFO, a character device, or a regular file
+/// on a FUSE mount whose source is `steve`.
+fn check_opened(file: &File, path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = file.metadata().map_err(ClientError::Io)?;
+    let kind = metadata.file_type();
+    if kind.is_fifo() || kind.is_char_device() {
+        return Ok(());
+    }
+    let on_fuse = nix::sys::statfs::fstatfs(file)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC);
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let source = mount_source(&mountinfo, metadata.dev());
+    if kind.is_file() && on_fuse && source.as_deref() == Some("steve") {
+        return Ok(());
+    }
+    Err(ClientError::NotAJobserver {
+        reason: format!(
+            "{} is a {}, not a named pipe, a character device or steve's FUSE jobserver file: \
+             no token is written into it",
+            path.display(),
+            if kind.is_file() { "regular file" } else { "special file" }
+        ),
+    })
+}
+
+/// The source of the mount whose device is `dev` (field 3 of mountinfo is `major:minor`, the
+/// source follows the filesystem type after ` - `).
+fn mount_source(mountinfo: &str, dev: u64) -> Option<String> {
+    let wanted = format!("{}:{}", nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    mountinfo.lines().rev().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        (mount.split(' ').nth(2)? == wanted)
+            .then(|| filesystem.split(' ').nth(1))?
+            .map(str::to_string)
+    })
 }
 
 fn open_path(path: &Path, read: bool, write: bool) -> Result<File, ClientError> {
@@ -479,6 +520,35 @@ mod tests {
         use std::os::fd::AsRawFd;
         let not_pipe = JobserverAuth::Fds { read: file.as_raw_fd(), write: file.as_raw_fd() };
         assert!(matches!(Client::open(&not_pipe), Err(ClientError::NotAJobserver { .. })));
+    }
+
+    #[test]
+    fn a_regular_file_is_never_written_to() {
+        let path = std::env::temp_dir().join(format!("steve-precious-{}", std::process::id()));
+        fs::write(&path, "precious").unwrap();
+        let error = Client::open(&JobserverAuth::Fifo(path.clone())).unwrap_err();
+        assert!(matches!(error, ClientError::NotAJobserver { .. }), "{error}");
+        assert!(error.to_string().contains("regular file"), "{error}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "precious");
+        let _ = fs::remove_file(&path);
+        // A FIFO is a jobserver.
+        let fifo = std::env::temp_dir().join(format!("steve-fifo-{}", std::process::id()));
+        let _keep = crate::client::make_fifo(&fifo).unwrap();
+        assert!(Client::open(&JobserverAuth::Fifo(fifo.clone())).is_ok());
+        let _ = fs::remove_file(&fifo);
+    }
+
+    #[test]
+    fn the_mount_of_a_device_is_found_in_mountinfo() {
+        let mountinfo = "\
+22 1 0:21 / / rw shared:1 - ext4 /dev/vda rw
+61 40 0:52 / /run/steve/fuse rw,nosuid shared:30 - fuse.steve steve rw,user_id=0
+64 22 0:55 / /mnt/remote rw shared:33 - fuse.sshfs me@host: rw,user_id=1000
+";
+        let dev = |major, minor| nix::sys::stat::makedev(major, minor);
+        assert_eq!(mount_source(mountinfo, dev(0, 52)).as_deref(), Some("steve"));
+        assert_eq!(mount_source(mountinfo, dev(0, 55)).as_deref(), Some("me@host:"));
+        assert_eq!(mount_source(mountinfo, dev(0, 99)), None);
     }
 
     fn tempfile_in_tmp() -> File {

@@ -208,3 +208,27 @@ fn status_readers_that_never_read_do_not_stall_token_traffic() {
     );
     server.wait().unwrap();
 }
+
+/// MAKEFLAGS naming a regular file (`fifo:FILE`) does not make `steve exec` write a token into
+/// it, as make would ("precious" became "ppecious"): one error line, the command not run.
+#[test]
+fn steve_exec_never_writes_a_token_into_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, "precious").unwrap();
+    let marker = dir.path().join("ran");
+    let output = command()
+        .args(["exec", "--", "touch"])
+        .arg(&marker)
+        .env("MAKEFLAGS", format!(" -j4 --jobserver-auth=fifo:{}", precious.display()))
+        .env_remove("CARGO_MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(125), "{output:?}");
+    let lines = steve_tests::steve::stderr_lines(&output);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("is a regular file, not a named pipe"), "{}", lines[0]);
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "precious");
+    assert!(!marker.exists(), "the command ran");
+}
