@@ -119,6 +119,8 @@ struct NamedPipeServer {
     taker: Taker,
     recovery: Recovery,
     recovered: u64,
+    /// Bytes beyond the pool taken out of the pipe.
+    surplus_taken: u64,
     /// The process last seen holding the pipe, checked first next time.
     last_holder: Option<u32>,
     endpoint: Endpoint,
@@ -183,6 +185,7 @@ impl NamedPipeServer {
             taker,
             recovery: Recovery::On,
             recovered: 0,
+            surplus_taken: 0,
             last_holder: None,
             endpoint,
             _lock: lock,
@@ -194,6 +197,7 @@ impl NamedPipeServer {
             .add_watch(
                 &server.path,
                 AddWatchFlags::IN_OPEN
+                    | AddWatchFlags::IN_MODIFY
                     | AddWatchFlags::IN_CLOSE_WRITE
                     | AddWatchFlags::IN_CLOSE_NOWRITE,
             )
@@ -254,6 +258,38 @@ impl NamedPipeServer {
         self.taker.want(self.pool.excess_held());
     }
 
+    /// More bytes in the pipe than tokens out of the daemon's hands were never tokens: a client
+    /// wrote back more than it took, or wrote to fill the pipe so that others' returns block.
+    /// They are taken out at once, so the pipe never holds more than the pool, whoever has it
+    /// open.
+    fn trim_surplus(&mut self) {
+        let in_pipe = bytes_in_pipe(&self.pipe).unwrap_or(0);
+        let surplus = in_pipe.saturating_sub(self.pool.counts().held);
+        if surplus == 0 {
+            return;
+        }
+        let mut sink = vec![0u8; surplus];
+        match (&self.pipe).read(&mut sink) {
+            Ok(taken) => {
+                self.surplus_taken += taken as u64;
+                if self.surplus_taken == taken as u64 {
+                    warn!(
+                        "took {taken} byte(s) out of {} beyond the pool of {}: a client wrote \
+                         back more than it took",
+                        self.path.display(),
+                        self.pool.counts().size
+                    );
+                } else {
+                    debug!(taken, "took surplus bytes out of the pipe");
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => {
+                warn!("cannot take surplus bytes out of {}: {error}", self.path.display())
+            }
+        }
+    }
+
     /// Tokens taken out of the pipe come back into the pool (retiring what a shrink owes).
     /// Bytes beyond the tokens out were never tokens: a client wrote back more than it took.
     fn take_back(&mut self, taken: usize) {
@@ -271,6 +307,9 @@ impl NamedPipeServer {
             for event in events {
                 if event.mask.contains(AddWatchFlags::IN_OPEN) {
                     seen.opened = true;
+                }
+                if event.mask.intersects(AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_Q_OVERFLOW) {
+                    seen.written = true;
                 }
                 if event.mask.intersects(
                     AddWatchFlags::IN_CLOSE_WRITE
@@ -374,7 +413,11 @@ impl Server for NamedPipeServer {
                 self.rebalance();
             }
             _ => {
-                if self.drain_events().closed {
+                let seen = self.drain_events();
+                if seen.written {
+                    self.trim_surplus();
+                }
+                if seen.closed {
                     self.recover_if_idle();
                 }
             }
@@ -398,7 +441,8 @@ impl Server for NamedPipeServer {
 
     fn report(&mut self, _cx: &mut Context<'_>) -> BackendReport {
         let counts = self.pool.counts();
-        let free = bytes_in_pipe(&self.pipe).unwrap_or(0);
+        // Bytes beyond the tokens out are not tokens (the next event trims them).
+        let free = bytes_in_pipe(&self.pipe).unwrap_or(0).min(counts.held);
         let holders = find_holders(self.pipe_id, std::process::id())
             .into_iter()
             .map(|pid| HolderReport {
@@ -441,6 +485,8 @@ impl Drop for NamedPipeServer {
 #[derive(Debug, Default)]
 struct Seen {
     opened: bool,
+    /// Someone wrote to the pipe (a token back, or more).
+    written: bool,
     closed: bool,
 }
 

@@ -232,3 +232,89 @@ fn steve_exec_never_writes_a_token_into_a_regular_file() {
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "precious");
     assert!(!marker.exists(), "the command ran");
 }
+
+/// A user who fills the fifo server's pipe with bytes (64 KiB of them, over and over) hangs no
+/// build: the server takes out whatever is beyond the pool as it is written, a make runs to the
+/// end, and every report keeps `free + held + withheld == size`.
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs root and GNU make 4.4.1; scripts/test runs it (it sets STEVE_TEST_ALL=1)"
+)]
+fn filling_the_fifo_servers_pipe_hangs_no_build() {
+    use std::os::unix::fs::PermissionsExt;
+    let (uid, gid) = attacker();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("jobserver");
+    let server = FifoServer::start_at(&path, &dir.path().join("steve.log"), &["-j", "3"]).unwrap();
+    let script = "import os, sys, time\n\
+                  fd = os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK)\n\
+                  end = time.time() + 4\n\
+                  while time.time() < end:\n\
+                  \x20   try:\n\
+                  \x20       os.write(fd, b'+' * 65536)\n\
+                  \x20   except BlockingIOError:\n\
+                  \x20       time.sleep(0.001)\n";
+    let mut flood =
+        command_as(uid, gid, "/usr/bin/python3").args(["-c", script]).arg(&path).spawn().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    let log = project.path().join("timeline");
+    steve_tests::projects::makefile(project.path(), "job", 12, 0.2, &log);
+    let mut make =
+        Group::spawn(server.client(steve_tests::clients::make44()).current_dir(project.path()));
+    let mut checked = 0;
+    let done =
+        wait_for("make to finish while the pipe is flooded", Duration::from_secs(60), || {
+            let status = server.status_json();
+            let pool = &status["pool"];
+            let (size, free, held, withheld) = (
+                pool["size"].as_u64().unwrap(),
+                pool["free"].as_u64().unwrap(),
+                pool["held"].as_u64().unwrap(),
+                pool["withheld"].as_u64().unwrap(),
+            );
+            assert_eq!(free + held + withheld, size, "{pool}");
+            assert!(size == 3 && free <= 3, "{pool}");
+            checked += 1;
+            make.try_wait()
+        });
+    assert!(done.success(), "make failed");
+    let _ = flood.wait();
+    assert!(checked > 1, "the reports were not checked while make ran");
+    let line = server.wait_for_log("beyond the pool");
+    assert!(line.contains("took"), "{line}");
+    // The last bytes are trimmed as they come; then the pool is whole.
+    wait_for("the pool to be whole", Duration::from_secs(10), || {
+        (server.tokens() == 3).then_some(())
+    });
+}
+
+/// A command in a process group of its own, killed with the whole group when dropped before
+/// it ended: a test that fails leaves no make blocked on a pipe behind (it would hold the test's
+/// output open).
+struct Group(Option<Child>);
+
+impl Group {
+    fn spawn(command: &mut Command) -> Group {
+        use std::os::unix::process::CommandExt;
+        Group(Some(command.process_group(0).spawn().unwrap()))
+    }
+
+    /// Its exit status once it has ended (then it is reaped, and never signalled).
+    fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.0.as_mut()?.try_wait().unwrap()?;
+        self.0 = None;
+        Some(status)
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
