@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -37,8 +38,16 @@ pub struct Gone(pub io::Error);
 impl Processes {
     /// The process of thread `tid`, watched from now on.
     pub fn resolve(&mut self, tid: u32) -> Result<Pid, Gone> {
-        if let Some(pid) = self.process_of_thread.get(&tid) {
-            return Ok(*pid);
+        if let Some(pid) = self.process_of_thread.get(&tid).copied() {
+            // A thread id outlives nothing: once the thread exits, another process may get it.
+            // Still in its process's task list, it is still that thread.
+            if pid == tid || Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
+                return Ok(pid);
+            }
+            self.process_of_thread.remove(&tid);
+            if let Some(watched) = self.watched.get_mut(&pid) {
+                watched.threads.retain(|thread| *thread != tid);
+            }
         }
         let pid = thread_group_of(tid).map_err(Gone)?;
         let watched = match self.watched.entry(pid) {

@@ -318,3 +318,95 @@ impl Drop for Group {
         }
     }
 }
+
+/// Forces the kernel to give a new process the thread id of a thread that just exited (through
+/// `/proc/sys/kernel/ns_last_pid`): the new process's token must be booked to it, not to the
+/// old thread's process, which holds nothing.
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs root; scripts/test runs it (it sets STEVE_TEST_ALL=1)"
+)]
+fn a_reused_thread_id_books_tokens_to_the_new_process_forcing_pid_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    let mut server = command()
+        .args(["serve", "--backend", "fuse", "-j", "2", "--mountpoint"])
+        .arg(&mountpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut announcement = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
+    let file = mountpoint.join("jobserver");
+    let control = dir.path().join("mnt.control");
+    // Process A: a thread takes a token and gives it back, then exits; A lives on.
+    let thread_client = "import os, sys, threading, time\n\
+                         tid = []\n\
+                         def job():\n\
+                         \x20   tid.append(threading.get_native_id())\n\
+                         \x20   fd = os.open(sys.argv[1], os.O_RDWR)\n\
+                         \x20   os.write(fd, os.read(fd, 1))\n\
+                         \x20   os.close(fd)\n\
+                         t = threading.Thread(target=job)\n\
+                         t.start()\n\
+                         t.join()\n\
+                         print(tid[0], flush=True)\n\
+                         time.sleep(60)\n";
+    // Process B: takes a token and keeps it.
+    let holder = "import os, sys, time\n\
+                  fd = os.open(sys.argv[1], os.O_RDWR)\n\
+                  os.read(fd, 1)\n\
+                  print(os.getpid(), flush=True)\n\
+                  time.sleep(60)\n";
+    let start = |script: &str| -> (KillOnDrop, u32) {
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        (KillOnDrop(child), line.trim().parse().unwrap())
+    };
+    let mut reused = false;
+    for _ in 0..20 {
+        let (old, tid) = start(thread_client);
+        // The next pid the kernel hands out is the exited thread's id.
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (tid - 1).to_string()).unwrap();
+        let (new, pid) = start(holder);
+        if pid != tid {
+            continue; // another process took the id first: try again
+        }
+        reused = true;
+        let status =
+            command().args(["status", "--json", "--control"]).arg(&control).output().unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let holders = status["holders"].as_array().unwrap().clone();
+        let booked: Vec<(u64, u64)> = holders
+            .iter()
+            .map(|holder| (holder["pid"].as_u64().unwrap(), holder["tokens"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(booked, vec![(u64::from(pid), 1)], "old process {}: {status}", old.0.id());
+        drop((old, new));
+        break;
+    }
+    assert!(reused, "the kernel never gave the thread id to a new process in 20 tries");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    server.wait().unwrap();
+}
+
+/// A child killed and reaped when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
