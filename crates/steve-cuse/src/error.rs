@@ -66,6 +66,8 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// No `--mountpoint`, and no runtime directory to put the default one in.
+    NoDefaultMountpoint,
     /// The mount point is `/`, or has no name.
     BadMountpoint {
         /// The mount point given.
@@ -128,6 +130,10 @@ impl fmt::Display for Error {
                 mountpoint.display()
             ),
             Error::Mount { mountpoint, .. } => write!(f, "cannot mount on {}", mountpoint.display()),
+            Error::NoDefaultMountpoint => f.write_str(
+                "XDG_RUNTIME_DIR is not set (or not an absolute directory), so there is no \
+                 default mount point: give --mountpoint",
+            ),
             Error::BadMountpoint { mountpoint } => write!(
                 f,
                 "{} cannot be a mount point: it must be a directory below /",
@@ -160,7 +166,8 @@ impl From<Error> for steve_core::server::Error {
             }
             Error::BadDeviceName { .. }
             | Error::NotADirectory { .. }
-            | Error::BadMountpoint { .. } => ErrorKind::Usage,
+            | Error::BadMountpoint { .. }
+            | Error::NoDefaultMountpoint => ErrorKind::Usage,
             Error::OpenCuse { .. } => ErrorKind::Unavailable,
             _ => ErrorKind::Failed,
         };

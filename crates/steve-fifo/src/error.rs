@@ -86,7 +86,8 @@ impl fmt::Display for FifoError {
                 path.display()
             ),
             FifoError::NoDefaultPath => f.write_str(
-                "XDG_RUNTIME_DIR is not set, so there is no default jobserver path: give --path",
+                "XDG_RUNTIME_DIR is not set (or not an absolute directory), so there is no default \
+                 jobserver path: give --path",
             ),
             FifoError::Config(error) => write!(f, "{error}"),
             FifoError::Makeflags(error) => write!(f, "{error}"),

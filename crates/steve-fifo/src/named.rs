@@ -59,8 +59,7 @@ pub fn default_path() -> Result<PathBuf, FifoError> {
 }
 
 fn user_path() -> Option<PathBuf> {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty())?;
-    Some(Path::new(&dir).join("steve").join("jobserver"))
+    Some(steve_core::paths::runtime_dir()?.join("steve").join("jobserver"))
 }
 
 /// Where fifo servers are found: root's `/run/steve/jobserver` and this user's, each with its

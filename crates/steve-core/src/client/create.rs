@@ -214,10 +214,7 @@ pub fn make_fifo(path: &Path) -> io::Result<File> {
 
 /// A new directory only this user can enter, in the runtime directory or the temp directory.
 fn private_dir() -> io::Result<PathBuf> {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|dir| !dir.is_empty() && Path::new(dir).is_dir())
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let base = crate::paths::runtime_dir().unwrap_or_else(std::env::temp_dir);
     for attempt in 0..100 {
         let dir = base.join(format!("steve-jobserver-{}-{attempt}", std::process::id()));
         match fs::DirBuilder::new().mode(0o700).create(&dir) {

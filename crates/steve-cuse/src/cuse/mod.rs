@@ -51,8 +51,8 @@ pub fn availability() -> Availability {
 /// otherwise (a device node cannot have a socket beside it).
 fn control_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from("/run/steve")];
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
-        dirs.push(Path::new(&dir).join("steve"));
+    if let Some(dir) = steve_core::paths::runtime_dir() {
+        dirs.push(dir.join("steve"));
     }
     dirs
 }

@@ -121,8 +121,10 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
         (true, None) => 0o666,
         (false, _) => 0o600,
     });
-    let mountpoint =
-        mount::resolve(&config.mountpoint.clone().unwrap_or_else(mount::default_mountpoint))?;
+    let mountpoint = match &config.mountpoint {
+        Some(mountpoint) => mount::resolve(mountpoint)?,
+        None => mount::resolve(&mount::default_mountpoint()?)?,
+    };
     mount::prepare(&mountpoint)?;
     // Others get in only where the mode lets them; the kernel checks it (default_permissions).
     let allow_other = mode & 0o077 != 0;

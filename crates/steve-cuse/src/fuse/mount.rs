@@ -18,26 +18,21 @@ use crate::error::Error;
 pub const FILE_NAME: &str = "jobserver";
 
 /// The mount point when none is given: `/run/steve/fuse` for root, `$XDG_RUNTIME_DIR/steve/fuse`
-/// (or `/tmp/steve-UID/fuse`) for anyone else.
-pub fn default_mountpoint() -> PathBuf {
-    let uid = geteuid();
-    if uid.is_root() {
-        return PathBuf::from("/run/steve/fuse");
+/// for anyone else, who without a runtime directory must give `--mountpoint`.
+pub fn default_mountpoint() -> Result<PathBuf, Error> {
+    if geteuid().is_root() {
+        return Ok(PathBuf::from("/run/steve/fuse"));
     }
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
-        Some(dir) => Path::new(&dir).join("steve/fuse"),
-        None => PathBuf::from(format!("/tmp/steve-{uid}/fuse")),
-    }
+    user_mountpoint().ok_or(Error::NoDefaultMountpoint)
+}
+
+fn user_mountpoint() -> Option<PathBuf> {
+    Some(steve_core::paths::runtime_dir()?.join("steve/fuse"))
 }
 
 /// Every place a fuse server mounts by default: root's, then this user's.
 pub fn default_mountpoints() -> Vec<PathBuf> {
-    let mut places = vec![PathBuf::from("/run/steve/fuse")];
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
-        Some(dir) => places.push(Path::new(&dir).join("steve/fuse")),
-        None => places.push(PathBuf::from(format!("/tmp/steve-{}/fuse", geteuid()))),
-    }
-    places
+    std::iter::once(PathBuf::from("/run/steve/fuse")).chain(user_mountpoint()).collect()
 }
 
 /// The name steve's mounts give as their source (`fsname`), by which they are told from others.

@@ -201,3 +201,38 @@ fn fuse_refuses_a_file_a_foreign_mount_and_options_it_cannot_honour() {
     fuse_serve_refuses(&free, &["--user", "nobody"], "--user does not apply to backend fuse");
     assert!(!free.exists(), "{} was made for a server that refused", free.display());
 }
+
+/// A user whose XDG_RUNTIME_DIR is relative (or missing) gets no default place: a relative path
+/// would go into MAKEFLAGS, and a fixed name in /tmp is another user's to take first.
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs root; scripts/test runs it (it sets STEVE_TEST_ALL=1)"
+)]
+fn a_user_without_an_absolute_runtime_directory_must_name_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("steve");
+    fs::copy(binary(), &copy).unwrap();
+    let (uid, gid) = steve_tests::attacker();
+    for (runtime, backend, message) in [
+        (Some("relative/dir"), "fifo", "there is no default jobserver path: give --path"),
+        (None, "fifo", "there is no default jobserver path: give --path"),
+        (Some("relative/dir"), "auto", "there is no default"),
+    ] {
+        let mut serve = steve_tests::command_as(uid, gid, &copy);
+        serve.args(["serve", "--backend", backend]).current_dir(dir.path());
+        match runtime {
+            Some(value) => serve.env("XDG_RUNTIME_DIR", value),
+            None => serve.env_remove("XDG_RUNTIME_DIR"),
+        };
+        let output = steve_tests::output_within(&mut serve, std::time::Duration::from_secs(20))
+            .expect("steve served without a place");
+        assert_eq!(output.status.code(), Some(2), "{runtime:?} {backend}: {output:?}");
+        let lines: Vec<String> =
+            stderr_lines(&output).into_iter().filter(|line| !line.contains(" INFO ")).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains(message), "{}", lines[0]);
+    }
+    assert!(!dir.path().join("relative").exists(), "steve made the relative directory");
+}
