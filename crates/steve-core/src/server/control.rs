@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -262,6 +262,7 @@ impl ControlServer {
     /// Listens on `path`, with `mode` and group `gid`. A stale socket nobody answers on is
     /// replaced; a live one, or anything that is not a socket, is an error.
     pub fn bind(path: &Path, mode: u32, gid: Option<Gid>) -> io::Result<ControlServer> {
+        let me = nix::unistd::geteuid().as_raw();
         if let Ok(metadata) = fs::symlink_metadata(path) {
             if !metadata.file_type().is_socket() {
                 return Err(io::Error::new(
@@ -275,18 +276,43 @@ impl ControlServer {
                     format!("another server answers on {}", path.display()),
                 ));
             }
+            // A dead socket is replaced only if it is this user's: someone else's is theirs.
+            if metadata.uid() != me {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is a socket of uid {}: steve will not remove it",
+                        path.display(),
+                        metadata.uid()
+                    ),
+                ));
+            }
             fs::remove_file(path)?;
         }
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let listener = UnixListener::bind(path)?;
+        // The socket is made with its mode (bind applies the umask): nothing is chmod'ed by
+        // name afterwards, where a name swapped for a symbolic link would send the chmod
+        // elsewhere.
+        let umask = nix::sys::stat::Mode::from_bits_truncate(!mode & 0o777);
+        let previous = nix::sys::stat::umask(umask);
+        let bound = UnixListener::bind(path);
+        nix::sys::stat::umask(previous);
+        let listener = bound?;
         listener.set_nonblocking(true)?;
-        if let Some(gid) = gid {
-            std::os::unix::fs::chown(path, None, Some(gid.as_raw()))?;
-        }
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
         let metadata = fs::symlink_metadata(path)?;
+        if !metadata.file_type().is_socket() || metadata.uid() != me {
+            return Err(io::Error::other(format!(
+                "{} was replaced while the socket was made (its directory is writable by others: \
+                 put the control socket where only this user may write)",
+                path.display()
+            )));
+        }
+        if let Some(gid) = gid {
+            // lchown never follows a symbolic link.
+            std::os::unix::fs::lchown(path, None, Some(gid.as_raw()))?;
+        }
         Ok(ControlServer {
             listener,
             path: path.to_path_buf(),

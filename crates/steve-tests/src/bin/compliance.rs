@@ -89,6 +89,7 @@ fn main() {
         Some("wait-one") => wait_one(),
         Some("wait-with-handler") => wait_with_handler(),
         Some("try-open") => try_open(),
+        Some("swap-on-create") => swap_on_create(&args[1..]),
         Some("round-trips") => {
             round_trips(&args[1], args[2].parse().expect("round-trips PATH SECONDS"))
         }
@@ -622,6 +623,34 @@ fn second_daemon() -> Result<(), String> {
     };
     ensure(lines.len() == 1 && lines[0].contains(&refusal), || format!("{lines:?}"))?;
     _first.assert_pool_whole(2)
+}
+
+/// Attacker role: `swap-on-create DIR NAME VICTIM SECONDS` renames a symbolic link to VICTIM
+/// over DIR/NAME the moment inotify says NAME was created, for SECONDS: the race against a
+/// daemon that makes a file by name and then changes it by name.
+fn swap_on_create(args: &[String]) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let [dir, name, victim, seconds] = args else {
+        panic!("swap-on-create DIR NAME VICTIM SECONDS")
+    };
+    let dir = Path::new(dir);
+    let link = dir.join(".swap");
+    let target = dir.join(name);
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC).unwrap();
+    inotify.add_watch(dir, AddWatchFlags::IN_CREATE).unwrap();
+    let _ = std::os::unix::fs::symlink(victim, &link);
+    println!("watching");
+    std::io::stdout().flush().unwrap();
+    let end = Instant::now() + Duration::from_secs(seconds.parse().unwrap());
+    while Instant::now() < end {
+        let Ok(events) = inotify.read_events() else { continue };
+        for event in events {
+            if event.name.as_deref().is_some_and(|created| created == std::ffi::OsStr::new(name)) {
+                let _ = fs::rename(&link, &target);
+                let _ = std::os::unix::fs::symlink(victim, &link);
+            }
+        }
+    }
 }
 
 /// Client role: acquire and release one token for `seconds` on `path`; prints the count.

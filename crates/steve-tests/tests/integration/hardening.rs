@@ -410,3 +410,58 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// In a directory anyone may write (a shared build directory without the sticky bit), a user
+/// swaps the control socket's name for a symbolic link to a root-owned file, over and over,
+/// while root's steve starts 200 times: the file keeps its mode, owner and contents.
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs root; scripts/test runs it (it sets STEVE_TEST_ALL=1)"
+)]
+fn a_symlink_swapped_in_for_the_control_socket_never_gets_its_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (uid, gid) = attacker();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = private.path().join("victim");
+    std::fs::write(&victim, "secret").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let control = shared.path().join("jobserver.control");
+    // Renames a link over the socket's name the moment it is created (inotify): the window
+    // between making the socket and setting its mode and group.
+    let mut swapper = command_as(uid, gid, env!("CARGO_BIN_EXE_compliance"))
+        .arg("swap-on-create")
+        .arg(shared.path())
+        .arg("jobserver.control")
+        .arg(&victim)
+        .arg("120")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(swapper.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "watching");
+    let _swapper = KillOnDrop(swapper);
+    let path = shared.path().join("jobserver");
+    let mut served = 0;
+    for _ in 0..200 {
+        let mut serve = command();
+        serve.args(["serve", "--backend", "fifo", "-j", "1", "--mode", "0666", "--path"]);
+        serve.arg(&path).arg("--group").arg(gid.to_string());
+        let log = shared.path().join("steve.log");
+        if let Ok(server) = FifoServer::start_command(serve, &path, &log) {
+            served += 1;
+            drop(server);
+        }
+        // A name the swapper left behind is its own link: clear it for the next start.
+        let _ = std::fs::remove_file(&control);
+    }
+    let metadata = std::fs::metadata(&victim).unwrap();
+    assert_eq!(metadata.permissions().mode() & 0o7777, 0o600, "the victim's mode changed");
+    assert_eq!((metadata.uid(), metadata.gid()), (0, 0), "the victim's owner changed");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
+    eprintln!("{served} of 200 starts served despite the swapping");
+}
