@@ -44,6 +44,17 @@ impl PathLock {
                 .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(&lock_path)
                 .map_err(FifoError::io("create the lock file", &lock_path))?;
+            // A lock file another user made (in a directory both may write) is not a steve's
+            // proof of anything, and is not this daemon's to write.
+            let owner = file.metadata().map_err(FifoError::io("inspect", &lock_path))?.uid();
+            let me = nix::unistd::geteuid().as_raw();
+            if owner != me {
+                return Err(FifoError::Io {
+                    action: "use the lock file",
+                    path: lock_path,
+                    source: io::Error::other(format!("it belongs to uid {owner}, not to uid {me}")),
+                });
+            }
             let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(locked) => locked,
                 Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {

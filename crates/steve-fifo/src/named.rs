@@ -532,6 +532,11 @@ fn remove_stale_pipe(path: &Path, lock: &PathLock) -> Result<(), FifoError> {
         };
         return Err(FifoError::NotAPipe { path: path.to_path_buf(), found });
     }
+    // Only a pipe this user made can be a dead steve's of this user.
+    use std::os::unix::fs::MetadataExt;
+    if metadata.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(FifoError::ForeignPipe { path: path.to_path_buf() });
+    }
     match lock.previous_owner() {
         Some(pid) => {
             warn!(

@@ -465,3 +465,44 @@ fn a_symlink_swapped_in_for_the_control_socket_never_gets_its_mode() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
     eprintln!("{served} of 200 starts served despite the swapping");
 }
+
+/// In a shared directory, a user's FIFO with a forged lock file beside it ("steve 4242", as a
+/// dead steve would leave) does not make root's steve remove the FIFO: it refuses in one line
+/// and leaves both files as they were.
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs root; scripts/test runs it (it sets STEVE_TEST_ALL=1)"
+)]
+fn a_forged_lock_file_does_not_get_another_users_pipe_removed() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (uid, gid) = attacker();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = shared.path().join("jobserver");
+    let lock = shared.path().join("jobserver.lock");
+    let made = command_as(uid, gid, "/usr/bin/python3")
+        .args([
+            "-c",
+            "import os, sys; os.mkfifo(sys.argv[1]); open(sys.argv[2], 'w').write('steve 4242\\n')",
+        ])
+        .arg(&path)
+        .arg(&lock)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let failure = FifoServer::start_at(&path, &shared.path().join("steve.log"), &["-j", "2"])
+        .map(|server| panic!("steve served on {}", server.path.display()))
+        .unwrap_err();
+    assert_eq!(failure.stderr_lines.len(), 1, "{:?}", failure.stderr_lines);
+    assert!(
+        failure.stderr_lines[0].contains(&format!("belongs to uid {uid}")),
+        "{:?}",
+        failure.stderr_lines
+    );
+    for file in [&path, &lock] {
+        let metadata = std::fs::symlink_metadata(file).expect("the user's file is still there");
+        assert_eq!(metadata.uid(), uid, "{}", file.display());
+    }
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), "steve 4242\n");
+}
