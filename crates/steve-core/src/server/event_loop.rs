@@ -310,7 +310,9 @@ impl EventLoop {
         now: Instant,
     ) -> Result<(), Error> {
         let Some(control) = self.control.as_mut() else { return Ok(()) };
-        if flags.contains(EpollFlags::EPOLLOUT) {
+        // Once an answer is on its way, any event (writable, or the client hanging up) is for
+        // the answer: the request is not read, nor answered, again.
+        if flags.contains(EpollFlags::EPOLLOUT) || control.is_answering(id) {
             control.write(id);
             return Ok(());
         }
