@@ -164,7 +164,23 @@ impl Client {
                 (file, write)
             }
             JobserverAuth::Fds { read, write } => {
-                (reopen_fd(*read, false)?, reopen_fd(*write, true)?)
+                let (read, write) = (reopen_fd(*read, false)?, reopen_fd(*write, true)?);
+                // Both ends of one pipe: two unrelated pipes would hand out tokens nobody
+                // returns, or swallow them.
+                let same = |a: &File, b: &File| -> Result<bool, ClientError> {
+                    use std::os::unix::fs::MetadataExt;
+                    let (a, b) = (
+                        a.metadata().map_err(ClientError::Io)?,
+                        b.metadata().map_err(ClientError::Io)?,
+                    );
+                    Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
+                };
+                if !same(&read, &write)? {
+                    return Err(ClientError::NotAJobserver {
+                        reason: "its read and write descriptors are not the same pipe".into(),
+                    });
+                }
+                (read, write)
             }
         };
         Ok(Client(Arc::new(Inner {
@@ -378,6 +394,13 @@ fn open_path(path: &Path, read: bool, write: bool) -> Result<File, ClientError> 
 
 /// Opens inherited descriptor `fd` anew through /proc, for a description of our own.
 fn reopen_fd(fd: i32, write: bool) -> Result<File, ClientError> {
+    // Standard input, output and error are never a jobserver: a pipe there is the process's
+    // own (`--jobserver-auth=1,1` with stdout a pipe would wait on itself forever).
+    if (0..=2).contains(&fd) {
+        return Err(ClientError::NotAJobserver {
+            reason: format!("descriptor {fd} is standard input, output or error"),
+        });
+    }
     let link = PathBuf::from(format!("/proc/self/fd/{fd}"));
     let metadata = fs::metadata(&link).map_err(|_| ClientError::Disabled {
         reason: format!(
@@ -516,8 +539,18 @@ mod tests {
         let error = Client::open(&closed).unwrap_err();
         assert!(matches!(error, ClientError::Disabled { .. }), "{error}");
         assert!(error.to_string().contains("'+'"), "{error}");
-        let file = tempfile_in_tmp();
+        for stdio in [0, 1, 2] {
+            let error =
+                Client::open(&JobserverAuth::Fds { read: stdio, write: stdio }).unwrap_err();
+            assert!(matches!(error, ClientError::NotAJobserver { .. }), "{error}");
+        }
+        // Two ends of different pipes are not a jobserver.
+        let (first, _w1, _) = pipe_with(b"");
+        let (_r2, second, _) = pipe_with(b"");
         use std::os::fd::AsRawFd;
+        let mixed = JobserverAuth::Fds { read: first.as_raw_fd(), write: second.as_raw_fd() };
+        assert!(matches!(Client::open(&mixed), Err(ClientError::NotAJobserver { .. })));
+        let file = tempfile_in_tmp();
         let not_pipe = JobserverAuth::Fds { read: file.as_raw_fd(), write: file.as_raw_fd() };
         assert!(matches!(Client::open(&not_pipe), Err(ClientError::NotAJobserver { .. })));
     }

@@ -506,3 +506,20 @@ fn a_forged_lock_file_does_not_get_another_users_pipe_removed() {
     }
     assert_eq!(std::fs::read_to_string(&lock).unwrap(), "steve 4242\n");
 }
+
+/// `--jobserver-auth=1,1` with standard output a pipe made `steve exec` wait on its own output
+/// forever: standard descriptors are never a jobserver.
+#[test]
+fn steve_exec_never_takes_its_own_standard_output_for_a_jobserver() {
+    let mut exec = command();
+    exec.args(["exec", "--", "true"])
+        .env("MAKEFLAGS", " -j2 --jobserver-auth=1,1")
+        .env_remove("CARGO_MAKEFLAGS")
+        .env_remove("MFLAGS");
+    let output = steve_tests::output_within(&mut exec, Duration::from_secs(20))
+        .expect("steve exec waited on its own standard output");
+    assert_eq!(output.status.code(), Some(125), "{output:?}");
+    let lines = steve_tests::steve::stderr_lines(&output);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("descriptor 1 is standard input, output or error"), "{}", lines[0]);
+}
