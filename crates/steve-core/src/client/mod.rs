@@ -350,6 +350,14 @@ fn check_opened(file: &File, path: &Path) -> Result<(), ClientError> {
     use std::os::unix::fs::MetadataExt;
     let metadata = file.metadata().map_err(ClientError::Io)?;
     let kind = metadata.file_type();
+    if kind.is_fifo() && is_standard_pipe(&metadata) {
+        return Err(ClientError::NotAJobserver {
+            reason: format!(
+                "{} is this process's own standard input, output or error",
+                path.display()
+            ),
+        });
+    }
     if kind.is_fifo() || kind.is_char_device() {
         return Ok(());
     }
@@ -367,6 +375,16 @@ fn check_opened(file: &File, path: &Path) -> Result<(), ClientError> {
             path.display(),
             if kind.is_file() { "regular file" } else { "special file" }
         ),
+    })
+}
+
+/// Whether the pipe `metadata` describes is this process's standard input, output or error
+/// (`fifo:/proc/self/fd/1`): reading tokens from it would wait on the process itself.
+fn is_standard_pipe(metadata: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (0..=2).any(|fd| {
+        fs::metadata(format!("/proc/self/fd/{fd}"))
+            .is_ok_and(|stdio| (stdio.dev(), stdio.ino()) == (metadata.dev(), metadata.ino()))
     })
 }
 

@@ -12,6 +12,7 @@ mod cli;
 mod client_library;
 mod control;
 mod fifo_server;
+mod fuzz_makeflags;
 mod hardening;
 mod leak_recovery;
 mod run_command;
