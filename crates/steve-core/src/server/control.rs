@@ -451,6 +451,11 @@ impl ControlServer {
         Outgoing::Done
     }
 
+    /// Closes connection `id`.
+    pub fn close(&mut self, id: ConnectionId) {
+        self.connections.remove(&id);
+    }
+
     /// Whether connection `id` has an answer being written (it is read no more).
     pub fn is_answering(&self, id: ConnectionId) -> bool {
         self.connections.get(&id).is_some_and(|connection| !connection.output.is_empty())

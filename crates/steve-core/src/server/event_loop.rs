@@ -199,13 +199,15 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Adds the pidfds of processes the server started watching to the epoll.
+    /// Adds the pidfds of processes the server started watching to the epoll. One that cannot be
+    /// added (the user's epoll watches used up) costs that process its reclaim at exit, not the
+    /// server its life: its tokens come back when its pid next makes a request, or never.
     fn register_new_processes(&mut self) -> Result<(), Error> {
         for (pid, pidfd) in self.processes.take_unregistered() {
             let event = EpollEvent::new(EpollFlags::EPOLLIN, Key::Exited(pid).encode());
-            self.epoll
-                .add(pidfd, event)
-                .map_err(|errno| Error::io("cannot watch a client's pidfd", errno.into()))?;
+            if let Err(errno) = self.epoll.add(pidfd, event) {
+                warn!(pid, "cannot watch the process for its exit: {errno}");
+            }
         }
         Ok(())
     }
@@ -291,11 +293,13 @@ impl EventLoop {
             );
         }
         for id in accepted.connections {
-            if let Some(fd) = control.connection(id) {
+            let watched = control.connection(id).map(|fd| {
                 let event = EpollEvent::new(EpollFlags::EPOLLIN, Key::Connection(id.0).encode());
-                self.epoll.add(fd, event).map_err(|errno| {
-                    Error::io("cannot watch a control connection", errno.into())
-                })?;
+                self.epoll.add(fd, event)
+            });
+            if let Some(Err(errno)) = watched {
+                warn!("cannot watch a control connection: {errno}");
+                control.close(id);
             }
         }
         Ok(())
@@ -327,9 +331,10 @@ impl EventLoop {
                 // The rest goes out as the client reads; nothing more is read from it.
                 let mut event =
                     EpollEvent::new(EpollFlags::EPOLLOUT, Key::Connection(id.0).encode());
-                self.epoll.modify(fd, &mut event).map_err(|errno| {
-                    Error::io("cannot watch a control connection", errno.into())
-                })?;
+                if let Err(errno) = self.epoll.modify(fd, &mut event) {
+                    warn!("cannot watch a control connection: {errno}");
+                    control.close(id);
+                }
             }
         }
         Ok(())
