@@ -180,6 +180,8 @@ fn status_readers_that_never_read_do_not_stall_token_traffic() {
         .unwrap();
     let mut announcement = String::new();
     BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
+    // Stopped (and its mount gone) however the test ends.
+    let server = StopOnDrop(server);
     let file = mountpoint.join("jobserver");
     let control = dir.path().join("mnt.control");
     let mut holder = long_command_line_holder(&file);
@@ -202,11 +204,7 @@ fn status_readers_that_never_read_do_not_stall_token_traffic() {
     drop(stalled);
     let _ = holder.kill();
     let _ = holder.wait();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    server.wait().unwrap();
+    drop(server);
 }
 
 /// MAKEFLAGS naming a regular file (`fifo:FILE`) does not make `steve exec` write a token into
@@ -339,6 +337,8 @@ fn a_reused_thread_id_books_tokens_to_the_new_process_forcing_pid_reuse() {
         .unwrap();
     let mut announcement = String::new();
     BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
+    // Stopped (and its mount gone) however the test ends.
+    let server = StopOnDrop(server);
     let file = mountpoint.join("jobserver");
     let control = dir.path().join("mnt.control");
     // Process A: a thread takes a token and gives it back, then exits; A lives on.
@@ -394,11 +394,7 @@ fn a_reused_thread_id_books_tokens_to_the_new_process_forcing_pid_reuse() {
         break;
     }
     assert!(reused, "the kernel never gave the thread id to a new process in 20 tries");
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    server.wait().unwrap();
+    drop(server);
 }
 
 /// A child killed and reaped when dropped.
@@ -522,4 +518,16 @@ fn steve_exec_never_takes_its_own_standard_output_for_a_jobserver() {
     let lines = steve_tests::steve::stderr_lines(&output);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("descriptor 1 is standard input, output or error"), "{}", lines[0]);
+}
+
+/// A server stopped with SIGTERM and waited for when dropped, so that a failing test leaves no
+/// server (or mount) behind.
+struct StopOnDrop(Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
 }
