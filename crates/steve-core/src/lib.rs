@@ -36,6 +36,7 @@
 pub mod accounting;
 pub mod client;
 pub mod makeflags;
+pub mod mountinfo;
 pub mod paths;
 pub mod server;
 pub mod status;

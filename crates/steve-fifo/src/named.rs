@@ -25,6 +25,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::unistd::Gid;
 use steve_core::accounting::pool::Pool;
 use steve_core::makeflags::JobserverAuth;
+use steve_core::paths::control_beside;
 use steve_core::server::backend::{Place, Places, ServeConfig, ServeOption};
 use steve_core::server::processes::command_line;
 use steve_core::server::{Context, Endpoint, Flow, PoolChange, Server, SourceId};
@@ -75,13 +76,6 @@ fn defaults() -> Vec<Place> {
 
 fn control_for(jobserver: &Path) -> Vec<PathBuf> {
     vec![control_beside(jobserver)]
-}
-
-/// `PATH.control`.
-fn control_beside(jobserver: &Path) -> PathBuf {
-    let mut path = jobserver.as_os_str().to_owned();
-    path.push(".control");
-    PathBuf::from(path)
 }
 
 /// `steve serve --backend fifo`: makes the pipe and fills it; the event loop serves it.

@@ -364,8 +364,8 @@ fn check_opened(file: &File, path: &Path) -> Result<(), ClientError> {
     let on_fuse = nix::sys::statfs::fstatfs(file)
         .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC);
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let source = mount_source(&mountinfo, metadata.dev());
-    if kind.is_file() && on_fuse && source.as_deref() == Some("steve") {
+    let source = crate::mountinfo::mount_of_device(&mountinfo, metadata.dev());
+    if kind.is_file() && on_fuse && source.is_some_and(|mount| mount.source == "steve") {
         return Ok(());
     }
     Err(ClientError::NotAJobserver {
@@ -385,18 +385,6 @@ fn is_standard_pipe(metadata: &fs::Metadata) -> bool {
     (0..=2).any(|fd| {
         fs::metadata(format!("/proc/self/fd/{fd}"))
             .is_ok_and(|stdio| (stdio.dev(), stdio.ino()) == (metadata.dev(), metadata.ino()))
-    })
-}
-
-/// The source of the mount whose device is `dev` (field 3 of mountinfo is `major:minor`, the
-/// source follows the filesystem type after ` - `).
-fn mount_source(mountinfo: &str, dev: u64) -> Option<String> {
-    let wanted = format!("{}:{}", nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
-    mountinfo.lines().rev().find_map(|line| {
-        let (mount, filesystem) = line.split_once(" - ")?;
-        (mount.split(' ').nth(2)? == wanted)
-            .then(|| filesystem.split(' ').nth(1))?
-            .map(str::to_string)
     })
 }
 
@@ -587,19 +575,6 @@ mod tests {
         let _keep = crate::client::make_fifo(&fifo).unwrap();
         assert!(Client::open(&JobserverAuth::Fifo(fifo.clone())).is_ok());
         let _ = fs::remove_file(&fifo);
-    }
-
-    #[test]
-    fn the_mount_of_a_device_is_found_in_mountinfo() {
-        let mountinfo = "\
-22 1 0:21 / / rw shared:1 - ext4 /dev/vda rw
-61 40 0:52 / /run/steve/fuse rw,nosuid shared:30 - fuse.steve steve rw,user_id=0
-64 22 0:55 / /mnt/remote rw shared:33 - fuse.sshfs me@host: rw,user_id=1000
-";
-        let dev = |major, minor| nix::sys::stat::makedev(major, minor);
-        assert_eq!(mount_source(mountinfo, dev(0, 52)).as_deref(), Some("steve"));
-        assert_eq!(mount_source(mountinfo, dev(0, 55)).as_deref(), Some("me@host:"));
-        assert_eq!(mount_source(mountinfo, dev(0, 99)), None);
     }
 
     fn tempfile_in_tmp() -> File {

@@ -24,6 +24,7 @@ use mount::FILE_NAME;
 use nix::unistd::{getegid, geteuid, AccessFlags};
 use steve_core::accounting::device::Device;
 use steve_core::makeflags::JobserverAuth;
+use steve_core::paths::control_beside;
 use steve_core::server::backend::{Availability, Place, Places, ServeConfig, ServeOption};
 use steve_core::server::{Endpoint, Server};
 
@@ -98,13 +99,6 @@ fn control_for(jobserver: &Path) -> Vec<PathBuf> {
         }
         _ => Vec::new(),
     }
-}
-
-/// `DIR.control`: the control socket goes beside the mount point, not inside the mount.
-fn control_beside(mountpoint: &Path) -> PathBuf {
-    let mut path = mountpoint.as_os_str().to_owned();
-    path.push(".control");
-    PathBuf::from(path)
 }
 
 /// Mounts the filesystem and sets up its session; the event loop serves it, and dropping it
