@@ -38,23 +38,16 @@ fn the_descriptor_limit_is_raised_to_the_hard_one() {
 
 /// A process as `uid` that opens `count` connections to `socket` and holds them, sending each a
 /// status request and reading nothing if `ask`; killed when dropped.
-struct Holder(Child);
-
-impl Holder {
-    fn start(uid: u32, gid: u32, socket: &std::path::Path, count: usize) -> Holder {
-        Holder::start_asking(uid, gid, socket, count, false)
-    }
-
-    fn start_asking(
-        uid: u32,
-        gid: u32,
-        socket: &std::path::Path,
-        count: usize,
-        ask: bool,
-    ) -> Holder {
-        let request = if ask { r#"s.sendall(b'{"command":"status"}\n')"# } else { "pass" };
-        let script = format!(
-            "import socket, sys, time\n\
+fn hold_connections(
+    uid: u32,
+    gid: u32,
+    socket: &std::path::Path,
+    count: usize,
+    ask: bool,
+) -> KillOnDrop {
+    let request = if ask { r#"s.sendall(b'{"command":"status"}\n')"# } else { "pass" };
+    let script = format!(
+        "import socket, sys, time\n\
              held = []\n\
              for _ in range({count}):\n\
              \x20   s = socket.socket(socket.AF_UNIX)\n\
@@ -66,28 +59,19 @@ impl Holder {
              \x20   held.append(s)\n\
              print(len(held), flush=True)\n\
              time.sleep(60)\n"
-        );
-        // Debian's python3 (scripts/test installs it): another user can run it.
-        let mut child = command_as(uid, gid, "/usr/bin/python3")
-            .args(["-c", &script])
-            .arg(socket)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let held: usize =
-            line.trim().parse().unwrap_or_else(|_| panic!("the holder said {line:?}"));
-        assert_eq!(held, count, "uid {uid} could open only {held} connections");
-        Holder(child)
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    );
+    // Debian's python3 (scripts/test installs it): another user can run it.
+    let mut child = command_as(uid, gid, "/usr/bin/python3")
+        .args(["-c", &script])
+        .arg(socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let held: usize = line.trim().parse().unwrap_or_else(|_| panic!("the holder said {line:?}"));
+    assert_eq!(held, count, "uid {uid} could open only {held} connections");
+    KillOnDrop(child)
 }
 
 /// One token out of the pipe and back, as a client does.
@@ -109,9 +93,9 @@ fn out_of_descriptors_the_server_neither_spins_nor_stops_serving() {
     // 40 descriptors: a dozen are the server's own, and three users' connections (16 each, the
     // most one user may have) are more than the rest.
     let server = limited_server(&dir, 40, 40);
-    let holders: Vec<Holder> = [(uid, gid), (65534, 65534), (0, 0)]
+    let holders: Vec<KillOnDrop> = [(uid, gid), (65534, 65534), (0, 0)]
         .into_iter()
-        .map(|(uid, gid)| Holder::start(uid, gid, &server.control, 16))
+        .map(|(uid, gid)| hold_connections(uid, gid, &server.control, 16, false))
         .collect();
     // One more connection finds the server out of descriptors.
     let _late = std::os::unix::net::UnixStream::connect(&server.control);
@@ -171,22 +155,10 @@ fn status_readers_that_never_read_do_not_stall_token_traffic() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let mountpoint = dir.path().join("mnt");
-    let mut server = command()
-        .args(["serve", "--backend", "fuse", "-j", "4", "--mountpoint"])
-        .arg(&mountpoint)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut announcement = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
-    // Stopped (and its mount gone) however the test ends.
-    let server = StopOnDrop(server);
-    let file = mountpoint.join("jobserver");
-    let control = dir.path().join("mnt.control");
+    let (server, file, control) = fuse_server(&mountpoint, 4);
     let mut holder = long_command_line_holder(&file);
     // Sixteen status requests whose 1 MB answers nobody reads.
-    let stalled = Holder::start_asking(uid, gid, &control, 16, true);
+    let stalled = hold_connections(uid, gid, &control, 16, true);
     // Round trips for 4 s: a loop that blocked on a reader that does not read would stop them
     // for a second or more at a time, the longest round trip says.
     let started = Instant::now();
@@ -328,19 +300,7 @@ impl Drop for Group {
 fn a_reused_thread_id_books_tokens_to_the_new_process_forcing_pid_reuse() {
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().join("mnt");
-    let mut server = command()
-        .args(["serve", "--backend", "fuse", "-j", "2", "--mountpoint"])
-        .arg(&mountpoint)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut announcement = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
-    // Stopped (and its mount gone) however the test ends.
-    let server = StopOnDrop(server);
-    let file = mountpoint.join("jobserver");
-    let control = dir.path().join("mnt.control");
+    let (server, file, control) = fuse_server(&mountpoint, 2);
     // Process A: a thread takes a token and gives it back, then exits; A lives on.
     let thread_client = "import os, sys, threading, time\n\
                          tid = []\n\
@@ -530,4 +490,25 @@ impl Drop for StopOnDrop {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.0.wait();
     }
+}
+
+/// A fuse server with `jobs` tokens mounted on `mountpoint` (whose parent holds its control
+/// socket), announced and ready; stopped however the test ends. Its jobserver file and control
+/// socket.
+fn fuse_server(
+    mountpoint: &std::path::Path,
+    jobs: u32,
+) -> (StopOnDrop, std::path::PathBuf, std::path::PathBuf) {
+    let mut server = command()
+        .args(["serve", "--backend", "fuse", "-j", &jobs.to_string(), "--mountpoint"])
+        .arg(mountpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut announcement = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
+    assert!(announcement.starts_with("MAKEFLAGS="), "the fuse server said {announcement:?}");
+    let control = steve_core::paths::control_beside(mountpoint);
+    (StopOnDrop(server), mountpoint.join("jobserver"), control)
 }
