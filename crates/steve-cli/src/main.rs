@@ -77,10 +77,11 @@ struct ServeArgs {
     #[arg(short, long, value_name = "N")]
     jobs: Option<JobCount>,
     /// Permission bits of the jobserver and the control socket, in octal [default: 0600 for a
-    /// user's server; for root's, 0666, or 0660 with --group].
+    /// user's server; for root's, 0660 with --group or the group jobserver, else 0666].
     #[arg(long, value_parser = parse_mode)]
     mode: Option<u32>,
-    /// Group to give the jobserver and the control socket (name or number).
+    /// Group to give the jobserver and the control socket (name or number) [default for root's
+    /// server: jobserver, when that group exists].
     #[arg(long)]
     group: Option<String>,
     /// cuse: the device's name under /dev [default: steve].

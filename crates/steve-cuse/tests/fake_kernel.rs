@@ -165,6 +165,7 @@ fn endpoint(path: &str) -> Endpoint {
         mode: 0o600,
         gid: None,
         how: "a fake kernel".into(),
+        directories: Vec::new(),
     }
 }
 

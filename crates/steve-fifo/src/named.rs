@@ -140,12 +140,7 @@ impl NamedPipeServer {
             None => default_path()?,
         };
         let is_root = nix::unistd::geteuid().is_root();
-        let gid = config.gid().map_err(FifoError::Config)?;
-        let mode = config.mode.unwrap_or(match (is_root, gid.is_some()) {
-            (_, true) => 0o660,
-            (true, false) => 0o666,
-            (false, false) => 0o600,
-        });
+        let (mode, gid) = config.access().map_err(FifoError::Config)?;
 
         let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         // Declared before the lock, so that on an early return the lock goes first.
@@ -168,6 +163,7 @@ impl NamedPipeServer {
             mode,
             gid,
             how: "a named pipe; tokens of killed clients are put back once it is let go".into(),
+            directories: dir.canonicalize().into_iter().collect(),
         };
         let mut server = NamedPipeServer {
             path,

@@ -196,6 +196,9 @@ pub struct ServeConfig {
     pub poll_reservation: Option<Duration>,
 }
 
+/// The group root's servers give their jobserver when it exists and no `--group` is given.
+pub const JOBSERVER_GROUP: &str = "jobserver";
+
 impl ServeConfig {
     /// `jobs` tokens, no limits, every option left to the backend.
     pub fn new(jobs: JobCount) -> ServeConfig {
@@ -239,6 +242,26 @@ impl ServeConfig {
             .transpose()
     }
 
+    /// The jobserver's mode and group: what `--mode` and `--group` say, and otherwise, for
+    /// root's machine-wide server, 0660 and group [`JOBSERVER_GROUP`] when that group exists,
+    /// or 0666 when it does not ([`super::serve`] then warns, naming the risk and the fix); for
+    /// anyone else's server (their own builds) 0600, or 0660 with a group given.
+    pub fn access(&self) -> Result<(u32, Option<Gid>), Error> {
+        let given_gid = self.gid()?;
+        let root = nix::unistd::geteuid().is_root();
+        let gid = match given_gid {
+            Some(gid) => Some(gid),
+            None if root && self.mode.is_none() => super::accounts::group_id(JOBSERVER_GROUP),
+            None => None,
+        };
+        let mode = self.mode.unwrap_or(match (root, gid) {
+            (_, Some(_)) => 0o660,
+            (true, None) => 0o666,
+            (false, None) => 0o600,
+        });
+        Ok((mode, gid))
+    }
+
     /// How long a poller's reserved token waits.
     pub fn poll_reservation(&self) -> Duration {
         self.poll_reservation.unwrap_or(DEFAULT_POLL_RESERVATION)
@@ -271,6 +294,9 @@ pub struct Endpoint {
     pub gid: Option<Gid>,
     /// How it serves, for the log line that says it is ready ("per-process accounting").
     pub how: String,
+    /// The directories (absolute, without links) the server made names in, which
+    /// [`super::serve`] warns about when others may change them.
+    pub directories: Vec<PathBuf>,
 }
 
 /// One of a backend's own descriptors, by a number the backend chooses.

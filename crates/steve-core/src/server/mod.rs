@@ -81,6 +81,7 @@ pub fn serve(
                 source,
             )
         })?;
+    warn_about_access(config, &endpoint, &control_path);
     if let Some(user) = user {
         accounts::become_user(&user).map_err(Error::usage)?;
         info!("running as user {} (uid {}) from now on", user.name, user.uid);
@@ -114,6 +115,43 @@ pub fn serve(
         Err(_) => {}
     }
     ended
+}
+
+/// Says, once root's server is up, what lets others in or in the way: a jobserver open to every
+/// local user by default, and directories others may change names in.
+fn warn_about_access(
+    config: &backend::ServeConfig,
+    endpoint: &Endpoint,
+    control: &std::path::Path,
+) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    if config.mode.is_none() && endpoint.mode & 0o006 != 0 {
+        let group = backend::JOBSERVER_GROUP;
+        warn!(
+            "the jobserver is mode {:04o}: any local user may take and hold every token of this \
+             machine-wide server; create the group {group} (groupadd --system {group}) with \
+             the users who build in it, or give --mode 0660 --group GROUP",
+            endpoint.mode
+        );
+    }
+    let control_dir = control.parent().and_then(|dir| dir.canonicalize().ok());
+    let mut said = Vec::new();
+    for dir in endpoint.directories.iter().cloned().chain(control_dir) {
+        match crate::paths::changeable_by_others(&dir) {
+            Some(open) if !said.contains(&open) => {
+                warn!(
+                    "{} may be changed by users other than root, who could swap the names \
+                     steve makes under it: keep root's jobservers where only root may write \
+                     (the default, /run/steve)",
+                    open.display()
+                );
+                said.push(open);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Raises the soft limit on open descriptors to the hard one: a server keeps one per client

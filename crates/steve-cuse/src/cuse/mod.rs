@@ -101,8 +101,7 @@ fn register(config: &ServeConfig) -> Result<Session, steve_core::server::Error> 
     if fs::symlink_metadata(&dev_path).is_ok() {
         return Err(Error::DeviceExists { path: dev_path }.into());
     }
-    let gid = config.gid()?;
-    let mode = config.mode.unwrap_or(if gid.is_some() { 0o660 } else { 0o666 });
+    let (mode, gid) = config.access()?;
     let channel = OpenOptions::new()
         .read(true)
         .write(true)
@@ -116,6 +115,7 @@ fn register(config: &ServeConfig) -> Result<Session, steve_core::server::Error> 
         mode,
         gid,
         how: format!("per-process accounting; reservations of {reservation:?} for pollers"),
+        directories: Vec::new(),
     };
     let device = Device::new(config.jobs, reservation);
     let session = Session::start(channel.into(), dev_name, device, endpoint)?;

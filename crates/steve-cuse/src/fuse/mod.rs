@@ -1,8 +1,8 @@
 //! Backend `fuse`: the jobserver as a file, `MOUNTPOINT/jobserver`, on a FUSE mount, with the
 //! same per-process accounting as `/dev/steve`.
 //!
-//! The [fuser] crate mounts the filesystem (`mount(2)` as root, `fusermount3` otherwise) and
-//! answers the kernel's INIT; from then on the requests are served by this crate's
+//! steve mounts the filesystem (`mount(2)` as root, `fusermount3` through the [fuser] crate
+//! otherwise) and fuser answers the kernel's INIT; from then on the requests are served by this crate's
 //! [`Session`], the same loop that serves `/dev/steve`, with a
 //! [`OneFile`] answering the filesystem requests. fuser's own request loop is not used because
 //! it answers FUSE_INTERRUPT with ENOSYS, after which the kernel sends no interrupts at all: a
@@ -108,21 +108,16 @@ pub fn start(config: &ServeConfig) -> Result<Box<dyn Server>, steve_core::server
 }
 
 fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
-    let gid = config.gid()?;
-    let root = geteuid().is_root();
-    let mode = config.mode.unwrap_or(match (root, gid) {
-        (true, Some(_)) => 0o660,
-        (true, None) => 0o666,
-        (false, _) => 0o600,
-    });
+    let (mode, gid) = config.access()?;
     let mountpoint = match &config.mountpoint {
-        Some(mountpoint) => mount::resolve(mountpoint)?,
-        None => mount::resolve(&mount::default_mountpoint()?)?,
+        Some(mountpoint) => mount::Mountpoint::resolve(mountpoint)?,
+        None => mount::Mountpoint::resolve(&mount::default_mountpoint()?)?,
     };
-    mount::prepare(&mountpoint)?;
+    let directory = mount::prepare(&mountpoint)?;
     // Others get in only where the mode lets them; the kernel checks it (default_permissions).
     let allow_other = mode & 0o077 != 0;
-    let (mounted, channel) = mount::mount(&mountpoint, allow_other)?;
+    let (mounted, channel) = mount::mount(&mountpoint, directory, allow_other)?;
+    let mountpoint = mountpoint.path();
     let file = mountpoint.join(FILE_NAME);
     let owner =
         OneFile::new(FILE_NAME, geteuid().as_raw(), gid.unwrap_or_else(getegid).as_raw(), mode);
@@ -130,10 +125,11 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     let endpoint = Endpoint {
         path: file.clone(),
         auth: JobserverAuth::Fifo(file),
-        default_control: control_beside(&mountpoint),
+        default_control: control_beside(mountpoint),
         mode,
         gid,
         how: format!("per-process accounting; reservations of {reservation:?} for pollers"),
+        directories: mountpoint.parent().into_iter().map(Path::to_path_buf).collect(),
     };
     let device = Device::new(config.jobs, reservation);
     let mut session = Session::for_mount(channel, device, endpoint, owner)?;

@@ -627,7 +627,8 @@ fn second_daemon() -> Result<(), String> {
 
 /// Attacker role: `swap-on-create DIR NAME VICTIM SECONDS` renames a symbolic link to VICTIM
 /// over DIR/NAME the moment inotify says NAME was created, for SECONDS: the race against a
-/// daemon that makes a file by name and then changes it by name.
+/// daemon that makes a file by name and then changes it by name. A directory made there (a
+/// mount point) is first renamed out of the way, to `.moved-N`.
 fn swap_on_create(args: &[String]) {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     let [dir, name, victim, seconds] = args else {
@@ -642,11 +643,16 @@ fn swap_on_create(args: &[String]) {
     println!("watching");
     std::io::stdout().flush().unwrap();
     let end = Instant::now() + Duration::from_secs(seconds.parse().unwrap());
+    let mut moved = 0;
     while Instant::now() < end {
         let Ok(events) = inotify.read_events() else { continue };
         for event in events {
             if event.name.as_deref().is_some_and(|created| created == std::ffi::OsStr::new(name)) {
-                let _ = fs::rename(&link, &target);
+                if fs::rename(&link, &target).is_err() {
+                    moved += 1;
+                    let _ = fs::rename(&target, dir.join(format!(".moved-{moved}")));
+                    let _ = fs::rename(&link, &target);
+                }
                 let _ = std::os::unix::fs::symlink(victim, &link);
             }
         }

@@ -121,9 +121,67 @@ fn mode_and_group_options_set_the_pipes_access() {
     assert_eq!(metadata.gid(), own_gid.as_raw());
     drop(server);
 
-    // Without --mode: 0666 for root's machine-wide server, 0600 for a user's own.
-    let server = FifoServer::start(1);
-    let mode = std::fs::metadata(&server.path).unwrap().permissions().mode() & 0o7777;
-    let expected = if nix::unistd::geteuid().is_root() { 0o666 } else { 0o600 };
-    assert_eq!(mode, expected, "default mode {mode:o}");
+    if !nix::unistd::geteuid().is_root() {
+        // Without --mode a user's own server is theirs alone.
+        let server = FifoServer::start(1);
+        let mode = std::fs::metadata(&server.path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "default mode {mode:o}");
+    }
+}
+
+/// A root fifo server started where `/etc/group` is `groups` (bind-mounted over the real one
+/// in a mount namespace of its own, so nothing else on the machine sees it).
+fn root_server_with_groups(dir: &std::path::Path, groups: &str) -> FifoServer {
+    let group_file = dir.join("group");
+    std::fs::write(&group_file, groups).unwrap();
+    let path = dir.join("jobserver");
+    let mut serve = std::process::Command::new("unshare");
+    serve
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/group && exec "$@""#)
+        .arg(&group_file)
+        .arg(steve_tests::steve::binary())
+        .args(["serve", "--backend", "fifo", "-j", "1", "--path"])
+        .arg(&path);
+    FifoServer::start_command(serve, &path, &dir.join("steve.log")).unwrap()
+}
+
+/// Without --mode and --group, root's machine-wide server gives its pipe to the group
+/// `jobserver`, mode 0660, when that group exists; without it, 0666 and a warning that says
+/// any local user may take every token, and how to fix it.
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs root (a mount namespace); scripts/test runs it (it sets STEVE_TEST_ALL=1)"
+)]
+fn root_servers_default_to_the_jobserver_group_and_warn_without_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let real = std::fs::read_to_string("/etc/group").unwrap();
+    let without: String = real
+        .lines()
+        .filter(|line| !line.starts_with("jobserver:"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let with = format!("{without}jobserver:x:54321:\n");
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = root_server_with_groups(dir.path(), &with);
+    let metadata = std::fs::metadata(&server.path).unwrap();
+    assert_eq!(metadata.permissions().mode() & 0o7777, 0o660);
+    assert_eq!(metadata.gid(), 54321);
+    let control = std::fs::symlink_metadata(&server.control).unwrap();
+    assert_eq!((control.permissions().mode() & 0o777, control.gid()), (0o660, 54321));
+    assert!(!server.log().contains("0666"), "{}", server.log());
+    drop(server);
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = root_server_with_groups(dir.path(), &without);
+    let metadata = std::fs::metadata(&server.path).unwrap();
+    assert_eq!(metadata.permissions().mode() & 0o7777, 0o666);
+    assert_eq!(metadata.gid(), 0);
+    let log = server.log();
+    let warnings: Vec<&str> = log.lines().filter(|line| line.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("any local user may take and hold every token"), "{log}");
+    assert!(warnings[0].contains("groupadd --system jobserver"), "{log}");
 }

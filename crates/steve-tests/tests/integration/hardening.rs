@@ -367,6 +367,28 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The attacker's `swap-on-create` role (see the compliance binary) on `dir/name`, watching.
+fn swapper(
+    (uid, gid): (u32, u32),
+    dir: &std::path::Path,
+    name: &str,
+    victim: &std::path::Path,
+) -> KillOnDrop {
+    let mut swapper = command_as(uid, gid, env!("CARGO_BIN_EXE_compliance"))
+        .arg("swap-on-create")
+        .arg(dir)
+        .arg(name)
+        .arg(victim)
+        .arg("300")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(swapper.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "watching");
+    KillOnDrop(swapper)
+}
+
 /// In a directory anyone may write (a shared build directory without the sticky bit), a user
 /// swaps the control socket's name for a symbolic link to a root-owned file, over and over,
 /// while root's steve starts 200 times: the file keeps its mode, owner and contents.
@@ -388,19 +410,7 @@ fn a_symlink_swapped_in_for_the_control_socket_never_gets_its_mode() {
     let control = shared.path().join("jobserver.control");
     // Renames a link over the socket's name the moment it is created (inotify): the window
     // between making the socket and setting its mode and group.
-    let mut swapper = command_as(uid, gid, env!("CARGO_BIN_EXE_compliance"))
-        .arg("swap-on-create")
-        .arg(shared.path())
-        .arg("jobserver.control")
-        .arg(&victim)
-        .arg("120")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(swapper.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "watching");
-    let _swapper = KillOnDrop(swapper);
+    let _swapper = swapper((uid, gid), shared.path(), "jobserver.control", &victim);
     let path = shared.path().join("jobserver");
     let mut served = 0;
     for _ in 0..200 {
@@ -410,6 +420,13 @@ fn a_symlink_swapped_in_for_the_control_socket_never_gets_its_mode() {
         let log = shared.path().join("steve.log");
         if let Ok(server) = FifoServer::start_command(serve, &path, &log) {
             served += 1;
+            let warning =
+                format!("{} may be changed by users other than root", shared.path().display());
+            assert!(
+                server.log().contains(&warning),
+                "no warning about the shared directory: {}",
+                server.log()
+            );
             drop(server);
         }
         // A name the swapper left behind is its own link: clear it for the next start.
@@ -420,6 +437,79 @@ fn a_symlink_swapped_in_for_the_control_socket_never_gets_its_mode() {
     assert_eq!((metadata.uid(), metadata.gid()), (0, 0), "the victim's owner changed");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
     eprintln!("{served} of 200 starts served despite the swapping");
+}
+
+/// In a directory anyone may write, a user swaps root's fuse mount point for a symbolic link to
+/// a root-owned directory (moving the directory steve made out of the way) the moment it is
+/// made, while root's steve starts 200 times: nothing is ever mounted on the victim, and no
+/// mount is left in the shared directory after a server stops.
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs root and /dev/fuse; scripts/test runs it (it sets STEVE_TEST_ALL=1)"
+)]
+fn a_symlink_swapped_in_for_the_mount_point_never_gets_the_mount() {
+    use std::os::unix::fs::PermissionsExt;
+    let attacker = attacker();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = private.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("kept"), "secret").unwrap();
+    let _swapper = swapper(attacker, shared.path(), "fuse", &victim);
+    let mountpoint = shared.path().join("fuse");
+    let steve_mounts = || {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let watched = [shared.path(), private.path()];
+        mountinfo
+            .lines()
+            .filter(|line| {
+                let point = line.split(' ').nth(4).unwrap_or_default();
+                watched.iter().any(|dir| point.starts_with(dir.to_str().unwrap()))
+            })
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..200 {
+        let mut server = command()
+            .args(["serve", "--backend", "fuse", "-j", "1", "--mountpoint"])
+            .arg(&mountpoint)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut announcement = String::new();
+        BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
+        let mut server = StopOnDrop(server);
+        if announcement.starts_with("MAKEFLAGS=") {
+            served += 1;
+            assert!(
+                steve_mounts().iter().all(|line| !line.contains(victim.to_str().unwrap())),
+                "mounted on the victim: {:?}",
+                steve_mounts()
+            );
+        } else {
+            refused += 1;
+            let mut stderr = String::new();
+            server.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            assert!(server.0.wait().unwrap().code() != Some(0), "{stderr}");
+        }
+        drop(server);
+        assert_eq!(steve_mounts(), Vec::<String>::new(), "a mount outlived its server");
+        // Clear what the swapper left (its links, the directories it moved) for the next start.
+        for entry in std::fs::read_dir(shared.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name() != Some(std::ffi::OsStr::new(".swap")) {
+                let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir(&path));
+            }
+        }
+    }
+    assert_eq!(std::fs::read_to_string(victim.join("kept")).unwrap(), "secret");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 1, "something was made in the victim");
+    eprintln!("{served} of 200 starts served, {refused} refused, despite the swapping");
 }
 
 /// In a shared directory, a user's FIFO with a forged lock file beside it ("steve 4242", as a
