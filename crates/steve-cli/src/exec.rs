@@ -2,6 +2,15 @@
 //! naming the same server, and gives the token back when CMD ends (Gentoo's `stevie CMD`). Built
 //! on steve-core's client library.
 //!
+//! With `--pipe` or `--fifo`, CMD's tree gets a private jobserver instead (inherited `R,W`
+//! descriptors, or a private named pipe), for the clients that cannot open the machine's: make
+//! 4.3 and GCC 12's LTO take only descriptors, ninja only a FIFO. Its tokens are borrowed from
+//! the machine's jobserver one at a time as the tree takes them (a steve-core `Relay` keeps one
+//! spare in the private pipe; what the tree writes back beyond it goes back at once, and an
+//! untaken spare goes back after half a second so that others get their turn), and every
+//! borrowed token goes back when CMD ends, whatever the tree left unreturned. The tree thus
+//! holds at most the token taken for CMD plus what it borrowed.
+//!
 //! The jobserver is the one MAKEFLAGS (CARGO_MAKEFLAGS, MFLAGS) names; when none does, the
 //! machine's steve: the first default place of any backend, in `--backend auto`'s order, that
 //! exists (`/dev/steve`, `/run/steve/fuse/jobserver`, `/run/steve/jobserver`, and the same under
@@ -9,9 +18,11 @@
 
 use std::fmt;
 use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
 
-use steve_core::client::{Client, ClientError};
+use steve_core::client::{Client, ClientError, Jobserver, Style};
 use steve_core::makeflags::{Jobs, JobserverAuth, MakeFlags};
+use steve_core::relay::Relay;
 use steve_core::server::signals::{supervise, SignalEvent, Signals};
 use steve_core::server::ErrorKind;
 use tracing::debug;
@@ -21,6 +32,14 @@ use crate::CommandLine;
 /// Options of `steve exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
+    /// Give CMD's tree a private jobserver of inherited descriptors (--jobserver-auth=R,W: make
+    /// 4.3, GCC 12's LTO) whose tokens are borrowed from the machine's as the tree needs them.
+    #[arg(long, conflicts_with = "fifo")]
+    pipe: bool,
+    /// The same through a private named pipe (fifo:PATH): ninja, and every client that takes
+    /// only a real FIFO.
+    #[arg(long)]
+    fifo: bool,
     #[command(flatten)]
     command: CommandLine,
 }
@@ -116,8 +135,14 @@ pub fn run(args: ExecArgs) -> Result<ExitStatus, ExecError> {
     let (program, rest) = args.command.command.split_first().expect("clap requires a command");
     let mut command = Command::new(program);
     command.args(rest);
+    let mut advertised = Jobs::Unlimited;
     let client = match Client::from_env() {
-        Ok(client) => Some(client),
+        Ok(client) => {
+            if let Ok(Some(found)) = steve_core::makeflags::from_env() {
+                advertised = found.flags.jobs.unwrap_or(Jobs::Unlimited);
+            }
+            Some(client)
+        }
         Err(ClientError::NoJobserver) => {
             let path = system_jobserver().ok_or(ExecError::NoJobserver)?;
             let auth = JobserverAuth::Fifo(path);
@@ -130,17 +155,111 @@ pub fn run(args: ExecArgs) -> Result<ExitStatus, ExecError> {
         Err(ClientError::DryRun { .. }) => None,
         Err(error) => return Err(ExecError::Client(error)),
     };
+    let style = match (args.pipe, args.fifo) {
+        (true, _) => Some(Style::Pipe),
+        (_, true) => Some(Style::Fifo),
+        _ => None,
+    };
     let mut signals = Signals::block().map_err(|errno| ExecError::Supervise(errno.into()))?;
     let token = match &client {
         Some(client) => Some(wait_for_token(client, &mut signals)?),
         None => None,
+    };
+    // The private jobserver, made before the command so that it inherits it.
+    let relayed = match (&client, style) {
+        (Some(_), Some(style)) => {
+            let (jobserver, relay) =
+                Jobserver::relayed(advertised, style).map_err(ExecError::Client)?;
+            jobserver.configure(&mut command);
+            Some((jobserver, relay))
+        }
+        _ => None,
     };
     debug!(token = ?token.as_ref().map(|t| t.byte() as char), "running {:?}", args.command.command);
     let mut child = command.spawn().map_err(|source| ExecError::Spawn {
         command: program.to_string_lossy().into_owned(),
         source,
     })?;
-    let status = supervise(&mut child, &mut signals, &mut || {}).map_err(ExecError::Supervise)?;
+    let status = match (relayed, &client) {
+        (Some((_jobserver, mut relay)), Some(client)) => {
+            relay_until_exit(&mut child, &mut signals, client, &mut relay)
+        }
+        _ => supervise(&mut child, &mut signals, &mut || {}),
+    }
+    .map_err(ExecError::Supervise)?;
     drop(token);
     Ok(status)
+}
+
+/// How long a spare lies untaken in the private pipe before it goes back for others' turn.
+const SPARE_YIELD: Duration = Duration::from_millis(500);
+
+/// Waits for `child` as [`supervise`] does, meanwhile keeping one spare token borrowed from
+/// `client` in `relay`'s pipe and giving back what the tree returns beyond it; gives back every
+/// borrowed token when the child ends.
+fn relay_until_exit(
+    child: &mut std::process::Child,
+    signals: &mut Signals,
+    client: &Client,
+    relay: &mut Relay,
+) -> std::io::Result<ExitStatus> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut borrowed: Vec<steve_core::Token> = Vec::new();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            debug!(borrowed = borrowed.len(), "the command ended: every borrowed token goes back");
+            return Ok(status);
+        }
+        let now = Instant::now();
+        relay.settle(now);
+        if relay.spare_since().is_some_and(|since| now >= since + SPARE_YIELD) {
+            relay.take_spare();
+        }
+        // The borrowed tokens are the relay's: what it gave back goes back to the machine.
+        borrowed.truncate(relay.tokens());
+        while relay.wants_token() {
+            let Some(token) = client.try_acquire().map_err(client_io)? else { break };
+            relay.give(now)?;
+            borrowed.push(token);
+        }
+        let waiting_upstream = relay.wants_token();
+        let timeout = match relay.spare_since() {
+            Some(since) => {
+                let left = (since + SPARE_YIELD).saturating_duration_since(now);
+                PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        let mut fds = vec![
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(relay.watch(), PollFlags::POLLIN),
+        ];
+        if waiting_upstream {
+            fds.push(PollFd::new(client.readiness(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+        while let Some(received) = signals.read_pending()? {
+            if let SignalEvent::Stop(signal) = received.event {
+                if received.sent_by_process {
+                    tracing::info!("{signal} received: passing it on to the command");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(child.id() as i32),
+                        signal,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn client_io(error: ClientError) -> std::io::Error {
+    match error {
+        ClientError::Io(error) => error,
+        other => std::io::Error::other(other.to_string()),
+    }
 }

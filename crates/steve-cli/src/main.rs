@@ -10,12 +10,15 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use steve_core::accounting::limits::{Limits, Settings};
-use steve_core::server::backend::{self, Availability, Backend, RunConfig, ServeConfig, Start};
+use steve_core::server::backend::{
+    self, Availability, Backend, FifoChoice, RunConfig, ServeConfig, Start,
+};
 use steve_core::server::{Announcement, ErrorKind};
 use steve_core::{JobCount, Style};
 use tracing::info;
 
 mod control;
+mod doctor;
 mod exec;
 mod output;
 mod top;
@@ -56,6 +59,9 @@ enum Commands {
     Top(top::TopArgs),
     /// List the backends, whether each works on this machine, and the options each takes.
     Backends,
+    /// Find what would make a build started from here escape the machine's pool, and the fix
+    /// for each (exit status 1 when something escapes).
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,6 +110,14 @@ struct ServeArgs {
     /// Hold tokens back while less than this many MiB of memory are available.
     #[arg(long, value_name = "MIB")]
     min_memory_avail: Option<u64>,
+    /// cuse, fuse: also serve a companion FIFO at PATH, fed from the same pool, for clients
+    /// that take only a real FIFO (ninja) [default for root's server: /run/steve/NAME.fifo for
+    /// a device, DIR.fifo for a mount on DIR].
+    #[arg(long, value_name = "PATH", conflicts_with = "no_fifo")]
+    fifo: Option<PathBuf>,
+    /// cuse, fuse: no companion FIFO.
+    #[arg(long)]
+    no_fifo: bool,
     /// cuse, fuse: the most tokens one process may hold.
     #[arg(long, value_name = "K")]
     per_process_limit: Option<usize>,
@@ -180,6 +194,15 @@ fn main() -> ExitCode {
         Commands::Set(args) => report(control::set(args), |_| EXIT_FAILED),
         Commands::Top(args) => report(top::run(args), |_| EXIT_FAILED),
         Commands::Backends => report(list_backends(), |_| EXIT_FAILED),
+        Commands::Doctor(args) => match doctor::run(args) {
+            Ok(false) => ExitCode::SUCCESS,
+            Ok(true) => ExitCode::from(EXIT_FAILED),
+            Err(error) if output::is_closed_stdout(&error) => ExitCode::SUCCESS,
+            Err(error) => {
+                output::error(&*error);
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
     }
 }
 
@@ -271,6 +294,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dev_name: args.dev_name,
         user: args.user,
         poll_reservation: args.poll_reservation_ms.map(std::time::Duration::from_millis),
+        fifo: match (args.fifo, args.no_fifo) {
+            (Some(path), _) => Some(FifoChoice::At(path)),
+            (None, true) => Some(FifoChoice::Off),
+            (None, false) => None,
+        },
     };
     let chosen = choose_backend(&args.backend, &config)?;
     let mut announce = |announcement: &Announcement| {
@@ -278,11 +306,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         info!("control socket: {}", announcement.control.display());
         // The first lines on stdout say the server is ready, in a form a shell can use.
         let control = announcement.control.display().to_string();
-        let _ = output::line(&format!(
+        let mut lines = format!(
             "MAKEFLAGS='{}'\nSTEVE_CONTROL='{}'",
             shell_quote_body(&announcement.makeflags),
             shell_quote_body(&control)
-        ));
+        );
+        if let Some(fifo) = &announcement.fifo_makeflags {
+            info!("clients that take only a FIFO (ninja) use MAKEFLAGS='{fifo}'");
+            lines.push_str(&format!("\nSTEVE_FIFO_MAKEFLAGS='{}'", shell_quote_body(fifo)));
+        }
+        let _ = output::line(&lines);
     };
     steve_core::server::serve(chosen, &config, &mut announce)?;
     Ok(())

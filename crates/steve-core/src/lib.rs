@@ -38,6 +38,7 @@ pub mod client;
 pub mod makeflags;
 pub mod mountinfo;
 pub mod paths;
+pub mod relay;
 pub mod server;
 pub mod status;
 mod sys;

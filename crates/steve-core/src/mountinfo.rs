@@ -32,6 +32,19 @@ pub fn mount_of_device(mountinfo: &str, dev: u64) -> Option<MountEntry> {
     })
 }
 
+/// Each mount's device (as `stat` gives it, `makedev(major, minor)`), by mount id (field 1).
+pub fn devices_by_mount_id(mountinfo: &str) -> std::collections::HashMap<u64, u64> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let id = fields.next()?.parse().ok()?;
+            let (major, minor) = fields.nth(1)?.split_once(':')?;
+            Some((id, nix::sys::stat::makedev(major.parse().ok()?, minor.parse().ok()?)))
+        })
+        .collect()
+}
+
 /// One line: field 3 is the device (`major:minor`), field 5 the mount point (octal escapes for
 /// blanks); after ` - ` come the type and the source.
 fn parse_line(line: &str) -> Option<(&str, String, MountEntry)> {
@@ -96,6 +109,15 @@ mod tests {
         assert_eq!(sshfs, MountEntry { fstype: "fuse.sshfs".into(), source: "me@host:".into() });
         assert_eq!(fstype("/run/steve"), None);
         assert_eq!(mount_at("garbage\n\n", Path::new("/")), None);
+    }
+
+    #[test]
+    fn each_mount_id_gives_its_device() {
+        let devices = devices_by_mount_id(MOUNTINFO);
+        assert_eq!(devices.len(), 6);
+        assert_eq!(devices[&40], nix::sys::stat::makedev(0, 35));
+        assert_eq!(devices[&64], nix::sys::stat::makedev(0, 55));
+        assert!(devices_by_mount_id("garbage\n1 2 x:y / / - a b").is_empty());
     }
 
     #[test]

@@ -42,8 +42,30 @@ pub struct StatusReport {
     pub holders: Vec<HolderReport>,
     /// The waiting requests, oldest first; `None` where the transport cannot see them.
     pub waiters: Option<Vec<WaiterReport>>,
+    /// The companion FIFO fed from the same pool, if the server has one. Its tokens are in
+    /// `pool.held`; it is not among `holders`.
+    #[serde(default)]
+    pub companion: Option<CompanionReport>,
     /// Running totals.
     pub counters: CounterReport,
+}
+
+/// A device's companion FIFO: a named pipe for the clients that take only a FIFO, drawing its
+/// tokens from the device's pool one at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompanionReport {
+    /// The named pipe's path.
+    pub path: PathBuf,
+    /// Tokens it holds: in the pipe, or with its readers.
+    pub tokens: usize,
+    /// Tokens in the pipe now (its spare).
+    pub in_pipe: usize,
+    /// Whether it waits in the queue for its next token.
+    pub waiting: bool,
+    /// Tokens recovered from its readers that died holding them.
+    pub recovered: u64,
+    /// The processes that have it open (a pipe cannot say who holds which token).
+    pub openers: Vec<HolderReport>,
 }
 
 /// What every server reports the same way: which it is, and the limits and system it works
@@ -77,6 +99,8 @@ pub struct BackendReport {
     pub holders: Vec<HolderReport>,
     /// The waiting requests, oldest first; `None` where the transport cannot see them.
     pub waiters: Option<Vec<WaiterReport>>,
+    /// The companion FIFO, if the server feeds one.
+    pub companion: Option<CompanionReport>,
     /// Running totals.
     pub counters: CounterReport,
 }
@@ -163,6 +187,7 @@ impl StatusReport {
             holders_exact: part.holders_exact,
             holders: part.holders,
             waiters: part.waiters,
+            companion: part.companion,
             counters: part.counters,
         }
     }
@@ -234,6 +259,20 @@ impl fmt::Display for StatusReport {
             let since = holder.held_seconds.map_or_else(String::new, |s| format!("for {s:.1} s "));
             writeln!(f, "  pid {:>7}  {tokens}{since}{}", holder.pid, holder.command)?;
         }
+        if let Some(companion) = &self.companion {
+            writeln!(
+                f,
+                "companion FIFO {}: {} token(s), {} in the pipe{}; open by {}",
+                companion.path.display(),
+                companion.tokens,
+                companion.in_pipe,
+                if companion.waiting { ", waiting for one" } else { "" },
+                companion.openers.len()
+            )?;
+            for opener in &companion.openers {
+                writeln!(f, "  pid {:>7}  {}", opener.pid, opener.command)?;
+            }
+        }
         match &self.waiters {
             Some(waiters) => {
                 writeln!(f, "waiters: {}", waiters.len())?;
@@ -295,6 +334,19 @@ pub(crate) mod tests {
                 kind: "blocking".into(),
                 waiting_seconds: 0.5,
             }]),
+            companion: Some(CompanionReport {
+                path: "/run/steve/steve.fifo".into(),
+                tokens: 2,
+                in_pipe: 1,
+                waiting: false,
+                recovered: 0,
+                openers: vec![HolderReport {
+                    pid: 300,
+                    command: "ninja -C build".into(),
+                    tokens: None,
+                    held_seconds: None,
+                }],
+            }),
             counters: CounterReport { reclaimed: 1, grants: Some(10), ..CounterReport::default() },
         }
     }

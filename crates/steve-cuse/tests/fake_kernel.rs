@@ -166,6 +166,7 @@ fn endpoint(path: &str) -> Endpoint {
         gid: None,
         how: "a fake kernel".into(),
         directories: Vec::new(),
+        companion: None,
     }
 }
 

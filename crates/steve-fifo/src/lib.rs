@@ -8,7 +8,10 @@
 //!   an anonymous pipe (make 4.3 and later) or a private named pipe (`--style fifo`), on
 //!   steve-core's client library.
 //!
-//! Both register themselves in steve-core's backend registry; the `steve` binary finds them
+//! - [`companion`]: a named pipe beside a device or fuse server, fed from that server's ledger,
+//!   for the clients that take nothing but a FIFO.
+//!
+//! Both backends register themselves in steve-core's backend registry; the `steve` binary finds them
 //! there. A pipe cannot tell which process took a token, so per-process accounting is for the
 //! device backends; the named pipe makes up for it by checking the pool whenever it is let go.
 //!
@@ -21,10 +24,12 @@
 //! assert!(matches!(find("pipe").unwrap().start, Start::CommandTree(_)));
 //! ```
 
+pub mod companion;
 pub mod error;
 mod lock;
 pub mod named;
 mod openers;
+mod pipe_file;
 pub mod private;
 mod taker;
 

@@ -15,14 +15,12 @@
 //! descriptor and its token taker.
 #![forbid(unsafe_code)]
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use nix::unistd::Gid;
 use steve_core::accounting::pool::Pool;
 use steve_core::makeflags::JobserverAuth;
 use steve_core::paths::control_beside;
@@ -34,10 +32,10 @@ use steve_core::JobCount;
 use tracing::{debug, info, warn};
 
 use crate::error::FifoError;
-use crate::lock::PathLock;
 use crate::openers::{find_holder, find_holders, FileId};
+use crate::pipe_file::PipeFile;
 use crate::taker::Taker;
-use crate::{make_fifo, TOKEN};
+use crate::TOKEN;
 use steve_core::os::bytes_in_pipe;
 
 /// Where root's daemon serves when no `--path` is given.
@@ -117,20 +115,8 @@ struct NamedPipeServer {
     /// The process last seen holding the pipe, checked first next time.
     last_holder: Option<u32>,
     endpoint: Endpoint,
-    // Fields drop in order, after `drop` below removed the pipe: first the lock (and its file),
-    // then the directory, which is only empty once both are gone.
-    _lock: PathLock,
-    _made_dir: Option<MadeDir>,
-}
-
-/// A directory the daemon made, removed when dropped if nothing else is in it.
-struct MadeDir(PathBuf);
-
-impl Drop for MadeDir {
-    fn drop(&mut self) {
-        // Fails, harmlessly, while anything else is in it.
-        let _ = fs::remove_dir(&self.0);
-    }
+    /// The pipe by its name, with its lock: removed when the server goes.
+    _made: PipeFile,
 }
 
 impl NamedPipeServer {
@@ -142,15 +128,9 @@ impl NamedPipeServer {
         let is_root = nix::unistd::geteuid().is_root();
         let (mode, gid) = config.access().map_err(FifoError::Config)?;
 
+        let made = PipeFile::create(&path, mode, gid)?;
+        let pipe = made.file().try_clone().map_err(FifoError::io("open", &path))?;
         let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        // Declared before the lock, so that on an early return the lock goes first.
-        let made_dir = make_dir(&dir)?.map(MadeDir);
-        let lock = PathLock::acquire(&path)?;
-        remove_stale_pipe(&path, &lock)?;
-
-        let pipe = make_fifo(&path)?;
-        // From here on the pipe is ours: dropping the server removes it, also on error.
-        let metadata = pipe.metadata().map_err(FifoError::io("inspect", &path))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| FifoError::io("watch", &path)(e.into()))?;
         let taker =
@@ -164,11 +144,12 @@ impl NamedPipeServer {
             gid,
             how: "a named pipe; tokens of killed clients are put back once it is let go".into(),
             directories: dir.canonicalize().into_iter().collect(),
+            companion: None,
         };
         let mut server = NamedPipeServer {
             path,
             pipe,
-            pipe_id: FileId::of(&metadata),
+            pipe_id: made.id(),
             inotify,
             pool,
             taker,
@@ -177,10 +158,8 @@ impl NamedPipeServer {
             surplus_taken: 0,
             last_holder: None,
             endpoint,
-            _lock: lock,
-            _made_dir: made_dir,
+            _made: made,
         };
-        server.set_access(mode, gid)?;
         server
             .inotify
             .add_watch(
@@ -200,16 +179,6 @@ impl NamedPipeServer {
         // Every token into the pipe; the event loop applies the limits before announcing it.
         server.rebalance();
         Ok(server)
-    }
-
-    fn set_access(&self, mode: u32, gid: Option<Gid>) -> Result<(), FifoError> {
-        if let Some(gid) = gid {
-            std::os::unix::fs::fchown(&self.pipe, None, Some(gid.as_raw()))
-                .map_err(FifoError::io("set the group of", &self.path))?;
-        }
-        self.pipe
-            .set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(FifoError::io("set the mode of", &self.path))
     }
 
     /// Brings the pipe towards what the pool wants: puts free tokens into it, and takes out
@@ -453,20 +422,8 @@ impl Server for NamedPipeServer {
             holders_exact: false,
             holders,
             waiters: None,
+            companion: None,
             counters: CounterReport { reclaimed: self.recovered, ..CounterReport::default() },
-        }
-    }
-}
-
-impl Drop for NamedPipeServer {
-    fn drop(&mut self) {
-        // Remove the pipe only if it is still the one this daemon made.
-        let still_ours = fs::symlink_metadata(&self.path)
-            .is_ok_and(|metadata| FileId::of(&metadata) == self.pipe_id);
-        if still_ours {
-            if let Err(error) = fs::remove_file(&self.path) {
-                warn!("could not remove {}: {error}", self.path.display());
-            }
         }
     }
 }
@@ -485,56 +442,4 @@ fn absolute(path: &Path) -> Result<PathBuf, FifoError> {
     }
     let cwd = std::env::current_dir().map_err(FifoError::io("resolve", path))?;
     Ok(cwd.join(path))
-}
-
-/// Makes the pipe's directory if it is missing; returns it if it was made.
-fn make_dir(dir: &Path) -> Result<Option<PathBuf>, FifoError> {
-    if dir.is_dir() {
-        return Ok(None);
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-        .map_err(FifoError::io("create the directory", dir))?;
-    Ok(Some(dir.to_path_buf()))
-}
-
-/// A named pipe left at `path` by a steve that died is replaced; anything else is refused.
-fn remove_stale_pipe(path: &Path, lock: &PathLock) -> Result<(), FifoError> {
-    let metadata = match fs::symlink_metadata(path) {
-        Ok(metadata) => metadata,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(FifoError::io("inspect", path)(error)),
-    };
-    let file_type = metadata.file_type();
-    if !file_type.is_fifo() {
-        let found = if file_type.is_dir() {
-            "directory"
-        } else if file_type.is_symlink() {
-            "symbolic link"
-        } else if file_type.is_socket() {
-            "socket"
-        } else if file_type.is_char_device() || file_type.is_block_device() {
-            "device"
-        } else {
-            "regular file"
-        };
-        return Err(FifoError::NotAPipe { path: path.to_path_buf(), found });
-    }
-    // Only a pipe this user made can be a dead steve's of this user.
-    use std::os::unix::fs::MetadataExt;
-    if metadata.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(FifoError::ForeignPipe { path: path.to_path_buf() });
-    }
-    match lock.previous_owner() {
-        Some(pid) => {
-            warn!(
-                "replacing the stale pipe {} left by steve pid {pid}, which is no longer running",
-                path.display()
-            );
-            fs::remove_file(path).map_err(FifoError::io("remove the stale pipe", path))
-        }
-        None => Err(FifoError::ForeignPipe { path: path.to_path_buf() }),
-    }
 }

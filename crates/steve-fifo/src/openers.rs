@@ -1,7 +1,9 @@
 //! Which other processes have a file open, found by scanning `/proc/*/fd`.
 //!
 //! The named-pipe server uses this to know when nobody but itself holds the pipe: only then does
-//! the number of bytes in the pipe say how many tokens are really free.
+//! the number of bytes in the pipe say how many tokens are really free. Descriptors are compared
+//! by what `/proc/PID/fdinfo` says (mount and inode), never by a stat that would ask the
+//! filesystem behind each one.
 #![forbid(unsafe_code)]
 
 use std::fs;
@@ -23,12 +25,14 @@ impl FileId {
 }
 
 /// What a scan found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Scan {
     /// A process other than ours that has the file open, if any was found.
     pub holder: Option<u32>,
     /// Processes whose descriptors could not be read (another user's, without privilege).
     pub unreadable: usize,
+    /// Each mount's device, by mount id, read once per scan when first needed.
+    devices: Option<std::collections::HashMap<u64, u64>>,
 }
 
 /// Looks for a process other than `own_pid` that has `file` open. `hint`, a process found
@@ -82,14 +86,53 @@ fn process_holds(pid: u32, file: FileId, scan: &mut Scan) -> bool {
     };
     fds.flatten().any(|fd| {
         let path = fd.path();
-        // Sockets, anonymous pipes and the like are never the named pipe: skip the stat.
+        // Sockets, anonymous pipes and the like are never the named pipe.
         let target = fs::read_link(&path).unwrap_or_default();
         let text = target.as_os_str().as_encoded_bytes();
         if !text.starts_with(b"/") {
             return false;
         }
-        fs::metadata(&path).is_ok_and(|metadata| FileId::of(&metadata) == file)
+        let fdinfo = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        match fs::read_to_string(fdinfo).ok().and_then(|info| open_file_of(&info)) {
+            Some(open) => open.is(file, &mut scan.devices),
+            // A kernel before 5.14 has no inode in fdinfo: ask the file itself.
+            None => fs::metadata(&path).is_ok_and(|metadata| FileId::of(&metadata) == file),
+        }
     })
+}
+
+/// An open file as `/proc/PID/fdinfo/N` names it: its mount's id and its inode. Read from the
+/// kernel's books, never from the file's filesystem: a stat of every descriptor would ask each
+/// filesystem, and one that never answers (a FUSE server that is stuck, or this very daemon's
+/// own mount) would hang the scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OpenFile {
+    mount_id: u64,
+    ino: u64,
+}
+
+fn open_file_of(fdinfo: &str) -> Option<OpenFile> {
+    let field = |name: &str| {
+        fdinfo.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
+    };
+    Some(OpenFile { mount_id: field("mnt_id:")?, ino: field("ino:")? })
+}
+
+impl OpenFile {
+    /// Whether this is `file`: the same inode on a mount of the same device. A mount this
+    /// process cannot see (another mount namespace's) counts as the same, so that a holder is
+    /// never missed (a missed holder would have its tokens put back while it holds them).
+    fn is(self, file: FileId, devices: &mut Option<std::collections::HashMap<u64, u64>>) -> bool {
+        if self.ino != file.ino {
+            return false;
+        }
+        let devices = devices.get_or_insert_with(|| {
+            steve_core::mountinfo::devices_by_mount_id(
+                &fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            )
+        });
+        devices.get(&self.mount_id).is_none_or(|dev| *dev == file.dev)
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,7 @@ fn status(jobserver: &Jobserver, started: Instant) -> StatusReport {
         holders_exact: false,
         holders: Vec::new(),
         waiters: None,
+        companion: None,
         counters: CounterReport::default(),
     };
     StatusReport::assemble(header, part)

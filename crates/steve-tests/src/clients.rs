@@ -2,7 +2,8 @@
 //!
 //! `scripts/test` installs GNU make 4.4.1 and ninja 1.13.2 from PyPI into
 //! `.cache/clients-venv` and points the tests at them through `STEVE_TEST_MAKE44` and
-//! `STEVE_TEST_NINJA`; Debian's make 4.3 is `/usr/bin/make` (`STEVE_TEST_MAKE43`). A client
+//! `STEVE_TEST_NINJA`; Debian's make 4.3 is `/usr/bin/make` (`STEVE_TEST_MAKE43`) and its GCC 12
+//! `/usr/bin/gcc-12` (`STEVE_TEST_GCC12`). A client
 //! that is missing, or of the wrong version, fails the test that needs it with a message that
 //! says how to install it: it is never skipped.
 
@@ -24,6 +25,11 @@ pub fn make43() -> PathBuf {
 /// ninja 1.13.2 with jobserver support: needs a real FIFO.
 pub fn ninja() -> PathBuf {
     find("STEVE_TEST_NINJA", venv_bin("ninja"), &["--version"], "1.13.2")
+}
+
+/// GCC 12 (Debian 12's): its lto-wrapper takes a jobserver only as inherited descriptors.
+pub fn gcc12() -> PathBuf {
+    find("STEVE_TEST_GCC12", PathBuf::from("/usr/bin/gcc-12"), &["--version"], "gcc-12 ")
 }
 
 /// The cargo running the tests (cargo sets `CARGO`), or `cargo` on the PATH.

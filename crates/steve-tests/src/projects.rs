@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The shell words that log one event of job `$name` to `log`.
 fn log_event(event: &str, name: &str, log: &Path) -> String {
@@ -127,4 +128,92 @@ exit $status
     .unwrap();
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
     CargoWorkspace { root, wrapper, crates: libs + 1 }
+}
+
+/// A GCC link with link-time optimization over `units` translation units, each its own LTRANS
+/// partition (`-flto-partition=1to1`, so `units + 1` with `main.c`), run through the jobserver
+/// (`-flto=jobserver`: GCC's lto-wrapper runs its partitions as a make's jobs).
+#[derive(Debug)]
+pub struct LtoProject {
+    /// The folder: its `Makefile` links `prog` from the objects, compiled already.
+    pub dir: PathBuf,
+    /// LTRANS jobs the link runs, each logged.
+    pub partitions: usize,
+}
+
+/// Writes and compiles (with `-flto`, not yet optimized) an [`LtoProject`] in `dir` for
+/// `compiler` (GCC 12). Through a wrapper that GCC's driver passes to lto-wrapper as the compiler
+/// (`COLLECT_GCC`, set from its `argv[0]`), every LTRANS job logs its start and end to `log`,
+/// holding its token a moment first so that concurrency shows. The objects are compiled here,
+/// at once, so that only the link runs under the jobserver.
+pub fn lto_project(dir: &Path, compiler: &Path, units: usize, log: &Path) -> LtoProject {
+    fs::create_dir_all(dir).unwrap();
+    let mut main = String::from("#include <stdio.h>\n");
+    let mut calls = String::new();
+    let mut objects = Vec::new();
+    for unit in 0..units {
+        fs::write(
+            dir.join(format!("u{unit}.c")),
+            format!(
+                "__attribute__((noinline)) int f{unit}(int x) {{ int s = 0; \
+                 for (int i = 0; i < x; i++) s += i * {unit}; return s; }}\n"
+            ),
+        )
+        .unwrap();
+        writeln!(main, "int f{unit}(int);").unwrap();
+        write!(calls, " s += f{unit}(10);").unwrap();
+        objects.push(format!("u{unit}.o"));
+    }
+    writeln!(main, "int main(void) {{ int s = 0;{calls} printf(\"%d\\n\", s); return 0; }}")
+        .unwrap();
+    fs::write(dir.join("main.c"), main).unwrap();
+    objects.push("main.o".to_string());
+
+    // The driver finds cc1, collect2 and lto-wrapper from its argv[0]: with the wrapper's name
+    // there, -B says where they are.
+    let libexec = Command::new(compiler).arg("-print-prog-name=cc1").output().unwrap();
+    let libexec = String::from_utf8_lossy(&libexec.stdout).trim().to_string();
+    let libexec = Path::new(&libexec).parent().expect("cc1 in a folder").to_path_buf();
+    let wrapper = dir.join("cc-wrap");
+    let start = log_event("start", "ltrans-$$", log);
+    let end = log_event("end", "ltrans-$$", log);
+    fs::write(
+        &wrapper,
+        format!(
+            r#"#!/bin/bash
+case " $* " in *" -fltrans "*)
+  {start}
+  sleep 0.3
+  {compiler} "$@"; status=$?
+  {end}
+  exit $status;;
+esac
+exec -a "$0" {compiler} -B{libexec}/ "$@"
+"#,
+            compiler = compiler.display(),
+            libexec = libexec.display(),
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    for object in &objects {
+        let source = object.replace(".o", ".c");
+        let status = Command::new(&wrapper)
+            .args(["-O2", "-flto", "-c", &source, "-o", object])
+            .current_dir(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "compiling {source} failed");
+    }
+    // `+`: the link is a recursive job, to which make hands its jobserver.
+    fs::write(
+        dir.join("Makefile"),
+        format!(
+            "prog: {objects}\n\t+{wrapper} -O2 -flto=jobserver -flto-partition=1to1 -o $@ $^\n",
+            objects = objects.join(" "),
+            wrapper = wrapper.display(),
+        ),
+    )
+    .unwrap();
+    LtoProject { dir: dir.to_path_buf(), partitions: units + 1 }
 }

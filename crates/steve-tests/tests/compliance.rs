@@ -50,6 +50,9 @@ fn run_backend(backend: &'static str, scenarios: &[String]) -> Run {
                 ("STEVE_BIN", steve::binary().as_os_str().to_owned()),
                 ("STEVE_TEST_MAKE44", clients::make44().into_os_string()),
                 ("STEVE_TEST_CARGO", clients::cargo().into_os_string()),
+                ("STEVE_TEST_MAKE43", clients::make43().into_os_string()),
+                ("STEVE_TEST_NINJA", clients::ninja().into_os_string()),
+                ("STEVE_TEST_GCC12", clients::gcc12().into_os_string()),
             ];
             let run = vm::run(&command, &env, Duration::from_secs(20 * 60));
             Run { output: run.output.clone(), describe: format!("in the VM\n{}", run.describe()) }
@@ -69,6 +72,8 @@ fn run_backend(backend: &'static str, scenarios: &[String]) -> Run {
                 .env("STEVE_TEST_MAKE44", clients::make44())
                 .env("STEVE_TEST_CARGO", clients::cargo())
                 .env("STEVE_TEST_NINJA", clients::ninja())
+                .env("STEVE_TEST_MAKE43", clients::make43())
+                .env("STEVE_TEST_GCC12", clients::gcc12())
                 .output()
                 .expect("run the compliance program");
             let text = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -364,6 +364,22 @@ impl Device {
         Some(Departed { tokens, reservation, lent: process.lent })
     }
 
+    /// Takes back `count` of the tokens `pid` holds whose holders are lost (a companion FIFO's
+    /// readers that died), counted as reclaimed; returns how many it held.
+    pub fn reclaim_lost(&mut self, pid: Pid, count: usize, now: Instant) -> usize {
+        let reserved =
+            self.processes.get(&pid).map_or(0, |p| usize::from(p.reserved_until.is_some()));
+        let taken = count.min(self.ledger.held_by(&pid) - reserved);
+        let mut grants = Vec::new();
+        for _ in 0..taken {
+            grants.extend(self.ledger.release(&pid).expect("the process holds a token"));
+        }
+        self.counters.reclaimed += taken as u64;
+        self.settle(grants, now);
+        self.note_returns(pid);
+        taken
+    }
+
     /// Ends the reservations due by `now`; their tokens move on to the next in the queue.
     pub fn expire(&mut self, now: Instant) {
         let due: Vec<Pid> = self
@@ -413,6 +429,16 @@ impl Device {
     /// The events queued since the last call, oldest first.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    /// Whether a process other than `pid` waits in the queue.
+    pub fn has_waiters_besides(&self, pid: Pid) -> bool {
+        self.waiting.values().any(|(waiter, _, _)| *waiter != pid)
+    }
+
+    /// How long a poller's reserved token waits for it.
+    pub fn reservation(&self) -> Duration {
+        self.reservation
     }
 
     /// Whether the device knows `pid` (it made a request and has not exited).
@@ -535,6 +561,21 @@ mod tests {
         assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(2), pid: 2 }]);
         device.write(2, 1, now).unwrap();
         assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(3), pid: 3 }]);
+    }
+
+    #[test]
+    fn lost_tokens_are_reclaimed_up_to_what_is_held_and_answer_waiters() {
+        let (mut device, now) = device(3);
+        for request in 1..=3 {
+            assert_eq!(device.read(9, RequestId(request), true, now), ReadOutcome::Token);
+        }
+        assert!(!device.has_waiters_besides(9));
+        assert_eq!(device.read(2, RequestId(4), false, now), ReadOutcome::Pending);
+        assert!(device.has_waiters_besides(9) && !device.has_waiters_besides(2));
+        assert_eq!(device.reclaim_lost(9, 5, now), 3, "only what it held");
+        assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(4), pid: 2 }]);
+        assert_eq!((device.held_by(9), device.counters().reclaimed), (0, 3));
+        assert!(device.is_consistent());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use nix::fcntl::OFlag;
 use super::{Client, ClientError};
 use crate::accounting::pool::JobCount;
 use crate::makeflags::{Jobs, JobserverAuth, MakeFlags};
+use crate::relay::Relay;
 
 /// How the jobserver reaches its children: the one pipe-or-fifo choice, for the library,
 /// `steve run --style` and its backend alike.
@@ -72,6 +73,8 @@ impl std::fmt::Display for Style {
 #[derive(Debug)]
 pub struct Jobserver {
     jobs: usize,
+    /// The `-j` children are told (`jobs`, unless the tokens come through a relay).
+    advertised: Jobs,
     style: Style,
     /// The end tokens are read from (for a named pipe, one file open both ways).
     read: File,
@@ -93,6 +96,23 @@ pub struct CloseReport {
 impl Jobserver {
     /// A jobserver for `jobs` jobs at once: `jobs - 1` tokens in the pipe.
     pub fn create(jobs: JobCount, style: Style) -> Result<Jobserver, ClientError> {
+        let jobserver = Jobserver::empty(jobs, Jobs::from(jobs), style)?;
+        (&jobserver.write).write_all(&vec![b'+'; jobs.get() - 1]).map_err(ClientError::Io)?;
+        Ok(jobserver)
+    }
+
+    /// A jobserver whose pipe starts empty and is fed through the returned [`Relay`], one token
+    /// at a time, from another jobserver (as `steve exec --pipe` borrows from the machine's);
+    /// children are told `-j` `advertised`.
+    pub fn relayed(advertised: Jobs, style: Style) -> Result<(Jobserver, Relay), ClientError> {
+        let jobserver = Jobserver::empty(JobCount::new(1).expect("1 job"), advertised, style)?;
+        let read = jobserver.read.try_clone().map_err(ClientError::Io)?;
+        let write = jobserver.write.try_clone().map_err(ClientError::Io)?;
+        let relay = Relay::new(read, write).map_err(ClientError::Io)?;
+        Ok((jobserver, relay))
+    }
+
+    fn empty(jobs: JobCount, advertised: Jobs, style: Style) -> Result<Jobserver, ClientError> {
         let jobs = jobs.get();
         let (read, write, dir) = match style {
             Style::Pipe => {
@@ -115,8 +135,7 @@ impl Jobserver {
                 }
             }
         };
-        (&write).write_all(&vec![b'+'; jobs - 1]).map_err(ClientError::Io)?;
-        Ok(Jobserver { jobs, style, read, write, dir })
+        Ok(Jobserver { jobs, advertised, style, read, write, dir })
     }
 
     /// Jobs at once, the implicit token included.
@@ -136,7 +155,7 @@ impl Jobserver {
 
     /// The MAKEFLAGS for children: `base`'s other flags kept, `-jN` and this jobserver set.
     pub fn makeflags(&self, base: &MakeFlags) -> String {
-        base.with_jobserver(Jobs::from(self.jobs()), self.auth()).to_string()
+        base.with_jobserver(self.advertised, self.auth()).to_string()
     }
 
     /// Hands the jobserver to `command`: MAKEFLAGS and CARGO_MAKEFLAGS (keeping the other flags

@@ -135,6 +135,8 @@ pub enum ServeOption {
     PollReservation,
     /// `--per-process-limit` (also `steve set per-process-limit=`): needs per-process accounting.
     PerProcessLimit,
+    /// `--fifo` and `--no-fifo`: a companion FIFO fed from a device's pool.
+    Fifo,
 }
 
 impl ServeOption {
@@ -147,6 +149,7 @@ impl ServeOption {
             ServeOption::User => "--user",
             ServeOption::PollReservation => "--poll-reservation-ms",
             ServeOption::PerProcessLimit => "--per-process-limit",
+            ServeOption::Fifo => "--fifo",
         }
     }
 
@@ -161,6 +164,9 @@ impl ServeOption {
             }
             ServeOption::PollReservation => "it needs a backend that accounts per process",
             ServeOption::PerProcessLimit => "it needs a backend that accounts per process",
+            ServeOption::Fifo => {
+                "it feeds a companion FIFO from a device's pool (a fifo server is one)"
+            }
         }
     }
 }
@@ -194,6 +200,18 @@ pub struct ServeConfig {
     pub user: Option<String>,
     /// [`ServeOption::PollReservation`].
     pub poll_reservation: Option<Duration>,
+    /// [`ServeOption::Fifo`]: a companion FIFO at this path, or none; `None` leaves it to the
+    /// backend's default (on for root's machine-wide server).
+    pub fifo: Option<FifoChoice>,
+}
+
+/// `--fifo PATH` or `--no-fifo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FifoChoice {
+    /// A companion FIFO at this path.
+    At(PathBuf),
+    /// No companion FIFO.
+    Off,
 }
 
 /// The group root's servers give their jobserver when it exists and no `--group` is given.
@@ -213,6 +231,7 @@ impl ServeConfig {
             dev_name: None,
             user: None,
             poll_reservation: None,
+            fifo: None,
         }
     }
 
@@ -225,6 +244,7 @@ impl ServeConfig {
             (self.user.is_some(), ServeOption::User),
             (self.poll_reservation.is_some(), ServeOption::PollReservation),
             (self.limits.per_process_limit.is_some(), ServeOption::PerProcessLimit),
+            (self.fifo.is_some(), ServeOption::Fifo),
         ]
         .into_iter()
         .filter_map(|(given, option)| given.then_some(option))
@@ -262,6 +282,17 @@ impl ServeConfig {
         Ok((mode, gid))
     }
 
+    /// Where the companion FIFO goes: `--fifo PATH` (made absolute), none with `--no-fifo`,
+    /// else `default` for root's machine-wide server (one that stays root: a `--user` server
+    /// gets one only when asked) and none for anyone else's.
+    pub fn companion_path(&self, default: impl FnOnce() -> PathBuf) -> Option<PathBuf> {
+        match &self.fifo {
+            Some(FifoChoice::At(path)) => Some(std::path::absolute(path).unwrap_or(path.clone())),
+            Some(FifoChoice::Off) => None,
+            None => (nix::unistd::geteuid().is_root() && self.user.is_none()).then(default),
+        }
+    }
+
     /// How long a poller's reserved token waits.
     pub fn poll_reservation(&self) -> Duration {
         self.poll_reservation.unwrap_or(DEFAULT_POLL_RESERVATION)
@@ -294,6 +325,8 @@ pub struct Endpoint {
     pub gid: Option<Gid>,
     /// How it serves, for the log line that says it is ready ("per-process accounting").
     pub how: String,
+    /// A companion FIFO fed from the same pool, for the clients that take only a FIFO.
+    pub companion: Option<PathBuf>,
     /// The directories (absolute, without links) the server made names in, which
     /// [`super::serve`] warns about when others may change them.
     pub directories: Vec<PathBuf>,

@@ -43,6 +43,8 @@ pub struct Announcement {
     pub path: PathBuf,
     /// The control socket (`steve status`, `get`, `set`).
     pub control: PathBuf,
+    /// The MAKEFLAGS value naming the companion FIFO, for the clients that take only a FIFO.
+    pub fifo_makeflags: Option<String>,
 }
 
 /// Serves `backend` with `config` until a stop signal: `steve serve`. `announce` is called once,
@@ -96,6 +98,10 @@ pub fn serve(
         makeflags: jobserver_makeflags(jobs, endpoint.auth.clone()),
         path: endpoint.path.clone(),
         control: control_path.clone(),
+        fifo_makeflags: endpoint
+            .companion
+            .clone()
+            .map(|fifo| jobserver_makeflags(jobs, crate::makeflags::JobserverAuth::Fifo(fifo))),
     });
     info!(
         jobs = jobs.get(),

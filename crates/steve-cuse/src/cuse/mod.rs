@@ -15,6 +15,7 @@ use steve_core::server::{Endpoint, Server};
 
 use crate::error::Error;
 use crate::session::Session;
+use steve_fifo::companion::Companion;
 
 /// The kernel's CUSE control device.
 pub const CUSE_PATH: &str = "/dev/cuse";
@@ -27,6 +28,7 @@ pub const OPTIONS: &[ServeOption] = &[
     ServeOption::User,
     ServeOption::PollReservation,
     ServeOption::PerProcessLimit,
+    ServeOption::Fifo,
 ];
 
 /// Whether this machine can serve a CUSE device, and if not, why.
@@ -116,10 +118,20 @@ fn register(config: &ServeConfig) -> Result<Session, steve_core::server::Error> 
         gid,
         how: format!("per-process accounting; reservations of {reservation:?} for pollers"),
         directories: Vec::new(),
+        companion: None,
     };
     let device = Device::new(config.jobs, reservation);
-    let session = Session::start(channel.into(), dev_name, device, endpoint)?;
+    let mut session = Session::start(channel.into(), dev_name, device, endpoint)?;
     wait_for_node(&dev_path)?;
+    let companion = config.companion_path(|| {
+        let control = own_control(dev_name);
+        control.with_file_name(format!("{dev_name}.fifo"))
+    });
+    if let Some(fifo) = companion {
+        // Recovery scans every process's descriptors: only while the server stays root.
+        let stays_root = nix::unistd::geteuid().is_root() && config.user.is_none();
+        session.serve_companion(Companion::create(&fifo, mode, gid, stays_root)?);
+    }
     if let Some(gid) = gid {
         std::os::unix::fs::chown(&dev_path, None, Some(gid.as_raw())).map_err(|source| {
             Error::Io { action: "set the group of", what: dev_path.display().to_string(), source }

@@ -29,6 +29,7 @@ use steve_core::server::backend::{Availability, Place, Places, ServeConfig, Serv
 use steve_core::server::{Endpoint, Server};
 
 use crate::session::Session;
+use steve_fifo::companion::Companion;
 
 /// The kernel's FUSE device.
 pub const FUSE_PATH: &str = "/dev/fuse";
@@ -75,8 +76,12 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 }
 
 /// The options `fuse` takes besides the common ones.
-pub const OPTIONS: &[ServeOption] =
-    &[ServeOption::Mountpoint, ServeOption::PollReservation, ServeOption::PerProcessLimit];
+pub const OPTIONS: &[ServeOption] = &[
+    ServeOption::Mountpoint,
+    ServeOption::PollReservation,
+    ServeOption::PerProcessLimit,
+    ServeOption::Fifo,
+];
 
 /// Where fuse servers are found: `MOUNTPOINT/jobserver`, with `MOUNTPOINT.control` beside the
 /// mount point, at root's and this user's default mount points.
@@ -130,10 +135,15 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
         gid,
         how: format!("per-process accounting; reservations of {reservation:?} for pollers"),
         directories: mountpoint.parent().into_iter().map(Path::to_path_buf).collect(),
+        companion: None,
     };
     let device = Device::new(config.jobs, reservation);
     let mut session = Session::for_mount(channel, device, endpoint, owner)?;
     session.unmount_on_drop(mounted);
+    if let Some(fifo) = config.companion_path(|| mount::companion_beside(mountpoint)) {
+        let companion = Companion::create(&fifo, mode, gid, geteuid().is_root())?;
+        session.serve_companion(companion);
+    }
     Ok(session)
 }
 

@@ -44,6 +44,13 @@ pub fn default_mountpoints() -> Vec<PathBuf> {
     std::iter::once(PathBuf::from("/run/steve/fuse")).chain(user_mountpoint()).collect()
 }
 
+/// `MOUNTPOINT.fifo`: the companion FIFO beside a mount point, as its control socket is.
+pub fn companion_beside(mountpoint: &Path) -> PathBuf {
+    let mut fifo = mountpoint.as_os_str().to_owned();
+    fifo.push(".fifo");
+    PathBuf::from(fifo)
+}
+
 /// The name steve's mounts give as their source (`fsname`), by which they are told from others.
 pub const FS_NAME: &str = "steve";
 

@@ -6,6 +6,12 @@
 //!
 //! The channel is non-blocking: when the loop says it is readable, every request waiting on it
 //! is handled, and a read that must wait is answered later, from whichever event frees a token.
+//!
+//! A session may also feed a companion FIFO (steve-fifo's [`Companion`]) from the same device:
+//! to the device the FIFO is one more process, [`COMPANION_PID`], that takes one token at a time
+//! as its readers need one (queueing as a poller when none is free, so the queue's fairness
+//! holds for it too) and gives back what they return. A spare that lies untaken while others
+//! wait goes back after the poll reservation's time.
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
@@ -18,8 +24,11 @@ use steve_core::accounting::device::{
     Device, Event, Pid, PollHandle, ReadOutcome, RequestId, WaitKind,
 };
 use steve_core::server::{Context, Endpoint, Flow, PoolChange, Server, SourceId};
-use steve_core::status::{BackendReport, CounterReport, HolderReport, PoolReport, WaiterReport};
+use steve_core::status::{
+    BackendReport, CompanionReport, CounterReport, HolderReport, PoolReport, WaiterReport,
+};
 use steve_core::JobCount;
+use steve_fifo::companion::Companion;
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
@@ -36,6 +45,13 @@ pub const MAX_IO: u32 = 4096;
 const BUFFER_LEN: usize = 64 * 1024;
 /// The channel, to the event loop.
 const CHANNEL: SourceId = SourceId(0);
+/// The companion FIFO's inotify descriptor, to the event loop.
+const COMPANION: SourceId = SourceId(1);
+/// The companion FIFO as the device sees it: a process id no process has (pid_max is at most
+/// 2^22).
+pub const COMPANION_PID: Pid = u32::MAX;
+/// The companion FIFO's poll handle, never a kernel's.
+const COMPANION_HANDLE: PollHandle = PollHandle(u64::MAX);
 
 /// A CUSE or FUSE connection serving the device semantics.
 #[derive(Debug)]
@@ -50,6 +66,10 @@ pub struct Session {
     next_fh: u64,
     buffer: Vec<u8>,
     unknown_opcodes: HashSet<u32>,
+    /// The named pipe fed from the same device, if any.
+    companion: Option<Companion>,
+    /// The device reserved a token for the companion: it takes it after the events are sent.
+    companion_woken: bool,
     /// The mount, unmounted when the session goes (after the connection).
     mounted: Option<Mounted>,
 }
@@ -121,8 +141,72 @@ impl Session {
             next_fh: 1,
             buffer,
             unknown_opcodes: HashSet::new(),
+            companion: None,
+            companion_woken: false,
             mounted: None,
         })
+    }
+
+    /// Feeds `companion` from this session's device from now on.
+    pub fn serve_companion(&mut self, companion: Companion) {
+        self.endpoint.companion = Some(companion.path().to_path_buf());
+        self.companion = Some(companion);
+        self.feed_companion(Instant::now());
+    }
+
+    /// Gives the companion FIFO a token while it has no spare: one free now, or one reserved
+    /// for it as a poller; otherwise it waits in the queue.
+    fn feed_companion(&mut self, now: Instant) {
+        let Some(companion) = self.companion.as_mut() else { return };
+        while companion.wants_token() {
+            let mut outcome = self.device.read(COMPANION_PID, RequestId(u64::MAX), true, now);
+            if outcome != ReadOutcome::Token {
+                // Queued as a poller, unless a token came free meanwhile: then it is reserved.
+                if !self.device.poll(COMPANION_PID, Some(COMPANION_HANDLE), now) {
+                    return;
+                }
+                outcome = self.device.read(COMPANION_PID, RequestId(u64::MAX), true, now);
+            }
+            if outcome != ReadOutcome::Token {
+                return;
+            }
+            if let Err(error) = companion.relay_mut().give(now) {
+                warn!("cannot put a token into {}: {error}", companion.path().display());
+                let _ = self.device.write(COMPANION_PID, 1, now);
+                return;
+            }
+        }
+    }
+
+    /// The companion's readers read or wrote: give back what they returned or lost, and a new
+    /// spare if they took it.
+    fn settle_companion(&mut self, now: Instant) {
+        let Some(companion) = self.companion.as_mut() else { return };
+        let back = companion.settle(now);
+        if back.returned > 0 && self.device.write(COMPANION_PID, back.returned, now).is_err() {
+            warn!("the companion FIFO returned tokens the device has not booked to it");
+        }
+        if back.lost > 0 {
+            self.device.reclaim_lost(COMPANION_PID, back.lost, now);
+        }
+        self.feed_companion(now);
+        self.send_events();
+    }
+
+    /// When the companion's untaken spare goes back because others wait for a token.
+    fn companion_deadline(&self) -> Option<Instant> {
+        let since = self.companion.as_ref()?.relay().spare_since()?;
+        self.device.has_waiters_besides(COMPANION_PID).then(|| since + self.device.reservation())
+    }
+
+    /// Gives the companion's untaken spare back to the device (others wait for it, the pool
+    /// shrank or a limit holds tokens back); the companion queues for its next turn.
+    fn yield_companion_spare(&mut self, now: Instant) {
+        let Some(companion) = self.companion.as_mut() else { return };
+        if companion.relay_mut().take_spare() {
+            debug!("the companion FIFO's untaken spare goes back to the pool");
+            let _ = self.device.write(COMPANION_PID, 1, now);
+        }
     }
 
     /// Unmounts `mounted` when the session goes, after its connection is closed.
@@ -231,7 +315,12 @@ impl Session {
                 // An interrupt is never answered itself.
                 None
             }
-            Request::Flush { .. } | Request::Release { .. } => Some(ll::reply_empty(unique)),
+            // ENOSYS turns FLUSH off for the whole connection (the kernel sets no_flush): a
+            // close then never waits for this loop. It must not: a process closing its
+            // close-on-exec descriptors in execve holds locks that reading its /proc entries
+            // takes, so a companion FIFO's leak scan and that close would wait on each other.
+            Request::Flush { .. } => Some(ll::reply_error(unique, nix::libc::ENOSYS)),
+            Request::Release { .. } => Some(ll::reply_empty(unique)),
             Request::Ioctl { .. } => Some(ll::reply_error(unique, nix::libc::ENOTTY)),
             Request::Destroy => {
                 self.send(&ll::reply_empty(unique));
@@ -309,6 +398,10 @@ impl Session {
     fn send_events(&mut self) {
         for event in self.device.take_events() {
             let message = match event {
+                Event::Wake { pid: COMPANION_PID, .. } => {
+                    self.companion_woken = true;
+                    continue;
+                }
                 Event::Answer { request, pid } => {
                     debug!(pid, request = request.0, "waiting read answered");
                     ll::reply_data(request.0, TOKEN)
@@ -321,6 +414,23 @@ impl Session {
             };
             self.send(&message);
         }
+        if std::mem::take(&mut self.companion_woken) {
+            self.companion_reserved(Instant::now());
+        }
+    }
+
+    /// The device reserved a token for the companion, queued as a poller: into the pipe if it
+    /// still has no spare, else on to the next in the queue.
+    fn companion_reserved(&mut self, now: Instant) {
+        let wants = self.companion.as_ref().is_some_and(Companion::wants_token);
+        if wants {
+            self.feed_companion(now);
+        } else if self.device.read(COMPANION_PID, RequestId(u64::MAX), true, now)
+            == ReadOutcome::Token
+        {
+            let _ = self.device.write(COMPANION_PID, 1, now);
+        }
+        self.send_events();
     }
 
     fn send(&self, message: &[u8]) {
@@ -330,6 +440,29 @@ impl Session {
             Err(Errno::ENOENT) => debug!("reply to a request the kernel dropped"),
             Err(errno) => warn!("could not answer the kernel: {errno}"),
         }
+    }
+
+    /// The companion FIFO's part of a status report.
+    fn companion_report(&self) -> Option<CompanionReport> {
+        let companion = self.companion.as_ref()?;
+        let openers = companion
+            .openers()
+            .into_iter()
+            .map(|pid| HolderReport {
+                pid,
+                command: steve_core::server::processes::command_line(pid),
+                tokens: None,
+                held_seconds: None,
+            })
+            .collect();
+        Some(CompanionReport {
+            path: companion.path().to_path_buf(),
+            tokens: self.device.held_by(COMPANION_PID),
+            in_pipe: companion.relay().in_pipe(),
+            waiting: self.device.waiters().iter().any(|waiter| waiter.pid == COMPANION_PID),
+            recovered: companion.recovered(),
+            openers,
+        })
     }
 
     /// The device semantics, for tests.
@@ -344,14 +477,19 @@ impl Server for Session {
     }
 
     fn sources(&self) -> Vec<(SourceId, BorrowedFd<'_>)> {
-        vec![(CHANNEL, self.channel.as_fd())]
+        let companion = self.companion.as_ref().map(|companion| (COMPANION, companion.watch()));
+        std::iter::once((CHANNEL, self.channel.as_fd())).chain(companion).collect()
     }
 
     fn readable(
         &mut self,
-        _source: SourceId,
+        source: SourceId,
         cx: &mut Context<'_>,
     ) -> Result<Flow, steve_core::server::Error> {
+        if source == COMPANION {
+            self.settle_companion(cx.now());
+            return Ok(Flow::Continue);
+        }
         Ok(self.read_requests(cx)?)
     }
 
@@ -360,11 +498,17 @@ impl Server for Session {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.device.next_deadline()
+        let companion = self.companion_deadline();
+        self.device.next_deadline().into_iter().chain(companion).min()
     }
 
     fn deadline(&mut self, cx: &mut Context<'_>) {
-        self.device.expire(cx.now());
+        let now = cx.now();
+        self.device.expire(now);
+        if self.companion_deadline().is_some_and(|due| due <= now) {
+            self.yield_companion_spare(now);
+        }
+        self.feed_companion(now);
         self.send_events();
     }
 
@@ -379,6 +523,12 @@ impl Server for Session {
             PoolChange::Allowance(allowance) => self.device.set_allowance(allowance, now),
             PoolChange::PerProcessLimit(limit) => self.device.set_per_process_limit(limit, now),
         }
+        // A spare nobody has taken goes back at once to a pool that shrank or holds tokens back.
+        let counts = self.device.counts();
+        if counts.owed() > 0 || counts.withheld > 0 {
+            self.yield_companion_spare(now);
+        }
+        self.feed_companion(now);
         self.send_events();
     }
 
@@ -390,6 +540,7 @@ impl Server for Session {
             .device
             .holders()
             .into_iter()
+            .filter(|holder| holder.pid != COMPANION_PID)
             .map(|holder| HolderReport {
                 pid: holder.pid,
                 command: cx.processes().command(holder.pid),
@@ -401,6 +552,7 @@ impl Server for Session {
             .device
             .waiters()
             .into_iter()
+            .filter(|waiter| waiter.pid != COMPANION_PID)
             .map(|waiter| WaiterReport {
                 pid: waiter.pid,
                 command: cx.processes().command(waiter.pid),
@@ -423,6 +575,7 @@ impl Server for Session {
             holders_exact: true,
             holders,
             waiters: Some(waiters),
+            companion: self.companion_report(),
             counters: CounterReport {
                 grants: Some(counters.grants),
                 returns: Some(counters.returns),

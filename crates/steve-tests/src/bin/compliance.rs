@@ -170,6 +170,9 @@ const SCENARIOS: &[Scenario] = &[
     scenario("fuse_mode_and_group", Needs::Mount, fuse_mode_and_group),
     scenario("ninja_wants_a_fifo", Needs::Mount, ninja_wants_a_fifo),
     scenario("unprivileged_fuse", Needs::UserMount, unprivileged_fuse),
+    scenario("mixed_clients_share_the_pool", Needs::PerProcess, mixed_clients_share_the_pool),
+    scenario("killed_ninja_on_the_companion", Needs::PerProcess, killed_ninja_on_the_companion),
+    scenario("killed_exec_pipe_tree", Needs::Jobserver, killed_exec_pipe_tree),
 ];
 
 fn run_scenarios(names: &[String]) {
@@ -1259,6 +1262,205 @@ fn ninja_wants_a_fifo() -> Result<(), String> {
     let grants = daemon.status()["counters"]["grants"].clone();
     ensure(grants == 0, || format!("ninja took tokens after all: {grants}"))?;
     daemon.assert_pool_whole(2)
+}
+
+/// A process group of its own, killed with SIGKILL (all of it) and reaped when dropped.
+struct Tree(Option<Child>);
+
+impl Tree {
+    fn spawn(command: &mut Command) -> Tree {
+        use std::os::unix::process::CommandExt;
+        Tree(Some(command.process_group(0).spawn().unwrap()))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = kill(Pid::from_raw(-(child.id() as i32)), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the tree's first process to end; returns its status and what it printed.
+    fn output(mut self) -> std::process::Output {
+        self.0.take().expect("running").wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Daemon {
+    /// The companion FIFO the server feeds (root's device and fuse servers make one).
+    fn companion(&self) -> Result<PathBuf, String> {
+        let status = self.status();
+        status["companion"]["path"]
+            .as_str()
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("no companion FIFO in the status: {status}"))
+    }
+
+    /// Waits until the pool has every token free again (after a kill, reclaim takes a moment).
+    fn wait_for_free(&self, jobs: usize) {
+        wait_for("every token to be free again", Duration::from_secs(20), || {
+            (self.status()["pool"]["free"] == jobs).then_some(())
+        });
+    }
+}
+
+/// `steve exec --pipe -- PROGRAM` in `dir`, drawing on `makeflags`' jobserver.
+fn exec_pipe(program: &Path, dir: &Path, makeflags: &str) -> Command {
+    let mut command = Command::new(env_path("STEVE_BIN"));
+    command
+        .args(["exec", "--pipe", "--"])
+        .arg(program)
+        .current_dir(dir)
+        .env("MAKEFLAGS", makeflags)
+        .env_remove("CARGO_MAKEFLAGS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// One pool for every client, all at once on a server of 4 tokens: make 4.4.1 and cargo on the
+/// device, ninja 1.13.2 on the companion FIFO, make 4.3 under `steve exec --pipe`, and GCC 12
+/// linking 9 LTO partitions with `-flto=jobserver` under make 4.4.1 under `steve exec --pipe`.
+/// Every job logs its start and end; together at most 4 ran at once, plus one implicit token
+/// for each of the three clients started without `steve exec`; the pool is whole afterwards.
+fn mixed_clients_share_the_pool() -> Result<(), String> {
+    let jobs = 4;
+    let daemon = Daemon::start(jobs);
+    let fifo = daemon.companion()?;
+    let device_flags = daemon.makeflags(jobs);
+    let fifo_flags = format!(" -j{jobs} --jobserver-auth=fifo:{}", fifo.display());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let project = |name: &str| {
+        let path = dir.path().join(name);
+        fs::create_dir_all(&path).unwrap();
+        path
+    };
+    let (make44, make43) = (env_path("STEVE_TEST_MAKE44"), env_path("STEVE_TEST_MAKE43"));
+    projects::makefile(&project("make44"), "make44", 8, 0.3, &log);
+    projects::makefile(&project("make43"), "make43", 8, 0.3, &log);
+    projects::ninja_file(&project("ninja"), 8, 0.3, &log);
+    let workspace = projects::cargo_workspace(&project("cargo"), 3, &log);
+    let lto = projects::lto_project(&project("lto"), &env_path("STEVE_TEST_GCC12"), 8, &log);
+
+    let mut make44_on_device = Command::new(&make44);
+    make44_on_device.current_dir(dir.path().join("make44")).env("MAKEFLAGS", &device_flags);
+    let mut ninja_on_fifo = Command::new(env_path("STEVE_TEST_NINJA"));
+    ninja_on_fifo.current_dir(dir.path().join("ninja")).env("MAKEFLAGS", &fifo_flags);
+    let mut cargo_on_device = Command::new(env_path("STEVE_TEST_CARGO"));
+    cargo_on_device
+        .args(["build", "--offline", "-j", "8"])
+        .current_dir(&workspace.root)
+        .env("MAKEFLAGS", &device_flags)
+        .env("RUSTC_WRAPPER", &workspace.wrapper)
+        .env("CARGO_TARGET_DIR", dir.path().join("target"));
+    let make43_under_exec = exec_pipe(&make43, &dir.path().join("make43"), &device_flags);
+    let lto_under_exec = exec_pipe(&make44, &lto.dir, &device_flags);
+    let mut clients = [
+        ("make 4.4.1", make44_on_device),
+        ("ninja", ninja_on_fifo),
+        ("cargo", cargo_on_device),
+        ("make 4.3 under steve exec --pipe", make43_under_exec),
+        ("gcc 12 LTO under steve exec --pipe", lto_under_exec),
+    ];
+    let running: Vec<(&str, Tree)> = clients
+        .iter_mut()
+        .map(|(name, command)| {
+            command.env_remove("CARGO_MAKEFLAGS").env_remove("MFLAGS");
+            (*name, Tree::spawn(command.stdout(Stdio::piped()).stderr(Stdio::piped())))
+        })
+        .collect();
+    for (name, tree) in running {
+        let output = tree.output();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ensure(output.status.success(), || format!("{name} failed: {said}"))?;
+        ensure(!said.contains("jobserver is not available"), || {
+            format!("{name} ran outside the pool: {said}")
+        })?;
+        ensure(!said.contains("Not a fifo"), || format!("{name} refused the FIFO: {said}"))?;
+    }
+    let spans = timeline::spans(&log);
+    let count = |prefix: &str| spans.iter().filter(|span| span.name.starts_with(prefix)).count();
+    ensure(count("ltrans-") == lto.partitions, || {
+        format!("{} LTRANS jobs logged, expected {}", count("ltrans-"), lto.partitions)
+    })?;
+    let expected = 8 + 8 + 8 + workspace.crates + lto.partitions;
+    ensure(spans.len() == expected, || {
+        format!("{} jobs logged, expected {expected}", spans.len())
+    })?;
+    let peak = timeline::peak(&spans);
+    println!("figure mixed_clients_peak {peak}");
+    // make 4.4.1, ninja and cargo each run one job on their implicit token.
+    let bound = jobs as usize + 3;
+    ensure((2..=bound).contains(&peak), || format!("combined peak {peak}, bound {bound}"))?;
+    daemon.wait_for_free(jobs as usize);
+    let pool = daemon.status()["pool"].clone();
+    println!("figure mixed_clients_pool_after {}", pool["free"]);
+    ensure(pool["size"] == jobs && pool["free"] == jobs, || format!("pool afterwards: {pool}"))?;
+    daemon.assert_pool_whole(jobs as usize)
+}
+
+/// ninja holding tokens of the companion FIFO is killed with its whole process group: once no
+/// one has the FIFO open, the server takes back what it lost, and the pool is whole.
+fn killed_ninja_on_the_companion() -> Result<(), String> {
+    let jobs = 3;
+    let daemon = Daemon::start(jobs);
+    let fifo = daemon.companion()?;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    projects::ninja_file(dir.path(), 6, 30.0, &log);
+    let mut ninja = Tree::spawn(
+        Command::new(env_path("STEVE_TEST_NINJA"))
+            .current_dir(dir.path())
+            .env("MAKEFLAGS", format!(" -j{jobs} --jobserver-auth=fifo:{}", fifo.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for("ninja to take every token", Duration::from_secs(20), || {
+        (daemon.status()["companion"]["tokens"] == jobs).then_some(())
+    });
+    let free = daemon.status()["pool"]["free"].clone();
+    ensure(free == 0, || format!("{free} tokens free while ninja holds them all"))?;
+    ninja.kill();
+    daemon.wait_for_free(jobs as usize);
+    let recovered = daemon.status()["companion"]["recovered"].clone();
+    println!("figure companion_recovered {recovered}");
+    ensure(recovered.as_u64() >= Some(2), || format!("recovered {recovered}"))?;
+    daemon.assert_pool_whole(jobs as usize)
+}
+
+/// A whole `steve exec --pipe -- make` tree (make 4.3) holding every token is killed with
+/// SIGKILL: every token it borrowed comes back, and the pool is whole.
+fn killed_exec_pipe_tree() -> Result<(), String> {
+    let jobs = 3;
+    let daemon = Daemon::start(jobs);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    projects::makefile(dir.path(), "held", 6, 30.0, &log);
+    let mut tree = Tree::spawn(&mut exec_pipe(
+        &env_path("STEVE_TEST_MAKE43"),
+        dir.path(),
+        &daemon.makeflags(jobs),
+    ));
+    wait_for("make to run three jobs", Duration::from_secs(20), || {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        (text.lines().filter(|line| line.starts_with("start")).count() == 3).then_some(())
+    });
+    let status = daemon.status();
+    ensure(status["pool"]["free"] == 0, || format!("tokens free while the tree runs: {status}"))?;
+    tree.kill();
+    daemon.wait_for_free(jobs as usize);
+    daemon.assert_pool_whole(jobs as usize)
 }
 
 /// `steve status` with nothing but the clients' MAKEFLAGS finds the server's control socket.

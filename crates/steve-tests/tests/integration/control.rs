@@ -155,7 +155,9 @@ fn assert_documented(paths: &BTreeSet<String>) {
 fn every_field_of_a_fully_populated_status_is_documented() {
     // What a device backend reports under a load limit: waiters, counters, every kind of field.
     use steve_core::accounting::limits::{Limits, Pressure, Settings, SystemReading};
-    use steve_core::status::{CounterReport, HolderReport, PoolReport, StatusReport, WaiterReport};
+    use steve_core::status::{
+        CompanionReport, CounterReport, HolderReport, PoolReport, StatusReport, WaiterReport,
+    };
     let full = StatusReport {
         backend: "cuse".into(),
         path: "/dev/steve".into(),
@@ -187,6 +189,19 @@ fn every_field_of_a_fully_populated_status_is_documented() {
             kind: "polling".into(),
             waiting_seconds: 0.1,
         }]),
+        companion: Some(CompanionReport {
+            path: "/run/steve/steve.fifo".into(),
+            tokens: 2,
+            in_pipe: 1,
+            waiting: true,
+            recovered: 1,
+            openers: vec![HolderReport {
+                pid: 4,
+                command: "ninja".into(),
+                tokens: None,
+                held_seconds: None,
+            }],
+        }),
         counters: CounterReport {
             grants: Some(1),
             returns: Some(1),

@@ -1,0 +1,171 @@
+//! A companion FIFO: a real named pipe beside a device or fuse server, whose tokens come from
+//! that server's own ledger, for the clients that take nothing but a FIFO (ninja 1.13 says
+//! "Not a fifo path" to anything else; scripts test `-p`). Its clients and the device's share
+//! one pool.
+//!
+//! The pipe is a steve-core [`Relay`]: it holds one spare token at a time, asks the server for
+//! the next when a reader takes it, and gives back at once what readers return beyond it. To the
+//! server's ledger the pipe is one more process, so its readers together wait their turn in the
+//! same fair queue as everyone else. It holds nothing while nobody has it open: the first open
+//! asks for the spare, and the leak check that finds it let go takes the spare back. A reader killed while holding tokens cannot say so: as the
+//! fifo backend does, once nobody else has the pipe open (inotify's close events, confirmed by a
+//! scan of `/proc/*/fd`), every token not in the pipe is known lost and goes back.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::time::Instant;
+
+use nix::unistd::Gid;
+use steve_core::relay::Relay;
+use tracing::{debug, info, warn};
+
+use crate::error::FifoError;
+use crate::openers::{find_holder, find_holders};
+use crate::pipe_file::PipeFile;
+
+/// A named pipe fed from a server's ledger. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Companion {
+    relay: Relay,
+    made: PipeFile,
+    /// Whether a scan can see every process that may hold the pipe.
+    recovery: bool,
+    recovered: u64,
+    /// The process last seen holding the pipe, checked first next time.
+    last_holder: Option<u32>,
+    /// Someone has the pipe open (as far as the leak check knows): it keeps a spare.
+    in_use: bool,
+}
+
+/// What the server must give back to its ledger after a look at the pipe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Returned {
+    /// Tokens readers wrote back beyond the spare.
+    pub returned: usize,
+    /// Tokens lost with readers that went away holding them.
+    pub lost: usize,
+}
+
+impl Companion {
+    /// Makes the pipe at `path` (absolute), empty, with `mode` and group `gid`. Leak recovery
+    /// needs to see every reader's descriptors: `stays_root` says whether the server will
+    /// (else it is on only when no other user may open the pipe).
+    pub fn create(
+        path: &Path,
+        mode: u32,
+        gid: Option<Gid>,
+        stays_root: bool,
+    ) -> Result<Companion, FifoError> {
+        let made = PipeFile::create(path, mode, gid)?;
+        let clone = || made.file().try_clone().map_err(FifoError::io("open", path));
+        let relay = Relay::new(clone()?, clone()?).map_err(FifoError::io("watch", path))?;
+        let recovery = stays_root || mode & 0o077 == 0;
+        if !recovery {
+            warn!(
+                "the companion FIFO {} is mode {mode:04o}: tokens its clients of other users \
+                 lose when killed are not recovered (a server that is not root cannot see \
+                 their processes)",
+                path.display()
+            );
+        }
+        Ok(Companion { relay, made, recovery, recovered: 0, last_holder: None, in_use: false })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.made.path()
+    }
+
+    /// The pipe's tokens.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// The pipe's tokens, to change: give it one when [`Relay::wants_token`] says so.
+    pub fn relay_mut(&mut self) -> &mut Relay {
+        &mut self.relay
+    }
+
+    /// Readable when the pipe was read, written, opened or closed: then call
+    /// [`Companion::settle`].
+    pub fn watch(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.relay.watch()
+    }
+
+    /// Whether the pipe needs a token: someone has it open and its spare was taken.
+    pub fn wants_token(&self) -> bool {
+        self.in_use && self.relay.wants_token()
+    }
+
+    /// Tokens recovered from readers that died holding them, since the start.
+    pub fn recovered(&self) -> u64 {
+        self.recovered
+    }
+
+    /// The processes besides this one that have the pipe open.
+    pub fn openers(&self) -> Vec<u32> {
+        find_holders(self.made.id(), std::process::id())
+    }
+
+    /// Reads what happened to the pipe: what readers gave back beyond the spare, and, once
+    /// nobody else has it open, what those who left took with them.
+    pub fn settle(&mut self, now: Instant) -> Returned {
+        let settled = self.relay.settle(now);
+        if settled.garbage > 0 {
+            warn!(
+                "took {} byte(s) out of {} beyond its tokens: a client wrote back more than it \
+                 took",
+                settled.garbage,
+                self.path().display()
+            );
+        }
+        let mut returned = Returned { returned: settled.returned, lost: 0 };
+        if settled.opened {
+            self.in_use = true;
+        }
+        if settled.closed && self.recovery {
+            self.check_idle(now, &mut returned);
+        }
+        returned
+    }
+
+    /// If no other process has the pipe open, every token not in it is lost.
+    fn check_idle(&mut self, now: Instant, returned: &mut Returned) {
+        loop {
+            let scan = match find_holder(self.made.id(), std::process::id(), self.last_holder) {
+                Ok(scan) => scan,
+                Err(error) => {
+                    warn!("leak check on {} failed: {error}", self.path().display());
+                    return;
+                }
+            };
+            if let Some(pid) = scan.holder {
+                debug!(pid, "companion FIFO still held; no leak check");
+                self.last_holder = Some(pid);
+                self.in_use = true;
+                return;
+            }
+            self.last_holder = None;
+            // A reader that opened the pipe after the scan may hold tokens the scan missed: its
+            // open event says so. Then look again.
+            let again = self.relay.settle(now);
+            returned.returned += again.returned;
+            if !again.opened {
+                break;
+            }
+        }
+        let lost = self.relay.forget_out();
+        // Let go: the spare goes back too, until someone opens the pipe again.
+        self.in_use = false;
+        returned.returned += self.relay.drain();
+        if lost > 0 {
+            self.recovered += lost as u64;
+            info!(
+                recovered = lost,
+                "recovered {lost} token(s) from clients of {} that exited without returning them",
+                self.path().display()
+            );
+        }
+        returned.lost = lost;
+    }
+}
