@@ -11,6 +11,7 @@ mod cargo_builds;
 mod cli;
 mod client_library;
 mod control;
+mod doctor;
 mod fifo_server;
 mod fuzz_makeflags;
 mod hardening;
