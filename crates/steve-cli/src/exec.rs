@@ -6,8 +6,9 @@
 //! descriptors, or a private named pipe), for the clients that cannot open the machine's: make
 //! 4.3 and GCC 12's LTO take only descriptors, ninja only a FIFO. Its tokens are borrowed from
 //! the machine's jobserver one at a time as the tree takes them (a steve-core `Relay` keeps one
-//! spare in the private pipe; what the tree writes back beyond it goes back at once, and an
-//! untaken spare goes back after half a second so that others get their turn), and every
+//! spare in the private pipe, four in a named one; what the tree writes back beyond them goes
+//! back at once, and untaken spares go back after half a second so that others get their turn),
+//! and every
 //! borrowed token goes back when CMD ends, whatever the tree left unreturned. The tree thus
 //! holds at most the token taken for CMD plus what it borrowed.
 //!
@@ -168,8 +169,12 @@ pub fn run(args: ExecArgs) -> Result<ExitStatus, ExecError> {
     // The private jobserver, made before the command so that it inherits it.
     let relayed = match (&client, style) {
         (Some(_), Some(style)) => {
-            let (jobserver, relay) =
+            let (jobserver, mut relay) =
                 Jobserver::relayed(advertised, style).map_err(ExecError::Client)?;
+            // A FIFO's clients (ninja) start only as many jobs as there are tokens in the pipe.
+            if style == Style::Fifo {
+                relay.set_spares(FIFO_SPARES);
+            }
             jobserver.configure(&mut command);
             Some((jobserver, relay))
         }
@@ -190,6 +195,10 @@ pub fn run(args: ExecArgs) -> Result<ExitStatus, ExecError> {
     drop(token);
     Ok(status)
 }
+
+/// Spares a private named pipe holds: ninja reads a token for each job it could start, and after
+/// an empty read waits for one of its jobs to end.
+const FIFO_SPARES: usize = 4;
 
 /// How long a spare lies untaken in the private pipe before it goes back for others' turn.
 const SPARE_YIELD: Duration = Duration::from_millis(500);
@@ -214,7 +223,7 @@ fn relay_until_exit(
         let now = Instant::now();
         relay.settle(now);
         if relay.spare_since().is_some_and(|since| now >= since + SPARE_YIELD) {
-            relay.take_spare();
+            relay.take_spares();
         }
         // The borrowed tokens are the relay's: what it gave back goes back to the machine.
         borrowed.truncate(relay.tokens());

@@ -2,11 +2,14 @@
 //! at a time, from a pool it shares with others: the server's ledger for a companion FIFO beside
 //! a device, the machine's jobserver for `steve exec --pipe`.
 //!
-//! The owner keeps at most one *spare* token in the pipe. When a reader takes it, the relay asks
-//! for another ([`Relay::wants_token`]); tokens written back beyond the spare leave the pipe at
-//! once and go back to the pool ([`Settled::returned`]). So the pipe's readers hold what they
-//! use plus one, never a stock of the pool's tokens, and the pool's own fairness decides when
-//! their next token comes. Bytes beyond the tokens given were never tokens (a client wrote back
+//! The owner keeps a few *spare* tokens in the pipe, one unless it says more
+//! ([`Relay::set_spares`]). When readers take them, the relay asks for more
+//! ([`Relay::wants_token`]); tokens written back beyond the spares leave the pipe at once and go
+//! back to the pool ([`Settled::returned`]). So the pipe's readers hold what they use plus the
+//! spares, never a stock of the pool's tokens, and the pool's own fairness decides when their
+//! next token comes. (More than one spare is for readers that never wait on the pipe: ninja
+//! tries to read a token for each job it could start, and after an empty read waits for one of
+//! its jobs to end, so it starts as many jobs at once as there are tokens in the pipe.) Bytes beyond the tokens given were never tokens (a client wrote back
 //! more than it took): they are taken out and dropped.
 //!
 //! Reads and writes of other processes are seen through inotify (`IN_ACCESS`, `IN_MODIFY`),
@@ -49,8 +52,10 @@ pub struct Relay {
     inotify: Inotify,
     /// Tokens given to the pipe and not yet taken back: in it, or with its readers.
     tokens: usize,
-    /// When the spare now in the pipe was put there, while it lies untaken.
+    /// When a spare now in the pipe was put there, while some lie untaken.
     spare_since: Option<Instant>,
+    /// How many spares the pipe holds at most.
+    spares: usize,
     /// Bytes taken out that were never tokens.
     garbage: u64,
 }
@@ -82,7 +87,7 @@ impl Relay {
                 | AddWatchFlags::IN_CLOSE_WRITE
                 | AddWatchFlags::IN_CLOSE_NOWRITE,
         )?;
-        Ok(Relay { read, write, inotify, tokens: 0, spare_since: None, garbage: 0 })
+        Ok(Relay { read, write, inotify, tokens: 0, spare_since: None, spares: 1, garbage: 0 })
     }
 
     /// Readable when the pipe was read, written, opened or closed: then call [`Relay::settle`].
@@ -105,12 +110,18 @@ impl Relay {
         self.garbage
     }
 
-    /// Whether the pipe has no spare: a reader took it, or none was given yet.
-    pub fn wants_token(&self) -> bool {
-        self.in_pipe() == 0
+    /// Holds at most `spares` untaken tokens in the pipe from now on (at least one). Spares
+    /// beyond a lowered count go back at the next [`Relay::settle`].
+    pub fn set_spares(&mut self, spares: usize) {
+        self.spares = spares.max(1);
     }
 
-    /// Since when the spare has lain in the pipe untaken, if it has.
+    /// Whether the pipe holds fewer spares than it may: readers took them, or none was given.
+    pub fn wants_token(&self) -> bool {
+        self.in_pipe() < self.spares
+    }
+
+    /// Since when spares have lain in the pipe untaken, if they have.
     pub fn spare_since(&self) -> Option<Instant> {
         self.spare_since.filter(|_| self.in_pipe() > 0)
     }
@@ -123,8 +134,8 @@ impl Relay {
         Ok(())
     }
 
-    /// Reads what happened to the pipe and brings it back to at most one spare: what readers
-    /// wrote back beyond it is taken out, to go back to the pool.
+    /// Reads what happened to the pipe and brings it back to at most its spares: what readers
+    /// wrote back beyond them is taken out, to go back to the pool.
     pub fn settle(&mut self, now: Instant) -> Settled {
         let mut settled = self.drain_events();
         let in_pipe = self.in_pipe();
@@ -132,29 +143,27 @@ impl Relay {
             self.spare_since = None;
             return settled;
         }
-        // Keep one byte as the spare, if any token is out at all.
-        let keep = usize::from(self.tokens > 0);
+        // Keep the spares, as far as tokens were given at all.
+        let keep = self.spares.min(self.tokens).min(in_pipe);
         let taken = self.take_out(in_pipe - keep);
         let returned = taken.min(self.tokens.saturating_sub(keep));
         self.tokens -= returned;
         settled.returned = returned;
         settled.garbage = taken - returned;
         self.garbage += settled.garbage as u64;
-        if keep == 1 && self.spare_since.is_none() {
-            // A token written back became the spare.
+        if keep > 0 && self.spare_since.is_none() {
+            // A token written back became a spare.
             self.spare_since = Some(now);
         }
         settled
     }
 
-    /// Takes the untaken spare back out, to give it to the pool; whether there was one.
-    pub fn take_spare(&mut self) -> bool {
-        if self.tokens == 0 || self.take_out(1) == 0 {
-            return false;
-        }
-        self.tokens -= 1;
+    /// Takes the untaken spares back out, to give them to the pool; how many there were.
+    pub fn take_spares(&mut self) -> usize {
+        let taken = self.take_out(self.in_pipe().min(self.tokens));
+        self.tokens -= taken;
         self.spare_since = None;
-        true
+        taken
     }
 
     /// Takes every byte out of the pipe; returns how many were tokens (now back from the pipe).
@@ -242,6 +251,27 @@ mod tests {
     }
 
     #[test]
+    fn more_spares_are_kept_when_asked_for_and_the_rest_returned() {
+        let (mut relay, mut client_read, mut client_write) = relay();
+        let now = Instant::now();
+        relay.set_spares(3);
+        while relay.wants_token() {
+            relay.give(now).unwrap();
+        }
+        assert_eq!((relay.tokens(), relay.in_pipe()), (3, 3));
+        let mut taken = [0u8; 3];
+        client_read.read_exact(&mut taken).unwrap();
+        relay.settle(now);
+        assert!(relay.wants_token(), "the readers took every spare");
+        relay.give(now).unwrap();
+        client_write.write_all(&taken).unwrap();
+        assert_eq!(relay.settle(now).returned, 1, "four in the pipe, three kept");
+        relay.set_spares(1);
+        assert_eq!(relay.settle(now).returned, 2, "a lowered count gives back the rest");
+        assert_eq!((relay.tokens(), relay.in_pipe(), relay.take_spares()), (1, 1, 1));
+    }
+
+    #[test]
     fn bytes_beyond_the_tokens_given_are_dropped_not_returned() {
         let (mut relay, _client_read, mut client_write) = relay();
         let now = Instant::now();
@@ -264,8 +294,8 @@ mod tests {
         client_read.read_exact(&mut [0u8; 1]).unwrap();
         relay.give(now).unwrap();
         assert!(relay.spare_since().is_some());
-        assert!(relay.take_spare());
-        assert!(!relay.take_spare(), "only one was there");
+        assert_eq!(relay.take_spares(), 1);
+        assert_eq!(relay.take_spares(), 0, "only one was there");
         assert_eq!(relay.tokens(), 1, "the one the reader holds");
         assert_eq!(relay.forget_out(), 1);
         assert_eq!(relay.tokens(), 0);

@@ -382,12 +382,13 @@ fn a_mount_serves_its_one_file_with_the_device_rules() {
     assert_eq!(error, 0);
     assert!(listing.windows(9).any(|name| name == b"jobserver"), "{listing:?}");
 
-    // The file: every read reaches the server (direct I/O), one token each, EAGAIN when empty.
+    // The file: every read reaches the server (direct I/O), one token each, EAGAIN when empty;
+    // a close sends no FLUSH (nothing may wait for the server while it scans /proc).
     let unique = kernel.unique();
     let (error, open) = kernel.ask(unique, &kernel::on_node(FILE_ID, kernel::open(unique, me, 2)));
     assert_eq!(error, 0);
     let open_flags = u32::from_ne_bytes(open[8..12].try_into().unwrap());
-    assert_eq!(open_flags, ll::FOPEN_DIRECT_IO | ll::FOPEN_NONSEEKABLE);
+    assert_eq!(open_flags, ll::FOPEN_DIRECT_IO | ll::FOPEN_NONSEEKABLE | ll::FOPEN_NOFLUSH);
     assert_eq!(kernel.read(me, 0), (0, b"+".to_vec()));
     assert_eq!(kernel.read(me, O_NONBLOCK), (EAGAIN, vec![]));
     let one = [1u32.to_ne_bytes(), 0u32.to_ne_bytes()].concat();

@@ -3,11 +3,13 @@
 //! "Not a fifo path" to anything else; scripts test `-p`). Its clients and the device's share
 //! one pool.
 //!
-//! The pipe is a steve-core [`Relay`]: it holds one spare token at a time, asks the server for
-//! the next when a reader takes it, and gives back at once what readers return beyond it. To the
-//! server's ledger the pipe is one more process, so its readers together wait their turn in the
-//! same fair queue as everyone else. It holds nothing while nobody has it open: the first open
-//! asks for the spare, and the leak check that finds it let go takes the spare back. A reader killed while holding tokens cannot say so: as the
+//! The pipe is a steve-core [`Relay`]: while someone has it open it holds a few spare tokens
+//! ([`SPARES`]), asks the server for more as readers take them, and gives back at once what
+//! readers return beyond them. To the server's ledger the pipe is one more process, so its
+//! readers together wait their turn in the same fair queue as everyone else. While nobody has it
+//! open it holds nothing (a token kept for a client that may never come would be missing from
+//! everyone else's pool): the first open asks for the spares, and the leak check that finds the
+//! pipe let go takes them back. A reader killed while holding tokens cannot say so: as the
 //! fifo backend does, once nobody else has the pipe open (inotify's close events, confirmed by a
 //! scan of `/proc/*/fd`), every token not in the pipe is known lost and goes back.
 #![forbid(unsafe_code)]
@@ -22,6 +24,11 @@ use tracing::{debug, info, warn};
 use crate::error::FifoError;
 use crate::openers::{find_holder, find_holders};
 use crate::pipe_file::PipeFile;
+
+/// Spares the pipe holds while someone has it open: ninja reads a token for each job it could
+/// start, and after an empty read waits for one of its jobs to end, so it starts at once as many
+/// jobs as there are tokens in the pipe.
+pub const SPARES: usize = 4;
 
 /// A named pipe fed from a server's ledger. See the [module documentation](self).
 #[derive(Debug)]
@@ -92,7 +99,8 @@ impl Companion {
         self.relay.watch()
     }
 
-    /// Whether the pipe needs a token: someone has it open and its spare was taken.
+    /// Whether the pipe needs a token: someone has it open and it holds fewer spares than it
+    /// may.
     pub fn wants_token(&self) -> bool {
         self.in_use && self.relay.wants_token()
     }
@@ -121,12 +129,17 @@ impl Companion {
         }
         let mut returned = Returned { returned: settled.returned, lost: 0 };
         if settled.opened {
-            self.in_use = true;
+            self.set_in_use(true);
         }
         if settled.closed && self.recovery {
             self.check_idle(now, &mut returned);
         }
         returned
+    }
+
+    fn set_in_use(&mut self, in_use: bool) {
+        self.in_use = in_use;
+        self.relay.set_spares(SPARES);
     }
 
     /// If no other process has the pipe open, every token not in it is lost.
@@ -142,7 +155,7 @@ impl Companion {
             if let Some(pid) = scan.holder {
                 debug!(pid, "companion FIFO still held; no leak check");
                 self.last_holder = Some(pid);
-                self.in_use = true;
+                self.set_in_use(true);
                 return;
             }
             self.last_holder = None;
@@ -155,8 +168,8 @@ impl Companion {
             }
         }
         let lost = self.relay.forget_out();
-        // Let go: the spare goes back too, until someone opens the pipe again.
-        self.in_use = false;
+        // Let go: the spares go back too, until someone opens the pipe again.
+        self.set_in_use(false);
         returned.returned += self.relay.drain();
         if lost > 0 {
             self.recovered += lost as u64;

@@ -71,6 +71,9 @@ pub mod opcode {
 pub const POLL_SCHEDULE_NOTIFY: u32 = 1;
 /// `FUSE_NOTIFY_POLL`, the notification code for a poll wake-up.
 pub const NOTIFY_POLL: i32 = 1;
+/// `FOPEN_NOFLUSH` (Linux 5.16): a close of the file sends no FLUSH, so it never waits for the
+/// server.
+pub const FOPEN_NOFLUSH: u32 = 1 << 5;
 /// `FOPEN_NONSEEKABLE`: the device has no file position.
 pub const FOPEN_NONSEEKABLE: u32 = 1 << 2;
 /// `FOPEN_DIRECT_IO`: every read and write of a FUSE file comes to the server, none is served

@@ -160,9 +160,11 @@ impl Session {
         let Some(companion) = self.companion.as_mut() else { return };
         while companion.wants_token() {
             let mut outcome = self.device.read(COMPANION_PID, RequestId(u64::MAX), true, now);
+            // Queued as a poller when its pipe is empty (unless a token came free meanwhile: then
+            // it is reserved); with spares still in the pipe it waits for nothing.
+            let empty = companion.relay().in_pipe() == 0;
             if outcome != ReadOutcome::Token {
-                // Queued as a poller, unless a token came free meanwhile: then it is reserved.
-                if !self.device.poll(COMPANION_PID, Some(COMPANION_HANDLE), now) {
+                if !(empty && self.device.poll(COMPANION_PID, Some(COMPANION_HANDLE), now)) {
                     return;
                 }
                 outcome = self.device.read(COMPANION_PID, RequestId(u64::MAX), true, now);
@@ -199,13 +201,14 @@ impl Session {
         self.device.has_waiters_besides(COMPANION_PID).then(|| since + self.device.reservation())
     }
 
-    /// Gives the companion's untaken spare back to the device (others wait for it, the pool
+    /// Gives the companion's untaken spares back to the device (others wait for them, the pool
     /// shrank or a limit holds tokens back); the companion queues for its next turn.
     fn yield_companion_spare(&mut self, now: Instant) {
         let Some(companion) = self.companion.as_mut() else { return };
-        if companion.relay_mut().take_spare() {
-            debug!("the companion FIFO's untaken spare goes back to the pool");
-            let _ = self.device.write(COMPANION_PID, 1, now);
+        let spares = companion.relay_mut().take_spares();
+        if spares > 0 {
+            debug!(spares, "the companion FIFO's untaken spares go back to the pool");
+            let _ = self.device.write(COMPANION_PID, spares, now);
         }
     }
 
@@ -273,9 +276,10 @@ impl Session {
                 let fh = self.next_fh;
                 self.next_fh += 1;
                 debug!(pid, fh, "open");
-                // A FUSE file's reads must all come here, none from the page cache.
+                // A FUSE file's reads must all come here, none from the page cache; and its
+                // closes must never wait for this loop (see FLUSH below).
                 let flags = match self.filesystem {
-                    Some(_) => ll::FOPEN_NONSEEKABLE | ll::FOPEN_DIRECT_IO,
+                    Some(_) => ll::FOPEN_NONSEEKABLE | ll::FOPEN_DIRECT_IO | ll::FOPEN_NOFLUSH,
                     None => ll::FOPEN_NONSEEKABLE,
                 };
                 Some(ll::reply_open(unique, fh, flags))
@@ -315,10 +319,11 @@ impl Session {
                 // An interrupt is never answered itself.
                 None
             }
-            // ENOSYS turns FLUSH off for the whole connection (the kernel sets no_flush): a
-            // close then never waits for this loop. It must not: a process closing its
-            // close-on-exec descriptors in execve holds locks that reading its /proc entries
-            // takes, so a companion FIFO's leak scan and that close would wait on each other.
+            // A close must never wait for this loop: a process closing its descriptors in
+            // execve or exit holds locks that reading its /proc entries takes, so the companion
+            // FIFO's scans and that close would wait on each other. FOPEN_NOFLUSH keeps the
+            // kernel from sending FLUSH at all; a kernel before 5.16 ignores it, and ENOSYS to
+            // the first FLUSH turns it off for the connection (no_flush).
             Request::Flush { .. } => Some(ll::reply_error(unique, nix::libc::ENOSYS)),
             Request::Release { .. } => Some(ll::reply_empty(unique)),
             Request::Ioctl { .. } => Some(ll::reply_error(unique, nix::libc::ENOTTY)),

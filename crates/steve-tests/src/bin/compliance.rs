@@ -266,8 +266,8 @@ impl Daemon {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Every token must be free: `jobs` non-blocking reads succeed and one more gets EAGAIN.
-    /// The tokens are written back afterwards.
+    /// Every token must be free: `jobs` non-blocking reads succeed and one more gets EAGAIN, and
+    /// a companion FIFO holds none. The tokens are written back afterwards.
     fn assert_pool_whole(&self, jobs: usize) -> Result<(), String> {
         let mut device = open_device(true);
         let mut taken = 0;
@@ -283,7 +283,10 @@ impl Daemon {
                 break;
             }
         }
+        let companion =
+            if target().per_process() { companion_idle(&self.status()) } else { Ok(()) };
         device.write_all(&vec![b'+'; taken]).map_err(|e| format!("write back: {e}"))?;
+        companion?;
         ensure(taken == jobs, || format!("{taken} tokens free, expected {jobs}\n{}", self.log()))
     }
 }
@@ -1310,6 +1313,14 @@ impl Daemon {
     }
 }
 
+/// A companion FIFO, if the server has one, must hold no token once nobody has it open.
+fn companion_idle(status: &serde_json::Value) -> Result<(), String> {
+    let companion = &status["companion"];
+    ensure(companion.is_null() || companion["tokens"] == 0, || {
+        format!("the companion FIFO still holds tokens: {companion}")
+    })
+}
+
 /// `steve exec --pipe -- PROGRAM` in `dir`, drawing on `makeflags`' jobserver.
 fn exec_pipe(program: &Path, dir: &Path, makeflags: &str) -> Command {
     let mut command = Command::new(env_path("STEVE_BIN"));
@@ -1418,7 +1429,7 @@ fn killed_ninja_on_the_companion() -> Result<(), String> {
     let fifo = daemon.companion()?;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("timeline");
-    projects::ninja_file(dir.path(), 6, 30.0, &log);
+    projects::ninja_file(dir.path(), 8, 1.0, &log);
     let mut ninja = Tree::spawn(
         Command::new(env_path("STEVE_TEST_NINJA"))
             .current_dir(dir.path())
@@ -1426,16 +1437,24 @@ fn killed_ninja_on_the_companion() -> Result<(), String> {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    wait_for("ninja to take every token", Duration::from_secs(20), || {
-        (daemon.status()["companion"]["tokens"] == jobs).then_some(())
-    });
-    let free = daemon.status()["pool"]["free"].clone();
-    ensure(free == 0, || format!("{free} tokens free while ninja holds them all"))?;
+    // ninja takes what is in the pipe, and the rest as its first jobs end (it never waits on
+    // the pipe itself): wait until it holds at least two.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let companion = daemon.status()["companion"].clone();
+        let held =
+            companion["tokens"].as_u64().unwrap_or(0) - companion["in_pipe"].as_u64().unwrap_or(0);
+        if held >= 2 {
+            break;
+        }
+        ensure(Instant::now() < deadline, || format!("ninja took no two tokens: {companion}"))?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
     ninja.kill();
     daemon.wait_for_free(jobs as usize);
     let recovered = daemon.status()["companion"]["recovered"].clone();
     println!("figure companion_recovered {recovered}");
-    ensure(recovered.as_u64() >= Some(2), || format!("recovered {recovered}"))?;
+    ensure(recovered.as_u64() >= Some(1), || format!("recovered {recovered}"))?;
     daemon.assert_pool_whole(jobs as usize)
 }
 

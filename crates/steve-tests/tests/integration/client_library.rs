@@ -247,3 +247,45 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// `steve exec --fifo -- ninja` (ninja 1.13.2, which takes only a FIFO) and `steve exec --pipe
+/// -- make` (make 4.3, which takes only descriptors), both at once on a pool of 3: their trees
+/// borrow from it as they need and together never run more than 3 jobs (steve exec holds each
+/// tree's implicit token); every token is back afterwards, and the private named pipe is gone.
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs ninja 1.13.2 and make 4.3, which scripts/test installs (it sets STEVE_TEST_ALL=1)"
+)]
+fn steve_exec_relays_the_pool_to_a_fifo_tree_and_a_pipe_tree() {
+    const JOBS: u32 = 3;
+    let server = FifoServer::start(JOBS);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let (ninja_dir, make_dir) = (dir.path().join("ninja"), dir.path().join("make"));
+    std::fs::create_dir(&ninja_dir).unwrap();
+    std::fs::create_dir(&make_dir).unwrap();
+    steve_tests::projects::ninja_file(&ninja_dir, 6, 0.3, &log);
+    steve_tests::projects::makefile(&make_dir, "make43", 6, 0.3, &log);
+    let runtime = tempfile::tempdir().unwrap();
+    let mut ninja = server.client(steve::binary());
+    ninja.args(["exec", "--fifo", "--"]).arg(clients::ninja()).current_dir(&ninja_dir);
+    // The private named pipe goes in the runtime directory: watch that it is removed.
+    ninja.env("XDG_RUNTIME_DIR", runtime.path());
+    let mut make = server.client(steve::binary());
+    make.args(["exec", "--pipe", "--"]).arg(clients::make43()).current_dir(&make_dir);
+    let spawn = |command: &mut Command| {
+        use std::process::Stdio;
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let (ninja, make) = (spawn(&mut ninja), spawn(&mut make));
+    for (name, child) in [("ninja", ninja), ("make 4.3", make)] {
+        let output = child.wait_with_output().unwrap();
+        assert_success(&output, name);
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(!said.contains("Not a fifo"), "{name}: {said}");
+    }
+    timeline::assert_peak_within(&log, 12, JOBS as usize, "two relayed trees on 3 tokens");
+    assert_eq!(server.tokens(), JOBS as usize, "every borrowed token came back");
+    assert_eq!(std::fs::read_dir(runtime.path()).unwrap().count(), 0, "the private pipe stayed");
+}
