@@ -585,6 +585,13 @@ pub mod kernel {
         request(opcode::RELEASE, unique, 0, &body)
     }
 
+    /// FLUSH: `fuse_flush_in { fh, unused, padding, lock_owner }`.
+    pub fn flush(unique: u64, pid: u32, fh: u64) -> Vec<u8> {
+        let mut body = fh.to_ne_bytes().to_vec();
+        body.extend_from_slice(&[0u8; 16]);
+        request(opcode::FLUSH, unique, pid, &body)
+    }
+
     /// IOCTL: `fuse_ioctl_in { fh, flags, cmd, arg, in_size, out_size }`.
     pub fn ioctl(unique: u64, pid: u32, fh: u64, cmd: u32) -> Vec<u8> {
         let mut body = fh.to_ne_bytes().to_vec();

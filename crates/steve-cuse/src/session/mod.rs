@@ -8,10 +8,10 @@
 //! is handled, and a read that must wait is answered later, from whichever event frees a token.
 //!
 //! A session may also feed a companion FIFO (steve-fifo's [`Companion`]) from the same device:
-//! to the device the FIFO is one more process, [`COMPANION_PID`], that takes one token at a time
-//! as its readers need one (queueing as a poller when none is free, so the queue's fairness
-//! holds for it too) and gives back what they return. A spare that lies untaken while others
-//! wait goes back after the poll reservation's time.
+//! to the device the FIFO is one more process, [`COMPANION_PID`], that takes tokens one at a time
+//! as its readers take its few spares (queueing as a poller when its pipe is empty and none is
+//! free, so the queue's fairness holds for it too) and gives back what they return. Spares that
+//! lie untaken while others wait go back after the poll reservation's time.
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
@@ -154,8 +154,8 @@ impl Session {
         self.feed_companion(Instant::now());
     }
 
-    /// Gives the companion FIFO a token while it has no spare: one free now, or one reserved
-    /// for it as a poller; otherwise it waits in the queue.
+    /// Gives the companion FIFO tokens while it holds fewer spares than it may: free ones, or,
+    /// with its pipe empty, one reserved for it as a poller; otherwise it waits in the queue.
     fn feed_companion(&mut self, now: Instant) {
         let Some(companion) = self.companion.as_mut() else { return };
         while companion.wants_token() {
@@ -195,7 +195,7 @@ impl Session {
         self.send_events();
     }
 
-    /// When the companion's untaken spare goes back because others wait for a token.
+    /// When the companion's untaken spares go back because others wait for a token.
     fn companion_deadline(&self) -> Option<Instant> {
         let since = self.companion.as_ref()?.relay().spare_since()?;
         self.device.has_waiters_besides(COMPANION_PID).then(|| since + self.device.reservation())
