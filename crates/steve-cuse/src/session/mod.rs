@@ -162,8 +162,8 @@ impl Session {
             let mut outcome = self.device.read(COMPANION_PID, RequestId(u64::MAX), true, now);
             // Queued as a poller when its pipe is empty (unless a token came free meanwhile: then
             // it is reserved); with spares still in the pipe it waits for nothing.
-            let empty = companion.relay().in_pipe() == 0;
             if outcome != ReadOutcome::Token {
+                let empty = companion.relay().in_pipe() == 0;
                 if !(empty && self.device.poll(COMPANION_PID, Some(COMPANION_HANDLE), now)) {
                     return;
                 }
@@ -197,8 +197,12 @@ impl Session {
 
     /// When the companion's untaken spares go back because others wait for a token.
     fn companion_deadline(&self) -> Option<Instant> {
-        let since = self.companion.as_ref()?.relay().spare_since()?;
-        self.device.has_waiters_besides(COMPANION_PID).then(|| since + self.device.reservation())
+        // Asked on every turn of the loop: the waiters first, which need no system call.
+        let companion = self.companion.as_ref()?;
+        if !self.device.has_waiters_besides(COMPANION_PID) {
+            return None;
+        }
+        Some(companion.relay().spare_since()? + self.device.reservation())
     }
 
     /// Gives the companion's untaken spares back to the device (others wait for them, the pool
