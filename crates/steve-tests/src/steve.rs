@@ -216,3 +216,33 @@ impl Drop for FifoServer {
         }
     }
 }
+
+/// A server stopped with SIGTERM and waited for when dropped, so that a failing test leaves no
+/// server (or mount) behind.
+#[derive(Debug)]
+pub struct StopOnDrop(pub Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+/// A fuse server with `jobs` tokens mounted on `mountpoint` (whose parent holds its control
+/// socket), announced and ready; stopped however the test ends. Its jobserver file and control
+/// socket.
+pub fn fuse_server(mountpoint: &Path, jobs: u32) -> (StopOnDrop, PathBuf, PathBuf) {
+    let mut server = command()
+        .args(["serve", "--backend", "fuse", "-j", &jobs.to_string(), "--mountpoint"])
+        .arg(mountpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut announcement = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
+    assert!(announcement.starts_with("MAKEFLAGS="), "the fuse server said {announcement:?}");
+    let control = steve_core::paths::control_beside(mountpoint);
+    (StopOnDrop(server), mountpoint.join("jobserver"), control)
+}

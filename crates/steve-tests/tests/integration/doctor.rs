@@ -3,13 +3,12 @@
 //! against a `fifo:` jobserver, ninja against a file that is not a FIFO, a missing device), and
 //! nothing reported when the same clients can join.
 
-use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use steve_tests::clients;
-use steve_tests::steve::{command, FifoServer};
+use steve_tests::steve::{command, fuse_server, FifoServer};
 
 /// `steve doctor --json ARGS` with `env` set (and MAKEFLAGS' relatives cleared unless given):
 /// its exit code and findings.
@@ -124,16 +123,6 @@ fn clients_that_cannot_open_the_jobserver_are_found_and_those_that_can_pass() {
     drop((read, write));
 }
 
-/// A child killed and reaped when dropped.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Against a fuse server's file (not a FIFO), ninja 1.13.2 is sent to the companion FIFO.
 #[test]
 #[cfg_attr(
@@ -143,17 +132,9 @@ impl Drop for KillOnDrop {
 fn ninja_against_a_device_file_is_sent_to_the_companion_fifo() {
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().join("mnt");
-    let mut server = command()
-        .args(["serve", "--backend", "fuse", "-j", "3", "--mountpoint"])
-        .arg(&mountpoint)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let makeflags = lines.next().unwrap().unwrap();
-    let _server = KillOnDrop(server);
-    let makeflags = makeflags.strip_prefix("MAKEFLAGS='").unwrap().trim_end_matches('\'');
+    let (_server, file, _) = fuse_server(&mountpoint, 3);
+    let makeflags = format!(" -j3 --jobserver-auth=fifo:{}", file.display());
+    let makeflags = makeflags.as_str();
     let bin = tempfile::tempdir().unwrap();
     let path =
         path_with(bin.path(), Path::new("/bin/false"), &clients::ninja(), Path::new("/bin/false"));

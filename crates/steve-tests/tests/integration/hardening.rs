@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use steve_tests::steve::{command, FifoServer};
-use steve_tests::{attacker, command_as, cpu_seconds, wait_for};
+use steve_tests::steve::{command, fuse_server, FifoServer, StopOnDrop};
+use steve_tests::{attacker, command_as, cpu_seconds, wait_for, KillOnDrop};
 
 /// A fifo server started through `prlimit --nofile=SOFT:HARD`, in a folder others can enter.
 fn limited_server(dir: &tempfile::TempDir, soft: u32, hard: u32) -> FifoServer {
@@ -357,16 +357,6 @@ fn a_reused_thread_id_books_tokens_to_the_new_process_forcing_pid_reuse() {
     drop(server);
 }
 
-/// A child killed and reaped when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The attacker's `swap-on-create` role (see the compliance binary) on `dir/name`, watching.
 fn swapper(
     (uid, gid): (u32, u32),
@@ -568,37 +558,4 @@ fn steve_exec_never_takes_its_own_standard_output_for_a_jobserver() {
     let lines = steve_tests::steve::stderr_lines(&output);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("descriptor 1 is standard input, output or error"), "{}", lines[0]);
-}
-
-/// A server stopped with SIGTERM and waited for when dropped, so that a failing test leaves no
-/// server (or mount) behind.
-struct StopOnDrop(Child);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.0.wait();
-    }
-}
-
-/// A fuse server with `jobs` tokens mounted on `mountpoint` (whose parent holds its control
-/// socket), announced and ready; stopped however the test ends. Its jobserver file and control
-/// socket.
-fn fuse_server(
-    mountpoint: &std::path::Path,
-    jobs: u32,
-) -> (StopOnDrop, std::path::PathBuf, std::path::PathBuf) {
-    let mut server = command()
-        .args(["serve", "--backend", "fuse", "-j", &jobs.to_string(), "--mountpoint"])
-        .arg(mountpoint)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut announcement = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
-    assert!(announcement.starts_with("MAKEFLAGS="), "the fuse server said {announcement:?}");
-    let control = steve_core::paths::control_beside(mountpoint);
-    (StopOnDrop(server), mountpoint.join("jobserver"), control)
 }
