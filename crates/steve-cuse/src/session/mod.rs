@@ -150,6 +150,9 @@ impl Session {
     /// Feeds `companion` from this session's device from now on.
     pub fn serve_companion(&mut self, companion: Companion) {
         self.endpoint.companion = Some(companion.path().to_path_buf());
+        // Its directory too is one `serve` warns about when others may change it.
+        let dir = companion.path().parent().and_then(|dir| dir.canonicalize().ok());
+        self.endpoint.directories.extend(dir);
         self.companion = Some(companion);
         self.feed_companion(Instant::now());
     }

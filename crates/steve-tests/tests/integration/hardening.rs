@@ -559,3 +559,34 @@ fn steve_exec_never_takes_its_own_standard_output_for_a_jobserver() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("descriptor 1 is standard input, output or error"), "{}", lines[0]);
 }
+
+/// A companion FIFO put in a directory others may change (`--fifo`) is warned about, as the
+/// jobserver's and the control socket's directories are.
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs root and /dev/fuse; scripts/test runs it (it sets STEVE_TEST_ALL=1)"
+)]
+fn a_companion_fifo_in_a_shared_directory_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let private = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let log = private.path().join("steve.log");
+    let mut server = command()
+        .args(["serve", "--backend", "fuse", "-j", "2", "--mountpoint"])
+        .arg(private.path().join("mnt"))
+        .arg("--fifo")
+        .arg(shared.path().join("companion.fifo"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut announcement = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
+    let _server = StopOnDrop(server);
+    assert!(announcement.starts_with("MAKEFLAGS="), "{announcement:?}");
+    let said = std::fs::read_to_string(&log).unwrap();
+    let warning = format!("{} may be changed by users other than root", shared.path().display());
+    assert!(said.contains(&warning), "{said}");
+}
