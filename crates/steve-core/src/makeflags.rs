@@ -189,6 +189,12 @@ impl MakeFlags {
         self.short_flags.contains('n')
     }
 
+    /// The same flags without a jobserver and without `-j` (children are then on their own),
+    /// every other flag kept.
+    pub fn without_jobserver(&self) -> MakeFlags {
+        MakeFlags { jobs: None, jobserver: None, ..self.clone() }
+    }
+
     /// The same flags with `jobs` and `auth` as the jobserver, every other flag kept.
     pub fn with_jobserver(&self, jobs: Jobs, auth: JobserverAuth) -> MakeFlags {
         MakeFlags { jobs: Some(jobs), jobserver: Some(auth), ..self.clone() }

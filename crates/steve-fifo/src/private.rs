@@ -21,6 +21,7 @@ use steve_core::server::backend::RunConfig;
 use steve_core::server::probe::ProcProbe;
 use steve_core::server::signals::{supervise, Signals};
 use steve_core::status::{BackendReport, CounterReport, PoolReport, ReportHeader, StatusReport};
+use steve_core::JobCount;
 use tracing::{debug, info, warn};
 
 use crate::error::FifoError;
@@ -51,7 +52,7 @@ fn run_command_tree(config: &RunConfig) -> Result<ExitStatus, FifoError> {
         info!("status:\n{}", status(&jobserver, started))
     })
     .map_err(FifoError::io("wait for", "the command"))?;
-    let tokens = jobserver.jobs().get() - 1;
+    let tokens = jobserver.jobs() - 1;
     let report = jobserver.close().map_err(FifoError::Client)?;
     if report.missing > 0 {
         warn!(
@@ -68,7 +69,8 @@ fn run_command_tree(config: &RunConfig) -> Result<ExitStatus, FifoError> {
 /// The private jobserver's status: its `jobs` slots, `jobs - 1` tokens in the pipe.
 fn status(jobserver: &Jobserver, started: Instant) -> StatusReport {
     let free = jobserver.free();
-    let jobs = jobserver.jobs();
+    // Made from a JobCount by `steve run`, so always one.
+    let jobs = JobCount::new(jobserver.jobs()).unwrap_or_else(|_| JobCount::cpus());
     let tokens = jobs.get() - 1;
     let path = match jobserver.auth() {
         JobserverAuth::Fifo(path) => path,

@@ -58,6 +58,9 @@ impl std::fmt::Display for Style {
     }
 }
 
+/// The most tokens a jobserver may be created with: what one write to a pipe puts in at once.
+pub const PIPE_BUF: usize = nix::libc::PIPE_BUF;
+
 /// A jobserver this process owns.
 ///
 /// ```
@@ -96,8 +99,19 @@ pub struct CloseReport {
 impl Jobserver {
     /// A jobserver for `jobs` jobs at once: `jobs - 1` tokens in the pipe.
     pub fn create(jobs: JobCount, style: Style) -> Result<Jobserver, ClientError> {
-        let jobserver = Jobserver::empty(jobs, Jobs::from(jobs), style)?;
-        (&jobserver.write).write_all(&vec![b'+'; jobs.get() - 1]).map_err(ClientError::Io)?;
+        Jobserver::with_tokens(&vec![b'+'; jobs.get() - 1], style)
+    }
+
+    /// A jobserver whose pipe holds exactly `tokens`, one byte each (libjobserver lets the
+    /// caller choose them): `tokens.len() + 1` jobs at once. At most [`PIPE_BUF`] tokens, so
+    /// that filling the pipe is one write nobody can see half done.
+    pub fn with_tokens(tokens: &[u8], style: Style) -> Result<Jobserver, ClientError> {
+        if tokens.len() > PIPE_BUF {
+            return Err(ClientError::TooManyTokens { count: tokens.len(), max: PIPE_BUF });
+        }
+        let jobs = tokens.len() + 1;
+        let jobserver = Jobserver::empty(jobs, Jobs::Limit(jobs as u32), style)?;
+        (&jobserver.write).write_all(tokens).map_err(ClientError::Io)?;
         Ok(jobserver)
     }
 
@@ -105,15 +119,14 @@ impl Jobserver {
     /// at a time, from another jobserver (as `steve exec --pipe` borrows from the machine's);
     /// children are told `-j` `advertised`.
     pub fn relayed(advertised: Jobs, style: Style) -> Result<(Jobserver, Relay), ClientError> {
-        let jobserver = Jobserver::empty(JobCount::new(1).expect("1 job"), advertised, style)?;
+        let jobserver = Jobserver::empty(1, advertised, style)?;
         let read = jobserver.read.try_clone().map_err(ClientError::Io)?;
         let write = jobserver.write.try_clone().map_err(ClientError::Io)?;
         let relay = Relay::new(read, write).map_err(ClientError::Io)?;
         Ok((jobserver, relay))
     }
 
-    fn empty(jobs: JobCount, advertised: Jobs, style: Style) -> Result<Jobserver, ClientError> {
-        let jobs = jobs.get();
+    fn empty(jobs: usize, advertised: Jobs, style: Style) -> Result<Jobserver, ClientError> {
         let (read, write, dir) = match style {
             Style::Pipe => {
                 let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
@@ -138,9 +151,9 @@ impl Jobserver {
         Ok(Jobserver { jobs, advertised, style, read, write, dir })
     }
 
-    /// Jobs at once, the implicit token included.
-    pub fn jobs(&self) -> JobCount {
-        JobCount::new(self.jobs).expect("made from a JobCount")
+    /// Jobs at once, the implicit token included: the tokens it was made with, plus one.
+    pub fn jobs(&self) -> usize {
+        self.jobs
     }
 
     /// Where children find it.
@@ -184,6 +197,46 @@ impl Jobserver {
     /// Tokens in the pipe now.
     pub fn free(&self) -> usize {
         crate::sys::bytes_in_pipe(self.read.as_fd()).unwrap_or(0)
+    }
+
+    /// Lets every program this process starts inherit the descriptors (clears close-on-exec),
+    /// for a jobserver published in this process's own environment rather than handed to one
+    /// [`Command`] by [`Jobserver::configure`]. Nothing to do for a named pipe.
+    pub fn inherit_across_exec(&self) -> Result<(), ClientError> {
+        if self.style == Style::Pipe {
+            for fd in [self.read.as_fd(), self.write.as_fd()] {
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+                    .map_err(|errno| ClientError::Io(errno.into()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a process other than this one still has the jobserver open (a descendant that
+    /// outlived the job that started it): its tokens may still come back. Processes whose
+    /// descriptors cannot be read (another user's) are not seen; a private pipe reaches them
+    /// only if one of ours passed it on.
+    pub fn held_elsewhere(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let wanted = match (&self.dir, self.read.metadata()) {
+            (Some(dir), _) => dir.join("jobserver").into_os_string(),
+            (None, Ok(metadata)) => format!("pipe:[{}]", metadata.ino()).into(),
+            (None, Err(_)) => return false,
+        };
+        let own = std::process::id().to_string();
+        let Ok(processes) = fs::read_dir("/proc") else { return false };
+        processes
+            .flatten()
+            .filter(|entry| {
+                let name = entry.file_name();
+                name != own.as_str() && name.to_str().is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .any(|entry| {
+                // Only the links' text is read, never the files behind them.
+                fs::read_dir(entry.path().join("fd")).into_iter().flatten().flatten().any(|fd| {
+                    fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted)
+                })
+            })
     }
 
     /// Closes the jobserver and says whether every token came back.
@@ -273,5 +326,42 @@ mod tests {
         drop(client);
         assert_eq!(jobserver.close().unwrap(), CloseReport { missing: 0, surplus: 0 });
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn tokens_of_the_callers_choice_come_out_as_written_and_too_many_are_refused() {
+        let jobserver = Jobserver::with_tokens(b"ab", Style::Pipe).unwrap();
+        assert_eq!((jobserver.jobs(), jobserver.free()), (3, 2));
+        let client = jobserver.client().unwrap();
+        let bytes: Vec<u8> =
+            (0..2).map(|_| client.try_acquire().unwrap().unwrap().byte()).collect();
+        assert_eq!(bytes, b"ab");
+        assert!(matches!(
+            Jobserver::with_tokens(&[b'+'; PIPE_BUF + 1], Style::Pipe),
+            Err(ClientError::TooManyTokens { count, max: PIPE_BUF }) if count == PIPE_BUF + 1
+        ));
+        assert_eq!(
+            Jobserver::with_tokens(&[b'+'; PIPE_BUF], Style::Pipe).unwrap().free(),
+            PIPE_BUF
+        );
+    }
+
+    #[test]
+    fn a_descendant_holding_the_pipe_is_seen_and_inherits_it_across_exec() {
+        let jobserver = Jobserver::create(JobCount::new(2).unwrap(), Style::Pipe).unwrap();
+        assert!(!jobserver.held_elsewhere(), "only this process has it");
+        jobserver.inherit_across_exec().unwrap();
+        let JobserverAuth::Fds { read, .. } = jobserver.auth() else { panic!("a pipe") };
+        // No configure(): the descriptor reaches the child only because it is inheritable now.
+        let mut child =
+            Command::new("sleep").arg("30").stdin(std::process::Stdio::null()).spawn().unwrap();
+        // spawn() returns once the child has exec'd: the descriptors are there or never will be.
+        let link = fs::read_link(format!("/proc/{}/fd/{read}", child.id()));
+        let seen = jobserver.held_elsewhere();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(link.is_ok(), "the child did not inherit descriptor {read}");
+        assert!(seen, "a child holding the pipe was not seen");
+        assert!(!jobserver.held_elsewhere(), "the child is gone");
     }
 }

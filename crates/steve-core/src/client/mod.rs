@@ -35,7 +35,7 @@
 mod create;
 mod job_pool;
 
-pub use create::{make_fifo, CloseReport, Jobserver, Style};
+pub use create::{make_fifo, CloseReport, Jobserver, Style, PIPE_BUF};
 pub use job_pool::{Finished, JobId, JobPool};
 
 use std::fmt;
@@ -84,6 +84,13 @@ pub enum ClientError {
     },
     /// The jobserver closed (end of file on a read).
     Closed,
+    /// More tokens than a jobserver may be created with.
+    TooManyTokens {
+        /// How many were asked for.
+        count: usize,
+        /// The most there may be ([`PIPE_BUF`](create::PIPE_BUF)).
+        max: usize,
+    },
     /// A read, write or poll failed.
     Io(io::Error),
 }
@@ -104,6 +111,9 @@ impl fmt::Display for ClientError {
                 write!(f, "cannot open the jobserver {}", path.display())
             }
             ClientError::Closed => f.write_str("the jobserver closed"),
+            ClientError::TooManyTokens { count, max } => {
+                write!(f, "{count} tokens asked for, a jobserver holds at most {max}")
+            }
             ClientError::Io(_) => f.write_str("jobserver I/O failed"),
         }
     }
@@ -208,7 +218,10 @@ impl Client {
         let mut byte = [0u8; 1];
         loop {
             match (&self.0.read).read(&mut byte) {
-                Ok(1) => return Ok(Some(Token { client: Arc::clone(&self.0), byte: byte[0] })),
+                Ok(1) => {
+                    let client = Arc::clone(&self.0);
+                    return Ok(Some(Token { client, byte: byte[0], given_back: false }));
+                }
                 Ok(_) => return Err(ClientError::Closed),
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -286,11 +299,13 @@ impl Client {
     }
 }
 
-/// A token read from the jobserver. Dropping it writes back the byte that was read.
+/// A token read from the jobserver. Dropping it writes back the byte that was read;
+/// [`Token::give_back`] does the same and says whether it worked.
 #[derive(Debug)]
 pub struct Token {
     client: Arc<Inner>,
     byte: u8,
+    given_back: bool,
 }
 
 impl Token {
@@ -298,18 +313,31 @@ impl Token {
     pub fn byte(&self) -> u8 {
         self.byte
     }
+
+    /// Writes the byte back now, and says if that failed (the token is then lost to this
+    /// process: the server's accounting, or a fifo steve's leak recovery, finds it).
+    pub fn give_back(mut self) -> Result<(), ClientError> {
+        self.given_back = true;
+        self.write_back()
+    }
+
+    fn write_back(&self) -> Result<(), ClientError> {
+        loop {
+            match (&self.client.write).write(&[self.byte]) {
+                Ok(1) => return Ok(()),
+                Ok(_) => return Err(ClientError::Closed),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(ClientError::Io(error)),
+            }
+        }
+    }
 }
 
 impl Drop for Token {
     fn drop(&mut self) {
-        loop {
-            match (&self.client.write).write(&[self.byte]) {
-                Ok(1) => return,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                // Nothing else can be done in a destructor; the server's accounting (or a
-                // fifo steve's leak recovery) finds the token.
-                _ => return,
-            }
+        if !self.given_back {
+            // Nothing else can be done in a destructor; give_back reports the failure.
+            let _ = self.write_back();
         }
     }
 }
@@ -447,6 +475,16 @@ mod tests {
         let mut rest = [0u8; 2];
         assert_eq!(nix::unistd::read(&read, &mut rest).unwrap(), 2);
         assert_eq!(&rest, b"ba", "the byte that was read went back, once");
+    }
+
+    #[test]
+    fn give_back_writes_the_byte_once() {
+        let (read, _write, auth) = pipe_with(b"x");
+        let client = Client::open(&auth).unwrap();
+        let token = client.try_acquire().unwrap().unwrap();
+        token.give_back().unwrap();
+        // Given back, and not again when the token is dropped inside give_back.
+        assert_eq!(crate::sys::bytes_in_pipe(&read).unwrap(), 1);
     }
 
     #[test]
