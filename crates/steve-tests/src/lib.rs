@@ -5,6 +5,7 @@
 //! is a mock: the harness only starts programs, writes build files whose jobs log when they run,
 //! and reads the logs.
 //!
+//! - [`capi`]: installs the C library and compiles C programs against it;
 //! - [`steve`]: builds the binary and runs servers and commands with it;
 //! - [`clients`]: finds the real clients, and fails loudly when one is missing;
 //! - [`projects`]: Makefiles, ninja files and cargo workspaces whose jobs log start and end;
@@ -19,6 +20,7 @@
 //! ignored unless `STEVE_TEST_ALL=1` ([`run_everything`]), which `scripts/test` sets; with it, a
 //! missing prerequisite fails the test that needs it.
 
+pub mod capi;
 pub mod clients;
 pub mod pipe;
 pub mod projects;

@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use steve_tests::capi::{self, Link};
 use steve_tests::{clients, steve, vm};
 
 /// The server backends, longest run first so that its run starts first.
@@ -53,6 +54,7 @@ fn run_backend(backend: &'static str, scenarios: &[String]) -> Run {
                 ("STEVE_TEST_MAKE43", clients::make43().into_os_string()),
                 ("STEVE_TEST_NINJA", clients::ninja().into_os_string()),
                 ("STEVE_TEST_GCC12", clients::gcc12().into_os_string()),
+                ("STEVE_TEST_CAPI_PROBE", capi::probe(Link::Static).into_os_string()),
             ];
             let run = vm::run(&command, &env, Duration::from_secs(20 * 60));
             Run { output: run.output.clone(), describe: format!("in the VM\n{}", run.describe()) }
@@ -74,6 +76,7 @@ fn run_backend(backend: &'static str, scenarios: &[String]) -> Run {
                 .env("STEVE_TEST_NINJA", clients::ninja())
                 .env("STEVE_TEST_MAKE43", clients::make43())
                 .env("STEVE_TEST_GCC12", clients::gcc12())
+                .env("STEVE_TEST_CAPI_PROBE", capi::probe(Link::Static))
                 .output()
                 .expect("run the compliance program");
             let text = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -12,6 +12,7 @@
 //!
 //! Paths come from the environment: `STEVE_BIN` (the steve binary), `STEVE_TEST_MAKE44` (GNU
 //! make 4.4.1), `STEVE_TEST_CARGO` (cargo), `STEVE_TEST_NINJA` (ninja 1.13.2, one scenario),
+//! `STEVE_TEST_CAPI_PROBE` (the C library's test program, `c/jobserver-probe.c`),
 //! `STEVE_SCENARIO_BACKEND` (`cuse`, the default, `fuse` or `fifo`), and for fuse and fifo
 //! `STEVE_SCENARIO_PLACE` (the directory each server mounts on, or the path of its pipe).
 
@@ -154,6 +155,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario("set_refused_to_others", Needs::Jobserver, set_refused_to_others),
     scenario("memory_limit", Needs::Jobserver, memory_limit),
     scenario("client_library", Needs::Jobserver, client_library),
+    scenario("c_library", Needs::Jobserver, c_library),
     scenario("cargo_build", Needs::Jobserver, cargo_build),
     scenario("status_finds_the_server", Needs::Jobserver, status_finds_the_server),
     scenario("enospc_and_grace", Needs::PerProcess, enospc_and_grace),
@@ -985,6 +987,32 @@ fn client_library() -> Result<(), String> {
     drop(pool);
     let peak = timeline::peak_of(&log, 8);
     println!("figure client_library_peak {peak}");
+    ensure((2..=4).contains(&peak), || format!("peak {peak} with 3 tokens and the implicit one"))?;
+    daemon.assert_pool_whole(3)
+}
+
+/// steve's C library (libjobserver's interface) on this backend: a C program built against
+/// jobserver.h and libjobserver.a launches 20 jobs through jobserver_launch_job and
+/// jobserver_collect on 3 tokens; at most 4 run at once and every token comes back.
+fn c_library() -> Result<(), String> {
+    let daemon = Daemon::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let output = Command::new(env_path("STEVE_TEST_CAPI_PROBE"))
+        .arg("jobs")
+        .arg("20")
+        .arg(&log)
+        .arg("100")
+        .env("MAKEFLAGS", daemon.makeflags(3))
+        .env_remove("CARGO_MAKEFLAGS")
+        .output()
+        .map_err(|e| format!("run the C probe: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure(output.status.success() && stdout.contains("close returned 0"), || {
+        format!("the C probe: {stdout} {}", String::from_utf8_lossy(&output.stderr))
+    })?;
+    let peak = timeline::peak_of(&log, 20);
+    println!("figure c_library_peak {peak}");
     ensure((2..=4).contains(&peak), || format!("peak {peak} with 3 tokens and the implicit one"))?;
     daemon.assert_pool_whole(3)
 }

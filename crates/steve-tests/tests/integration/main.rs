@@ -7,6 +7,7 @@
 //! The compliance suite, every scenario against every backend, is the `compliance` test.
 
 mod bad_input;
+mod c_library;
 mod cargo_builds;
 mod cli;
 mod client_library;
