@@ -88,6 +88,10 @@ pub unsafe fn fork_job(
     function: JobFunction,
     data: *mut libc::c_void,
 ) -> Result<libc::pid_t, Errno> {
+    // Output the program buffered but did not write yet would otherwise be written twice:
+    // by the program, and by the job when exit(3) flushes its copy.
+    // SAFETY: fflush(NULL) flushes every open output stream; it takes no pointer of ours.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
     // SAFETY: fork has no memory-safety preconditions of its own; what the child does is
     // limited to async-signal-safe calls (sigprocmask, close) before the caller's function,
     // which the caller vouches for.

@@ -16,7 +16,8 @@
  *   clear                jobserver_clear kills the running jobs
  *   print                jobserver_print with a job running
  *   env                  getenv, setenv and unsetenv, printing MAKEFLAGS after each
- *   eintr                a signal interrupts launch_job's wait for a token
+ *   eintr                with no token free, launch_job gives up after its wait, and a signal
+ *                        interrupts a wait without end
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -368,6 +369,7 @@ static int eintr(void)
   sigaction(SIGALRM, &action, NULL);
   int ms = 2000;
   report("launch_job on the implicit token", jobserver_launch_job(&js, -1, true, &ms, sleep_job, job_done));
+  report("launch_job with a 100 ms wait", jobserver_launch_job(&js, 100, true, &ms, sleep_job, job_done));
   alarm(1);
   report("launch_job waiting", jobserver_launch_job(&js, -1, true, &ms, sleep_job, job_done));
   printf("jobs %zu\n", js.current_jobs);

@@ -57,14 +57,17 @@ pub fn pkg_config(args: &[&str]) -> Vec<String> {
     String::from_utf8_lossy(&output.stdout).split_whitespace().map(str::to_string).collect()
 }
 
-/// Compiles the C file `source` (relative to the workspace) with gcc against the installed
-/// header and library, into the prefix's `bin`; returns the program.
+/// Compiles the C file `source` (relative to the workspace; a `.cc` file is C++, built with
+/// g++) against the installed header and library, into the prefix's `bin`; returns the
+/// program.
 pub fn compile(source: &str, link: Link) -> PathBuf {
     let source = workspace_root().join(source);
     let stem = source.file_stem().expect("a file name").to_string_lossy().into_owned();
     let program = prefix().join("bin").join(format!("{stem}-{link:?}").to_lowercase());
-    let mut gcc = Command::new("gcc");
-    gcc.args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-o"]).arg(&program).arg(&source);
+    let cxx = source.extension().is_some_and(|extension| extension == "cc");
+    let mut gcc = Command::new(if cxx { "g++" } else { "gcc" });
+    gcc.arg(if cxx { "-std=c++17" } else { "-std=gnu11" });
+    gcc.args(["-Wall", "-Wextra", "-Werror", "-o"]).arg(&program).arg(&source);
     gcc.args(pkg_config(&["--cflags"]));
     match link {
         Link::Shared => {

@@ -125,14 +125,19 @@ pub fn print_figures(title: &str, output: &str) {
 }
 
 /// Runs `command` to the end and returns what it printed, or `None` if it was still running
-/// after `limit` (it is killed then): for a command that must refuse and exit, which would
-/// otherwise hang the test by serving.
+/// after `limit` (it is killed then, with every process it started: it runs in a process group
+/// of its own): for a command that must refuse and exit, which would otherwise hang the test by
+/// serving, or a build that must not hang.
 pub fn output_within(command: &mut std::process::Command, limit: Duration) -> Option<Output> {
+    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().ok()?;
+    let mut child =
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).spawn().ok()?;
     let deadline = Instant::now() + limit;
     while child.try_wait().ok()?.is_none() {
         if Instant::now() > deadline {
+            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
             let _ = child.kill();
             let _ = child.wait();
             return None;

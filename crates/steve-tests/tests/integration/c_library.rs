@@ -81,6 +81,52 @@ fn c_programs_run_20_jobs_within_make_4_4_1_and_4_3_in_plus_rules() {
 }
 
 #[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs GNU make 4.4.1 and 4.3, gcc and pkg-config, which scripts/test installs"
+)]
+fn three_c_programs_racing_for_one_free_token_wait_again_and_never_hang() {
+    // make -j4 runs the three rules on its implicit token and two of its three; the programs'
+    // own implicit tokens run one job each, and all three race for the one token left: each
+    // sees it readable, one reads it, the others must go back to waiting.
+    for (make, name) in [(clients::make44(), "make 4.4.1 (fifo)"), (clients::make43(), "make 4.3")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("timeline");
+        let probe = probe();
+        let rules: String = (0..3)
+            .map(|n| format!("r{n}:\n\t+{} jobs 10 {}.{n} 30\n", probe.display(), log.display()))
+            .collect();
+        std::fs::write(dir.path().join("Makefile"), format!("all: r0 r1 r2\n{rules}")).unwrap();
+        let mut command = clean(&make);
+        command.arg("-j4").current_dir(dir.path());
+        let output = steve_tests::output_within(&mut command, std::time::Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("three C programs under {name} hung"));
+        assert_success(&output, &format!("three C programs under {name} -j4"));
+        assert_eq!(stdout(&output).matches("close returned 0").count(), 3, "{}", stdout(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("jobserver") && !stderr.contains("INTERNAL"), "{stderr}");
+        // Together, never more than make's 4 slots.
+        let mut all = Vec::new();
+        for n in 0..3 {
+            all.extend(timeline::spans(&dir.path().join(format!("timeline.{n}"))));
+        }
+        let peak = timeline::peak(&all);
+        eprintln!("three C programs under {name} -j4: peak {peak}");
+        assert!(peak <= 4 && all.len() == 30, "peak {peak} of {} jobs under {name} -j4", all.len());
+    }
+}
+
+#[test]
+#[cfg_attr(not(steve_test_all), ignore = "needs g++ and pkg-config, which scripts/test installs")]
+fn a_cxx_program_includes_the_header_and_links() {
+    let program = capi::compile("crates/steve-tests/c/jobserver-cxx.cc", Link::Shared);
+    let output = clean(&program).output().unwrap();
+    assert_success(&output, "the C++ program");
+    assert_eq!(stdout(&output), "create returned 3\nended 4\nclose returned 0\n");
+}
+
+#[test]
 #[cfg_attr(not(steve_test_all), ignore = "needs gcc and pkg-config, which scripts/test installs")]
 fn a_c_program_runs_within_steve_run_pipe_and_fifo() {
     for style in ["pipe", "fifo"] {
@@ -245,14 +291,20 @@ fn clear_kills_every_job_and_gives_its_token_back() {
 
 #[test]
 #[cfg_attr(not(steve_test_all), ignore = "needs gcc and pkg-config, which scripts/test installs")]
-fn a_signal_interrupts_launch_job_with_eintr_and_loses_no_token() {
+fn launch_job_gives_eagain_after_its_wait_and_eintr_on_a_signal_losing_no_token() {
     // steve run -j1: an empty pipe, so the second job waits for a token until the alarm.
     let mut run = clean(steve::binary());
     run.args(["run", "-j1", "--"]).arg(probe()).arg("eintr");
     let text = expect_lines(
         &mut run,
         "an alarm during launch_job",
-        &["launch_job waiting failed: EINTR", "jobs 1", "collect returned 0", "close returned 0"],
+        &[
+            "launch_job with a 100 ms wait failed: EAGAIN",
+            "launch_job waiting failed: EINTR",
+            "jobs 1",
+            "collect returned 0",
+            "close returned 0",
+        ],
     );
     assert!(!text.contains("not returned"), "{text}");
 }
