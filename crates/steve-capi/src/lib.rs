@@ -3,7 +3,7 @@
 //! against steve unchanged.
 //!
 //! Every function here is a thin `extern "C"` shell: it checks its pointers, calls the safe
-//! code in [`state`] (jobs and the one wait), [`env`] (MAKEFLAGS) or steve-core's client
+//! code in [`state`] (jobs and the one wait), [`mod@env`] (MAKEFLAGS) or steve-core's client
 //! (joining and creating), keeps the caller's `struct jobserver` up to date, and turns errors
 //! into `-1` and `errno` as [`errors`] maps them. Callbacks of jobs that ended run last, once
 //! the library is done with its state, so a callback may call the library again.

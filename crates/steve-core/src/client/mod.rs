@@ -88,7 +88,7 @@ pub enum ClientError {
     TooManyTokens {
         /// How many were asked for.
         count: usize,
-        /// The most there may be ([`PIPE_BUF`](create::PIPE_BUF)).
+        /// The most there may be ([`PIPE_BUF`]).
         max: usize,
     },
     /// A read, write or poll failed.
