@@ -3,7 +3,7 @@
 //! here.
 
 use std::ffi::OsString;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,7 +19,11 @@ use tracing::info;
 
 mod control;
 mod doctor;
+mod environment;
 mod exec;
+mod generate;
+mod logging;
+mod notify;
 mod output;
 mod top;
 
@@ -37,6 +41,9 @@ struct Cli {
     /// Log everything, for debugging steve itself.
     #[arg(short, long, global = true)]
     debug: bool,
+    /// Colour in log lines: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = logging::Color::Auto)]
+    color: logging::Color,
     #[command(subcommand)]
     command: Commands,
 }
@@ -62,6 +69,20 @@ enum Commands {
     /// Find what would make a build started from here escape the machine's pool, and the fix
     /// for each (exit status 1 when something escapes).
     Doctor(doctor::DoctorArgs),
+    /// Print the environment that joins a running server's pool: MAKEFLAGS, STEVE_CONTROL and
+    /// STEVE_FIFO_MAKEFLAGS (eval "$(steve env)").
+    Env(environment::EnvArgs),
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages, steve(1) and one per subcommand, into DIR (for installers).
+    #[command(hide = true)]
+    ManPages {
+        /// Where the pages go.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -128,6 +149,10 @@ struct ServeArgs {
     /// /run/steve/NAME.control; for a mount on DIR, DIR.control].
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// Print the environment, once ready, as `export` lines for a shell to source, rather than
+    /// plain NAME='value' lines (which systemd's EnvironmentFile= reads).
+    #[arg(long)]
+    print_env: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,7 +198,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging(cli.verbose, cli.debug);
+    logging::init(cli.verbose, cli.debug, cli.color);
     match cli.command {
         Commands::Serve(args) => report(serve(*args), serve_exit_code),
         Commands::Run(args) => run(args),
@@ -194,6 +219,11 @@ fn main() -> ExitCode {
         Commands::Set(args) => report(control::set(args), |_| EXIT_FAILED),
         Commands::Top(args) => report(top::run(args), |_| EXIT_FAILED),
         Commands::Backends => report(list_backends(), |_| EXIT_FAILED),
+        Commands::Env(args) => report(environment::run(args), |_| EXIT_FAILED),
+        Commands::Completions { shell } => {
+            report(generate::completions::<Cli>(shell), |_| EXIT_FAILED)
+        }
+        Commands::ManPages { dir } => report(generate::man_pages::<Cli>(&dir), |_| EXIT_FAILED),
         Commands::Doctor(args) => match doctor::run(args) {
             Ok(false) => ExitCode::SUCCESS,
             Ok(true) => ExitCode::from(EXIT_FAILED),
@@ -234,25 +264,6 @@ fn command_exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::CommandNotExecutable => EXIT_CANNOT_RUN,
         _ => EXIT_STEVE_FAILED,
     }
-}
-
-fn init_logging(verbose: bool, debug: bool) {
-    // fuser (which mounts for the fuse backend) logs its steps at info; steve says the same in
-    // its own words, so fuser speaks up only with --debug, or --verbose for its info.
-    let default = if debug {
-        "trace"
-    } else if verbose {
-        "debug,fuser=info"
-    } else {
-        "info,fuser=warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STEVE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {
@@ -301,29 +312,33 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let chosen = choose_backend(&args.backend, &config)?;
+    let print_env = args.print_env;
+    let settings_jobs = jobs;
     let mut announce = |announcement: &Announcement| {
         info!("clients use MAKEFLAGS='{}'", announcement.makeflags);
         info!("control socket: {}", announcement.control.display());
-        // The first lines on stdout say the server is ready, in a form a shell can use.
-        let control = announcement.control.display().to_string();
-        let mut lines = format!(
-            "MAKEFLAGS='{}'\nSTEVE_CONTROL='{}'",
-            shell_quote_body(&announcement.makeflags),
-            shell_quote_body(&control)
-        );
         if let Some(fifo) = &announcement.fifo_makeflags {
             info!("clients that take only a FIFO (ninja) use MAKEFLAGS='{fifo}'");
-            lines.push_str(&format!("\nSTEVE_FIFO_MAKEFLAGS='{}'", shell_quote_body(fifo)));
         }
+        // The first lines on stdout say the server is ready, in a form a shell can use.
+        let format = if print_env { environment::Format::Sh } else { environment::Format::Systemd };
+        let lines = environment::lines(
+            &announcement.makeflags,
+            &announcement.control,
+            announcement.fifo_makeflags.as_deref(),
+            format,
+        );
         let _ = output::line(&lines);
+        notify::ready(&format!(
+            "serving {} tokens on {}",
+            settings_jobs,
+            announcement.path.display()
+        ));
     };
-    steve_core::server::serve(chosen, &config, &mut announce)?;
+    let served = steve_core::server::serve(chosen, &config, &mut announce);
+    notify::stopping();
+    served?;
     Ok(())
-}
-
-/// `text` made safe inside single quotes.
-fn shell_quote_body(text: &str) -> String {
-    text.replace('\'', r"'\''")
 }
 
 /// The backend `name` names, or for `auto` the first in the registry's order that works here
