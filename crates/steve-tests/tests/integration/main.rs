@@ -17,4 +17,5 @@ mod fifo_server;
 mod fuzz_makeflags;
 mod hardening;
 mod leak_recovery;
+mod packaging;
 mod run_command;
