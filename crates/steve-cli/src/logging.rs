@@ -37,10 +37,13 @@ pub fn init(verbose: bool, debug: bool, color: Color) {
                 && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
         }
     };
+    // Module paths (steve_cuse::session) are for debugging steve; a server's lines name its
+    // backend through their span instead.
     let logger = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_target(verbose || debug);
     if journal {
         logger.without_time().init();
     } else {

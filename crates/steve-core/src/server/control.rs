@@ -106,7 +106,9 @@ impl std::fmt::Display for ControlError {
                     tried.iter().map(|path| path.display().to_string()).collect();
                 write!(
                     f,
-                    "no steve control socket found (tried {}); give --control",
+                    "no steve server is running here (no control socket at {}): start one with \
+                     `steve serve` (or `systemctl start steve`), or name its socket with \
+                     --control or STEVE_CONTROL",
                     tried.join(", ")
                 )
             }

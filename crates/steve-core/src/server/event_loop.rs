@@ -364,7 +364,7 @@ impl EventLoop {
                 if let Err(message) = may_change(peer, self.owner_uid) {
                     return Response::Error { message };
                 }
-                match self.apply(server, &settings, now) {
+                match self.apply(server, &settings, peer, now) {
                     Ok(()) => {
                         let report = self.report(server);
                         let values = settings
@@ -387,6 +387,7 @@ impl EventLoop {
         &mut self,
         server: &mut dyn Server,
         settings: &[(String, String)],
+        peer: super::control::Peer,
         now: Instant,
     ) -> Result<(), String> {
         let before = Settings { jobs: server.jobs(), limits: self.governor.limits().clone() };
@@ -399,7 +400,10 @@ impl EventLoop {
                 self.backend.refusal(ServeOption::PerProcessLimit)
             ));
         }
-        info!("settings changed: {settings:?}");
+        let changes: Vec<String> =
+            settings.iter().map(|(key, value)| format!("{key}={value}")).collect();
+        // By number: a name lookup may ask a network directory, and the loop must not wait.
+        info!("settings changed by uid {} (pid {}): {}", peer.uid, peer.pid, changes.join(" "));
         let mut cx = Context { processes: &mut self.processes, now };
         if wanted.jobs != before.jobs {
             server.change(PoolChange::Jobs(wanted.jobs), &mut cx);

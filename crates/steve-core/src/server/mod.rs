@@ -55,6 +55,8 @@ pub fn serve(
     announce: &mut dyn FnMut(&Announcement),
 ) -> Result<Ended, Error> {
     backend.check_options(config)?;
+    // Every line this server logs names its backend: `serve{backend=fuse}: ...`.
+    let _span = tracing::info_span!("serve", backend = %backend.name).entered();
     let backend::Start::Server(start) = backend.start else {
         return Err(Error::usage(format!(
             "backend {} serves one command tree: use `steve run`",

@@ -65,6 +65,33 @@ pub mod opcode {
     pub const POLL: u32 = 40;
     /// CUSE_INIT.
     pub const CUSE_INIT: u32 = 4096;
+    /// FUSE_SETXATTR.
+    pub const SETXATTR: u32 = 21;
+    /// FUSE_GETXATTR (`ls -l` asks for ACLs and security labels).
+    pub const GETXATTR: u32 = 22;
+    /// FUSE_LISTXATTR.
+    pub const LISTXATTR: u32 = 23;
+    /// FUSE_REMOVEXATTR.
+    pub const REMOVEXATTR: u32 = 24;
+    /// FUSE_ACCESS.
+    pub const ACCESS: u32 = 34;
+    /// FUSE_STATX (kernel 6.6 and later; `ls` and `stat` use statx(2)).
+    pub const STATX: u32 = 52;
+}
+
+/// The optional requests steve does not implement, by name: the kernel falls back from each
+/// when told ENOSYS (to GETATTR for STATX; for extended attributes it answers EOPNOTSUPP itself
+/// from then on), so they are answered ENOSYS without a warning.
+pub fn optional_request(opcode: u32) -> Option<&'static str> {
+    Some(match opcode {
+        opcode::SETXATTR => "SETXATTR",
+        opcode::GETXATTR => "GETXATTR",
+        opcode::LISTXATTR => "LISTXATTR",
+        opcode::REMOVEXATTR => "REMOVEXATTR",
+        opcode::ACCESS => "ACCESS",
+        opcode::STATX => "STATX",
+        _ => return None,
+    })
 }
 
 /// `FUSE_POLL_SCHEDULE_NOTIFY`: the kernel will wait, and wants a notification.
@@ -148,6 +175,11 @@ pub enum Request<'a> {
     Interrupt {
         /// The interrupted request.
         target: u64,
+    },
+    /// An optional request steve does not implement (see [`optional_request`]).
+    Optional {
+        /// Its name, as the kernel's fuse.h has it without FUSE_.
+        name: &'static str,
     },
     /// The connection is going away.
     Destroy,
@@ -301,7 +333,10 @@ pub fn parse(message: &[u8]) -> Result<(InHeader, Request<'_>), ParseError> {
         },
         opcode::RELEASEDIR => Request::Releasedir,
         opcode::FORGET | opcode::BATCH_FORGET => Request::Forget,
-        _ => Request::Unknown,
+        other => match optional_request(other) {
+            Some(name) => Request::Optional { name },
+            None => Request::Unknown,
+        },
     };
     Ok((header, request))
 }

@@ -352,6 +352,10 @@ impl Session {
                     .and_then(|filesystem| filesystem.answer(&header, &request))
                     .unwrap_or_else(|| ll::reply_error(unique, nix::libc::ENOSYS)),
             ),
+            Request::Optional { name } => {
+                debug!(request = name, "optional request answered ENOSYS: the kernel falls back");
+                Some(ll::reply_error(unique, nix::libc::ENOSYS))
+            }
             Request::Unknown => {
                 if self.unknown_opcodes.insert(header.opcode) {
                     warn!(opcode = header.opcode, "request with an unknown opcode answered ENOSYS");

@@ -433,3 +433,62 @@ fn no_color_turns_colour_off_on_a_terminal() {
     let log_lines: Vec<&str> = plain.lines().filter(|line| line.contains("INFO")).collect();
     assert!(log_lines.iter().all(|line| !line.contains('\x1b')), "{log_lines:?}");
 }
+
+#[test]
+#[cfg_attr(not(steve_test_all), ignore = "needs root, for a fuse mount")]
+fn a_fuse_servers_log_reads_well_for_ls_a_settings_change_and_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    let log = dir.path().join("log");
+    let mut server = steve::command()
+        .args(["serve", "--backend", "fuse", "-j2", "--mountpoint"])
+        .arg(&mountpoint)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut announcement = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
+    let server = steve::StopOnDrop(server);
+    // ls -l and stat send STATX and GETXATTR, which steve does not implement.
+    assert_success(&Command::new("ls").arg("-l").arg(&mountpoint).output().unwrap(), "ls -l");
+    assert_success(
+        &Command::new("stat").arg(mountpoint.join("jobserver")).output().unwrap(),
+        "stat",
+    );
+    let control = steve_core::paths::control_beside(&mountpoint);
+    let set = steve::command().args(["set", "jobs=3", "--control"]).arg(&control).output().unwrap();
+    assert_success(&set, "steve set jobs=3");
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    // The one warning is root's default mode (no jobserver group on this machine).
+    let warnings: Vec<&str> =
+        text.lines().filter(|line| line.contains("WARN") && !line.contains("mode 0666")).collect();
+    assert!(warnings.is_empty(), "warnings for ls -l: {warnings:?}");
+    let changed = text.lines().find(|line| line.contains("settings changed")).expect("logged");
+    assert!(changed.contains("by uid 0 (pid ") && changed.ends_with(": jobs=3"), "{changed}");
+    assert!(text.lines().all(|line| line.contains("serve{backend=fuse}")), "{text}");
+    assert!(!text.contains("steve_cuse::"), "module paths without --verbose: {text}");
+}
+
+#[test]
+fn status_without_a_server_says_so_and_how_to_start_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = steve::command()
+        .arg("status")
+        .env_remove("MAKEFLAGS")
+        .env_remove("CARGO_MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("STEVE_CONTROL")
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let lines = steve::stderr_lines(&output);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("steve: error: no steve server is running here")
+            && lines[0].contains("start one with `steve serve`"),
+        "{lines:?}"
+    );
+}
