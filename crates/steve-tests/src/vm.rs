@@ -7,7 +7,9 @@
 //! host directories). A second, writable 9p share carries results back. The
 //! initramfs holds only busybox, the kernel modules needed (found with their dependencies in the
 //! kernel package's `.modinfo` sections) and an `/init` script that sets this up, runs one
-//! command, writes its exit status and powers off.
+//! command, writes its exit status and powers off; or, for the service tests, hands the
+//! machine to the host's systemd as PID 1 ([`Guest::SystemdScript`]), which boots to one unit
+//! running a script and powers off when it ends.
 //!
 //! The kernel comes from Debian's `linux-image-amd64`, unpacked by `scripts/vm-kernel` into
 //! `.cache/vm-kernel/root` (or wherever `STEVE_TEST_VM_KERNEL_ROOT` says). A VM that cannot be
@@ -26,6 +28,19 @@ use crate::workspace_root;
 
 /// The modules the guest loads (their dependencies come along).
 const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay", "cuse"];
+
+/// The unit systemd boots to under [`Guest::SystemdScript`]: runs the script, records its exit
+/// status, and powers the machine off whatever happened.
+const SYSTEMD_TEST_UNIT: &str = "[Unit]
+Description=steve's test script, run by systemd in the test VM
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+
+[Service]
+Type=oneshot
+EnvironmentFile=/steve-vm-test.env
+ExecStart=/bin/sh -c '/bin/sh /steve-vm-test.sh > /steve-results/output 2>&1; echo $$? > /steve-results/status; sync'
+";
 
 /// Environment variables passed from the host into the guest's command.
 const PASSED_ENV: &[&str] = &[
@@ -155,15 +170,32 @@ impl VmRun {
     }
 }
 
+/// How the guest runs what it was given, once the host's file system is its root.
+#[derive(Debug, Clone)]
+pub enum Guest {
+    /// `/init` runs the command (host paths, seen the same in the guest) in a chroot, as root.
+    Command(Vec<OsString>),
+    /// `/init` hands the machine to Debian's systemd as PID 1, which runs this shell script as
+    /// the one unit it boots to (`steve-vm-test.service`, with the basic system below it:
+    /// journald, udev, tmpfiles) and powers off when it ends.
+    SystemdScript(String),
+}
+
 /// Boots the VM and runs `command` (host paths, seen the same in the guest) with `env` added to
 /// the passed-on environment, as root. Gives up after `limit`.
 pub fn run(command: &[OsString], env: &[(&str, OsString)], limit: Duration) -> VmRun {
+    boot(&Guest::Command(command.to_vec()), env, limit)
+}
+
+/// Boots the VM with `guest` and `env` added to the passed-on environment. Gives up after
+/// `limit`.
+pub fn boot(guest: &Guest, env: &[(&str, OsString)], limit: Duration) -> VmRun {
     let kernel = Kernel::locate();
     let work = tempfile::tempdir().expect("temp dir");
     let results = work.path().join("results");
     fs::create_dir(&results).unwrap();
     let initrd = work.path().join("initrd.cpio");
-    build_initramfs(&kernel, command, env, &work.path().join("initramfs"), &initrd);
+    build_initramfs(&kernel, guest, env, &work.path().join("initramfs"), &initrd);
 
     let console = work.path().join("console.log");
     let start = Instant::now();
@@ -228,7 +260,7 @@ fn quote(text: &str) -> String {
 
 fn build_initramfs(
     kernel: &Kernel,
-    command: &[OsString],
+    guest: &Guest,
     env: &[(&str, OsString)],
     dir: &Path,
     out: &Path,
@@ -239,7 +271,19 @@ fn build_initramfs(
     let busybox = Path::new("/bin/busybox");
     assert!(busybox.exists(), "no /bin/busybox: run scripts/test, which installs busybox-static");
     fs::copy(busybox, dir.join("bin/busybox")).unwrap();
-    for applet in ["sh", "mount", "insmod", "mkdir", "chroot", "poweroff", "echo", "sync", "cat"] {
+    let applets = [
+        "sh",
+        "mount",
+        "insmod",
+        "mkdir",
+        "chroot",
+        "poweroff",
+        "echo",
+        "sync",
+        "cat",
+        "switch_root",
+    ];
+    for applet in applets {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
     let mut load = String::new();
@@ -248,17 +292,50 @@ fn build_initramfs(
         fs::copy(&module, dir.join("modules").join(&name)).unwrap();
         load.push_str(&format!("insmod /modules/{name} || fail 'insmod {name}'\n"));
     }
-    let mut exports = String::new();
-    for name in PASSED_ENV {
-        if let Ok(value) = std::env::var(name) {
-            exports.push_str(&format!("{name}={} ", quote(&value)));
+    let mut variables: Vec<(String, String)> = PASSED_ENV
+        .iter()
+        .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+        .collect();
+    variables.extend(
+        env.iter().map(|(name, value)| (name.to_string(), value.to_string_lossy().into_owned())),
+    );
+    let exports: String =
+        variables.iter().map(|(name, value)| format!("{name}={} ", quote(value))).collect();
+    let run = match guest {
+        Guest::Command(command) => {
+            let command_line: Vec<String> =
+                command.iter().map(|part| quote(&part.to_string_lossy())).collect();
+            format!(
+                r#"echo "steve-vm: running the command"
+chroot /newroot /usr/bin/env -i {exports}STEVE_IN_VM=1 {command} > /newroot/steve-results/output 2>&1
+status=$?
+echo $status > /newroot/steve-results/status
+sync
+echo "steve-vm: command exited with $status"
+poweroff -f
+"#,
+                command = command_line.join(" "),
+            )
         }
-    }
-    for (name, value) in env {
-        exports.push_str(&format!("{name}={} ", quote(&value.to_string_lossy())));
-    }
-    let command_line: Vec<String> =
-        command.iter().map(|part| quote(&part.to_string_lossy())).collect();
+        Guest::SystemdScript(script) => {
+            // The script and the unit are files in the initramfs, copied into the new root.
+            fs::write(dir.join("steve-vm-test.sh"), script).unwrap();
+            // systemd's EnvironmentFile= reads NAME='value' lines.
+            let environment: String = variables
+                .iter()
+                .map(|(name, value)| format!("{name}={}\n", quote(value)))
+                .collect();
+            fs::write(dir.join("steve-vm-test.env"), format!("{environment}STEVE_IN_VM=1\n"))
+                .unwrap();
+            fs::write(dir.join("steve-vm-test.service"), SYSTEMD_TEST_UNIT).unwrap();
+            r#"echo "steve-vm: starting systemd"
+cp /steve-vm-test.sh /steve-vm-test.env /newroot/ || fail 'copying the test script'
+cp /steve-vm-test.service /newroot/etc/systemd/system/ || fail 'copying the test unit'
+exec switch_root /newroot /lib/systemd/systemd --unit=steve-vm-test.service
+"#
+            .to_string()
+        }
+    };
     let init = format!(
         r#"#!/bin/sh
 export PATH=/bin
@@ -270,15 +347,7 @@ mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /n
 for d in proc sys dev; do mount --move /$d /newroot/$d || fail "moving /$d"; done
 mkdir -p /newroot/steve-results
 mount -t 9p -o trans=virtio,version=9p2000.L results /newroot/steve-results || fail 'mounting the results share'
-echo "steve-vm: running the command"
-chroot /newroot /usr/bin/env -i {exports}STEVE_IN_VM=1 {command} > /newroot/steve-results/output 2>&1
-status=$?
-echo $status > /newroot/steve-results/status
-sync
-echo "steve-vm: command exited with $status"
-poweroff -f
-"#,
-        command = command_line.join(" "),
+{run}"#,
     );
     let init_path = dir.join("init");
     fs::write(&init_path, init).unwrap();

@@ -492,3 +492,84 @@ fn status_without_a_server_says_so_and_how_to_start_one() {
         "{lines:?}"
     );
 }
+
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs QEMU, Debian's kernel and systemd, and GNU make 4.4.1, which scripts/test installs"
+)]
+fn the_systemd_unit_serves_dev_steve_in_a_vm_booted_by_systemd() {
+    // Built on the host, installed inside the VM by scripts/install, as a package would be.
+    let profile_dir = steve::binary().parent().expect("target/<profile>").to_path_buf();
+    steve_tests::capi::prefix();
+    let project = tempfile::tempdir().unwrap();
+    // The jobs log into the results share, which the host reads after the VM stops.
+    let log = Path::new("/steve-results/timeline");
+    projects::makefile(project.path(), "job", 8, 0.5, log);
+    let script = format!(
+        r#"set -u
+fail() {{ echo "FAILED: $*"; journalctl --no-pager -n 40; exit 1; }}
+{install} --prefix /usr --from {profile} > /steve-results/installed || fail "scripts/install"
+systemd-sysusers || fail "systemd-sysusers"
+getent group jobserver > /dev/null || fail "sysusers made no group jobserver"
+udevadm control --reload
+mkdir -p /etc/systemd/system/steve.service.d
+printf '[Service]\nEnvironment="STEVE_OPTS=--backend cuse -j 3"\n' > /etc/systemd/system/steve.service.d/test.conf
+cat > /etc/systemd/system/steve-after.service <<'UNIT'
+[Unit]
+Requires=steve.service
+After=steve.service
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'if test -c /dev/steve && /usr/bin/steve status > /dev/null 2>&1; then echo ready; else echo not ready; fi > /run/steve-after'
+UNIT
+systemctl daemon-reload
+systemctl start steve-after.service || fail "systemctl start steve-after"
+echo "after: $(cat /run/steve-after)"
+echo "active: $(systemctl is-active steve)"
+echo "device: $(stat -c '%F %a %G' /dev/steve)"
+echo "env file:"; cat /run/steve/env
+(set -a; . /run/steve/env; set +a; exec {make} -C {project} > /dev/null) || fail "make with the unit's environment"
+echo "free after make: $(steve get free)"
+echo "journal: $(journalctl -u steve -o cat --no-pager | grep 'serving 3 tokens')"
+systemctl stop steve || fail "systemctl stop"
+for made in /dev/steve /run/steve; do test -e "$made" && echo "left behind: $made"; done
+echo "--- timeline ---"
+cat /steve-results/timeline
+"#,
+        install = workspace_root().join("scripts/install").display(),
+        profile = profile_dir.display(),
+        make = clients::make44().display(),
+        project = project.path().display(),
+    );
+    let run = steve_tests::vm::boot(
+        &steve_tests::vm::Guest::SystemdScript(script),
+        &[],
+        Duration::from_secs(15 * 60),
+    );
+    let what = run.describe();
+    assert_eq!(run.status, Some(0), "{what}");
+    let (report, timeline_text) = run.output.split_once("--- timeline ---\n").expect(&what);
+    let line = |prefix: &str| {
+        report
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in\n{what}"))
+            .to_string()
+    };
+    // Type=notify: a unit ordered after steve starts once the device exists and the control
+    // socket answers.
+    assert_eq!(line("after: "), "ready", "{what}");
+    assert_eq!(line("active: "), "active");
+    // The udev rule and steve agree: the group jobserver, mode 0660.
+    assert_eq!(line("device: "), "character special file 660 jobserver", "{what}");
+    assert!(report.contains("MAKEFLAGS=' -j3 --jobserver-auth=fifo:/dev/steve'"), "{what}");
+    assert_eq!(line("free after make: "), "3", "{what}");
+    // journald stamps the lines: steve's own carry no timestamp.
+    let journal = line("journal: ");
+    assert!(journal.contains("serving 3 tokens") && !journal.starts_with("20"), "{journal}");
+    assert!(!report.contains("left behind"), "{what}");
+    let timeline_file = project.path().join("timeline");
+    std::fs::write(&timeline_file, timeline_text).unwrap();
+    timeline::assert_peak_within(&timeline_file, 8, 4, "make given the unit's environment");
+}
