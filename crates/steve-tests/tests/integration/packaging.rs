@@ -122,6 +122,11 @@ fn scripts_install_puts_every_file_in_its_place_and_lists_exactly_those() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(root.join("etc/init.d/steve")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o755);
+    // No OpenRC here to run it: its shell is checked, with the conf.d file it sources.
+    for script in ["etc/init.d/steve", "etc/conf.d/steve"] {
+        let checked = Command::new("sh").arg("-n").arg(root.join(script)).output().unwrap();
+        assert_success(&checked, &format!("sh -n {script}"));
+    }
     let pc = std::fs::read_to_string(root.join("usr/lib/pkgconfig/jobserver.pc")).unwrap();
     assert!(pc.contains("libdir=/usr/lib") && pc.contains("Version: 0.1.0"), "{pc}");
 }
@@ -502,7 +507,8 @@ fn the_systemd_unit_serves_dev_steve_in_a_vm_booted_by_systemd() {
     // Built on the host, installed inside the VM by scripts/install, as a package would be.
     let profile_dir = steve::binary().parent().expect("target/<profile>").to_path_buf();
     steve_tests::capi::prefix();
-    let project = tempfile::tempdir().unwrap();
+    // Not in /tmp: the guest's systemd cleans its /tmp at boot.
+    let project = tempfile::tempdir_in(&profile_dir).unwrap();
     // The jobs log into the results share, which the host reads after the VM stops.
     let log = Path::new("/steve-results/timeline");
     projects::makefile(project.path(), "job", 8, 0.5, log);
@@ -512,7 +518,10 @@ fail() {{ echo "FAILED: $*"; journalctl --no-pager -n 40; exit 1; }}
 {install} --prefix /usr --from {profile} > /steve-results/installed || fail "scripts/install"
 systemd-sysusers || fail "systemd-sysusers"
 getent group jobserver > /dev/null || fail "sysusers made no group jobserver"
-udevadm control --reload
+getent passwd steve > /dev/null || fail "sysusers made no user steve"
+systemd-tmpfiles --create /usr/lib/tmpfiles.d/steve.conf || fail "systemd-tmpfiles"
+echo "tmpfiles: $(stat -c '%F %a %U' /run/steve)"
+udevadm control --reload || fail "udevadm control --reload"
 mkdir -p /etc/systemd/system/steve.service.d
 printf '[Service]\nEnvironment="STEVE_OPTS=--backend cuse -j 3"\n' > /etc/systemd/system/steve.service.d/test.conf
 cat > /etc/systemd/system/steve-after.service <<'UNIT'
@@ -528,6 +537,7 @@ systemctl start steve-after.service || fail "systemctl start steve-after"
 echo "after: $(cat /run/steve-after)"
 echo "active: $(systemctl is-active steve)"
 echo "device: $(stat -c '%F %a %G' /dev/steve)"
+udevadm test /sys/class/cuse/steve 2>&1 | grep 70-steve.rules | sed 's/^/udev: /' 
 echo "env file:"; cat /run/steve/env
 (set -a; . /run/steve/env; set +a; exec {make} -C {project} > /dev/null) || fail "make with the unit's environment"
 echo "free after make: $(steve get free)"
@@ -561,8 +571,15 @@ cat /steve-results/timeline
     // socket answers.
     assert_eq!(line("after: "), "ready", "{what}");
     assert_eq!(line("active: "), "active");
+    assert_eq!(line("tmpfiles: "), "directory 755 root", "{what}");
     // The udev rule and steve agree: the group jobserver, mode 0660.
     assert_eq!(line("device: "), "character special file 660 jobserver", "{what}");
+    // ... and udev applies the shipped rule to it, so it never undoes steve's mode.
+    let udev: Vec<&str> = report.lines().filter(|line| line.starts_with("udev: ")).collect();
+    assert!(
+        udev.iter().any(|line| line.contains("GROUP")) && udev.iter().any(|l| l.contains("MODE")),
+        "udev did not apply 70-steve.rules: {udev:?}\n{what}"
+    );
     assert!(report.contains("MAKEFLAGS=' -j3 --jobserver-auth=fifo:/dev/steve'"), "{what}");
     assert_eq!(line("free after make: "), "3", "{what}");
     // journald stamps the lines: steve's own carry no timestamp.
