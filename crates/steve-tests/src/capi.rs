@@ -38,6 +38,8 @@ pub fn prefix() -> &'static Path {
             .arg(&prefix)
             .arg("--from")
             .arg(profile_dir)
+            .env_remove("DESTDIR")
+            .env_remove("PREFIX")
             .output()
             .expect("run scripts/install");
         assert_success(&install, "scripts/install");

@@ -39,6 +39,7 @@ fn install_into(destdir: &Path) -> Vec<String> {
         .arg(destdir)
         .arg("--from")
         .arg(&profile_dir)
+        .env_remove("PREFIX")
         .output()
         .expect("run scripts/install");
     assert_success(&output, "scripts/install");
