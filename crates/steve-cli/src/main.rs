@@ -99,8 +99,8 @@ struct ServeArgs {
     /// as root, $XDG_RUNTIME_DIR/steve/fuse otherwise].
     #[arg(long, value_name = "DIR")]
     mountpoint: Option<PathBuf>,
-    /// Number of job tokens, 1 to 4096 (-j8, -j 8, --jobs=8, --jobs 8) [default: the number
-    /// of CPUs].
+    /// Number of job tokens, 1 to 4096 (-j8, -j 8, --jobs=8, --jobs 8) [default: the CPUs
+    /// this server may use: its affinity, and its cgroup's cpuset and cpu.max quota].
     #[arg(short, long, value_name = "N")]
     jobs: Option<JobCount>,
     /// Permission bits of the jobserver and the control socket, in octal [default: 0600 for a
@@ -158,7 +158,7 @@ struct ServeArgs {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// Job slots for the command tree, its own implicit one included, 1 to 4096 (-j3, -j 3,
-    /// --jobs=3, --jobs 3) [default: the number of CPUs].
+    /// --jobs=3, --jobs 3) [default: the CPUs this process may use, as for serve].
     #[arg(short, long, value_name = "N")]
     jobs: Option<JobCount>,
     /// pipe: inherited descriptors (make 4.2 and later); fifo: a private named pipe (make 4.4).
@@ -277,8 +277,23 @@ fn parse_style(text: &str) -> Result<Style, String> {
     text.parse()
 }
 
+/// The job count given, or the CPUs this process may use (its affinity, its cgroup's cpuset and
+/// cpu.max), with where it came from.
+fn jobs_or_budget(given: Option<JobCount>) -> (JobCount, String) {
+    match given {
+        Some(jobs) => (jobs, "-j".to_string()),
+        None => {
+            let budget = steve_core::cgroup::cpu_budget();
+            tracing::debug!("no -j: {} jobs, for {}", budget.cpus, budget.from);
+            (budget.cpus, budget.from)
+        }
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let jobs = args.jobs.unwrap_or_else(JobCount::cpus);
+    let (jobs, jobs_from) = jobs_or_budget(args.jobs);
+    // Said once the server is up, so that a refused start still prints one line.
+    let budget_note = args.jobs.is_none().then(|| format!("no -j: {jobs} tokens, for {jobs_from}"));
     // The limits get the same checks as `steve set`.
     let mut settings = Settings { jobs, limits: Limits::default() };
     let given: Vec<(String, String)> = [
@@ -296,6 +311,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|error| steve_core::server::Error::usage(format!("--{error}")))?;
     let config = ServeConfig {
         jobs,
+        jobs_from,
         limits: settings.limits,
         control: args.control,
         mode: args.mode,
@@ -315,6 +331,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let print_env = args.print_env;
     let settings_jobs = jobs;
     let mut announce = |announcement: &Announcement| {
+        if let Some(note) = &budget_note {
+            info!("{note}");
+        }
         info!("clients use MAKEFLAGS='{}'", announcement.makeflags);
         info!("control socket: {}", announcement.control.display());
         if let Some(fifo) = &announcement.fifo_makeflags {
@@ -390,11 +409,8 @@ fn run(args: RunArgs) -> ExitCode {
     let Start::CommandTree(start) = backend.start else {
         unreachable!("command_tree() finds a command-tree backend");
     };
-    let config = RunConfig {
-        jobs: args.jobs.unwrap_or_else(JobCount::cpus),
-        style: args.style,
-        command: args.command.command,
-    };
+    let (jobs, jobs_from) = jobs_or_budget(args.jobs);
+    let config = RunConfig { jobs, jobs_from, style: args.style, command: args.command.command };
     match start(&config) {
         Ok(status) => ExitCode::from(exit_code_of(status)),
         Err(error) => {

@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod accounting;
+pub mod cgroup;
 pub mod client;
 pub mod makeflags;
 pub mod mountinfo;

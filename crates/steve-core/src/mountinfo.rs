@@ -59,7 +59,7 @@ fn parse_line(line: &str) -> Option<(&str, String, MountEntry)> {
 }
 
 /// Undoes mountinfo's `\NNN` octal escapes (space, tab, newline, backslash).
-fn unescape(field: &str) -> String {
+pub(crate) fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut at = 0;

@@ -31,6 +31,10 @@ pub struct StatusReport {
     pub pool: PoolReport,
     /// The settings in force: `jobs` and the limits.
     pub limits: Settings,
+    /// Where the pool size came from: `-j`, the CPUs the server may use (and what limits them:
+    /// its affinity, its cgroup's cpuset or cpu.max), or `steve set`.
+    #[serde(default)]
+    pub jobs_from: String,
     /// The last reading of the system.
     pub system: SystemReading,
     /// Why tokens are held back now, if they are.
@@ -82,6 +86,8 @@ pub struct ReportHeader {
     pub uptime_seconds: f64,
     /// The settings in force.
     pub limits: Settings,
+    /// Where the pool size came from.
+    pub jobs_from: String,
     /// The last reading of the system.
     pub system: SystemReading,
     /// Why tokens are held back now, if they are.
@@ -168,8 +174,17 @@ pub struct CounterReport {
 }
 
 /// The keys `steve get` reads besides the settings: the pool's counts and the system's state.
-pub const STATUS_KEYS: [&str; 8] =
-    ["size", "free", "held", "withheld", "waiters", "holders", "load", "memory-available"];
+pub const STATUS_KEYS: [&str; 9] = [
+    "size",
+    "free",
+    "held",
+    "withheld",
+    "waiters",
+    "holders",
+    "load",
+    "memory-available",
+    "jobs-from",
+];
 
 impl StatusReport {
     /// The report of this process's server: the common `header` and the backend's `part`.
@@ -182,6 +197,7 @@ impl StatusReport {
             uptime_seconds: header.uptime_seconds,
             pool: part.pool,
             limits: header.limits,
+            jobs_from: header.jobs_from,
             system: header.system,
             limited_by: header.limited_by,
             holders_exact: part.holders_exact,
@@ -205,6 +221,7 @@ impl StatusReport {
             "holders" => self.holders.len().to_string(),
             "load" => optional(self.system.load_average_1m.map(|v| format!("{v:.2}"))),
             "memory-available" => optional(self.system.memory_available_mib.map(|v| v.to_string())),
+            "jobs-from" => self.jobs_from.clone(),
             setting => return self.limits.get(setting),
         })
     }
@@ -229,6 +246,9 @@ impl fmt::Display for StatusReport {
         )?;
         if pool.lent > 0 {
             write!(f, ", {} lent", pool.lent)?;
+        }
+        if !self.jobs_from.is_empty() {
+            write!(f, " (jobs from {})", self.jobs_from)?;
         }
         writeln!(f)?;
         let limits = &self.limits.limits;
@@ -319,6 +339,7 @@ pub(crate) mod tests {
                 jobs: crate::accounting::pool::JobCount::new(4).unwrap(),
                 limits: Default::default(),
             },
+            jobs_from: "-j".into(),
             system: SystemReading { load_average_1m: Some(1.5), memory_available_mib: Some(900) },
             limited_by: None,
             holders_exact: true,

@@ -49,7 +49,7 @@ fn run_command_tree(config: &RunConfig) -> Result<ExitStatus, FifoError> {
     let started = Instant::now();
     let (mut child, mut signals) = (child, signals);
     let status = supervise(&mut child, &mut signals, &mut || {
-        info!("status:\n{}", status(&jobserver, started))
+        info!("status:\n{}", status(&jobserver, &config.jobs_from, started))
     })
     .map_err(FifoError::io("wait for", "the command"))?;
     let tokens = jobserver.jobs() - 1;
@@ -67,7 +67,7 @@ fn run_command_tree(config: &RunConfig) -> Result<ExitStatus, FifoError> {
 }
 
 /// The private jobserver's status: its `jobs` slots, `jobs - 1` tokens in the pipe.
-fn status(jobserver: &Jobserver, started: Instant) -> StatusReport {
+fn status(jobserver: &Jobserver, jobs_from: &str, started: Instant) -> StatusReport {
     let free = jobserver.free();
     // Made from a JobCount by `steve run`, so always one.
     let jobs = JobCount::new(jobserver.jobs()).unwrap_or_else(|_| JobCount::cpus());
@@ -82,6 +82,7 @@ fn status(jobserver: &Jobserver, started: Instant) -> StatusReport {
         control: None,
         uptime_seconds: started.elapsed().as_secs_f64(),
         limits: Settings { jobs, limits: Limits::default() },
+        jobs_from: jobs_from.to_string(),
         system: ProcProbe.read(),
         limited_by: None,
     };

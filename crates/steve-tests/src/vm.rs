@@ -184,12 +184,12 @@ pub enum Guest {
 /// Boots the VM and runs `command` (host paths, seen the same in the guest) with `env` added to
 /// the passed-on environment, as root. Gives up after `limit`.
 pub fn run(command: &[OsString], env: &[(&str, OsString)], limit: Duration) -> VmRun {
-    boot(&Guest::Command(command.to_vec()), env, limit)
+    boot(&Guest::Command(command.to_vec()), env, limit, 2)
 }
 
-/// Boots the VM with `guest` and `env` added to the passed-on environment. Gives up after
-/// `limit`.
-pub fn boot(guest: &Guest, env: &[(&str, OsString)], limit: Duration) -> VmRun {
+/// Boots the VM with `cpus` virtual CPUs and `guest`, `env` added to the passed-on
+/// environment. Gives up after `limit`.
+pub fn boot(guest: &Guest, env: &[(&str, OsString)], limit: Duration, cpus: u32) -> VmRun {
     let kernel = Kernel::locate();
     let work = tempfile::tempdir().expect("temp dir");
     let results = work.path().join("results");
@@ -201,7 +201,8 @@ pub fn boot(guest: &Guest, env: &[(&str, OsString)], limit: Duration) -> VmRun {
     let start = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-accel", "tcg", "-M", "pc", "-bios", "/usr/share/qemu/qboot.rom"])
-        .args(["-m", "2048", "-smp", "2", "-nodefaults", "-display", "none", "-no-reboot"])
+        .args(["-m", "2048", "-smp", &cpus.to_string()])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-kernel")
         .arg(&kernel.image)
         .arg("-initrd")

@@ -181,6 +181,9 @@ pub const DEFAULT_POLL_RESERVATION: Duration = Duration::from_millis(500);
 pub struct ServeConfig {
     /// The pool size.
     pub jobs: JobCount,
+    /// Where `jobs` came from, as status reports say it: `-j`, or the CPUs the server may use
+    /// and why (see [`crate::cgroup::cpu_budget`]).
+    pub jobs_from: String,
     /// The scheduling limits.
     pub limits: Limits,
     /// The control socket; `None` for the backend's default.
@@ -222,6 +225,7 @@ impl ServeConfig {
     pub fn new(jobs: JobCount) -> ServeConfig {
         ServeConfig {
             jobs,
+            jobs_from: "-j".to_string(),
             limits: Limits::default(),
             control: None,
             mode: None,
@@ -304,6 +308,8 @@ impl ServeConfig {
 pub struct RunConfig {
     /// Job slots for the tree, the command's own implicit one included.
     pub jobs: JobCount,
+    /// Where `jobs` came from, as for [`ServeConfig::jobs_from`].
+    pub jobs_from: String,
     /// Pipe or named pipe.
     pub style: Style,
     /// The command and its arguments.

@@ -99,6 +99,8 @@ pub struct EventLoop {
     primed: bool,
     /// Until when the control listener is out of the epoll (out of descriptors).
     listener_paused_until: Option<Instant>,
+    /// Where the pool size came from: `-j`, the CPUs the server may use, or `steve set`.
+    jobs_from: String,
 }
 
 impl EventLoop {
@@ -123,7 +125,14 @@ impl EventLoop {
             owner_uid: nix::unistd::geteuid().as_raw(),
             primed: false,
             listener_paused_until: None,
+            jobs_from: "-j".to_string(),
         })
+    }
+
+    /// Says where the pool size came from, for the status report (`-j` unless told).
+    pub fn with_jobs_from(mut self, from: &str) -> EventLoop {
+        self.jobs_from = from.to_string();
+        self
     }
 
     /// Stops on SIGINT, SIGTERM and SIGHUP, and logs the status on SIGUSR1.
@@ -407,6 +416,7 @@ impl EventLoop {
         let mut cx = Context { processes: &mut self.processes, now };
         if wanted.jobs != before.jobs {
             server.change(PoolChange::Jobs(wanted.jobs), &mut cx);
+            self.jobs_from = format!("steve set by uid {}", peer.uid);
         }
         if per_process != before.limits.per_process_limit {
             server.change(PoolChange::PerProcessLimit(per_process), &mut cx);
@@ -464,6 +474,7 @@ impl EventLoop {
             control: self.control.as_ref().map(|control| control.path().to_path_buf()),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             limits: Settings { jobs: server.jobs(), limits: self.governor.limits().clone() },
+            jobs_from: self.jobs_from.clone(),
             system: self.governor.reading(),
             limited_by: self.governor.pressure(),
         };

@@ -93,7 +93,8 @@ pub fn serve(
     let mut event_loop =
         EventLoop::new(backend, config.limits.clone(), Box::new(probe::ProcProbe))?
             .with_signals(signals)
-            .with_control(control);
+            .with_control(control)
+            .with_jobs_from(&config.jobs_from);
     event_loop.prime(&mut *server)?;
     let jobs = server.jobs();
     announce(&Announcement {

@@ -174,6 +174,7 @@ fn every_field_of_a_fully_populated_status_is_documented() {
                 ..Limits::default()
             },
         },
+        jobs_from: "-j".into(),
         system: SystemReading { load_average_1m: Some(3.0), memory_available_mib: Some(100) },
         limited_by: Some(Pressure::LoadAverage { current: 3.0, limit: 2.0 }),
         holders_exact: true,

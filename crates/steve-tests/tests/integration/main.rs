@@ -19,3 +19,4 @@ mod hardening;
 mod leak_recovery;
 mod packaging;
 mod run_command;
+mod scheduling;

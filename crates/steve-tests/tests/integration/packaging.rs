@@ -557,6 +557,7 @@ cat /steve-results/timeline
         &steve_tests::vm::Guest::SystemdScript(script),
         &[],
         Duration::from_secs(15 * 60),
+        2,
     );
     let what = run.describe();
     assert_eq!(run.status, Some(0), "{what}");
