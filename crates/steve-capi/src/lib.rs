@@ -142,12 +142,10 @@ pub unsafe extern "C" fn jobserver_connect(js: *mut CJobserver) -> c_int {
 }
 
 fn create(js: &mut CJobserver, tokens: &[u8]) -> Result<c_int, Errno> {
-    if tokens.len() > PIPE_BUF {
-        return Err(Errno::EINVAL);
-    }
+    // More than PIPE_BUF tokens: TooManyTokens, EINVAL.
+    let jobserver = Jobserver::with_tokens(tokens, Style::Pipe).map_err(|e| errno_of(&e))?;
     let flags = env::read().ok().flatten().map(|found| Flags::of(&found.flags));
     js.set_flags(flags.unwrap_or_default());
-    let jobserver = Jobserver::with_tokens(tokens, Style::Pipe).map_err(|e| errno_of(&e))?;
     jobserver.inherit_across_exec().map_err(|e| errno_of(&e))?;
     let client = jobserver.client().map_err(|e| errno_of(&e))?;
     let auth = jobserver.auth();
@@ -189,6 +187,7 @@ pub unsafe extern "C" fn jobserver_create_n(
     // SAFETY: as documented above.
     let Some(js) = (unsafe { js.as_mut() }) else { return fail(Errno::EINVAL) };
     js.state = std::ptr::null_mut();
+    // Refused before a buffer of `size` bytes is made.
     if size > PIPE_BUF {
         return fail(Errno::EINVAL);
     }

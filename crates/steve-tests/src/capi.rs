@@ -6,7 +6,24 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::{assert_success, clients, workspace_root};
+use crate::{assert_success, workspace_root};
+
+/// Every call of the interface, as the `jobserver_NAME` functions and their man pages name them.
+pub const CALLS: [&str; 13] = [
+    "connect",
+    "create",
+    "create_n",
+    "close",
+    "launch_job",
+    "wait",
+    "collect",
+    "terminate_job",
+    "clear",
+    "print",
+    "getenv",
+    "setenv",
+    "unsetenv",
+];
 
 /// How a C program is linked to libjobserver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,14 +39,9 @@ pub enum Link {
 pub fn prefix() -> &'static Path {
     static PREFIX: OnceLock<PathBuf> = OnceLock::new();
     PREFIX.get_or_init(|| {
+        let profile_dir =
+            crate::steve::cargo_build(&["-p", "steve-capi", "-p", "steve-cli"], "steve-capi");
         let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-        let mut build = Command::new(clients::cargo());
-        build.args(["build", "--quiet", "-p", "steve-capi", "-p", "steve-cli"]);
-        if profile_dir.file_name().is_some_and(|name| name == "release") {
-            build.arg("--release");
-        }
-        assert!(build.status().expect("run cargo build").success(), "building steve-capi");
         let stem = exe.file_stem().expect("a name").to_string_lossy().into_owned();
         let prefix = profile_dir.join("capi-install").join(stem);
         let _ = std::fs::remove_dir_all(&prefix);
@@ -37,7 +49,7 @@ pub fn prefix() -> &'static Path {
             .arg("--prefix")
             .arg(&prefix)
             .arg("--from")
-            .arg(profile_dir)
+            .arg(&profile_dir)
             .env_remove("DESTDIR")
             .env_remove("PREFIX")
             .output()

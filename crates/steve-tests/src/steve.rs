@@ -13,36 +13,38 @@ use nix::unistd::Pid;
 
 use crate::{clients, wait_for};
 
+/// The cargo output folder the tests run from (target/debug or target/release): test binaries
+/// live in its `deps`.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+/// `cargo build ARGS` in the tests' own profile, so that a test runs the working tree's code;
+/// panics naming `what` if the build fails. Returns the profile folder.
+pub fn cargo_build(args: &[&str], what: &str) -> PathBuf {
+    let profile_dir = profile_dir();
+    let mut build = Command::new(clients::cargo());
+    build.args(["build", "--quiet"]).args(args);
+    if profile_dir.file_name().is_some_and(|name| name == "release") {
+        build.arg("--release");
+    }
+    assert!(build.status().expect("run cargo build").success(), "cargo build of {what} failed");
+    profile_dir
+}
+
 /// The path of the freshly built `steve` binary.
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        // Test binaries live in target/<profile>/deps; steve goes to target/<profile>.
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-        let mut build = Command::new(clients::cargo());
-        build.args(["build", "--quiet", "-p", "steve-cli", "--bin", "steve"]);
-        if profile_dir.file_name().is_some_and(|name| name == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build of steve failed");
-        profile_dir.join("steve")
-    })
+    BINARY
+        .get_or_init(|| cargo_build(&["-p", "steve-cli", "--bin", "steve"], "steve").join("steve"))
 }
 
 /// The path of steve-core's example `name` (`crates/steve-core/examples/NAME.rs`), built now
 /// with cargo so that the test runs the working tree's code.
 pub fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let mut build = Command::new(clients::cargo());
-    build.args(["build", "--quiet", "-p", "steve-core", "--example", name]);
-    if profile_dir.file_name().is_some_and(|dir| dir == "release") {
-        build.arg("--release");
-    }
-    assert!(build.status().expect("run cargo build").success(), "building example {name}");
-    profile_dir.join("examples").join(name)
+    let what = format!("example {name}");
+    cargo_build(&["-p", "steve-core", "--example", name], &what).join("examples").join(name)
 }
 
 /// A `steve` command, ready for arguments.
@@ -233,11 +235,24 @@ impl Drop for StopOnDrop {
 /// socket), announced and ready; stopped however the test ends. Its jobserver file and control
 /// socket.
 pub fn fuse_server(mountpoint: &Path, jobs: u32) -> (StopOnDrop, PathBuf, PathBuf) {
+    fuse_server_with(mountpoint, &["-j".into(), jobs.to_string().into()], None)
+}
+
+/// [`fuse_server`] with `args` for `steve serve` (the job count among them) and its log
+/// (stderr) written to `log` when given.
+pub fn fuse_server_with(
+    mountpoint: &Path,
+    args: &[std::ffi::OsString],
+    log: Option<&Path>,
+) -> (StopOnDrop, PathBuf, PathBuf) {
+    let stderr =
+        log.map_or_else(Stdio::null, |log| File::create(log).expect("create the log").into());
     let mut server = command()
-        .args(["serve", "--backend", "fuse", "-j", &jobs.to_string(), "--mountpoint"])
+        .args(["serve", "--backend", "fuse", "--mountpoint"])
         .arg(mountpoint)
+        .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut announcement = String::new();

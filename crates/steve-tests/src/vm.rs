@@ -161,6 +161,16 @@ pub struct VmRun {
 }
 
 impl VmRun {
+    /// What follows `prefix` on the first output line that starts with it (a script's
+    /// `echo "NAME: value"`); panics with everything when there is none.
+    pub fn reported(&self, prefix: &str) -> String {
+        self.output
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in\n{}", self.describe()))
+            .to_string()
+    }
+
     /// Everything, for a failure message.
     pub fn describe(&self) -> String {
         format!(

@@ -348,23 +348,8 @@ fn getenv_setenv_and_unsetenv_read_publish_and_remove_the_jobserver_keeping_othe
 #[test]
 #[cfg_attr(not(steve_test_all), ignore = "needs man and groff, which scripts/test installs")]
 fn every_call_has_a_man_page_that_renders_without_warnings() {
-    let calls = [
-        "connect",
-        "create",
-        "create_n",
-        "close",
-        "launch_job",
-        "wait",
-        "collect",
-        "terminate_job",
-        "clear",
-        "print",
-        "getenv",
-        "setenv",
-        "unsetenv",
-    ];
     let manpath = capi::prefix().join("share/man");
-    let pages = calls
+    let pages = capi::CALLS
         .iter()
         .map(|call| ("3", format!("jobserver_{call}")))
         .chain([("7", "jobserver".to_string())]);

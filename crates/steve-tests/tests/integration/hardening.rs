@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use steve_tests::steve::{command, fuse_server, FifoServer, StopOnDrop};
+use steve_tests::steve::{command, fuse_server, fuse_server_with, FifoServer, StopOnDrop};
 use steve_tests::{attacker, command_as, cpu_seconds, wait_for, KillOnDrop};
 
 /// A fifo server started through `prlimit --nofile=SOFT:HARD`, in a folder others can enter.
@@ -573,19 +573,9 @@ fn a_companion_fifo_in_a_shared_directory_is_warned_about() {
     let shared = tempfile::tempdir().unwrap();
     std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let log = private.path().join("steve.log");
-    let mut server = command()
-        .args(["serve", "--backend", "fuse", "-j", "2", "--mountpoint"])
-        .arg(private.path().join("mnt"))
-        .arg("--fifo")
-        .arg(shared.path().join("companion.fifo"))
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut announcement = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
-    let _server = StopOnDrop(server);
-    assert!(announcement.starts_with("MAKEFLAGS="), "{announcement:?}");
+    let fifo = shared.path().join("companion.fifo");
+    let args = ["-j".into(), "2".into(), "--fifo".into(), fifo.into_os_string()];
+    let _server = fuse_server_with(&private.path().join("mnt"), &args, Some(&log));
     let said = std::fs::read_to_string(&log).unwrap();
     let warning = format!("{} may be changed by users other than root", shared.path().display());
     assert!(said.contains(&warning), "{said}");

@@ -31,9 +31,9 @@ const SUBCOMMANDS: [&str; 11] = [
 
 /// `scripts/install --prefix /usr --destdir DIR` of the freshly built files; the files it listed.
 fn install_into(destdir: &Path) -> Vec<String> {
-    let profile_dir = steve::binary().parent().expect("target/<profile>").to_path_buf();
-    // The C library is built with the binary.
+    // Builds steve and the C library (and installs them for the C tests).
     steve_tests::capi::prefix();
+    let profile_dir = steve::profile_dir();
     let output = Command::new(workspace_root().join("scripts/install"))
         .args(["--prefix", "/usr", "--destdir"])
         .arg(destdir)
@@ -94,22 +94,11 @@ fn scripts_install_puts_every_file_in_its_place_and_lists_exactly_those() {
     .map(str::to_string)
     .collect();
     expected.extend(SUBCOMMANDS.iter().map(|name| format!("/usr/share/man/man1/steve-{name}.1")));
-    let calls = [
-        "connect",
-        "create",
-        "create_n",
-        "close",
-        "launch_job",
-        "wait",
-        "collect",
-        "terminate_job",
-        "clear",
-        "print",
-        "getenv",
-        "setenv",
-        "unsetenv",
-    ];
-    expected.extend(calls.iter().map(|call| format!("/usr/share/man/man3/jobserver_{call}.3")));
+    expected.extend(
+        steve_tests::capi::CALLS
+            .iter()
+            .map(|call| format!("/usr/share/man/man3/jobserver_{call}.3")),
+    );
     let listed: BTreeSet<String> = listed.into_iter().collect();
     assert_eq!(listed, expected, "what scripts/install listed");
     assert_eq!(files_under(destdir.path()), expected, "what is under the DESTDIR");
@@ -167,6 +156,50 @@ fn every_installed_man_page_renders_with_man_l_without_warnings() {
     }
 }
 
+/// A real terminal: `command` running in a tmux server of its own, killed when dropped.
+struct Terminal {
+    socket: String,
+}
+
+impl Terminal {
+    /// Starts `command` in a `width` × `height` terminal; `name` keeps the server apart.
+    fn start(name: &str, command: &str, width: u16, height: u16) -> Terminal {
+        let terminal = Terminal { socket: format!("steve-{name}-{}", std::process::id()) };
+        let (width, height) = (width.to_string(), height.to_string());
+        let started = terminal.tmux(&["new-session", "-d", "-x", &width, "-y", &height, command]);
+        assert_success(&started, "tmux new-session");
+        terminal
+    }
+
+    fn tmux(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux").args(["-L", &self.socket]).args(args).output().expect("run tmux")
+    }
+
+    /// Types `keys` (tmux key names, such as Enter and Tab, or text).
+    fn send(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys"];
+        args.extend_from_slice(keys);
+        self.tmux(&args);
+    }
+
+    /// The screen (with its colour codes if `escapes`) once it shows `wanted`; panics after
+    /// `limit`.
+    fn screen_showing(&self, wanted: &str, escapes: bool, limit: Duration) -> String {
+        let capture: &[&str] =
+            if escapes { &["capture-pane", "-p", "-e"] } else { &["capture-pane", "-p"] };
+        steve_tests::wait_for(&format!("{wanted:?} on the screen"), limit, || {
+            let shown = String::from_utf8_lossy(&self.tmux(capture).stdout).into_owned();
+            shown.contains(wanted).then_some(shown)
+        })
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.tmux(&["kill-server"]);
+    }
+}
+
 /// Types `line` and Tab into `shell` running in a tmux terminal after `setup`, and returns the
 /// screen once it shows `wanted` (or panics after 10 s).
 fn complete_in_terminal(
@@ -176,32 +209,20 @@ fn complete_in_terminal(
     tabs: usize,
     wanted: &str,
 ) -> String {
-    let socket = format!("steve-completion-{}-{}", std::process::id(), shell[0].replace('/', "-"));
-    let tmux = |args: &[&str]| {
-        Command::new("tmux").args(["-L", &socket]).args(args).output().expect("run tmux")
-    };
     let home = tempfile::tempdir().unwrap();
     let command = format!(
         "env -i HOME={} TERM=xterm PATH=/usr/bin:/bin {}",
         home.path().display(),
         shell.join(" ")
     );
-    assert_success(&tmux(&["new-session", "-d", "-x", "160", "-y", "40", &command]), "tmux");
-    let screen = |wanted: &str| {
-        steve_tests::wait_for(&format!("{wanted:?} on the screen"), Duration::from_secs(10), || {
-            let shown = String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
-            shown.contains(wanted).then_some(shown)
-        })
-    };
-    tmux(&["send-keys", setup, "Enter"]);
-    tmux(&["send-keys", "echo setup-done", "Enter"]);
-    screen("\nsetup-done");
-    let mut keys = vec!["send-keys", line];
+    let terminal = Terminal::start(&format!("completion-{}", shell[0]), &command, 160, 40);
+    terminal.send(&[setup, "Enter"]);
+    terminal.send(&["echo setup-done", "Enter"]);
+    terminal.screen_showing("\nsetup-done", false, Duration::from_secs(10));
+    let mut keys = vec![line];
     keys.extend(std::iter::repeat_n("Tab", tabs));
-    tmux(&keys);
-    let shown = screen(wanted);
-    tmux(&["kill-server"]);
-    shown
+    terminal.send(&keys);
+    terminal.screen_showing(wanted, false, Duration::from_secs(10))
 }
 
 #[test]
@@ -415,24 +436,14 @@ fn color_never_and_no_color_write_no_escapes_and_journald_gets_no_timestamps() {
 #[cfg_attr(not(steve_test_all), ignore = "needs tmux, which scripts/test installs")]
 fn no_color_turns_colour_off_on_a_terminal() {
     let shown = |no_color: bool| {
-        let socket = format!("steve-color-{}-{no_color}", std::process::id());
-        let tmux = |args: &[&str]| {
-            Command::new("tmux").args(["-L", &socket]).args(args).output().expect("run tmux")
-        };
         let env = if no_color { "export NO_COLOR=1; " } else { "" };
         let command = format!(
             "{env}{} backends; {} run -j1 -- sh -c 'kill -USR1 $PPID; sleep 1'; sleep 30",
             steve::binary().display(),
             steve::binary().display()
         );
-        tmux(&["new-session", "-d", "-x", "200", "-y", "50", &command]);
-        let screen = steve_tests::wait_for("the status report", Duration::from_secs(15), || {
-            let out = tmux(&["capture-pane", "-p", "-e"]);
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.contains("INFO").then_some(text)
-        });
-        tmux(&["kill-server"]);
-        screen
+        let terminal = Terminal::start(&format!("color-{no_color}"), &command, 200, 50);
+        terminal.screen_showing("INFO", true, Duration::from_secs(15))
     };
     assert!(shown(false).contains("\x1b["), "no colour on a terminal without NO_COLOR");
     let plain = shown(true);
@@ -446,23 +457,13 @@ fn a_fuse_servers_log_reads_well_for_ls_a_settings_change_and_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().join("mnt");
     let log = dir.path().join("log");
-    let mut server = steve::command()
-        .args(["serve", "--backend", "fuse", "-j2", "--mountpoint"])
-        .arg(&mountpoint)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut announcement = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut announcement).unwrap();
-    let server = steve::StopOnDrop(server);
+    let (server, _, control) = steve::fuse_server_with(&mountpoint, &["-j2".into()], Some(&log));
     // ls -l and stat send STATX and GETXATTR, which steve does not implement.
     assert_success(&Command::new("ls").arg("-l").arg(&mountpoint).output().unwrap(), "ls -l");
     assert_success(
         &Command::new("stat").arg(mountpoint.join("jobserver")).output().unwrap(),
         "stat",
     );
-    let control = steve_core::paths::control_beside(&mountpoint);
     let set = steve::command().args(["set", "jobs=3", "--control"]).arg(&control).output().unwrap();
     assert_success(&set, "steve set jobs=3");
     drop(server);
@@ -506,8 +507,8 @@ fn status_without_a_server_says_so_and_how_to_start_one() {
 )]
 fn the_systemd_unit_serves_dev_steve_in_a_vm_booted_by_systemd() {
     // Built on the host, installed inside the VM by scripts/install, as a package would be.
-    let profile_dir = steve::binary().parent().expect("target/<profile>").to_path_buf();
     steve_tests::capi::prefix();
+    let profile_dir = steve::profile_dir();
     // Not in /tmp: the guest's systemd cleans its /tmp at boot.
     let project = tempfile::tempdir_in(&profile_dir).unwrap();
     // The jobs log into the results share, which the host reads after the VM stops.
@@ -562,13 +563,8 @@ cat /steve-results/timeline
     let what = run.describe();
     assert_eq!(run.status, Some(0), "{what}");
     let (report, timeline_text) = run.output.split_once("--- timeline ---\n").expect(&what);
-    let line = |prefix: &str| {
-        report
-            .lines()
-            .find_map(|line| line.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} in\n{what}"))
-            .to_string()
-    };
+    // The timeline's lines start with `start` or `end`, never with one of these prefixes.
+    let line = |prefix: &str| run.reported(prefix);
     // Type=notify: a unit ordered after steve starts once the device exists and the control
     // socket answers.
     assert_eq!(line("after: "), "ready", "{what}");

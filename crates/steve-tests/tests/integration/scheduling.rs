@@ -48,13 +48,7 @@ kill $server; wait $server
     );
     let what = run.describe();
     assert_eq!(run.status, Some(0), "{what}");
-    let line = |prefix: &str| {
-        run.output
-            .lines()
-            .find_map(|line| line.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} in\n{what}"))
-            .to_string()
-    };
+    let line = |prefix: &str| run.reported(prefix);
     assert_eq!(line("online: "), "4", "{what}");
     assert_eq!(line("jobs: "), "2", "{what}");
     assert_eq!(line("from: "), "cpu.max 200000 100000 of /sys/fs/cgroup/two", "{what}");
