@@ -1,11 +1,13 @@
-//! Property tests: the ledger's invariant over random operation sequences, checked against a
-//! plain model of who holds what, and the MAKEFLAGS parser over arbitrary input.
+//! Property tests: the ledger's invariant and its fair-share rule over random operation
+//! sequences, checked against a plain model of who holds what and who is next, and the MAKEFLAGS
+//! parser over arbitrary input.
 
 use std::collections::HashMap;
 
 use proptest::prelude::*;
 use steve_core::accounting::ledger::{Acquire, Grant, Ledger, Wait, WaiterId};
 use steve_core::accounting::pool::{JobCount, Pool};
+use steve_core::accounting::shares::{BuildId, Fairness, Owner, Shares, Uid};
 use steve_core::makeflags::{jobserver_makeflags, JobserverAuth, MakeFlags};
 
 #[derive(Debug, Clone)]
@@ -19,54 +21,123 @@ enum Op {
     Lend,
     Repay,
     SetPerClientLimit(Option<usize>),
+    SetShares(Shares),
+}
+
+/// Clients 0 to 5: clients 0 and 1 are one build, 2 and 3 another, 4 and 5 one each; even
+/// clients are user 0, odd ones user 1.
+const CLIENTS: u8 = 6;
+
+fn owner_of(client: u8) -> Owner {
+    let build = if client < 4 { client / 2 } else { client - 2 };
+    Owner { build: BuildId(u64::from(build)), user: Uid::from(client % 2) }
+}
+
+fn shares() -> impl Strategy<Value = Shares> {
+    let fairness = prop_oneof![Just(Fairness::Build), Just(Fairness::User), Just(Fairness::Fifo)];
+    let weights = proptest::collection::btree_map(0u32..2, 1u32..4, 0..3);
+    let caps = proptest::collection::btree_map(0u32..2, 1usize..4, 0..2);
+    (fairness, weights, caps).prop_map(|(fairness, weights, user_caps)| Shares {
+        fairness,
+        weights,
+        user_caps,
+    })
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..5, any::<bool>()).prop_map(|(client, queue)| Op::Acquire { client, queue }),
-        4 => (0u8..5).prop_map(|client| Op::Release { client }),
-        1 => (0u8..5).prop_map(|client| Op::Reclaim { client }),
+        5 => (0u8..CLIENTS, any::<bool>()).prop_map(|(client, queue)| Op::Acquire { client, queue }),
+        4 => (0u8..CLIENTS).prop_map(|client| Op::Release { client }),
+        1 => (0u8..CLIENTS).prop_map(|client| Op::Reclaim { client }),
         1 => (0usize..8).prop_map(|nth_waiter| Op::Cancel { nth_waiter }),
         1 => (1usize..8).prop_map(Op::SetTarget),
         1 => proptest::option::of(0usize..8).prop_map(Op::SetAllowance),
         1 => Just(Op::Lend),
         1 => Just(Op::Repay),
         1 => proptest::option::of(1usize..4).prop_map(Op::SetPerClientLimit),
+        1 => shares().prop_map(Op::SetShares),
     ]
+}
+
+/// The model: who holds what, the queue in order, the limits, and the rule that picks the
+/// waiter a free token goes to, written plainly.
+#[derive(Debug, Default)]
+struct Model {
+    held: HashMap<u8, usize>,
+    queue: Vec<(WaiterId, u8)>,
+    limit: Option<usize>,
+    shares: Shares,
+}
+
+impl Model {
+    fn holds(&self, client: u8) -> usize {
+        self.held.get(&client).copied().unwrap_or(0)
+    }
+
+    /// What `client`'s share group holds under the policy (users for FIFO too: caps are theirs).
+    fn group_holds(&self, client: u8) -> usize {
+        let owner = owner_of(client);
+        let same = |other: u8| match self.shares.fairness {
+            Fairness::Build => owner_of(other).build == owner.build,
+            Fairness::User | Fairness::Fifo => owner_of(other).user == owner.user,
+        };
+        (0..CLIENTS).filter(|other| same(*other)).map(|other| self.holds(other)).sum()
+    }
+
+    fn user_holds(&self, user: Uid) -> usize {
+        (0..CLIENTS).filter(|c| owner_of(*c).user == user).map(|c| self.holds(c)).sum()
+    }
+
+    fn may_take(&self, client: u8) -> bool {
+        let user = owner_of(client).user;
+        self.limit.is_none_or(|limit| self.holds(client) < limit)
+            && self.shares.user_caps.get(&user).is_none_or(|cap| self.user_holds(user) < *cap)
+    }
+
+    /// The waiter the next free token goes to: FIFO, or the oldest of the group holding the
+    /// least tokens divided by its weight.
+    fn pick(&self) -> Option<usize> {
+        let eligible = self.queue.iter().enumerate().filter(|(_, (_, c))| self.may_take(*c));
+        if self.shares.fairness == Fairness::Fifo {
+            return eligible.map(|(index, _)| index).next();
+        }
+        let ratio = |client: u8| {
+            let weight = self.shares.weights.get(&owner_of(client).user).copied().unwrap_or(1);
+            self.group_holds(client) as f64 / f64::from(weight)
+        };
+        let mut best: Option<(usize, f64)> = None;
+        for (index, (_, client)) in eligible {
+            if best.is_none_or(|(_, least)| ratio(*client) < least) {
+                best = Some((index, ratio(*client)));
+            }
+        }
+        best.map(|(index, _)| index)
+    }
+
+    /// Checks the ledger's grants one by one against the rule and books them.
+    fn granted(&mut self, grants: Vec<Grant<u8>>) {
+        for grant in grants {
+            let index = self.pick().expect("a grant while no waiter may take a token");
+            let (id, client) = self.queue.remove(index);
+            assert_eq!((grant.waiter, grant.client), (id, client), "granted out of turn: {self:?}");
+            *self.held.entry(client).or_default() += 1;
+        }
+    }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn ledger_keeps_its_invariant_and_agrees_with_a_model(
+    fn ledger_keeps_its_invariant_and_shares_tokens_as_its_model_says(
         size in 0usize..6,
         ops in proptest::collection::vec(op(), 0..80),
     ) {
         let mut ledger: Ledger<u8> = Ledger::over(Pool::with_target(size));
-        // The model: tokens each client holds, and the queue in order.
-        let mut held: HashMap<u8, usize> = HashMap::new();
-        let mut queue: Vec<(WaiterId, u8)> = Vec::new();
-        let mut limit: Option<usize> = None;
-        let at_limit = |held: &HashMap<u8, usize>, limit: Option<usize>, client: u8| {
-            limit.is_some_and(|limit| held.get(&client).copied().unwrap_or(0) >= limit)
-        };
-        let granted = |held: &mut HashMap<u8, usize>, queue: &mut Vec<(WaiterId, u8)>,
-                           limit: Option<usize>,
-                           grants: Vec<Grant<u8>>| {
-            for grant in grants {
-                // Grants go to the oldest waiter that may take a token: with a per-client limit
-                // that need not be the head, but every waiter before it must be at its limit.
-                let index = queue.iter().position(|(id, _)| *id == grant.waiter).expect("granted a queued request");
-                for (_, skipped) in &queue[..index] {
-                    assert!(at_limit(held, limit, *skipped), "skipped client {skipped} below its limit");
-                }
-                let (_, client) = queue.remove(index);
-                assert_eq!(grant.client, client);
-                assert!(!at_limit(held, limit, client), "granted past the limit");
-                *held.entry(client).or_default() += 1;
-            }
-        };
+        for client in 0..CLIENTS {
+            ledger.set_owner(client, owner_of(client));
+        }
+        let mut model = Model::default();
         for op in ops {
             let before = ledger.counts();
             match op {
@@ -75,31 +146,31 @@ proptest! {
                     match ledger.acquire(client, wait) {
                         Acquire::Granted => {
                             // A free token, no waiter that could have taken it, and room under
-                            // the limit.
+                            // the limit and the cap.
                             prop_assert!(before.free > 0);
-                            prop_assert!(!at_limit(&held, limit, client));
-                            prop_assert!(queue.iter().all(|(_, waiting)| at_limit(&held, limit, *waiting)));
-                            *held.entry(client).or_default() += 1;
+                            prop_assert!(model.may_take(client));
+                            prop_assert!(model.pick().is_none());
+                            *model.held.entry(client).or_default() += 1;
                         }
                         Acquire::Queued(id) => {
                             prop_assert!(wants_queue);
-                            queue.push((id, client));
+                            model.queue.push((id, client));
                         }
                         Acquire::WouldBlock => {
                             prop_assert!(!wants_queue);
-                            let eligible_waiter =
-                                queue.iter().any(|(_, waiting)| !at_limit(&held, limit, *waiting));
-                            prop_assert!(before.free == 0 || eligible_waiter || at_limit(&held, limit, client));
+                            prop_assert!(
+                                before.free == 0 || model.pick().is_some() || !model.may_take(client)
+                            );
                         }
                     }
                 }
                 Op::Release { client } => {
-                    let holds = held.get(&client).copied().unwrap_or(0);
+                    let holds = model.holds(client);
                     match ledger.release(&client) {
                         Ok(grants) => {
                             prop_assert!(holds > 0);
-                            *held.get_mut(&client).unwrap() -= 1;
-                            granted(&mut held, &mut queue, limit, grants);
+                            *model.held.get_mut(&client).unwrap() -= 1;
+                            model.granted(grants);
                         }
                         Err(_) => {
                             prop_assert_eq!(holds, 0);
@@ -109,22 +180,24 @@ proptest! {
                 }
                 Op::Reclaim { client } => {
                     let reclaimed = ledger.reclaim(&client);
-                    prop_assert_eq!(reclaimed.tokens, held.remove(&client).unwrap_or(0));
+                    prop_assert_eq!(reclaimed.tokens, model.held.remove(&client).unwrap_or(0));
                     let own: Vec<WaiterId> =
-                        queue.iter().filter(|(_, c)| *c == client).map(|(id, _)| *id).collect();
+                        model.queue.iter().filter(|(_, c)| *c == client).map(|(id, _)| *id).collect();
                     prop_assert_eq!(reclaimed.cancelled, own);
-                    queue.retain(|(_, c)| *c != client);
-                    granted(&mut held, &mut queue, limit, reclaimed.grants);
+                    model.queue.retain(|(_, c)| *c != client);
+                    model.granted(reclaimed.grants);
+                    // A new process with the same pid: the server tells the ledger its owner.
+                    prop_assert!(ledger.set_owner(client, owner_of(client)).is_empty());
                 }
                 Op::Cancel { nth_waiter } => {
-                    if let Some((id, _)) = queue.get(nth_waiter).copied() {
+                    if let Some((id, _)) = model.queue.get(nth_waiter).copied() {
                         prop_assert!(ledger.cancel(id));
-                        queue.remove(nth_waiter);
+                        model.queue.remove(nth_waiter);
                     }
                 }
                 Op::SetTarget(target) => {
                     let grants = ledger.set_target(JobCount::new(target).unwrap());
-                    granted(&mut held, &mut queue, limit, grants);
+                    model.granted(grants);
                     let counts = ledger.counts();
                     // A shrink never takes a token from its holder.
                     prop_assert!(counts.held >= before.held);
@@ -132,22 +205,27 @@ proptest! {
                 }
                 Op::SetAllowance(allowance) => {
                     let grants = ledger.set_allowance(allowance);
-                    granted(&mut held, &mut queue, limit, grants);
+                    model.granted(grants);
                     prop_assert!(ledger.counts().held >= before.held);
                 }
                 Op::Lend => {
                     let grants = ledger.lend();
-                    granted(&mut held, &mut queue, limit, grants);
+                    model.granted(grants);
                     prop_assert_eq!(ledger.counts().lent, before.lent + 1);
                 }
                 Op::SetPerClientLimit(new_limit) => {
-                    limit = new_limit;
-                    let grants = ledger.set_per_client_limit(limit);
-                    granted(&mut held, &mut queue, limit, grants);
+                    model.limit = new_limit;
+                    let grants = ledger.set_per_client_limit(new_limit);
+                    model.granted(grants);
+                }
+                Op::SetShares(shares) => {
+                    model.shares = shares.clone();
+                    let grants = ledger.set_shares(shares);
+                    model.granted(grants);
                 }
                 Op::Repay => {
                     let grants = ledger.repay();
-                    granted(&mut held, &mut queue, limit, grants);
+                    model.granted(grants);
                     prop_assert_eq!(ledger.counts().lent, before.lent.saturating_sub(1));
                     prop_assert!(ledger.counts().held >= before.held);
                 }
@@ -155,25 +233,38 @@ proptest! {
             let counts = ledger.counts();
             prop_assert!(ledger.is_consistent(), "{:?}", ledger);
             prop_assert_eq!(counts.free + counts.held + counts.withheld, counts.size);
-            prop_assert_eq!(counts.held, held.values().sum::<usize>());
-            for (client, count) in &held {
-                prop_assert_eq!(ledger.held_by(client), *count);
+            prop_assert_eq!(counts.held, model.held.values().sum::<usize>());
+            for client in 0..CLIENTS {
+                prop_assert_eq!(ledger.held_by(&client), model.holds(client));
             }
             prop_assert_eq!(
                 ledger.waiters().map(|(id, c)| (id, *c)).collect::<Vec<_>>(),
-                queue.clone()
+                model.queue.clone()
             );
         }
+        // No build is starved: with the limits lifted, a pool of at least one token and every
+        // holder returning its tokens one at a time, every waiter is served, within as many
+        // returns as there were requests in the queue and tokens in the pool.
+        ledger.set_per_client_limit(None);
+        ledger.set_allowance(None);
+        let shares = Shares { user_caps: Default::default(), ..model.shares.clone() };
+        ledger.set_shares(shares);
+        let target = ledger.counts().target.max(1);
+        ledger.set_target(JobCount::new(target).unwrap());
+        let mut returns_left = ledger.waiting() + ledger.counts().size;
+        while ledger.waiting() > 0 {
+            prop_assert!(returns_left > 0, "waiters never served: {:?}", ledger);
+            returns_left -= 1;
+            let holder = *ledger.holdings().next().expect("tokens out while requests wait").0;
+            ledger.release(&holder).unwrap();
+        }
         // Once everything is returned and repaid, the pool is whole at its target again.
-        // Reclaiming one client may grant a later client's queued request; that client is
-        // reclaimed in turn.
-        for client in 0..5u8 {
+        for client in 0..CLIENTS {
             ledger.reclaim(&client);
         }
         while ledger.counts().lent > 0 {
             ledger.repay();
         }
-        ledger.set_allowance(None);
         let counts = ledger.counts();
         prop_assert_eq!((counts.size, counts.free, counts.held), (counts.target, counts.target, 0));
     }

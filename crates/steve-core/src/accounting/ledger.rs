@@ -4,8 +4,12 @@
 //! (character device, FUSE file) and every test can drive it the same way. A *client* is whatever
 //! the transport accounts by: a process id for the device backends. The counts themselves
 //! (`free + held + withheld == size`, resizing, the allowance, lending) are the [`Pool`]'s,
-//! which the fifo backend uses directly; the ledger adds holdings per client, one fair FIFO queue
-//! of waiters, reclaim, and a per-client limit.
+//! which the fifo backend uses directly; the ledger adds holdings per client, per build and per
+//! user, one queue of waiters served by the [`Shares`] policy (fair shares between builds by
+//! default, see [`super::shares`]), reclaim, a per-client limit and per-user caps.
+//!
+//! A client's build and user are set with [`Ledger::set_owner`]; a client never given one is a
+//! build of its own, of an unknown user.
 //!
 //! A client that hands back its implicit token before taking any (a grace return) lends it to
 //! the pool for as long as it lives; [`Ledger::repay`] retires it again the same way a shrink
@@ -30,6 +34,7 @@ use std::hash::Hash;
 
 pub use super::pool::Counts;
 use super::pool::{JobCount, Pool};
+use super::shares::{BuildId, Fairness, Owner, Shares, Standing, Uid, UNKNOWN_USER};
 
 /// Identifies one queued request, so a transport can answer it when it is granted or drop it
 /// when the caller gives up.
@@ -105,7 +110,7 @@ struct Waiter<C> {
     client: C,
 }
 
-/// The token pool with per-client holdings and one fair FIFO queue of waiters.
+/// The token pool with per-client holdings and one queue of waiters served by fair shares.
 #[derive(Debug, Clone)]
 pub struct Ledger<C> {
     /// The counts; the ledger adds who holds what and who waits.
@@ -115,6 +120,15 @@ pub struct Ledger<C> {
     holders: HashMap<C, usize>,
     queue: VecDeque<Waiter<C>>,
     next_waiter: u64,
+    /// The policy, with its weights and caps.
+    shares: Shares,
+    /// Each client's build and user, from the first time it was seen.
+    owners: HashMap<C, Owner>,
+    /// Tokens held by each build and each user (no zero entries).
+    build_held: HashMap<BuildId, usize>,
+    user_held: HashMap<Uid, usize>,
+    /// Builds for clients never given an owner count down from the top of the range.
+    next_own_build: u64,
 }
 
 impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
@@ -131,12 +145,80 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             holders: HashMap::new(),
             queue: VecDeque::new(),
             next_waiter: 0,
+            shares: Shares::default(),
+            owners: HashMap::new(),
+            build_held: HashMap::new(),
+            user_held: HashMap::new(),
+            next_own_build: u64::MAX,
         }
+    }
+
+    /// Sets whose `client`'s tokens count as. Tokens it holds move with it to the new build
+    /// and user (a build found to be part of a larger one joins it).
+    pub fn set_owner(&mut self, client: C, owner: Owner) -> Vec<Grant<C>> {
+        let held = self.held_by(&client);
+        if let Some(old) = self.owners.insert(client, owner) {
+            if held > 0 {
+                decrease(&mut self.build_held, old.build, held);
+                decrease(&mut self.user_held, old.user, held);
+            }
+        }
+        if held > 0 {
+            *self.build_held.entry(owner.build).or_insert(0) += held;
+            *self.user_held.entry(owner.user).or_insert(0) += held;
+        }
+        self.settle()
+    }
+
+    /// The build and user `client`'s tokens count as.
+    pub fn owner(&self, client: &C) -> Option<Owner> {
+        self.owners.get(client).copied()
+    }
+
+    /// Changes the fairness policy, weights and caps; waiters a raised cap lets in are granted.
+    pub fn set_shares(&mut self, shares: Shares) -> Vec<Grant<C>> {
+        self.shares = shares;
+        self.settle()
+    }
+
+    /// The policy in force.
+    pub fn shares(&self) -> &Shares {
+        &self.shares
+    }
+
+    /// Tokens held by the clients of `build`.
+    pub fn held_by_build(&self, build: BuildId) -> usize {
+        self.build_held.get(&build).copied().unwrap_or(0)
+    }
+
+    /// Tokens held by the clients of `user`.
+    pub fn held_by_user(&self, user: Uid) -> usize {
+        self.user_held.get(&user).copied().unwrap_or(0)
+    }
+
+    /// Whether a token `client` returns now would go to a waiter whose share group holds more,
+    /// for its weight, than `client`'s would after the return: under a fair policy the server
+    /// then keeps the token a moment for `client` (see `Device::write`), so a build that
+    /// returns a token and asks again at once does not lose it to one that never returns any.
+    pub fn return_would_favour_a_larger_share(&self, client: &C) -> bool {
+        if self.shares.fairness == Fairness::Fifo || self.held_by(client) == 0 {
+            return false;
+        }
+        let Some(index) = self.next_waiter_index() else { return false };
+        let waiter = self.owner_or_own(&self.queue[index].client);
+        let own = self.owner_or_own(client);
+        if self.same_group(waiter, own) {
+            return false;
+        }
+        let mut after = self.standing(own);
+        after.held -= 1;
+        after.is_below(self.standing(waiter))
     }
 
     /// Asks for one token for `client`. A request never overtakes one already queued, and a
     /// client at the per-client limit waits (or is refused) until it returns one.
     pub fn acquire(&mut self, client: C, wait: Wait) -> Acquire {
+        self.ensure_owner(&client);
         let outcome =
             if self.pool.counts().free > 0 && !self.has_eligible_waiter() && self.may_take(&client)
             {
@@ -165,6 +247,9 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             }
             None => return Err(LedgerError::NotHeld),
         }
+        let owner = self.owner_or_own(client);
+        decrease(&mut self.build_held, owner.build, 1);
+        decrease(&mut self.user_held, owner.user, 1);
         self.pool.take_back(1);
         let grants = self.grant_waiters();
         self.debug_check();
@@ -174,6 +259,10 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     /// Forgets a client that went away: its tokens come back and its queued requests go.
     pub fn reclaim(&mut self, client: &C) -> Reclaimed<C> {
         let tokens = self.holders.remove(client).unwrap_or(0);
+        if let Some(owner) = self.owners.remove(client) {
+            decrease(&mut self.build_held, owner.build, tokens);
+            decrease(&mut self.user_held, owner.user, tokens);
+        }
         self.pool.take_back(tokens);
         let mut cancelled = Vec::new();
         self.queue.retain(|waiter| {
@@ -259,13 +348,23 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     }
 
     /// Whether the accounting is consistent: the pool's own invariant, holdings add up to
-    /// `held`, and no client that may take a token waits while one is free.
+    /// `held`, per build and per user too, and no client that may take a token waits while one
+    /// is free.
     pub fn is_consistent(&self) -> bool {
         let holdings: usize = self.holders.values().sum();
         let counts = self.pool.counts();
+        let mut builds: HashMap<BuildId, usize> = HashMap::new();
+        let mut users: HashMap<Uid, usize> = HashMap::new();
+        for (client, count) in &self.holders {
+            let Some(owner) = self.owners.get(client) else { return false };
+            *builds.entry(owner.build).or_insert(0) += count;
+            *users.entry(owner.user).or_insert(0) += count;
+        }
         self.pool.is_consistent()
             && holdings == counts.held
             && self.holders.values().all(|count| *count > 0)
+            && builds == self.build_held
+            && users == self.user_held
             && (counts.free == 0 || !self.has_eligible_waiter())
     }
 
@@ -280,34 +379,108 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
         debug_assert!(self.is_consistent(), "ledger invariant broken: {self:?}");
     }
 
-    /// Whether `client` is below the per-client limit.
+    /// Whether `client` is below the per-client limit and its user below its cap.
     fn may_take(&self, client: &C) -> bool {
+        let user = self.owner_or_own(client).user;
         self.per_client_limit.is_none_or(|limit| self.held_by(client) < limit)
+            && self.shares.cap(user).is_none_or(|cap| self.held_by_user(user) < cap)
     }
 
     fn has_eligible_waiter(&self) -> bool {
         self.queue.iter().any(|waiter| self.may_take(&waiter.client))
     }
 
+    /// Gives a client seen for the first time a build of its own.
+    fn ensure_owner(&mut self, client: &C) {
+        if !self.owners.contains_key(client) {
+            let owner = Owner { build: BuildId(self.next_own_build), user: UNKNOWN_USER };
+            self.next_own_build -= 1;
+            self.owners.insert(client.clone(), owner);
+        }
+    }
+
+    fn owner_or_own(&self, client: &C) -> Owner {
+        self.owners
+            .get(client)
+            .copied()
+            .unwrap_or(Owner { build: BuildId(u64::MAX), user: UNKNOWN_USER })
+    }
+
+    /// Whether two owners share one group under the policy.
+    fn same_group(&self, a: Owner, b: Owner) -> bool {
+        match self.shares.fairness {
+            Fairness::Build => a.build == b.build,
+            Fairness::User => a.user == b.user,
+            Fairness::Fifo => true,
+        }
+    }
+
+    /// What `owner`'s group holds, with its weight.
+    fn standing(&self, owner: Owner) -> Standing {
+        let held = match self.shares.fairness {
+            Fairness::Build => self.held_by_build(owner.build),
+            Fairness::User | Fairness::Fifo => self.held_by_user(owner.user),
+        };
+        Standing { held, weight: self.shares.weight(owner.user) }
+    }
+
+    /// The waiter the next free token goes to: under FIFO the oldest that may take one; under a
+    /// fair policy the oldest of the group that holds the least for its weight.
+    fn next_waiter_index(&self) -> Option<usize> {
+        let mut eligible = self
+            .queue
+            .iter()
+            .enumerate()
+            .filter(|(_, waiter)| self.may_take(&waiter.client));
+        if self.shares.fairness == Fairness::Fifo {
+            return eligible.next().map(|(index, _)| index);
+        }
+        let mut best: Option<(usize, Standing)> = None;
+        for (index, waiter) in eligible {
+            let standing = self.standing(self.owner_or_own(&waiter.client));
+            // Strictly below: among equals the older request stays first.
+            if best.is_none_or(|(_, leader)| standing.is_below(leader)) {
+                best = Some((index, standing));
+            }
+        }
+        best.map(|(index, _)| index)
+    }
+
     fn hand_out(&mut self, client: &C) {
         let handed = self.pool.hand_out();
         debug_assert!(handed, "a token was free");
+        self.ensure_owner(client);
+        let owner = self.owner_or_own(client);
         *self.holders.entry(client.clone()).or_insert(0) += 1;
+        *self.build_held.entry(owner.build).or_insert(0) += 1;
+        *self.user_held.entry(owner.user).or_insert(0) += 1;
     }
 
-    /// Hands free tokens to the oldest waiters that may take one, in queue order.
+    /// Hands free tokens to waiters that may take one, in the order the policy says.
     fn grant_waiters(&mut self) -> Vec<Grant<C>> {
         let mut grants = Vec::new();
         while self.pool.counts().free > 0 {
-            let Some(index) = self.queue.iter().position(|waiter| self.may_take(&waiter.client))
-            else {
+            let Some(index) = self.next_waiter_index() else {
                 break;
             };
-            let waiter = self.queue.remove(index).expect("index from position");
+            let waiter = self.queue.remove(index).expect("index from the queue");
             self.hand_out(&waiter.client);
             grants.push(Grant { waiter: waiter.id, client: waiter.client });
         }
         grants
+    }
+}
+
+/// Takes `count` from `key`'s entry, dropping it at zero.
+fn decrease<K: Eq + Hash>(map: &mut HashMap<K, usize>, key: K, count: usize) {
+    if count == 0 {
+        return;
+    }
+    if let std::collections::hash_map::Entry::Occupied(mut entry) = map.entry(key) {
+        *entry.get_mut() -= count.min(*entry.get());
+        if *entry.get() == 0 {
+            entry.remove();
+        }
     }
 }
 
@@ -460,5 +633,108 @@ mod tests {
         let grants = ledger.set_allowance(None);
         assert!(grants.is_empty());
         assert_eq!(ledger.counts().free, 3);
+    }
+
+    fn owned(ledger: &mut Ledger<u32>, client: u32, build: u64, user: Uid) {
+        ledger.set_owner(client, Owner { build: BuildId(build), user });
+    }
+
+    #[test]
+    fn a_free_token_goes_to_the_waiting_build_that_holds_the_least() {
+        let mut ledger = Ledger::new(jobs(4));
+        // Build 1 (clients 10, 11) takes every token and queues four more requests.
+        owned(&mut ledger, 10, 1, 1000);
+        owned(&mut ledger, 11, 1, 1000);
+        owned(&mut ledger, 20, 2, 1000);
+        for _ in 0..2 {
+            ledger.acquire(10, Wait::Queue);
+            ledger.acquire(11, Wait::Queue);
+        }
+        for _ in 0..4 {
+            ledger.acquire(10, Wait::Queue);
+        }
+        // Build 2 asks last, holding nothing: the next token is its.
+        let Acquire::Queued(newcomer) = ledger.acquire(20, Wait::Queue) else { panic!() };
+        assert_eq!(ledger.release(&11).unwrap(), vec![Grant { waiter: newcomer, client: 20 }]);
+        assert_eq!((ledger.held_by_build(BuildId(1)), ledger.held_by_build(BuildId(2))), (3, 1));
+        // Under FIFO the same request waits behind all four of build 1's.
+        let mut fifo = Ledger::new(jobs(1));
+        fifo.set_shares(Shares::fifo());
+        fifo.acquire(10, Wait::Queue);
+        let Acquire::Queued(first) = fifo.acquire(10, Wait::Queue) else { panic!() };
+        fifo.acquire(20, Wait::Queue);
+        assert_eq!(fifo.release(&10).unwrap()[0].waiter, first);
+    }
+
+    #[test]
+    fn weights_caps_and_users_shape_the_shares() {
+        let mut ledger = Ledger::new(jobs(6));
+        // Users 1 and 2, each with two builds; user 1 weighs 2.
+        owned(&mut ledger, 1, 1, 1);
+        owned(&mut ledger, 2, 2, 1);
+        owned(&mut ledger, 3, 3, 2);
+        owned(&mut ledger, 4, 4, 2);
+        ledger.set_shares(Shares {
+            fairness: Fairness::User,
+            weights: [(1, 2)].into(),
+            ..Shares::default()
+        });
+        for client in [1, 2, 3, 4] {
+            ledger.acquire(client, Wait::Queue);
+        }
+        for _ in 0..6 {
+            for client in [1, 2, 3, 4] {
+                ledger.acquire(client, Wait::Queue);
+            }
+        }
+        // One token each, then the two left to the first two asking again: both user 1's.
+        assert_eq!((ledger.held_by_user(1), ledger.held_by_user(2)), (4, 2));
+        // As tokens come back each goes to the user below its weighted share (4/2 = 2/1).
+        ledger.release(&1).unwrap();
+        ledger.release(&3).unwrap();
+        assert_eq!((ledger.held_by_user(1), ledger.held_by_user(2)), (4, 2));
+        // A cap of 3 for user 1: its next return goes to user 2.
+        ledger.set_shares(Shares {
+            fairness: Fairness::User,
+            weights: [(1, 2)].into(),
+            user_caps: [(1, 3)].into(),
+        });
+        ledger.release(&2).unwrap();
+        assert_eq!((ledger.held_by_user(1), ledger.held_by_user(2)), (3, 3));
+        assert!(ledger.is_consistent());
+    }
+
+    #[test]
+    fn a_client_moved_to_another_build_takes_its_tokens_along() {
+        let mut ledger = Ledger::new(jobs(3));
+        owned(&mut ledger, 1, 1, 0);
+        ledger.acquire(1, Wait::Queue);
+        ledger.acquire(1, Wait::Queue);
+        owned(&mut ledger, 1, 9, 0);
+        assert_eq!((ledger.held_by_build(BuildId(1)), ledger.held_by_build(BuildId(9))), (0, 2));
+        // A client never given an owner is a build of its own.
+        ledger.acquire(5, Wait::Queue);
+        let own = ledger.owner(&5).unwrap();
+        assert_eq!((own.user, ledger.held_by_build(own.build)), (UNKNOWN_USER, 1));
+        ledger.reclaim(&1);
+        assert_eq!(ledger.held_by_build(BuildId(9)), 0);
+        assert!(ledger.owner(&1).is_none() && ledger.is_consistent());
+    }
+
+    #[test]
+    fn a_return_is_kept_back_only_from_a_waiter_of_a_larger_share() {
+        let mut ledger = Ledger::new(jobs(3));
+        owned(&mut ledger, 1, 1, 0);
+        owned(&mut ledger, 2, 2, 0);
+        ledger.acquire(1, Wait::Queue);
+        ledger.acquire(2, Wait::Queue);
+        ledger.acquire(2, Wait::Queue);
+        ledger.acquire(2, Wait::Queue);
+        // Client 1 holds 1, build 2 holds 2 and waits: the return would favour it.
+        assert!(ledger.return_would_favour_a_larger_share(&1));
+        // Build 2 returning would hand the token to itself, or to a smaller share.
+        assert!(!ledger.return_would_favour_a_larger_share(&2));
+        ledger.set_shares(Shares::fifo());
+        assert!(!ledger.return_would_favour_a_larger_share(&1), "FIFO keeps nothing back");
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`pool`]: the pool arithmetic (`free + held + withheld == size`, resizing, the allowance,
 //!   lending) and [`JobCount`](pool::JobCount), the one type of a `-j` value;
-//! - [`ledger`]: per-client holdings and one fair FIFO queue of waiters over a pool;
+//! - [`ledger`]: per-client holdings and one queue of waiters over a pool;
+//! - [`shares`]: who a free token goes to: fair shares between builds or users, or FIFO;
 //! - [`device`]: the rules of a per-process jobserver device (CUSE, FUSE), as a sans-IO state
 //!   machine over a ledger;
 //! - [`limits`]: load and memory limits, and how many tokens they let out now.
@@ -16,3 +17,4 @@ pub mod device;
 pub mod ledger;
 pub mod limits;
 pub mod pool;
+pub mod shares;
