@@ -39,7 +39,8 @@ pub struct GetArgs {
 #[derive(Debug, clap::Args)]
 pub struct SetArgs {
     /// KEY=VALUE settings, applied all or none: jobs=N load-average=X min-jobs=M
-    /// min-memory-avail=MIB per-process-limit=K load-recheck=S (none clears a limit).
+    /// min-memory-avail=MIB per-process-limit=K load-recheck=S fairness=build|user|fifo
+    /// weights=USER:W,... user-caps=USER:N,... (none clears a limit; USER is a name or a uid).
     #[arg(required = true, value_name = "KEY=VALUE", value_parser = parse_setting)]
     settings: Vec<(String, String)>,
     /// The server's control socket.
@@ -54,6 +55,27 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("{text:?} is not KEY=VALUE")),
     }
+}
+
+/// The value of `weights` or `user-caps` with user names turned into uids: the server takes
+/// numbers only (looking a name up may ask a network directory, and its loop must not wait).
+/// Other keys' values are left as they are.
+pub fn with_uids(key: &str, value: &str) -> anyhow::Result<String> {
+    if !matches!(key, "weights" | "user-caps") || matches!(value, "none" | "off") {
+        return Ok(value.to_string());
+    }
+    let items = value.split(',').map(|item| {
+        let Some((user, number)) = item.split_once(':') else { return Ok(item.to_string()) };
+        let user = user.trim();
+        if user.parse::<u32>().is_ok() {
+            return Ok(item.to_string());
+        }
+        match nix::unistd::User::from_name(user) {
+            Ok(Some(found)) => Ok(format!("{}:{number}", found.uid)),
+            _ => bail!("{key}: no such user: {user}"),
+        }
+    });
+    Ok(items.collect::<anyhow::Result<Vec<String>>>()?.join(","))
 }
 
 /// Sends `request` to the server and returns its answer, an error answer turned into an error.
@@ -100,7 +122,15 @@ pub fn get(args: GetArgs) -> anyhow::Result<()> {
 
 /// `steve set`: prints the new values as KEY=VALUE.
 pub fn set(args: SetArgs) -> anyhow::Result<()> {
-    match exchange(args.control.as_deref(), &Request::Set { settings: args.settings })? {
+    let settings = args
+        .settings
+        .into_iter()
+        .map(|(key, value)| {
+            let value = with_uids(&key, &value)?;
+            Ok((key, value))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    match exchange(args.control.as_deref(), &Request::Set { settings })? {
         Response::Values { values } => {
             for (key, value) in values {
                 output::line(&format!("{key}={value}"))?;

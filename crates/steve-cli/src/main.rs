@@ -142,6 +142,18 @@ struct ServeArgs {
     /// cuse, fuse: the most tokens one process may hold.
     #[arg(long, value_name = "K")]
     per_process_limit: Option<usize>,
+    /// Who a free token goes to: `build`, the waiting build (a top-level client and the
+    /// clients under it) that holds the fewest for its weight; `user`, the same between users;
+    /// `fifo`, the oldest request [default: build on cuse and fuse; a fifo server is fifo].
+    #[arg(long, value_name = "POLICY")]
+    fairness: Option<String>,
+    /// cuse, fuse: weights of users' shares, USER:W,... (a name or a uid; W from 1 to 1000,
+    /// 1 for users not listed).
+    #[arg(long, value_name = "USER:W,...")]
+    weights: Option<String>,
+    /// cuse, fuse: the most tokens all of a user's processes may hold together, USER:N,...
+    #[arg(long, value_name = "USER:N,...")]
+    user_caps: Option<String>,
     /// Seconds between readings of the load and memory while a load or memory limit is set.
     #[arg(long, value_name = "S", default_value_t = 0.5)]
     load_recheck: f64,
@@ -302,6 +314,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ("min-memory-avail", args.min_memory_avail.map(|v| v.to_string())),
         ("per-process-limit", args.per_process_limit.map(|v| v.to_string())),
         ("load-recheck", Some(args.load_recheck.to_string())),
+        ("fairness", args.fairness),
+        ("weights", args.weights.map(|v| control::with_uids("weights", &v)).transpose()?),
+        ("user-caps", args.user_caps.map(|v| control::with_uids("user-caps", &v)).transpose()?),
     ]
     .into_iter()
     .filter_map(|(key, value)| Some((key.to_string(), value?)))

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::accounting::limits::{Pressure, Settings, SystemReading};
+use crate::accounting::shares::{format_user_map, Fairness};
 
 /// A server's state at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +47,10 @@ pub struct StatusReport {
     pub holders: Vec<HolderReport>,
     /// The waiting requests, oldest first; `None` where the transport cannot see them.
     pub waiters: Option<Vec<WaiterReport>>,
+    /// Holders and waiters by build (a top-level client and the clients under it), by build
+    /// number; `None` where the transport cannot tell who holds what.
+    #[serde(default)]
+    pub builds: Option<Vec<BuildReport>>,
     /// The companion FIFO fed from the same pool, if the server has one. Its tokens are in
     /// `pool.held`; it is not among `holders`.
     #[serde(default)]
@@ -105,10 +110,34 @@ pub struct BackendReport {
     pub holders: Vec<HolderReport>,
     /// The waiting requests, oldest first; `None` where the transport cannot see them.
     pub waiters: Option<Vec<WaiterReport>>,
+    /// The builds holding or waiting for tokens; `None` where the transport cannot tell.
+    pub builds: Option<Vec<BuildReport>>,
     /// The companion FIFO, if the server feeds one.
     pub companion: Option<CompanionReport>,
     /// Running totals.
     pub counters: CounterReport,
+}
+
+/// One build: a top-level client and the client processes under it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildReport {
+    /// The server's number for it.
+    pub build: u64,
+    /// Its top-level client (which may have exited; then `command` is `?`).
+    pub pid: u32,
+    /// The top-level client's command line.
+    pub command: String,
+    /// The top-level client's working directory, if it can be read.
+    pub cwd: Option<PathBuf>,
+    /// Its user.
+    pub uid: u32,
+    /// Tokens its processes hold.
+    pub tokens: usize,
+    /// Its requests waiting.
+    pub waiting: usize,
+    /// The tokens its weight entitles it to among the builds holding or waiting now (`None`
+    /// under FIFO).
+    pub share: Option<f64>,
 }
 
 /// The pool's counts: `free + held + withheld == size`.
@@ -171,6 +200,9 @@ pub struct CounterReport {
     pub interrupts: Option<u64>,
     /// Poll reservations that expired unused.
     pub expired_reservations: Option<u64>,
+    /// Returned tokens kept a moment for their returner, rather than handed to a larger share.
+    #[serde(default)]
+    pub kept_for_returner: Option<u64>,
 }
 
 /// The keys `steve get` reads besides the settings: the pool's counts and the system's state.
@@ -203,6 +235,7 @@ impl StatusReport {
             holders_exact: part.holders_exact,
             holders: part.holders,
             waiters: part.waiters,
+            builds: part.builds,
             companion: part.companion,
             counters: part.counters,
         }
@@ -262,6 +295,18 @@ impl fmt::Display for StatusReport {
             or_none(limits.per_process_limit.map(|v| v.to_string())),
             limits.load_recheck.as_secs_f64()
         )?;
+        let shares = &limits.shares;
+        writeln!(
+            f,
+            "shares: {}; weights {}; user caps {}",
+            match shares.fairness {
+                Fairness::Build => "fair between builds",
+                Fairness::User => "fair between users",
+                Fairness::Fifo => "first come, first served",
+            },
+            format_user_map(&shares.weights),
+            format_user_map(&shares.user_caps)
+        )?;
         writeln!(
             f,
             "system: load {}, {} available{}",
@@ -293,6 +338,21 @@ impl fmt::Display for StatusReport {
                 writeln!(f, "  pid {:>7}  {}", opener.pid, opener.command)?;
             }
         }
+        if let Some(builds) = &self.builds {
+            writeln!(f, "builds: {}", builds.len())?;
+            for build in builds {
+                let share = build.share.map_or_else(String::new, |s| format!(", share {s:.2}"));
+                let cwd = build
+                    .cwd
+                    .as_ref()
+                    .map_or_else(String::new, |cwd| format!(" (in {})", cwd.display()));
+                writeln!(
+                    f,
+                    "  build {:>3}  pid {:>7}  uid {}: {} token(s), {} waiting{share}  {}{cwd}",
+                    build.build, build.pid, build.uid, build.tokens, build.waiting, build.command
+                )?;
+            }
+        }
         match &self.waiters {
             Some(waiters) => {
                 writeln!(f, "waiters: {}", waiters.len())?;
@@ -311,14 +371,15 @@ impl fmt::Display for StatusReport {
         write!(
             f,
             "counters: grants {}, returns {}, reclaimed {}, ENOSPC {}, grace returns {}, \
-             interrupts {}, expired reservations {}",
+             interrupts {}, expired reservations {}, kept for returner {}",
             count(counters.grants),
             count(counters.returns),
             counters.reclaimed,
             count(counters.enospc),
             count(counters.grace_returns),
             count(counters.interrupts),
-            count(counters.expired_reservations)
+            count(counters.expired_reservations),
+            count(counters.kept_for_returner)
         )
     }
 }

@@ -392,7 +392,7 @@ impl Server for NamedPipeServer {
             PoolChange::Jobs(jobs) => self.pool.set_target(jobs),
             PoolChange::Allowance(allowance) => self.pool.set_allowance(allowance),
             // The loop never sends it: this backend does not take the option.
-            PoolChange::PerProcessLimit(_) => return,
+            PoolChange::PerProcessLimit(_) | PoolChange::Shares(_) => return,
         }
         self.rebalance();
     }
@@ -422,6 +422,7 @@ impl Server for NamedPipeServer {
             holders_exact: false,
             holders,
             waiters: None,
+            builds: None,
             companion: None,
             counters: CounterReport { reclaimed: self.recovered, ..CounterReport::default() },
         }

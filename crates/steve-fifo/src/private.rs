@@ -99,6 +99,7 @@ fn status(jobserver: &Jobserver, jobs_from: &str, started: Instant) -> StatusRep
         holders_exact: false,
         holders: Vec::new(),
         waiters: None,
+        builds: None,
         companion: None,
         counters: CounterReport::default(),
     };

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use super::ledger::{Acquire, Counts, Grant, Ledger, Wait, WaiterId};
 use super::pool::{JobCount, Pool};
-use super::shares::{Owner, Shares};
+use super::shares::{BuildId, Fairness, Owner, Shares, Uid};
 
 /// The longest a returned token is kept for its returner (never longer than a poller's
 /// reservation): make asks again within a few milliseconds of a return.
@@ -175,6 +175,22 @@ pub struct Holder {
     pub tokens: usize,
     /// Since when it has held at least one.
     pub since: Instant,
+}
+
+/// What one build holds and waits for, for a status report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BuildUse {
+    /// The build.
+    pub build: BuildId,
+    /// Its user (its first process's).
+    pub user: Uid,
+    /// Tokens its processes have taken and not returned.
+    pub tokens: usize,
+    /// Its requests in the queue.
+    pub waiting: usize,
+    /// The tokens its weight entitles it to among the builds holding or waiting now
+    /// (`None` under FIFO).
+    pub share: Option<f64>,
 }
 
 /// A queued request, for a status report.
@@ -552,6 +568,61 @@ impl Device {
                 Some(Waiter { pid: *pid, kind, since: *since })
             })
             .collect()
+    }
+
+    /// Every build holding or waiting for tokens, by build number, with its fair share.
+    pub fn builds(&self) -> Vec<BuildUse> {
+        let mut builds: Vec<BuildUse> = Vec::new();
+        let mut entry = |pid: Pid, tokens: usize, waiting: usize| {
+            let Some(owner) = self.ledger.owner(&pid) else { return };
+            match builds.iter_mut().find(|b| b.build == owner.build) {
+                Some(found) => {
+                    found.tokens += tokens;
+                    found.waiting += waiting;
+                }
+                None => builds.push(BuildUse {
+                    build: owner.build,
+                    user: owner.user,
+                    tokens,
+                    waiting,
+                    share: None,
+                }),
+            }
+        };
+        for holder in self.holders() {
+            entry(holder.pid, holder.tokens, 0);
+        }
+        for (_, pid) in self.ledger.waiters() {
+            entry(*pid, 0, 1);
+        }
+        let shares = self.ledger.shares();
+        let size = self.counts().size as f64;
+        let weight = |user: Uid| shares.weight(user) as f64;
+        match shares.fairness {
+            Fairness::Fifo => {}
+            Fairness::Build => {
+                let total: f64 = builds.iter().map(|b| weight(b.user)).sum();
+                for build in &mut builds {
+                    build.share = Some(size * weight(build.user) / total);
+                }
+            }
+            Fairness::User => {
+                let mut users: Vec<Uid> = builds.iter().map(|b| b.user).collect();
+                users.sort_unstable();
+                users.dedup();
+                let total: f64 = users.iter().map(|user| weight(*user)).sum();
+                let count = |user: Uid| builds.iter().filter(|b| b.user == user).count() as f64;
+                let split: Vec<f64> = builds
+                    .iter()
+                    .map(|b| size * weight(b.user) / total / count(b.user))
+                    .collect();
+                for (build, share) in builds.iter_mut().zip(split) {
+                    build.share = Some(share);
+                }
+            }
+        }
+        builds.sort_unstable_by_key(|b| b.build);
+        builds
     }
 
     /// Whether the device's own books agree with the ledger's.

@@ -5,7 +5,9 @@
 //!   beyond `min_jobs` held in total;
 //! - `min_memory_avail_mib`: the same while `MemAvailable` is below it;
 //! - `per_process_limit`: how many tokens one process may hold (per-process backends);
-//! - `load_recheck`: how often the load and memory are read again while over a limit.
+//! - `load_recheck`: how often the load and memory are read again while over a limit;
+//! - `shares`: who a free token goes to (`fairness`, per-user `weights` and `user-caps`, see
+//!   [`super::shares`]; per-process backends).
 //!
 //! The pool size, `jobs`, is not a limit: it is the pool's own target
 //! ([`Pool::target`](super::pool::Pool::target)), its one source of truth. [`Settings`] is the
@@ -40,6 +42,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::pool::JobCount;
+use super::shares::{self, Shares};
 
 /// The limits a server applies; all of them can be changed at run time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,11 +58,23 @@ pub struct Limits {
     /// Seconds between readings while over a limit.
     #[serde(with = "seconds")]
     pub load_recheck: Duration,
+    /// Who a free token goes to: the fairness policy, per-user weights and caps.
+    #[serde(default)]
+    pub shares: Shares,
 }
 
 /// The keys `steve set` and `steve get` know, in the order they are listed.
-pub const SETTINGS: [&str; 6] =
-    ["jobs", "load-average", "min-jobs", "min-memory-avail", "per-process-limit", "load-recheck"];
+pub const SETTINGS: [&str; 9] = [
+    "jobs",
+    "load-average",
+    "min-jobs",
+    "min-memory-avail",
+    "per-process-limit",
+    "load-recheck",
+    "fairness",
+    "weights",
+    "user-caps",
+];
 
 /// A setting that could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +113,7 @@ impl Default for Limits {
             min_memory_avail_mib: None,
             per_process_limit: None,
             load_recheck: Duration::from_millis(500),
+            shares: Shares::default(),
         }
     }
 }
@@ -121,6 +137,9 @@ impl Settings {
             "min-memory-avail" => optional(limits.min_memory_avail_mib.map(|v| v.to_string())),
             "per-process-limit" => optional(limits.per_process_limit.map(|v| v.to_string())),
             "load-recheck" => limits.load_recheck.as_secs_f64().to_string(),
+            "fairness" => limits.shares.fairness.to_string(),
+            "weights" => shares::format_user_map(&limits.shares.weights),
+            "user-caps" => shares::format_user_map(&limits.shares.user_caps),
             _ => return None,
         })
     }
@@ -179,6 +198,9 @@ impl Settings {
                 }
                 _ => return Err(format!("{value:?} is not a number of seconds from 0.01 to 3600")),
             },
+            "fairness" => limits.shares.fairness = value.parse().map_err(|e| format!("{e}"))?,
+            "weights" => limits.shares.weights = shares::parse_user_map(value, shares::parse_weight)?,
+            "user-caps" => limits.shares.user_caps = shares::parse_user_map(value, shares::parse_cap)?,
             _ => return Err(format!("unknown setting; known are {}", SETTINGS.join(", "))),
         }
         Ok(())

@@ -120,6 +120,13 @@ impl Shares {
         Shares { fairness: Fairness::Fifo, ..Shares::default() }
     }
 
+    /// Whether these shares ask for more than FIFO order with the default policy: weights,
+    /// caps, or fairness between users. The default, fair shares between builds, is what a
+    /// per-process backend does unasked and a pipe cannot do (it serves FIFO).
+    pub fn needs_accounting(&self) -> bool {
+        self.fairness == Fairness::User || !self.weights.is_empty() || !self.user_caps.is_empty()
+    }
+
     /// `user`'s weight.
     pub fn weight(&self, user: Uid) -> u64 {
         u64::from(self.weights.get(&user).copied().unwrap_or(1))

@@ -49,6 +49,7 @@ use nix::unistd::Gid;
 use super::processes::Processes;
 use super::Error;
 use crate::accounting::limits::Limits;
+use crate::accounting::shares::Shares;
 use crate::accounting::pool::JobCount;
 use crate::client::Style;
 use crate::makeflags::JobserverAuth;
@@ -137,6 +138,9 @@ pub enum ServeOption {
     PerProcessLimit,
     /// `--fifo` and `--no-fifo`: a companion FIFO fed from a device's pool.
     Fifo,
+    /// `--fairness`, `--weights`, `--user-caps` (and `steve set`): fair shares need to know who
+    /// holds each token. Every backend takes `--fairness fifo`.
+    Fairness,
 }
 
 impl ServeOption {
@@ -150,6 +154,7 @@ impl ServeOption {
             ServeOption::PollReservation => "--poll-reservation-ms",
             ServeOption::PerProcessLimit => "--per-process-limit",
             ServeOption::Fifo => "--fifo",
+            ServeOption::Fairness => "--fairness",
         }
     }
 
@@ -166,6 +171,10 @@ impl ServeOption {
             ServeOption::PerProcessLimit => "it needs a backend that accounts per process",
             ServeOption::Fifo => {
                 "it feeds a companion FIFO from a device's pool (a fifo server is one)"
+            }
+            ServeOption::Fairness => {
+                "it needs a backend that accounts per process (a pipe serves its readers in the \
+                 order the kernel wakes them)"
             }
         }
     }
@@ -249,6 +258,7 @@ impl ServeConfig {
             (self.poll_reservation.is_some(), ServeOption::PollReservation),
             (self.limits.per_process_limit.is_some(), ServeOption::PerProcessLimit),
             (self.fifo.is_some(), ServeOption::Fifo),
+            (self.limits.shares.needs_accounting(), ServeOption::Fairness),
         ]
         .into_iter()
         .filter_map(|(given, option)| given.then_some(option))
@@ -352,7 +362,7 @@ pub enum Flow {
 }
 
 /// A change to a server's pool: the loop applies settings and limits through these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolChange {
     /// A new pool size (`steve set jobs=`).
     Jobs(JobCount),
@@ -361,6 +371,9 @@ pub enum PoolChange {
     /// How many tokens one process may hold; `None`: no cap. Only sent to a backend whose
     /// descriptor takes [`ServeOption::PerProcessLimit`].
     PerProcessLimit(Option<usize>),
+    /// Who a free token goes to. Only sent to a backend whose descriptor takes
+    /// [`ServeOption::Fairness`].
+    Shares(Shares),
 }
 
 /// What the event loop lends a server while it handles an event: the client processes it

@@ -30,6 +30,7 @@ use super::processes::Processes;
 use super::signals::{SignalEvent, Signals};
 use super::Error;
 use crate::accounting::limits::{Governor, Limits, Settings, SystemProbe};
+use crate::accounting::shares::Shares;
 use crate::status::{ReportHeader, StatusReport};
 
 /// Why a server stopped.
@@ -113,6 +114,11 @@ impl EventLoop {
     ) -> Result<EventLoop, Error> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|errno| Error::io("cannot create the event loop's epoll", errno.into()))?;
+        // A pipe cannot tell its readers apart: it serves them FIFO, whatever the default.
+        let mut limits = limits;
+        if !backend.takes(ServeOption::Fairness) {
+            limits.shares = Shares::fifo();
+        }
         Ok(EventLoop {
             epoll,
             backend,
@@ -154,9 +160,13 @@ impl EventLoop {
             self.register_all(server)?;
             let now = Instant::now();
             let limit = self.governor.limits().per_process_limit;
+            let mut cx = Context { processes: &mut self.processes, now };
             if limit.is_some() && self.backend.takes(ServeOption::PerProcessLimit) {
-                let mut cx = Context { processes: &mut self.processes, now };
                 server.change(PoolChange::PerProcessLimit(limit), &mut cx);
+            }
+            if self.backend.takes(ServeOption::Fairness) {
+                let shares = self.governor.limits().shares.clone();
+                server.change(PoolChange::Shares(shares), &mut cx);
             }
             self.recheck_limits(server, now, true);
             self.primed = true;
@@ -409,6 +419,10 @@ impl EventLoop {
                 self.backend.refusal(ServeOption::PerProcessLimit)
             ));
         }
+        let shares = wanted.limits.shares.clone();
+        if shares != Shares::fifo() && !self.backend.takes(ServeOption::Fairness) {
+            return Err(format!("fairness: {}", self.backend.refusal(ServeOption::Fairness)));
+        }
         let changes: Vec<String> =
             settings.iter().map(|(key, value)| format!("{key}={value}")).collect();
         // By number: a name lookup may ask a network directory, and the loop must not wait.
@@ -420,6 +434,9 @@ impl EventLoop {
         }
         if per_process != before.limits.per_process_limit {
             server.change(PoolChange::PerProcessLimit(per_process), &mut cx);
+        }
+        if shares != before.limits.shares {
+            server.change(PoolChange::Shares(shares), &mut cx);
         }
         self.governor.set_limits(wanted.limits);
         self.recheck_limits(server, now, true);

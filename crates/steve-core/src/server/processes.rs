@@ -1,6 +1,15 @@
 //! The client processes a server watches: a kernel request names the calling *thread*, the
 //! books are kept per *process*, and a pidfd per process, in the event loop's epoll, tells when
-//! it exits. Also the command lines status reports show.
+//! it exits. Also the command lines status reports show, and the build each process belongs to.
+//!
+//! A *build* is a top-level client and the client processes under it, told apart by process
+//! ancestry: when a process is first seen, its parents are read from `/proc/PID/stat` (each with
+//! its start time, so that a reused pid is not taken for its former owner), up to
+//! [`MAX_LINEAGE`] of them. The nearest one that is itself a client names the build; a process
+//! with none is a new build, and a build found to run under it (its top-level make asked for
+//! nothing until its sub-makes had) joins it. Sessions and process groups would not do: two
+//! builds started from one shell share both, and ninja puts each of its jobs in a group of its
+//! own. A process whose parents cannot be read is a build of its own.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -12,7 +21,12 @@ use std::path::Path;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::accounting::device::Pid;
+use crate::accounting::shares::{BuildId, Owner, Uid};
 use crate::sys::pidfd_open;
+
+/// The most parents read to find a process's build: deeper trees are cut there (a user who
+/// nests processes deeper only makes builds of their own).
+pub const MAX_LINEAGE: usize = 64;
 
 /// A process being watched.
 #[derive(Debug)]
@@ -20,6 +34,20 @@ struct Watched {
     pidfd: OwnedFd,
     name: String,
     threads: Vec<u32>,
+    /// Its start time (clock ticks after boot), which tells it from a later process with its pid.
+    started: u64,
+    /// Its parents, nearest first, each with its start time.
+    lineage: Vec<(Pid, u64)>,
+    owner: Owner,
+}
+
+/// A build's top-level client, for status reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildRoot {
+    /// The process that started the build (it may have exited since).
+    pub pid: Pid,
+    /// Its user.
+    pub user: Uid,
 }
 
 /// The processes seen, by thread-group id.
@@ -29,6 +57,11 @@ pub struct Processes {
     process_of_thread: HashMap<u32, Pid>,
     /// Processes watched since the event loop last added their pidfds to its epoll.
     unregistered: Vec<Pid>,
+    /// Each build's top-level client, while any of its processes is watched.
+    builds: HashMap<BuildId, BuildRoot>,
+    next_build: u64,
+    /// Owners set or changed since the server last asked.
+    owner_changes: Vec<(Pid, Owner)>,
 }
 
 /// Why a caller could not be watched: it is already gone.
@@ -49,21 +82,66 @@ impl Processes {
                 watched.threads.retain(|thread| *thread != tid);
             }
         }
-        let pid = thread_group_of(tid).map_err(Gone)?;
-        let watched = match self.watched.entry(pid) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                let pidfd = pidfd_open(pid).map_err(Gone)?;
-                let name = fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .map(|name| name.trim_end().to_string())
-                    .unwrap_or_else(|_| "?".to_string());
-                self.unregistered.push(pid);
-                entry.insert(Watched { pidfd, name, threads: Vec::new() })
-            }
-        };
+        let (pid, user) = thread_group_of(tid).map_err(Gone)?;
+        if !self.watched.contains_key(&pid) {
+            let pidfd = pidfd_open(pid).map_err(Gone)?;
+            let name = fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|name| name.trim_end().to_string())
+                .unwrap_or_else(|_| "?".to_string());
+            self.unregistered.push(pid);
+            let (started, lineage) = lineage_of(pid);
+            let owner = self.place(pid, started, &lineage, user);
+            let watched = Watched { pidfd, name, threads: Vec::new(), started, lineage, owner };
+            self.watched.insert(pid, watched);
+        }
+        let watched = self.watched.get_mut(&pid).expect("watched above");
         watched.threads.push(tid);
         self.process_of_thread.insert(tid, pid);
         Ok(pid)
+    }
+
+    /// The build a new process belongs to: its nearest client parent's, or a new one, which the
+    /// builds already running under it join.
+    fn place(&mut self, pid: Pid, started: u64, lineage: &[(Pid, u64)], user: Uid) -> Owner {
+        let parent_build = lineage.iter().find_map(|(parent, parent_started)| {
+            let watched = self.watched.get(parent)?;
+            (watched.started == *parent_started).then_some(watched.owner.build)
+        });
+        let owner = match parent_build {
+            Some(build) => Owner { build, user },
+            None => {
+                let build = BuildId(self.next_build);
+                self.next_build += 1;
+                self.builds.insert(build, BuildRoot { pid, user });
+                for (member, watched) in &mut self.watched {
+                    if watched.lineage.contains(&(pid, started)) && watched.owner.build != build {
+                        watched.owner.build = build;
+                        self.owner_changes.push((*member, watched.owner));
+                    }
+                }
+                self.builds.retain(|id, _| {
+                    *id == build || self.watched.values().any(|w| w.owner.build == *id)
+                });
+                Owner { build, user }
+            }
+        };
+        self.owner_changes.push((pid, owner));
+        owner
+    }
+
+    /// The owners set or changed since the last call, for the server to give its ledger.
+    pub fn take_owner_changes(&mut self) -> Vec<(Pid, Owner)> {
+        std::mem::take(&mut self.owner_changes)
+    }
+
+    /// `pid`'s build and user, while it is watched.
+    pub fn owner(&self, pid: Pid) -> Option<Owner> {
+        self.watched.get(&pid).map(|watched| watched.owner)
+    }
+
+    /// A build's top-level client.
+    pub fn build_root(&self, build: BuildId) -> Option<BuildRoot> {
+        self.builds.get(&build).copied()
     }
 
     /// Whether `pid` has exited (its pidfd is readable).
@@ -76,6 +154,10 @@ impl Processes {
         let watched = self.watched.remove(&pid)?;
         for tid in &watched.threads {
             self.process_of_thread.remove(tid);
+        }
+        let build = watched.owner.build;
+        if !self.watched.values().any(|other| other.owner.build == build) {
+            self.builds.remove(&build);
         }
         Some(watched.name)
     }
@@ -136,14 +218,44 @@ pub fn command_line(pid: u32) -> String {
     }
 }
 
-/// The thread-group id of thread `tid`, from `/proc/TID/status`.
-fn thread_group_of(tid: u32) -> io::Result<Pid> {
+/// The thread-group id of thread `tid` and its real user id, from `/proc/TID/status`.
+fn thread_group_of(tid: u32) -> io::Result<(Pid, Uid)> {
     let status = fs::read_to_string(format!("/proc/{tid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Tgid:"))
-        .and_then(|value| value.trim().parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Tgid in /proc status"))
+    let field = |name: &str| -> Option<u32> {
+        let value = status.lines().find_map(|line| line.strip_prefix(name))?;
+        value.split_whitespace().next()?.parse().ok()
+    };
+    match (field("Tgid:"), field("Uid:")) {
+        (Some(pid), Some(uid)) => Ok((pid, uid)),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "no Tgid or Uid in /proc status")),
+    }
+}
+
+/// A process's parent and start time, from `/proc/PID/stat` (after the command name, which
+/// may hold spaces and parentheses, and so is skipped to its last `)`).
+pub fn parent_and_start(pid: Pid) -> Option<(Pid, u64)> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// [`parent_and_start`]'s parser: the fourth field and the twenty-second.
+fn parse_stat(stat: &str) -> Option<(Pid, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state (field 3), ppid (4), ..., starttime (22).
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// `pid`'s start time and its parents, nearest first, up to [`MAX_LINEAGE`]; init and the
+/// kernel's threads (pids 1, 2 and their parent 0) end it.
+fn lineage_of(pid: Pid) -> (u64, Vec<(Pid, u64)>) {
+    let Some((mut parent, started)) = parent_and_start(pid) else { return (0, Vec::new()) };
+    let mut lineage = Vec::new();
+    while parent > 2 && lineage.len() < MAX_LINEAGE {
+        let Some((grandparent, parent_started)) = parent_and_start(parent) else { break };
+        lineage.push((parent, parent_started));
+        parent = grandparent;
+    }
+    (started, lineage)
 }
 
 fn is_readable(fd: BorrowedFd<'_>) -> bool {
@@ -228,5 +340,85 @@ mod tests {
         child.wait().unwrap();
         assert!(shown.len() <= COMMAND_LINE_MAX + 4 && shown.ends_with(" ..."), "{}", shown.len());
         assert!(shown.starts_with("sh -c read line sh xxx"), "{}", &shown[..40]);
+    }
+
+    /// The pids of `parent`'s children, once it has `count` of them running `sleep`.
+    fn sleeping_children(parent: u32, count: usize) -> Vec<u32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let children: Vec<u32> = fs::read_to_string(format!(
+                "/proc/{parent}/task/{parent}/children"
+            ))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default() == b"sleep\x0030\x00")
+            .collect();
+            if children.len() == count {
+                return children;
+            }
+            assert!(std::time::Instant::now() < deadline, "the children never started");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn builds_follow_ancestry_and_a_late_top_level_client_gathers_its_children() {
+        // A shell (the top-level client) with two children (its sub-makes, say).
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let children = sleeping_children(shell.id(), 2);
+        let mut processes = Processes::default();
+        // The children ask first: neither is under the other, so each is a build.
+        let first = processes.resolve(children[0]).unwrap();
+        let second = processes.resolve(children[1]).unwrap();
+        let (a, b) = (processes.owner(first).unwrap(), processes.owner(second).unwrap());
+        assert_ne!(a.build, b.build);
+        assert_eq!(a.user, nix::unistd::getuid().as_raw());
+        assert_eq!(processes.build_root(a.build).unwrap().pid, first);
+        assert_eq!(processes.take_owner_changes().len(), 2);
+        // Then the shell: a new build, which both children join.
+        let top = processes.resolve(shell.id()).unwrap();
+        let build = processes.owner(top).unwrap().build;
+        assert!([first, second].iter().all(|pid| processes.owner(*pid).unwrap().build == build));
+        let mut changes: Vec<Pid> =
+            processes.take_owner_changes().into_iter().map(|(pid, _)| pid).collect();
+        changes.sort_unstable();
+        let mut expected = vec![first, second, top];
+        expected.sort_unstable();
+        assert_eq!(changes, expected, "each change is told once");
+        assert_eq!(processes.build_root(build).unwrap().pid, top);
+        assert!(processes.build_root(a.build).is_none(), "the joined builds are gone");
+        // And this test process, the shell's parent, gathers all three in turn.
+        let own = processes.resolve(std::process::id()).unwrap();
+        let outer = processes.owner(own).unwrap().build;
+        assert_ne!(outer, build);
+        assert!([first, second, top].iter().all(|pid| processes.owner(*pid).unwrap().build == outer));
+        assert!(processes.build_root(build).is_none());
+        processes.forget(own);
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(shell.id() as i32), None).ok();
+        for pid in children {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).ok();
+        }
+        shell.wait().unwrap();
+        processes.forget(first);
+        processes.forget(second);
+        assert!(processes.build_root(outer).is_some(), "one of its processes is still watched");
+        processes.forget(top);
+        assert!(processes.build_root(outer).is_none());
+    }
+
+    #[test]
+    fn stat_lines_parse_whatever_the_command_name() {
+        let fields = (5..=22).map(|n| n.to_string()).collect::<Vec<_>>().join(" ");
+        let stat = format!("77 (a) b (c) S 41 {fields} 0 0");
+        // ppid is field 4; the start time field 22.
+        assert_eq!(parse_stat(&stat), Some((41, 22)));
+        assert_eq!(parse_stat("77 (cut short) S 41"), None);
+        assert_eq!(parse_stat("no name at all"), None);
+        let (parent, _) = parent_and_start(std::process::id()).unwrap();
+        assert_eq!(parent, std::os::unix::process::parent_id());
     }
 }

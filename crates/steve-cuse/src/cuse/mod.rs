@@ -28,6 +28,7 @@ pub const OPTIONS: &[ServeOption] = &[
     ServeOption::User,
     ServeOption::PollReservation,
     ServeOption::PerProcessLimit,
+    ServeOption::Fairness,
     ServeOption::Fifo,
 ];
 

@@ -80,6 +80,7 @@ pub const OPTIONS: &[ServeOption] = &[
     ServeOption::Mountpoint,
     ServeOption::PollReservation,
     ServeOption::PerProcessLimit,
+    ServeOption::Fairness,
     ServeOption::Fifo,
 ];
 

@@ -23,9 +23,11 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use steve_core::accounting::device::{
     Device, Event, Pid, PollHandle, ReadOutcome, RequestId, WaitKind,
 };
+use steve_core::accounting::shares::{BuildId, Owner};
 use steve_core::server::{Context, Endpoint, Flow, PoolChange, Server, SourceId};
 use steve_core::status::{
-    BackendReport, CompanionReport, CounterReport, HolderReport, PoolReport, WaiterReport,
+    BackendReport, BuildReport, CompanionReport, CounterReport, HolderReport, PoolReport,
+    WaiterReport,
 };
 use steve_core::JobCount;
 use steve_fifo::companion::Companion;
@@ -50,6 +52,9 @@ const COMPANION: SourceId = SourceId(1);
 /// The companion FIFO as the device sees it: a process id no process has (pid_max is at most
 /// 2^22).
 pub const COMPANION_PID: Pid = u32::MAX;
+/// The companion FIFO's build: its readers, whoever they are, count as one build (a number the
+/// server's own count of builds never reaches).
+const COMPANION_BUILD: BuildId = BuildId(1 << 63);
 /// The companion FIFO's poll handle, never a kernel's.
 const COMPANION_HANDLE: PollHandle = PollHandle(u64::MAX);
 
@@ -154,6 +159,11 @@ impl Session {
         let dir = companion.path().parent().and_then(|dir| dir.canonicalize().ok());
         self.endpoint.directories.extend(dir);
         self.companion = Some(companion);
+        // A build of its own, the daemon's; its spares go back so that others get them: never
+        // kept for it.
+        let owner = Owner { build: COMPANION_BUILD, user: nix::unistd::geteuid().as_raw() };
+        self.device.join(COMPANION_PID, owner, Instant::now());
+        self.device.never_linger(COMPANION_PID);
         self.feed_companion(Instant::now());
     }
 
@@ -383,10 +393,14 @@ impl Session {
                 debug!(tid, "caller gone: {}", gone.0);
             }
         };
-        let pid = cx.processes().resolve(tid).map_err(gone)?;
+        let mut pid = cx.processes().resolve(tid).map_err(gone)?;
         if cx.processes().has_exited(pid) {
             self.reap(pid, cx);
-            return cx.processes().resolve(tid).map_err(gone);
+            pid = cx.processes().resolve(tid).map_err(gone)?;
+        }
+        // A new process's build, and the builds that turned out to run under it.
+        for (member, owner) in cx.processes().take_owner_changes() {
+            self.device.join(member, owner, cx.now());
         }
         Ok(pid)
     }
@@ -456,6 +470,40 @@ impl Session {
             Err(Errno::ENOENT) => debug!("reply to a request the kernel dropped"),
             Err(errno) => warn!("could not answer the kernel: {errno}"),
         }
+    }
+
+    /// The builds holding or waiting, each named by its top-level client (the companion FIFO,
+    /// a build of its own, by its path).
+    fn build_reports(&self, cx: &mut Context<'_>) -> Vec<BuildReport> {
+        let companion_build = self.device.owner(COMPANION_PID).map(|owner| owner.build);
+        self.device
+            .builds()
+            .into_iter()
+            .map(|used| {
+                let root = cx.processes().build_root(used.build);
+                let (pid, command, cwd) = match (root, &self.companion) {
+                    (Some(root), _) => (
+                        root.pid,
+                        cx.processes().command(root.pid),
+                        std::fs::read_link(format!("/proc/{}/cwd", root.pid)).ok(),
+                    ),
+                    (None, Some(companion)) if Some(used.build) == companion_build => {
+                        (0, format!("companion FIFO {}", companion.path().display()), None)
+                    }
+                    (None, _) => (0, "?".to_string(), None),
+                };
+                BuildReport {
+                    build: used.build.0,
+                    pid,
+                    command,
+                    cwd,
+                    uid: used.user,
+                    tokens: used.tokens,
+                    waiting: used.waiting,
+                    share: used.share,
+                }
+            })
+            .collect()
     }
 
     /// The companion FIFO's part of a status report.
@@ -538,6 +586,7 @@ impl Server for Session {
             PoolChange::Jobs(jobs) => self.device.set_jobs(jobs, now),
             PoolChange::Allowance(allowance) => self.device.set_allowance(allowance, now),
             PoolChange::PerProcessLimit(limit) => self.device.set_per_process_limit(limit, now),
+            PoolChange::Shares(shares) => self.device.set_shares(shares, now),
         }
         // A spare nobody has taken goes back at once to a pool that shrank or holds tokens back.
         let counts = self.device.counts();
@@ -591,6 +640,7 @@ impl Server for Session {
             holders_exact: true,
             holders,
             waiters: Some(waiters),
+            builds: Some(self.build_reports(cx)),
             companion: self.companion_report(),
             counters: CounterReport {
                 grants: Some(counters.grants),
@@ -600,6 +650,7 @@ impl Server for Session {
                 grace_returns: Some(counters.grace_returns),
                 interrupts: Some(counters.interrupts),
                 expired_reservations: Some(counters.expired_reservations),
+                kept_for_returner: Some(counters.kept_for_returner),
             },
         }
     }
