@@ -200,9 +200,6 @@ pub struct CounterReport {
     pub interrupts: Option<u64>,
     /// Poll reservations that expired unused.
     pub expired_reservations: Option<u64>,
-    /// Returned tokens kept a moment for their returner, rather than handed to a larger share.
-    #[serde(default)]
-    pub kept_for_returner: Option<u64>,
 }
 
 /// The keys `steve get` reads besides the settings: the pool's counts and the system's state.
@@ -371,15 +368,14 @@ impl fmt::Display for StatusReport {
         write!(
             f,
             "counters: grants {}, returns {}, reclaimed {}, ENOSPC {}, grace returns {}, \
-             interrupts {}, expired reservations {}, kept for returner {}",
+             interrupts {}, expired reservations {}",
             count(counters.grants),
             count(counters.returns),
             counters.reclaimed,
             count(counters.enospc),
             count(counters.grace_returns),
             count(counters.interrupts),
-            count(counters.expired_reservations),
-            count(counters.kept_for_returner)
+            count(counters.expired_reservations)
         )
     }
 }
@@ -415,6 +411,16 @@ pub(crate) mod tests {
                 command: "ninja".into(),
                 kind: "blocking".into(),
                 waiting_seconds: 0.5,
+            }]),
+            builds: Some(vec![BuildReport {
+                build: 7,
+                pid: 100,
+                command: "make -C src".into(),
+                cwd: Some("/home/ann/project".into()),
+                uid: 1000,
+                tokens: 3,
+                waiting: 0,
+                share: Some(2.0),
             }]),
             companion: Some(CompanionReport {
                 path: "/run/steve/steve.fifo".into(),
@@ -453,6 +459,14 @@ pub(crate) mod tests {
         let text = sample().to_string();
         assert!(text.contains("pid     100  3 token(s) for 2.0 s make -C src"), "{text}");
         assert!(text.contains("pid     200  blocking for 0.5 s  ninja"), "{text}");
+        assert!(
+            text.contains(
+                "build   7  pid     100  uid 1000: 3 token(s), 0 waiting, share 2.00  make -C src \
+                 (in /home/ann/project)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("shares: fair between builds; weights none; user caps none"));
         assert!(
             text.contains("tokens: 4 jobs, 4 in the pool: 1 free, 3 held, 0 withheld"),
             "{text}"

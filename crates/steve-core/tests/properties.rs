@@ -67,6 +67,10 @@ struct Model {
     queue: Vec<(WaiterId, u8)>,
     limit: Option<usize>,
     shares: Shares,
+    /// Tokens handed out, and the count at each build's and user's last one.
+    handed: u64,
+    build_served: HashMap<BuildId, u64>,
+    user_served: HashMap<Uid, u64>,
 }
 
 impl Model {
@@ -84,6 +88,24 @@ impl Model {
         (0..CLIENTS).filter(|other| same(*other)).map(|other| self.holds(other)).sum()
     }
 
+    /// Books a token handed to `client`.
+    fn hand(&mut self, client: u8) {
+        *self.held.entry(client).or_default() += 1;
+        self.handed += 1;
+        self.build_served.insert(owner_of(client).build, self.handed);
+        self.user_served.insert(owner_of(client).user, self.handed);
+    }
+
+    /// When `client`'s group was last served (0: never).
+    fn served(&self, client: u8) -> u64 {
+        let owner = owner_of(client);
+        let served = match self.shares.fairness {
+            Fairness::Build => self.build_served.get(&owner.build),
+            Fairness::User | Fairness::Fifo => self.user_served.get(&owner.user),
+        };
+        served.copied().unwrap_or(0)
+    }
+
     fn user_holds(&self, user: Uid) -> usize {
         (0..CLIENTS).filter(|c| owner_of(*c).user == user).map(|c| self.holds(c)).sum()
     }
@@ -94,8 +116,8 @@ impl Model {
             && self.shares.user_caps.get(&user).is_none_or(|cap| self.user_holds(user) < *cap)
     }
 
-    /// The waiter the next free token goes to: FIFO, or the oldest of the group holding the
-    /// least tokens divided by its weight.
+    /// The waiter the next free token goes to: FIFO, or the oldest request of the group holding
+    /// the least tokens divided by its weight, among equals the group served longest ago.
     fn pick(&self) -> Option<usize> {
         let eligible = self.queue.iter().enumerate().filter(|(_, (_, c))| self.may_take(*c));
         if self.shares.fairness == Fairness::Fifo {
@@ -105,10 +127,11 @@ impl Model {
             let weight = self.shares.weights.get(&owner_of(client).user).copied().unwrap_or(1);
             self.group_holds(client) as f64 / f64::from(weight)
         };
-        let mut best: Option<(usize, f64)> = None;
+        let key = |client: u8| (ratio(client), self.served(client));
+        let mut best: Option<(usize, (f64, u64))> = None;
         for (index, (_, client)) in eligible {
-            if best.is_none_or(|(_, least)| ratio(*client) < least) {
-                best = Some((index, ratio(*client)));
+            if best.is_none_or(|(_, least)| key(*client) < least) {
+                best = Some((index, key(*client)));
             }
         }
         best.map(|(index, _)| index)
@@ -120,7 +143,7 @@ impl Model {
             let index = self.pick().expect("a grant while no waiter may take a token");
             let (id, client) = self.queue.remove(index);
             assert_eq!((grant.waiter, grant.client), (id, client), "granted out of turn: {self:?}");
-            *self.held.entry(client).or_default() += 1;
+            self.hand(client);
         }
     }
 }
@@ -150,7 +173,7 @@ proptest! {
                             prop_assert!(before.free > 0);
                             prop_assert!(model.may_take(client));
                             prop_assert!(model.pick().is_none());
-                            *model.held.entry(client).or_default() += 1;
+                            model.hand(client);
                         }
                         Acquire::Queued(id) => {
                             prop_assert!(wants_queue);
@@ -181,6 +204,10 @@ proptest! {
                 Op::Reclaim { client } => {
                     let reclaimed = ledger.reclaim(&client);
                     prop_assert_eq!(reclaimed.tokens, model.held.remove(&client).unwrap_or(0));
+                    // A build's record goes with its last client: 4 and 5 are builds alone.
+                    if client >= 4 {
+                        model.build_served.remove(&owner_of(client).build);
+                    }
                     let own: Vec<WaiterId> =
                         model.queue.iter().filter(|(_, c)| *c == client).map(|(id, _)| *id).collect();
                     prop_assert_eq!(reclaimed.cancelled, own);

@@ -12,7 +12,7 @@
 //! - [`timeline`]: the peak number of jobs running at once, from such a log;
 //! - [`pipe`]: counts the tokens in a named pipe by draining it and putting them back;
 //! - [`vm`]: a QEMU VM with Debian's kernel, for the CUSE tests and an ordinary user's FUSE mount;
-//! - `src/bin/compliance.rs`: the compliance suite, one list of scenarios run against every
+//! - `src/bin/compliance/`: the compliance suite, one list of scenarios run against every
 //!   backend each applies to (fifo and fuse on the host, cuse inside the VM), which
 //!   `tests/compliance.rs` makes one test each of.
 //!

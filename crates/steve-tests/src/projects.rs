@@ -29,6 +29,26 @@ pub fn makefile(dir: &Path, prefix: &str, jobs: usize, seconds: f64, log: &Path)
     path
 }
 
+/// Writes `dir/Makefile` as [`makefile`] does, except that once the file `stop` exists each job
+/// that has not begun yet ends at once: a build that runs as long as another one does.
+pub fn makefile_until(
+    dir: &Path,
+    prefix: &str,
+    jobs: usize,
+    seconds: f64,
+    log: &Path,
+    stop: &Path,
+) -> PathBuf {
+    let path = makefile(dir, prefix, jobs, seconds, log);
+    let text = fs::read_to_string(&path).expect("read Makefile");
+    let text = text.replace(
+        &format!("; sleep {seconds}; "),
+        &format!("; [ -e {} ] || sleep {seconds}; ", stop.display()),
+    );
+    fs::write(&path, text).expect("write Makefile");
+    path
+}
+
 /// Writes `dir/build.ninja`: `jobs` independent edges, each running for `seconds`.
 pub fn ninja_file(dir: &Path, jobs: usize, seconds: f64, log: &Path) -> PathBuf {
     let start = log_event("start", "$out", log).replace('$', "$$").replace("$$out", "$out");
@@ -99,6 +119,54 @@ pub fn cargo_workspace(dir: &Path, libs: usize, log: &Path) -> CargoWorkspace {
     )
     .unwrap();
 
+    let wrapper = rustc_wrapper(dir, log, "0.3");
+    CargoWorkspace { root, wrapper, crates: libs + 1 }
+}
+
+/// Writes a workspace of library crates in layers of the given widths, each crate depending on
+/// every crate of the layer before: the shape of real workspaces, where cargo's queue of ready
+/// units runs dry at the end of each layer (cargo gives tokens back only then). Through the
+/// logging wrapper, crate `lLcN` holds its token 0.3 s to 0.7 s first (0.3 + 0.1 * (N mod 5)):
+/// crates that all took the same time would end together, and cargo, seeing the next layer
+/// ready in the same turn, would give nothing back.
+pub fn layered_cargo_workspace(dir: &Path, widths: &[usize], log: &Path) -> CargoWorkspace {
+    let root = dir.join("layered");
+    let mut members = Vec::new();
+    let mut previous: Vec<String> = Vec::new();
+    for (layer, width) in widths.iter().enumerate() {
+        let names: Vec<String> = (0..*width).map(|n| format!("l{layer}c{n}")).collect();
+        for name in &names {
+            fs::create_dir_all(root.join(name).join("src")).unwrap();
+            let deps: String =
+                previous.iter().map(|dep| format!("{dep} = {{ path = \"../{dep}\" }}\n")).collect();
+            fs::write(
+                root.join(name).join("Cargo.toml"),
+                format!(
+                    "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{deps}"
+                ),
+            )
+            .unwrap();
+            fs::write(root.join(name).join("src/lib.rs"), "pub fn f(x: u64) -> u64 { x + 1 }\n")
+                .unwrap();
+            members.push(format!("\"{name}\""));
+        }
+        previous = names;
+    }
+    fs::write(
+        root.join("Cargo.toml"),
+        format!("[workspace]\nresolver = \"2\"\nmembers = [{}]\n", members.join(", ")),
+    )
+    .unwrap();
+    // The crate's number in its layer: `l2c5-PID` is 5.
+    let hold = r#"0.$(( 3 + $(n=${name%-*}; echo ${n##*c}) % 5 ))"#;
+    let wrapper = rustc_wrapper(dir, log, hold);
+    CargoWorkspace { root, wrapper, crates: widths.iter().sum() }
+}
+
+/// Writes `dir/rustc-wrapper.sh`, a `RUSTC_WRAPPER` that logs the start and end of every
+/// crate's compilation to `log`, holding each `hold` seconds first (a shell word, which may use
+/// `$name`, the crate's name and the wrapper's pid) so that concurrency shows.
+fn rustc_wrapper(dir: &Path, log: &Path, hold: &str) -> PathBuf {
     // cargo also asks rustc for its version and target facts (`--crate-name ___ --print ...`);
     // only compilations are logged.
     let wrapper = dir.join("rustc-wrapper.sh");
@@ -117,7 +185,7 @@ for arg in "$@"; do
 done
 case "$name" in ""|___-*) exec "$rustc" "$@";; esac
 {start}
-sleep 0.3
+sleep {hold}
 "$rustc" "$@"
 status=$?
 {end}
@@ -127,7 +195,7 @@ exit $status
     )
     .unwrap();
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-    CargoWorkspace { root, wrapper, crates: libs + 1 }
+    wrapper
 }
 
 /// A GCC link with link-time optimization over `units` translation units, each its own LTRANS

@@ -106,6 +106,24 @@ pub fn assert_peak_within(log: &Path, jobs: usize, bound: usize, what: &str) -> 
     peak
 }
 
+/// The seconds of each span within `[from, to]` (nanoseconds), summed: two jobs at once count
+/// twice. The token-seconds of a build whose every job holds one token.
+pub fn seconds_within(spans: &[Span], from: u128, to: u128) -> f64 {
+    let nanos: u128 =
+        spans.iter().map(|span| span.end.min(to).saturating_sub(span.start.max(from))).sum();
+    nanos as f64 / 1e9
+}
+
+/// Jain's fairness index of `shares`: 1 when all are equal, 1/n when one has everything.
+pub fn jain_index(shares: &[f64]) -> f64 {
+    let sum: f64 = shares.iter().sum();
+    let squares: f64 = shares.iter().map(|share| share * share).sum();
+    if squares == 0.0 {
+        return 1.0;
+    }
+    sum * sum / (shares.len() as f64 * squares)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +154,16 @@ mod tests {
         let log = dir.path().join("log");
         fs::write(&log, "start a 1\nstart b 2\nend a 3\nstart c 4\nend b 5\nend c 6\n").unwrap();
         assert_eq!(peak_of(&log, 3), 2);
+    }
+
+    #[test]
+    fn jain_index_and_seconds_within_a_window() {
+        assert!((jain_index(&[1.0, 1.0, 1.0]) - 1.0).abs() < 1e-9);
+        assert!((jain_index(&[4.0, 0.0, 0.0]) - 1.0 / 3.0).abs() < 1e-9);
+        assert!((jain_index(&[3.1, 0.45, 0.45]) - 0.5326).abs() < 1e-3);
+        let span = |start: u128, end: u128| Span { name: "j".into(), start, end };
+        let spans = [span(0, 2_000_000_000), span(1_000_000_000, 5_000_000_000)];
+        assert!((seconds_within(&spans, 1_000_000_000, 3_000_000_000) - 3.0).abs() < 1e-9);
+        assert_eq!(seconds_within(&spans, 6_000_000_000, 7_000_000_000), 0.0);
     }
 }

@@ -1,4 +1,4 @@
-//! The compliance suite: every scenario of `src/bin/compliance.rs` against every server backend
+//! The compliance suite: every scenario of `src/bin/compliance/` against every server backend
 //! it applies to, as one test each (`fifo::make_peak`, `fuse::make_peak`, `cuse::make_peak`...).
 //! The scenario list and which backends each applies to are written once, in that program; this
 //! file asks it for them (`compliance list BACKEND`), runs it once per backend (fifo and fuse on

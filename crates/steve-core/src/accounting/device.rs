@@ -17,10 +17,6 @@
 //!   the caller; a poller that reaches the head of the queue gets a token reserved for a short
 //!   time and a wake-up, so blocking readers cannot starve it; an unused reservation expires and
 //!   the token moves on;
-//! - a token a process returns while the next waiter's build holds more than the returner's is
-//!   kept for the returner a moment ([`RETURN_LINGER`]), like a poller's reservation: make
-//!   returns a token and asks again as its next job starts, and without this a build that
-//!   never returns any (cargo) would take it and keep it, one return at a time;
 //! - a process that exits gives back everything it held, and its queued requests go;
 //! - writing back a token the process does not hold is refused (`ENOSPC`), except one *grace
 //!   return* by a process that has taken nothing yet: it lends its implicit token to the pool
@@ -48,10 +44,6 @@ use std::time::{Duration, Instant};
 use super::ledger::{Acquire, Counts, Grant, Ledger, Wait, WaiterId};
 use super::pool::{JobCount, Pool};
 use super::shares::{BuildId, Fairness, Owner, Shares, Uid};
-
-/// The longest a returned token is kept for its returner (never longer than a poller's
-/// reservation): make asks again within a few milliseconds of a return.
-pub const RETURN_LINGER: Duration = Duration::from_millis(100);
 
 /// A process, by its thread-group id.
 pub type Pid = u32;
@@ -139,8 +131,6 @@ pub struct Counters {
     pub interrupts: u64,
     /// Reservations that expired unused.
     pub expired_reservations: u64,
-    /// Returned tokens kept a moment for their returner (see [`RETURN_LINGER`]).
-    pub kept_for_returner: u64,
 }
 
 /// How a process waits, as shown in a status report.
@@ -220,8 +210,6 @@ pub struct Device {
     reads: HashMap<RequestId, WaiterId>,
     events: Vec<Event>,
     counters: Counters,
-    /// Processes whose returns are never kept for them (the companion FIFO's feeder).
-    no_linger: std::collections::HashSet<Pid>,
 }
 
 impl Device {
@@ -240,7 +228,6 @@ impl Device {
             reads: HashMap::new(),
             events: Vec::new(),
             counters: Counters::default(),
-            no_linger: std::collections::HashSet::new(),
         }
     }
 
@@ -267,12 +254,6 @@ impl Device {
     /// The fairness policy in force.
     pub fn shares(&self) -> &Shares {
         self.ledger.shares()
-    }
-
-    /// Tokens `pid`'s returns are never kept for: a relay that gives spares back so that
-    /// others get them.
-    pub fn never_linger(&mut self, pid: Pid) {
-        self.no_linger.insert(pid);
     }
 
     /// `pid` reads one token with request `request`.
@@ -344,25 +325,9 @@ impl Device {
             process.lent = true;
             self.counters.grace_returns += 1;
         }
-        // One returned token stays the writer's a moment if it would go to a larger share. A
-        // writer with a request of its own in the queue is served by the queue instead (a
-        // reservation beside a queued poll would be a second one).
-        let linger = self.reservation.min(RETURN_LINGER);
-        let queued = process.poll_waiter.is_some()
-            || self.waiting.values().any(|(waiter, _, _)| *waiter == pid);
-        let keep = returns > 0
-            && reserved == 0
-            && !queued
-            && !linger.is_zero()
-            && !self.no_linger.contains(&pid)
-            && self.ledger.return_would_favour_a_larger_share(&pid);
         let mut grants = Vec::new();
-        for _ in 0..returns - usize::from(keep) {
+        for _ in 0..returns {
             grants.extend(self.ledger.release(&pid).expect("the process holds a token"));
-        }
-        if keep {
-            process.reserved_until = Some(now + linger);
-            self.counters.kept_for_returner += 1;
         }
         if lends == 1 {
             grants.extend(self.ledger.lend());
@@ -612,10 +577,8 @@ impl Device {
                 users.dedup();
                 let total: f64 = users.iter().map(|user| weight(*user)).sum();
                 let count = |user: Uid| builds.iter().filter(|b| b.user == user).count() as f64;
-                let split: Vec<f64> = builds
-                    .iter()
-                    .map(|b| size * weight(b.user) / total / count(b.user))
-                    .collect();
+                let split: Vec<f64> =
+                    builds.iter().map(|b| size * weight(b.user) / total / count(b.user)).collect();
                 for (build, share) in builds.iter_mut().zip(split) {
                     build.share = Some(share);
                 }
@@ -941,39 +904,6 @@ mod tests {
     }
 
     #[test]
-    fn a_return_that_would_feed_a_larger_share_is_kept_a_moment_for_its_returner() {
-        let (mut device, now) = device(3);
-        join(&mut device, 1, 1, now);
-        join(&mut device, 2, 2, now);
-        // Build 2 (a cargo) holds two tokens and keeps a read waiting; make (build 1) one.
-        device.read(2, RequestId(1), false, now);
-        device.read(2, RequestId(2), false, now);
-        device.read(1, RequestId(3), false, now);
-        assert_eq!(device.read(2, RequestId(4), false, now), ReadOutcome::Pending);
-        // make's job ends: its token stays its own, and its next read takes it back.
-        assert_eq!(device.write(1, 1, now), Ok(1));
-        assert!(device.take_events().is_empty(), "the larger share's read is not answered");
-        assert_eq!((device.held_by(1), device.counters().kept_for_returner), (0, 1));
-        assert_eq!(device.next_deadline(), Some(now + RETURN_LINGER));
-        assert_eq!(device.read(1, RequestId(5), true, now), ReadOutcome::Token);
-        // make's last job ends and it asks for nothing more: after the linger, the token
-        // moves on to the waiting read.
-        device.write(1, 1, now).unwrap();
-        assert_eq!(device.counters().kept_for_returner, 2);
-        device.expire(now + RETURN_LINGER);
-        assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(4), pid: 2 }]);
-        // Under FIFO nothing is kept: the same return answers the waiting read at once.
-        device.set_shares(Shares::fifo(), now);
-        device.write(2, 1, now).unwrap();
-        assert_eq!(device.read(1, RequestId(6), false, now), ReadOutcome::Token);
-        assert_eq!(device.read(2, RequestId(7), false, now), ReadOutcome::Pending);
-        device.write(1, 1, now).unwrap();
-        assert_eq!(device.take_events(), vec![Event::Answer { request: RequestId(7), pid: 2 }]);
-        assert_eq!(device.counters().kept_for_returner, 2);
-        assert!(device.is_consistent());
-    }
-
-    #[test]
     fn a_writer_with_a_request_in_the_queue_is_served_by_the_queue() {
         let (mut device, now) = device(2);
         join(&mut device, 1, 1, now);
@@ -986,7 +916,6 @@ mod tests {
         device.write(1, 1, now).unwrap();
         // The token goes through the queue to make's poll (its build now holds less), once.
         assert_eq!(device.take_events(), vec![Event::Wake { handle: PollHandle(9), pid: 1 }]);
-        assert_eq!(device.counters().kept_for_returner, 0);
         assert!(device.is_consistent());
     }
 }

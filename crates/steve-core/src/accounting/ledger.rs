@@ -129,6 +129,11 @@ pub struct Ledger<C> {
     user_held: HashMap<Uid, usize>,
     /// Builds for clients never given an owner count down from the top of the range.
     next_own_build: u64,
+    /// Tokens handed out so far, and the count when each build and user was last handed one:
+    /// among groups that hold as much, the one served longest ago goes first.
+    handed_out: u64,
+    build_served: HashMap<BuildId, u64>,
+    user_served: HashMap<Uid, u64>,
 }
 
 impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
@@ -150,6 +155,9 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             build_held: HashMap::new(),
             user_held: HashMap::new(),
             next_own_build: u64::MAX,
+            handed_out: 0,
+            build_served: HashMap::new(),
+            user_served: HashMap::new(),
         }
     }
 
@@ -194,25 +202,6 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     /// Tokens held by the clients of `user`.
     pub fn held_by_user(&self, user: Uid) -> usize {
         self.user_held.get(&user).copied().unwrap_or(0)
-    }
-
-    /// Whether a token `client` returns now would go to a waiter whose share group holds more,
-    /// for its weight, than `client`'s would after the return: under a fair policy the server
-    /// then keeps the token a moment for `client` (see `Device::write`), so a build that
-    /// returns a token and asks again at once does not lose it to one that never returns any.
-    pub fn return_would_favour_a_larger_share(&self, client: &C) -> bool {
-        if self.shares.fairness == Fairness::Fifo || self.held_by(client) == 0 {
-            return false;
-        }
-        let Some(index) = self.next_waiter_index() else { return false };
-        let waiter = self.owner_or_own(&self.queue[index].client);
-        let own = self.owner_or_own(client);
-        if self.same_group(waiter, own) {
-            return false;
-        }
-        let mut after = self.standing(own);
-        after.held -= 1;
-        after.is_below(self.standing(waiter))
     }
 
     /// Asks for one token for `client`. A request never overtakes one already queued, and a
@@ -262,6 +251,10 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
         if let Some(owner) = self.owners.remove(client) {
             decrease(&mut self.build_held, owner.build, tokens);
             decrease(&mut self.user_held, owner.user, tokens);
+            // A build's record goes with its last client (a user's stays: uids are few).
+            if !self.owners.values().any(|other| other.build == owner.build) {
+                self.build_served.remove(&owner.build);
+            }
         }
         self.pool.take_back(tokens);
         let mut cancelled = Vec::new();
@@ -406,15 +399,6 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             .unwrap_or(Owner { build: BuildId(u64::MAX), user: UNKNOWN_USER })
     }
 
-    /// Whether two owners share one group under the policy.
-    fn same_group(&self, a: Owner, b: Owner) -> bool {
-        match self.shares.fairness {
-            Fairness::Build => a.build == b.build,
-            Fairness::User => a.user == b.user,
-            Fairness::Fifo => true,
-        }
-    }
-
     /// What `owner`'s group holds, with its weight.
     fn standing(&self, owner: Owner) -> Standing {
         let held = match self.shares.fairness {
@@ -427,23 +411,34 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     /// The waiter the next free token goes to: under FIFO the oldest that may take one; under a
     /// fair policy the oldest of the group that holds the least for its weight.
     fn next_waiter_index(&self) -> Option<usize> {
-        let mut eligible = self
-            .queue
-            .iter()
-            .enumerate()
-            .filter(|(_, waiter)| self.may_take(&waiter.client));
+        let mut eligible =
+            self.queue.iter().enumerate().filter(|(_, waiter)| self.may_take(&waiter.client));
         if self.shares.fairness == Fairness::Fifo {
             return eligible.next().map(|(index, _)| index);
         }
-        let mut best: Option<(usize, Standing)> = None;
+        let mut best: Option<(usize, Standing, u64)> = None;
         for (index, waiter) in eligible {
-            let standing = self.standing(self.owner_or_own(&waiter.client));
-            // Strictly below: among equals the older request stays first.
-            if best.is_none_or(|(_, leader)| standing.is_below(leader)) {
-                best = Some((index, standing));
+            let owner = self.owner_or_own(&waiter.client);
+            let (standing, served) = (self.standing(owner), self.last_served(owner));
+            // Among equals, the group served longest ago, then the older request: a group that
+            // asks again right after a grant does not keep the place its old request had.
+            let ahead = best.is_none_or(|(_, leader, leader_served)| {
+                standing.is_below(leader) || (!leader.is_below(standing) && served < leader_served)
+            });
+            if ahead {
+                best = Some((index, standing, served));
             }
         }
-        best.map(|(index, _)| index)
+        best.map(|(index, _, _)| index)
+    }
+
+    /// When `owner`'s group was last handed a token (0: never).
+    fn last_served(&self, owner: Owner) -> u64 {
+        let served = match self.shares.fairness {
+            Fairness::Build => self.build_served.get(&owner.build),
+            Fairness::User | Fairness::Fifo => self.user_served.get(&owner.user),
+        };
+        served.copied().unwrap_or(0)
     }
 
     fn hand_out(&mut self, client: &C) {
@@ -454,6 +449,9 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
         *self.holders.entry(client.clone()).or_insert(0) += 1;
         *self.build_held.entry(owner.build).or_insert(0) += 1;
         *self.user_held.entry(owner.user).or_insert(0) += 1;
+        self.handed_out += 1;
+        self.build_served.insert(owner.build, self.handed_out);
+        self.user_served.insert(owner.user, self.handed_out);
     }
 
     /// Hands free tokens to waiters that may take one, in the order the policy says.
@@ -719,22 +717,5 @@ mod tests {
         ledger.reclaim(&1);
         assert_eq!(ledger.held_by_build(BuildId(9)), 0);
         assert!(ledger.owner(&1).is_none() && ledger.is_consistent());
-    }
-
-    #[test]
-    fn a_return_is_kept_back_only_from_a_waiter_of_a_larger_share() {
-        let mut ledger = Ledger::new(jobs(3));
-        owned(&mut ledger, 1, 1, 0);
-        owned(&mut ledger, 2, 2, 0);
-        ledger.acquire(1, Wait::Queue);
-        ledger.acquire(2, Wait::Queue);
-        ledger.acquire(2, Wait::Queue);
-        ledger.acquire(2, Wait::Queue);
-        // Client 1 holds 1, build 2 holds 2 and waits: the return would favour it.
-        assert!(ledger.return_would_favour_a_larger_share(&1));
-        // Build 2 returning would hand the token to itself, or to a smaller share.
-        assert!(!ledger.return_would_favour_a_larger_share(&2));
-        ledger.set_shares(Shares::fifo());
-        assert!(!ledger.return_would_favour_a_larger_share(&1), "FIFO keeps nothing back");
     }
 }

@@ -199,8 +199,12 @@ impl Settings {
                 _ => return Err(format!("{value:?} is not a number of seconds from 0.01 to 3600")),
             },
             "fairness" => limits.shares.fairness = value.parse().map_err(|e| format!("{e}"))?,
-            "weights" => limits.shares.weights = shares::parse_user_map(value, shares::parse_weight)?,
-            "user-caps" => limits.shares.user_caps = shares::parse_user_map(value, shares::parse_cap)?,
+            "weights" => {
+                limits.shares.weights = shares::parse_user_map(value, shares::parse_weight)?
+            }
+            "user-caps" => {
+                limits.shares.user_caps = shares::parse_user_map(value, shares::parse_cap)?
+            }
             _ => return Err(format!("unknown setting; known are {}", SETTINGS.join(", "))),
         }
         Ok(())

@@ -5,8 +5,10 @@
 //! The [`Fairness`] policy says what is shared fairly:
 //!
 //! - [`Fairness::Build`]: a free token goes to the waiting build that holds the fewest tokens
-//!   for its weight, FIFO among equals, so a build that asks and holds nothing is never behind
-//!   one that holds several;
+//!   for its weight, so a build that asks and holds nothing is never behind one that holds
+//!   several; FIFO among equals, by build: the one served longest ago first, then the older
+//!   request (a build asking again right after a grant does not keep its old request's place,
+//!   or two makes sharing one token would pass it back and forth past a third waiting build);
 //! - [`Fairness::User`]: the same between users, whatever number of builds each runs;
 //! - [`Fairness::Fifo`]: the oldest request first, whoever made it.
 //!

@@ -346,14 +346,16 @@ mod tests {
     fn sleeping_children(parent: u32, count: usize) -> Vec<u32> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let children: Vec<u32> = fs::read_to_string(format!(
-                "/proc/{parent}/task/{parent}/children"
-            ))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|pid| pid.parse().ok())
-            .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default() == b"sleep\x0030\x00")
-            .collect();
+            let children: Vec<u32> =
+                fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|pid| pid.parse().ok())
+                    .filter(|pid| {
+                        fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+                            == b"sleep\x0030\x00"
+                    })
+                    .collect();
             if children.len() == count {
                 return children;
             }
@@ -395,12 +397,18 @@ mod tests {
         let own = processes.resolve(std::process::id()).unwrap();
         let outer = processes.owner(own).unwrap().build;
         assert_ne!(outer, build);
-        assert!([first, second, top].iter().all(|pid| processes.owner(*pid).unwrap().build == outer));
+        assert!([first, second, top]
+            .iter()
+            .all(|pid| processes.owner(*pid).unwrap().build == outer));
         assert!(processes.build_root(build).is_none());
         processes.forget(own);
         nix::sys::signal::killpg(nix::unistd::Pid::from_raw(shell.id() as i32), None).ok();
         for pid in children {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).ok();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .ok();
         }
         shell.wait().unwrap();
         processes.forget(first);

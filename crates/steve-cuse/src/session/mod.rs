@@ -159,11 +159,9 @@ impl Session {
         let dir = companion.path().parent().and_then(|dir| dir.canonicalize().ok());
         self.endpoint.directories.extend(dir);
         self.companion = Some(companion);
-        // A build of its own, the daemon's; its spares go back so that others get them: never
-        // kept for it.
+        // A build of its own, the daemon's.
         let owner = Owner { build: COMPANION_BUILD, user: nix::unistd::geteuid().as_raw() };
         self.device.join(COMPANION_PID, owner, Instant::now());
-        self.device.never_linger(COMPANION_PID);
         self.feed_companion(Instant::now());
     }
 
@@ -650,7 +648,6 @@ impl Server for Session {
                 grace_returns: Some(counters.grace_returns),
                 interrupts: Some(counters.interrupts),
                 expired_reservations: Some(counters.expired_reservations),
-                kept_for_returner: Some(counters.kept_for_returner),
             },
         }
     }

@@ -2,7 +2,7 @@
 //! open, `get` prints values and `set` applies all or nothing, every JSON field is documented,
 //! `steve top` draws a live frame in a terminal, and a closed stdout ends steve quietly. (`set`
 //! moving the peak, `set` refused to another user and the memory limit are compliance scenarios,
-//! run against every backend: `src/bin/compliance.rs`.)
+//! run against every backend: `src/bin/compliance/`.)
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -94,15 +94,36 @@ fn get_prints_one_value_per_line_and_set_rejects_bad_values_whole() {
     );
     let output = server.ctl(&["set", "per-process-limit=2"]);
     assert!(stderr_lines(&output)[0].contains("needs a backend that accounts per process"));
+    // A pipe serves its readers first come, first served, and can do nothing else.
+    let output = server.ctl(&["get", "fairness", "weights"]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "fifo\nnone\n");
+    for setting in ["fairness=build", "weights=0:2", "user-caps=root:1"] {
+        let output = server.ctl(&["set", setting]);
+        let lines = stderr_lines(&output);
+        assert!(!output.status.success() && lines.len() == 1, "{setting}: {lines:?}");
+        assert!(
+            lines[0].contains("fairness: --fairness does not apply to backend fifo"),
+            "{lines:?}"
+        );
+    }
+    assert_success(&server.ctl(&["set", "fairness=fifo"]), "set fairness=fifo");
+    let output = server.ctl(&["set", "weights=nosuchuser:2"]);
+    assert_eq!(stderr_lines(&output), ["steve: error: weights: no such user: nosuchuser"]);
+    let output = server.ctl(&["set", "fairness=lottery"]);
+    assert!(stderr_lines(&output)[0]
+        .contains("\"lottery\" is not a fairness policy; known are build, user, fifo"));
     let output = server.ctl(&["get", "colour"]);
     assert!(stderr_lines(&output)[0].contains("unknown key \"colour\""));
 }
 
-/// Every key of a JSON value, as dotted paths with `[]` for array elements.
+/// Every key of a JSON value, as dotted paths with `[]` for array elements and `<uid>` for the
+/// keys of a map by uid.
 fn key_paths(value: &serde_json::Value, prefix: &str, paths: &mut BTreeSet<String>) {
     match value {
         serde_json::Value::Object(map) => {
             for (key, child) in map {
+                let key =
+                    if key.parse::<u32>().is_ok() { "<uid>".to_string() } else { key.clone() };
                 let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
                 paths.insert(path.clone());
                 key_paths(child, &path, paths);
@@ -156,7 +177,8 @@ fn every_field_of_a_fully_populated_status_is_documented() {
     // What a device backend reports under a load limit: waiters, counters, every kind of field.
     use steve_core::accounting::limits::{Limits, Pressure, Settings, SystemReading};
     use steve_core::status::{
-        CompanionReport, CounterReport, HolderReport, PoolReport, StatusReport, WaiterReport,
+        BuildReport, CompanionReport, CounterReport, HolderReport, PoolReport, StatusReport,
+        WaiterReport,
     };
     let full = StatusReport {
         backend: "cuse".into(),
@@ -171,6 +193,11 @@ fn every_field_of_a_fully_populated_status_is_documented() {
                 load_average: Some(2.0),
                 min_memory_avail_mib: Some(1),
                 per_process_limit: Some(1),
+                shares: steve_core::accounting::shares::Shares {
+                    fairness: steve_core::accounting::shares::Fairness::User,
+                    weights: [(1000, 2)].into(),
+                    user_caps: [(1000, 3)].into(),
+                },
                 ..Limits::default()
             },
         },
@@ -189,6 +216,16 @@ fn every_field_of_a_fully_populated_status_is_documented() {
             command: "make".into(),
             kind: "polling".into(),
             waiting_seconds: 0.1,
+        }]),
+        builds: Some(vec![BuildReport {
+            build: 0,
+            pid: 2,
+            command: "make".into(),
+            cwd: Some("/src".into()),
+            uid: 1000,
+            tokens: 1,
+            waiting: 1,
+            share: Some(2.0),
         }]),
         companion: Some(CompanionReport {
             path: "/run/steve/steve.fifo".into(),

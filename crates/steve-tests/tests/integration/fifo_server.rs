@@ -1,7 +1,7 @@
 //! `steve serve --backend fifo` beyond the compliance suite: three makes and ninja 1.13.2 share
 //! the pool, SIGUSR1 reports, stop signals remove the pipe and what steve made, and the pipe's
 //! mode and group. (One make, two makes and the rest run against every backend in the
-//! compliance suite: `src/bin/compliance.rs`.)
+//! compliance suite: `src/bin/compliance/`.)
 
 use nix::sys::signal::Signal;
 use steve_tests::steve::FifoServer;

@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod fairness;
+
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -161,6 +163,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario("enospc_and_grace", Needs::PerProcess, enospc_and_grace),
     scenario("sigkill_reclaim", Needs::PerProcess, sigkill_reclaim),
     scenario("poller_fairness", Needs::PerProcess, poller_fairness),
+    scenario("fair_shares", Needs::PerProcess, fairness::fair_shares),
     scenario("status_names_holders", Needs::PerProcess, status_names_holders),
     scenario("per_process_limit", Needs::PerProcess, per_process_limit),
     scenario("killed_while_waiting", Needs::PerProcess, killed_while_waiting),
@@ -856,6 +859,28 @@ fn status_names_holders() -> Result<(), String> {
         format!("waiters {waiters:?}")
     })?;
     println!("figure status_holder {entry}");
+    // One build: make, in its folder, holding both tokens and asking for more.
+    let builds = status["builds"].as_array().ok_or(format!("no builds in {status}"))?;
+    let build = builds.iter().find(|build| build["pid"] == pid);
+    let cwd = dir.path().join("held").canonicalize().unwrap();
+    ensure(
+        build.is_some_and(|build| {
+            build["tokens"] == 2
+                && build["waiting"] == 1
+                && build["share"] == 2.0
+                && build["cwd"] == cwd.to_str().unwrap()
+                && build["command"].as_str().is_some_and(|c| c.contains("make"))
+        }),
+        || format!("make's build not in {builds:?}"),
+    )?;
+    // Weights by user name become uids; the share follows the settings.
+    let me = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(me).unwrap().unwrap().name;
+    let output = daemon.ctl(&["set", &format!("weights={name}:3"), "fairness=user"]);
+    ensure(output.status.success(), || String::from_utf8_lossy(&output.stderr).into_owned())?;
+    let shown =
+        String::from_utf8_lossy(&daemon.ctl(&["get", "weights", "fairness"]).stdout).into_owned();
+    ensure(shown == format!("{me}:3\nuser\n"), || format!("get: {shown:?}"))?;
     Ok(())
 }
 

@@ -1,0 +1,156 @@
+//! Fair shares with real clients: a greedy cargo and two makes started a moment after it, on
+//! one pool of four tokens, once with `--fairness build` (the default) and once with
+//! `--fairness fifo`, so that the figures show what the policy changes.
+//!
+//! cargo takes every token it can get and keeps it while units are ready to build (cargo issue
+//! 17391); no server can take a token back, so what a policy decides is who gets the tokens
+//! cargo does give back, at the end of each layer of its workspace, and who gets the tokens the
+//! makes return after each 0.3 s job. Each build's token-seconds come from its jobs' timeline
+//! (every job holds one token, the build's implicit one included), over the time all three
+//! builds are active.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use steve_tests::timeline::{self, Span};
+use steve_tests::{projects, wait_for};
+
+use super::{ensure, env_path, serve_command, Daemon};
+
+/// Tokens in the pool.
+const JOBS: u32 = 4;
+
+/// What one run measured.
+struct ShareRun {
+    /// Token-seconds of cargo and the two makes while all three were active.
+    seconds: [f64; 3],
+    /// Jain's fairness index over them.
+    jain: f64,
+    /// For each make, the seconds from its first job to its second running beside it (its
+    /// first token from the server); `None` if it never ran two at once.
+    waits: [Option<f64>; 2],
+    /// The median time one of cargo's compilations held its token: one job length.
+    job_length: f64,
+}
+
+/// The scenario: the fair run must give each make a token within one job length and reach a
+/// fairness index of 0.9; the FIFO run is measured and reported beside it.
+pub fn fair_shares() -> Result<(), String> {
+    let fair = share_run("build")?;
+    let fifo = share_run("fifo")?;
+    for (policy, run) in [("build", &fair), ("fifo", &fifo)] {
+        println!("figure fair_shares_jain_{policy} {:.2}", run.jain);
+        println!(
+            "figure fair_shares_token_seconds_{policy} cargo={:.1},make1={:.1},make2={:.1}",
+            run.seconds[0], run.seconds[1], run.seconds[2]
+        );
+        let waits: Vec<String> = run
+            .waits
+            .iter()
+            .map(|wait| wait.map_or_else(|| "never".to_string(), |s| format!("{s:.2}")))
+            .collect();
+        println!(
+            "figure fair_shares_make_waits_{policy} {} s (job length {:.2} s)",
+            waits.join(","),
+            run.job_length
+        );
+    }
+    for (n, wait) in fair.waits.iter().enumerate() {
+        ensure(wait.is_some_and(|wait| wait <= fair.job_length), || {
+            format!(
+                "make {} waited {wait:?} s for a token; a job is {:.2} s",
+                n + 1,
+                fair.job_length
+            )
+        })?;
+    }
+    ensure(fair.jain >= 0.9, || {
+        format!("fairness index {:.2} with --fairness build: {:?}", fair.jain, fair.seconds)
+    })
+}
+
+/// One run under `policy`.
+fn share_run(policy: &str) -> Result<ShareRun, String> {
+    let daemon = Daemon::start_with(serve_command(JOBS, &["--fairness", policy]));
+    let dir = tempfile::tempdir().unwrap();
+    let cargo_log = dir.path().join("cargo.timeline");
+    let workspace = projects::layered_cargo_workspace(dir.path(), &[4, 16, 16, 16], &cargo_log);
+    let cargo = Command::new(env_path("STEVE_TEST_CARGO"))
+        .args(["build", "--offline", "-q", "-j", "8"])
+        .current_dir(&workspace.root)
+        .env("MAKEFLAGS", daemon.makeflags(JOBS))
+        .env_remove("CARGO_MAKEFLAGS")
+        .env("RUSTC_WRAPPER", &workspace.wrapper)
+        .env("CARGO_TARGET_DIR", dir.path().join("target"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The makes start a moment after cargo's first compilation: cargo holds its tokens by then.
+    wait_for("cargo's first compilation", Duration::from_secs(120), || {
+        fs::read_to_string(&cargo_log).unwrap_or_default().contains("start").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let stop = dir.path().join("stop");
+    let make_logs: Vec<_> = (1..=2).map(|n| dir.path().join(format!("make{n}.timeline"))).collect();
+    let makes: Vec<_> = make_logs
+        .iter()
+        .enumerate()
+        .map(|(n, log)| {
+            let project = dir.path().join(format!("make{}", n + 1));
+            fs::create_dir(&project).unwrap();
+            projects::makefile_until(&project, &format!("m{}", n + 1), 400, 0.3, log, &stop);
+            Command::new(env_path("STEVE_TEST_MAKE44"))
+                .current_dir(&project)
+                .env("MAKEFLAGS", daemon.makeflags(JOBS))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let cargo_output = cargo.wait_with_output().unwrap();
+    // cargo is done: the makes' jobs not yet begun end at once.
+    fs::write(&stop, "").unwrap();
+    for mut make in makes {
+        ensure(make.wait().unwrap().success(), || format!("a make failed ({policy})"))?;
+    }
+    ensure(cargo_output.status.success(), || {
+        format!("cargo failed ({policy}): {}", String::from_utf8_lossy(&cargo_output.stderr))
+    })?;
+    let builds = [cargo_log.as_path(), &make_logs[0], &make_logs[1]].map(spans_of);
+    // While all three are active: from the last first start to the first last end.
+    let from = builds.iter().map(|spans| spans[0].start).max().unwrap();
+    let to = builds.iter().map(|spans| spans.iter().map(|s| s.end).max().unwrap()).min().unwrap();
+    let seconds = builds.each_ref().map(|spans| timeline::seconds_within(spans, from, to));
+    let mut lengths: Vec<u128> = builds[0].iter().map(|span| span.end - span.start).collect();
+    lengths.sort_unstable();
+    let job_length = lengths[lengths.len() / 2] as f64 / 1e9;
+    daemon.assert_pool_whole(JOBS as usize)?;
+    Ok(ShareRun {
+        jain: timeline::jain_index(&seconds),
+        seconds,
+        waits: [first_token_wait(&builds[1]), first_token_wait(&builds[2])],
+        job_length,
+    })
+}
+
+/// A timeline's spans by start time.
+fn spans_of(log: &Path) -> Vec<Span> {
+    let mut spans = timeline::spans(log);
+    spans.sort_by_key(|span| span.start);
+    assert!(!spans.is_empty(), "no job ran: {}", log.display());
+    spans
+}
+
+/// Seconds from a make's first job (its implicit token) to the start of a job beside another
+/// of its own, which needed a token from the server.
+fn first_token_wait(spans: &[Span]) -> Option<f64> {
+    let first = spans[0].start;
+    spans
+        .iter()
+        .enumerate()
+        .find(|(index, span)| spans[..*index].iter().any(|earlier| earlier.end > span.start))
+        .map(|(_, span)| (span.start - first) as f64 / 1e9)
+}
