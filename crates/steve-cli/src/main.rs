@@ -131,6 +131,21 @@ struct ServeArgs {
     /// Hold tokens back while less than this many MiB of memory are available.
     #[arg(long, value_name = "MIB")]
     min_memory_avail: Option<u64>,
+    /// Hold tokens back while tasks stall on the CPU for HIGH percent of the time or more
+    /// (pressure stall information), until it is below LOW [default LOW: HIGH/2; some: some
+    /// tasks stalled, full: all of them].
+    #[arg(long, value_name = "[some:|full:]HIGH[/LOW]")]
+    cpu_pressure: Option<String>,
+    /// The same for memory.
+    #[arg(long, value_name = "[some:|full:]HIGH[/LOW]")]
+    memory_pressure: Option<String>,
+    /// The same for I/O.
+    #[arg(long, value_name = "[some:|full:]HIGH[/LOW]")]
+    io_pressure: Option<String>,
+    /// Where the pressure limits read pressure: `system` (/proc/pressure), `cgroup` (this
+    /// server's own cgroup) or a cgroup v2 directory [default: system].
+    #[arg(long, value_name = "SOURCE", default_value = "system")]
+    pressure_source: String,
     /// cuse, fuse: also serve a companion FIFO at PATH, fed from the same pool, for clients
     /// that take only a real FIFO (ninja) [default for root's server: /run/steve/NAME.fifo for
     /// a device, DIR.fifo for a mount on DIR].
@@ -317,6 +332,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ("fairness", args.fairness),
         ("weights", args.weights.map(|v| control::with_uids("weights", &v)).transpose()?),
         ("user-caps", args.user_caps.map(|v| control::with_uids("user-caps", &v)).transpose()?),
+        ("cpu-pressure", args.cpu_pressure),
+        ("memory-pressure", args.memory_pressure),
+        ("io-pressure", args.io_pressure),
     ]
     .into_iter()
     .filter_map(|(key, value)| Some((key.to_string(), value?)))
@@ -328,6 +346,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         jobs,
         jobs_from,
         limits: settings.limits,
+        pressure_source: steve_core::server::probe::PressureSource::parse(&args.pressure_source)
+            .map_err(|error| {
+                steve_core::server::Error::usage(format!("--pressure-source: {error}"))
+            })?,
         control: args.control,
         mode: args.mode,
         group: args.group,

@@ -73,6 +73,14 @@ pub fn cgroup_dir(proc_self_cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// This process's cgroup v2 directory, from `/proc/self/cgroup` and `/proc/self/mountinfo`.
+pub fn own_cgroup_dir() -> Option<PathBuf> {
+    cgroup_dir(
+        &fs::read_to_string("/proc/self/cgroup").ok()?,
+        &fs::read_to_string("/proc/self/mountinfo").ok()?,
+    )
+}
+
 /// The CPUs this process may use, and why.
 pub fn cpu_budget() -> CpuBudget {
     // Not available_parallelism(): it already applies cgroup quotas, and could not say so.
@@ -82,11 +90,7 @@ pub fn cpu_budget() -> CpuBudget {
         .map_or(1, |count| count.max(1) as usize);
     let allowed = affinity().unwrap_or(online).min(online);
     let mut best = (allowed, format!("the {allowed} CPUs this process may run on"));
-    let dir = cgroup_dir(
-        &fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
-        &fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
-    );
-    if let Some(dir) = dir {
+    if let Some(dir) = own_cgroup_dir() {
         let cpuset = fs::read_to_string(dir.join("cpuset.cpus.effective")).unwrap_or_default();
         if let Some(cpus) = parse_cpu_list(&cpuset) {
             if cpus < best.0 {

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::accounting::limits::{Pressure, Settings, SystemReading};
+use crate::accounting::pressure::Resource;
 use crate::accounting::shares::{format_user_map, Fairness};
 
 /// A server's state at one moment.
@@ -292,6 +293,13 @@ impl fmt::Display for StatusReport {
             or_none(limits.per_process_limit.map(|v| v.to_string())),
             limits.load_recheck.as_secs_f64()
         )?;
+        let pressure_limits: Vec<String> = Resource::ALL
+            .iter()
+            .filter_map(|r| Some(format!("{r} {}", limits.pressure.get(*r)?)))
+            .collect();
+        if !pressure_limits.is_empty() {
+            writeln!(f, "pressure limits (percent, high/low): {}", pressure_limits.join(", "))?;
+        }
         let shares = &limits.shares;
         writeln!(
             f,
@@ -304,9 +312,22 @@ impl fmt::Display for StatusReport {
             format_user_map(&shares.weights),
             format_user_map(&shares.user_caps)
         )?;
+        let pressures: Vec<String> = Resource::ALL
+            .iter()
+            .filter_map(|r| {
+                let stalls = self.system.pressure.get(*r)?;
+                let full = stalls.full.map_or_else(String::new, |full| format!("/{full:.1}"));
+                Some(format!("{r} {:.1}{full}%", stalls.some))
+            })
+            .collect();
+        let pressures = if pressures.is_empty() {
+            String::new()
+        } else {
+            format!("; pressure (some/full) {}", pressures.join(", "))
+        };
         writeln!(
             f,
-            "system: load {}, {} available{}",
+            "system: load {}, {} available{pressures}{}",
             or_none(self.system.load_average_1m.map(|v| format!("{v:.2}"))),
             or_none(self.system.memory_available_mib.map(|v| format!("{v} MiB"))),
             match self.limited_by {
@@ -397,7 +418,17 @@ pub(crate) mod tests {
                 limits: Default::default(),
             },
             jobs_from: "-j".into(),
-            system: SystemReading { load_average_1m: Some(1.5), memory_available_mib: Some(900) },
+            system: SystemReading {
+                load_average_1m: Some(1.5),
+                memory_available_mib: Some(900),
+                pressure: crate::accounting::pressure::Pressures {
+                    memory: Some(crate::accounting::pressure::Stalls {
+                        some: 12.5,
+                        full: Some(3.0),
+                    }),
+                    ..Default::default()
+                },
+            },
             limited_by: None,
             holders_exact: true,
             holders: vec![HolderReport {
@@ -467,6 +498,10 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("shares: fair between builds; weights none; user caps none"));
+        assert!(
+            text.contains("900 MiB available; pressure (some/full) memory 12.5/3.0%"),
+            "{text}"
+        );
         assert!(
             text.contains("tokens: 4 jobs, 4 in the pool: 1 free, 3 held, 0 withheld"),
             "{text}"

@@ -50,7 +50,7 @@ impl FakeKernel {
             let endpoint = endpoint("/dev/steve-test");
             let mut session = Session::start(daemon_end, "steve-test", device, endpoint).unwrap();
             let (limits, probe) =
-                governor.unwrap_or_else(|| (Limits::default(), Box::new(ProcProbe)));
+                governor.unwrap_or_else(|| (Limits::default(), Box::new(ProcProbe::default())));
             serve_in_loop("cuse", &mut session, limits, probe)
         });
         let init = kernel.receive();
@@ -78,7 +78,7 @@ impl FakeKernel {
             let file = OneFile::new("jobserver", 1000, 1000, 0o600);
             let mut session =
                 Session::for_mount(daemon_end, device, endpoint("/mnt/jobserver"), file).unwrap();
-            serve_in_loop("fuse", &mut session, Limits::default(), Box::new(ProcProbe))
+            serve_in_loop("fuse", &mut session, Limits::default(), Box::new(ProcProbe::default()))
         });
         FakeKernel { fd: kernel_end, next_unique: 1, session: Some(session) }
     }
@@ -340,6 +340,7 @@ impl SystemProbe for FakeLoad {
         SystemReading {
             load_average_1m: Some(*self.0.lock().unwrap()),
             memory_available_mib: Some(1 << 20),
+            ..SystemReading::default()
         }
     }
 }

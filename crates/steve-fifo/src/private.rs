@@ -83,7 +83,7 @@ fn status(jobserver: &Jobserver, jobs_from: &str, started: Instant) -> StatusRep
         uptime_seconds: started.elapsed().as_secs_f64(),
         limits: Settings { jobs, limits: Limits::default() },
         jobs_from: jobs_from.to_string(),
-        system: ProcProbe.read(),
+        system: ProcProbe::default().read(),
         limited_by: None,
     };
     // The command's implicit token is one of the jobs but never in the pipe.

@@ -4,8 +4,11 @@
 //! - `load_average`: while the 1-minute load average is at or above it, no token is handed out
 //!   beyond `min_jobs` held in total;
 //! - `min_memory_avail_mib`: the same while `MemAvailable` is below it;
+//! - `pressure`: the same while a resource's stall share (PSI, see [`super::pressure`]) is at
+//!   or above its high mark, until it falls below its low mark;
 //! - `per_process_limit`: how many tokens one process may hold (per-process backends);
-//! - `load_recheck`: how often the load and memory are read again while over a limit;
+//! - `load_recheck`: how often the load, memory and pressure are read while a limit reads them
+//!   (a PSI trigger, where the kernel takes one, also says at once when a high mark is crossed);
 //! - `shares`: who a free token goes to (`fairness`, per-user `weights` and `user-caps`, see
 //!   [`super::shares`]; per-process backends).
 //!
@@ -24,7 +27,11 @@
 //! struct Busy;
 //! impl SystemProbe for Busy {
 //!     fn read(&mut self) -> SystemReading {
-//!         SystemReading { load_average_1m: Some(9.0), memory_available_mib: Some(4096) }
+//!         SystemReading {
+//!             load_average_1m: Some(9.0),
+//!             memory_available_mib: Some(4096),
+//!             ..SystemReading::default()
+//!         }
 //!     }
 //! }
 //!
@@ -42,6 +49,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::pool::JobCount;
+use super::pressure::{PressureLimit, PressureLimits, Pressures, Resource, Stall};
 use super::shares::{self, Shares};
 
 /// The limits a server applies; all of them can be changed at run time.
@@ -61,10 +69,13 @@ pub struct Limits {
     /// Who a free token goes to: the fairness policy, per-user weights and caps.
     #[serde(default)]
     pub shares: Shares,
+    /// Limits on CPU, memory and I/O pressure.
+    #[serde(default)]
+    pub pressure: PressureLimits,
 }
 
 /// The keys `steve set` and `steve get` know, in the order they are listed.
-pub const SETTINGS: [&str; 9] = [
+pub const SETTINGS: [&str; 12] = [
     "jobs",
     "load-average",
     "min-jobs",
@@ -74,7 +85,15 @@ pub const SETTINGS: [&str; 9] = [
     "fairness",
     "weights",
     "user-caps",
+    "cpu-pressure",
+    "memory-pressure",
+    "io-pressure",
 ];
+
+/// The pressure setting of each resource: `cpu-pressure`, `memory-pressure`, `io-pressure`.
+fn pressure_key(key: &str) -> Option<Resource> {
+    Resource::ALL.into_iter().find(|resource| key == format!("{}-pressure", resource.name()))
+}
 
 /// A setting that could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,14 +133,15 @@ impl Default for Limits {
             per_process_limit: None,
             load_recheck: Duration::from_millis(500),
             shares: Shares::default(),
+            pressure: PressureLimits::default(),
         }
     }
 }
 
 impl Limits {
-    /// Whether a limit needs readings of the system (load average or memory).
+    /// Whether a limit needs readings of the system (load average, memory or pressure).
     pub fn reads_the_system(&self) -> bool {
-        self.load_average.is_some() || self.min_memory_avail_mib.is_some()
+        self.load_average.is_some() || self.min_memory_avail_mib.is_some() || self.pressure.any()
     }
 }
 
@@ -140,7 +160,7 @@ impl Settings {
             "fairness" => limits.shares.fairness.to_string(),
             "weights" => shares::format_user_map(&limits.shares.weights),
             "user-caps" => shares::format_user_map(&limits.shares.user_caps),
-            _ => return None,
+            key => optional(limits.pressure.get(pressure_key(key)?).map(|l| l.to_string())),
         })
     }
 
@@ -205,6 +225,10 @@ impl Settings {
             "user-caps" => {
                 limits.shares.user_caps = shares::parse_user_map(value, shares::parse_cap)?
             }
+            key if pressure_key(key).is_some() => {
+                let limit = if cleared { None } else { Some(PressureLimit::parse(value)?) };
+                limits.pressure.set(pressure_key(key).expect("matched"), limit);
+            }
             _ => return Err(format!("unknown setting; known are {}", SETTINGS.join(", "))),
         }
         Ok(())
@@ -218,12 +242,29 @@ pub struct SystemReading {
     pub load_average_1m: Option<f64>,
     /// `MemAvailable`, in MiB.
     pub memory_available_mib: Option<u64>,
+    /// The stall shares over the last two seconds, where pressure files can be read.
+    #[serde(default)]
+    pub pressure: Pressures,
 }
 
 /// Where readings come from.
 pub trait SystemProbe: fmt::Debug + Send {
-    /// Reads the load average and available memory now; a value that cannot be read is `None`.
+    /// Reads the load average, available memory and stall shares now; a value that cannot be
+    /// read is `None`.
     fn read(&mut self) -> SystemReading;
+
+    /// Asks the kernel to say when a pressure limit's high mark is crossed (a PSI trigger per
+    /// limit); returns a line for each limit it could not watch so (those are sampled only).
+    /// By default nothing is watched.
+    fn watch_pressure(&mut self, limits: &PressureLimits) -> Vec<String> {
+        let _ = limits;
+        Vec::new()
+    }
+
+    /// The descriptors that poll `POLLPRI` when a watched high mark is crossed.
+    fn pressure_triggers(&self) -> Vec<(Resource, std::os::fd::BorrowedFd<'_>)> {
+        Vec::new()
+    }
 }
 
 /// Why tokens are held back now.
@@ -244,6 +285,19 @@ pub enum Pressure {
         /// The limit, MiB.
         minimum_mib: u64,
     },
+    /// A resource's stall share reached its high mark and has not fallen below its low mark.
+    Stall {
+        /// CPU, memory or I/O.
+        resource: Resource,
+        /// Some or full.
+        stall: Stall,
+        /// The share now, percent (`None` just after a trigger, before a reading has it).
+        current: Option<f64>,
+        /// The high mark.
+        high: f64,
+        /// The low mark.
+        low: f64,
+    },
 }
 
 impl fmt::Display for Pressure {
@@ -255,6 +309,18 @@ impl fmt::Display for Pressure {
             Pressure::Memory { available_mib, minimum_mib } => {
                 write!(f, "{available_mib} MiB available, below {minimum_mib} MiB")
             }
+            Pressure::Stall { resource, stall, current, high, low } => match current {
+                Some(current) => write!(
+                    f,
+                    "{resource} pressure ({stall}) {current:.1}% reached {high}% (until below \
+                     {low}%)"
+                ),
+                None => write!(
+                    f,
+                    "{resource} pressure ({stall}) crossed {high}%, the kernel says (until below \
+                     {low}%)"
+                ),
+            },
         }
     }
 }
@@ -267,17 +333,28 @@ pub struct Governor {
     last: SystemReading,
     pressure: Option<Pressure>,
     next_recheck: Option<Instant>,
+    /// The resources whose pressure limit holds tokens back now (between the marks they stay).
+    engaged: Vec<Resource>,
+    /// The resources whose trigger fired since the last check.
+    fired: Vec<Resource>,
+    /// What the probe said it could not watch, for the server's log.
+    notes: Vec<String>,
 }
 
 impl Governor {
     /// A governor for `limits`, reading the system through `probe`.
     pub fn new(limits: Limits, probe: Box<dyn SystemProbe>) -> Governor {
+        let mut probe = probe;
+        let notes = probe.watch_pressure(&limits.pressure);
         Governor {
             limits,
             probe,
             last: SystemReading::default(),
             pressure: None,
             next_recheck: None,
+            engaged: Vec::new(),
+            fired: Vec::new(),
+            notes,
         }
     }
 
@@ -286,9 +363,33 @@ impl Governor {
         &self.limits
     }
 
-    /// Replaces the limits; the next [`Governor::check`] applies them.
+    /// Replaces the limits; the next [`Governor::check`] applies them. Changed pressure limits
+    /// are watched anew (see [`Governor::triggers`]).
     pub fn set_limits(&mut self, limits: Limits) {
+        if limits.pressure != self.limits.pressure {
+            self.notes.extend(self.probe.watch_pressure(&limits.pressure));
+            self.engaged.retain(|resource| limits.pressure.get(*resource).is_some());
+        }
         self.limits = limits;
+    }
+
+    /// The descriptors that poll `POLLPRI` when a pressure limit's high mark is crossed; call
+    /// [`Governor::trigger_fired`] then, and check.
+    pub fn triggers(&self) -> Vec<(Resource, std::os::fd::BorrowedFd<'_>)> {
+        self.probe.pressure_triggers()
+    }
+
+    /// The kernel said `resource`'s high mark was crossed: the next check holds tokens back for
+    /// it, whatever its own reading (which may not have caught up yet) says.
+    pub fn trigger_fired(&mut self, resource: Resource) {
+        if !self.fired.contains(&resource) {
+            self.fired.push(resource);
+        }
+    }
+
+    /// Lines the probe had for the log (pressure limits it could not watch with a trigger).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     /// Reads the system (when a load or memory limit is set) and returns how many tokens may be
@@ -315,7 +416,8 @@ impl Governor {
         }
     }
 
-    fn find_pressure(&self) -> Option<Pressure> {
+    fn find_pressure(&mut self) -> Option<Pressure> {
+        let stall = self.find_stall();
         if let (Some(limit), Some(current)) = (self.limits.load_average, self.last.load_average_1m)
         {
             if current >= limit {
@@ -329,7 +431,34 @@ impl Governor {
                 return Some(Pressure::Memory { available_mib, minimum_mib });
             }
         }
-        None
+        stall
+    }
+
+    /// Which pressure limits hold tokens back after this reading: from a fired trigger or the
+    /// high mark on, until the share is below the low mark (or cannot be read). The first of
+    /// them, in [`Resource::ALL`]'s order, is the one reported.
+    fn find_stall(&mut self) -> Option<Pressure> {
+        let fired = std::mem::take(&mut self.fired);
+        let mut first = None;
+        for resource in Resource::ALL {
+            let Some(limit) = self.limits.pressure.get(resource) else { continue };
+            let current = self.last.pressure.get(resource).and_then(|s| s.share(limit.stall));
+            let was = self.engaged.contains(&resource);
+            let holds = fired.contains(&resource)
+                || current.is_some_and(|share| share >= limit.high || (was && share >= limit.low));
+            self.engaged.retain(|engaged| *engaged != resource);
+            if holds {
+                self.engaged.push(resource);
+                first.get_or_insert(Pressure::Stall {
+                    resource,
+                    stall: limit.stall,
+                    current,
+                    high: limit.high,
+                    low: limit.low,
+                });
+            }
+        }
+        first
     }
 
     /// When to check again: only while a limit reads the system.
@@ -376,8 +505,16 @@ mod tests {
 
     impl Fake {
         fn set(&self, load: f64, memory: u64) {
-            *self.0.lock().unwrap() =
-                SystemReading { load_average_1m: Some(load), memory_available_mib: Some(memory) };
+            *self.0.lock().unwrap() = SystemReading {
+                load_average_1m: Some(load),
+                memory_available_mib: Some(memory),
+                ..SystemReading::default()
+            };
+        }
+
+        fn set_memory_pressure(&self, some: f64) {
+            let stalls = crate::accounting::pressure::Stalls { some, full: Some(some / 2.0) };
+            self.0.lock().unwrap().pressure.memory = Some(stalls);
         }
     }
 
@@ -460,5 +597,76 @@ mod tests {
         let json = serde_json::to_value(&settings).unwrap();
         assert_eq!(json["jobs"], 6, "the pool size sits beside the limits: {json}");
         assert_eq!(json["load_recheck"], 0.25);
+    }
+
+    #[test]
+    fn a_pressure_limit_holds_from_its_high_mark_until_below_its_low_mark() {
+        let fake = Fake::default();
+        fake.set(0.0, 4096);
+        let limits = Limits {
+            min_jobs: 1,
+            pressure: PressureLimits {
+                memory: Some(PressureLimit::parse("some:20/5").unwrap()),
+                ..PressureLimits::default()
+            },
+            ..Limits::default()
+        };
+        let mut governor = Governor::new(limits, Box::new(fake.clone()));
+        let now = Instant::now();
+        // Below the high mark: nothing held, but the system is read at every recheck.
+        fake.set_memory_pressure(19.9);
+        assert_eq!(governor.check(now), None);
+        assert!(governor.next_recheck().is_some());
+        // At the high mark: down to min-jobs.
+        fake.set_memory_pressure(20.0);
+        assert_eq!(governor.check(now), Some(1));
+        let Some(Pressure::Stall { resource, current, .. }) = governor.pressure() else {
+            panic!("{:?}", governor.pressure())
+        };
+        assert_eq!((resource, current), (Resource::Memory, Some(20.0)));
+        // Between the marks: still held (no flapping).
+        fake.set_memory_pressure(10.0);
+        assert_eq!(governor.check(now), Some(1));
+        fake.set_memory_pressure(5.0);
+        assert_eq!(governor.check(now), Some(1), "at the low mark it still holds");
+        // Below the low mark: tokens flow; between the marks again, they keep flowing.
+        fake.set_memory_pressure(4.9);
+        assert_eq!(governor.check(now), None);
+        fake.set_memory_pressure(10.0);
+        assert_eq!(governor.check(now), None);
+        // A trigger holds at once, even before the reading has caught up.
+        governor.trigger_fired(Resource::Memory);
+        assert_eq!(governor.check(now), Some(1));
+        // ...and the reading decides from then on.
+        fake.set_memory_pressure(1.0);
+        assert_eq!(governor.check(now), None);
+        // `full` reads the other share; a lifted limit lets go at once.
+        let mut limits = governor.limits().clone();
+        limits.pressure.memory = Some(PressureLimit::parse("full:8/4").unwrap());
+        governor.set_limits(limits.clone());
+        fake.set_memory_pressure(16.0);
+        assert_eq!(governor.check(now), Some(1));
+        assert!(governor
+            .pressure()
+            .unwrap()
+            .to_string()
+            .starts_with("memory pressure (full) 8.0%"));
+        limits.pressure.memory = None;
+        governor.set_limits(limits);
+        assert_eq!(governor.check(now), None);
+    }
+
+    #[test]
+    fn pressure_settings_parse_print_and_clear() {
+        let mut settings = Settings { jobs: JobCount::new(4).unwrap(), limits: Limits::default() };
+        let set = |key: &str, value: &str| vec![(key.to_string(), value.to_string())];
+        settings.apply(&set("io-pressure", "full:40")).unwrap();
+        assert_eq!(settings.get("io-pressure").as_deref(), Some("full:40/20"));
+        assert_eq!(settings.get("cpu-pressure").as_deref(), Some("none"));
+        assert!(settings.limits.reads_the_system());
+        let error = settings.apply(&set("memory-pressure", "some:10/30")).unwrap_err();
+        assert_eq!(error.to_string(), "memory-pressure: the low mark 30 is above the high mark 10");
+        settings.apply(&set("io-pressure", "none")).unwrap();
+        assert!(!settings.limits.reads_the_system());
     }
 }

@@ -7,7 +7,9 @@
 //! - [`shares`]: who a free token goes to: fair shares between builds or users, or FIFO;
 //! - [`device`]: the rules of a per-process jobserver device (CUSE, FUSE), as a sans-IO state
 //!   machine over a ledger;
-//! - [`limits`]: load and memory limits, and how many tokens they let out now.
+//! - [`limits`]: load, memory and pressure limits, and how many tokens they let out now;
+//! - [`pressure`]: pressure stall information: limits with hysteresis, shares from the kernel's
+//!   totals, triggers.
 //!
 //! The fifo backend drives a [`pool::Pool`] directly (a pipe cannot say who holds a token); the
 //! device backends drive a [`device::Device`].
@@ -17,4 +19,5 @@ pub mod device;
 pub mod ledger;
 pub mod limits;
 pub mod pool;
+pub mod pressure;
 pub mod shares;

@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Gid;
 
+use super::probe::PressureSource;
 use super::processes::Processes;
 use super::Error;
 use crate::accounting::limits::Limits;
@@ -195,6 +196,8 @@ pub struct ServeConfig {
     pub jobs_from: String,
     /// The scheduling limits.
     pub limits: Limits,
+    /// Where the pressure limits read pressure: the system, or a cgroup.
+    pub pressure_source: PressureSource,
     /// The control socket; `None` for the backend's default.
     pub control: Option<PathBuf>,
     /// Permission bits of the jobserver (and the control socket); `None` for the backend's
@@ -236,6 +239,7 @@ impl ServeConfig {
             jobs,
             jobs_from: "-j".to_string(),
             limits: Limits::default(),
+            pressure_source: PressureSource::System,
             control: None,
             mode: None,
             group: None,

@@ -30,6 +30,7 @@ use super::processes::Processes;
 use super::signals::{SignalEvent, Signals};
 use super::Error;
 use crate::accounting::limits::{Governor, Limits, Settings, SystemProbe};
+use crate::accounting::pressure::Resource;
 use crate::accounting::shares::Shares;
 use crate::status::{ReportHeader, StatusReport};
 
@@ -51,6 +52,8 @@ enum Key {
     Listener,
     Connection(u32),
     Source(u32),
+    /// A PSI trigger, by the resource's place in [`Resource::ALL`].
+    Pressure(u32),
 }
 
 impl Key {
@@ -61,6 +64,7 @@ impl Key {
             Key::Listener => (2, 0),
             Key::Connection(id) => (3, id),
             Key::Source(id) => (4, id),
+            Key::Pressure(index) => (5, index),
         };
         kind << 56 | u64::from(id)
     }
@@ -73,6 +77,7 @@ impl Key {
             2 => Key::Listener,
             3 => Key::Connection(id),
             4 => Key::Source(id),
+            5 => Key::Pressure(id),
             _ => return None,
         })
     }
@@ -215,7 +220,26 @@ impl EventLoop {
         for (SourceId(id), fd) in server.sources() {
             watch(&self.epoll, fd, Key::Source(id))?;
         }
+        self.watch_triggers();
         Ok(())
+    }
+
+    /// Adds the governor's PSI triggers to the epoll (after a change of the pressure limits;
+    /// the ones replaced left it as they were closed) and logs what it could not watch.
+    fn watch_triggers(&mut self) {
+        for note in self.governor.take_notes() {
+            warn!("{note}");
+        }
+        for (resource, fd) in self.governor.triggers() {
+            let index = Resource::ALL.iter().position(|r| *r == resource).unwrap_or(0) as u32;
+            let event = EpollEvent::new(EpollFlags::EPOLLPRI, Key::Pressure(index).encode());
+            match self.epoll.add(fd, event) {
+                Ok(()) => debug!("{resource} pressure watched with a PSI trigger"),
+                // Already in the epoll: the limits changed, not this trigger.
+                Err(Errno::EEXIST) => {}
+                Err(errno) => warn!("cannot watch the {resource} pressure trigger: {errno}"),
+            }
+        }
     }
 
     /// Adds the pidfds of processes the server started watching to the epoll. One that cannot be
@@ -272,6 +296,13 @@ impl EventLoop {
                 let mut cx = Context { processes: &mut self.processes, now };
                 if let Flow::Ended(why) = server.readable(SourceId(id), &mut cx)? {
                     return Ok(Some(Ended::Transport(why)));
+                }
+            }
+            Key::Pressure(index) => {
+                if let Some(resource) = Resource::ALL.get(index as usize) {
+                    debug!("the kernel says {resource} pressure crossed its high mark");
+                    self.governor.trigger_fired(*resource);
+                    self.recheck_limits(server, now, false);
                 }
             }
         }
@@ -439,6 +470,7 @@ impl EventLoop {
             server.change(PoolChange::Shares(shares), &mut cx);
         }
         self.governor.set_limits(wanted.limits);
+        self.watch_triggers();
         self.recheck_limits(server, now, true);
         Ok(())
     }
@@ -525,6 +557,7 @@ mod tests {
             Key::Exited(4_194_304),
             Key::Listener,
             Key::Signals,
+            Key::Pressure(2),
         ];
         for key in keys {
             assert_eq!(Key::decode(key.encode()), Some(key));

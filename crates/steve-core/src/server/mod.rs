@@ -90,11 +90,14 @@ pub fn serve(
         accounts::become_user(&user).map_err(Error::usage)?;
         info!("running as user {} (uid {}) from now on", user.name, user.uid);
     }
-    let mut event_loop =
-        EventLoop::new(backend, config.limits.clone(), Box::new(probe::ProcProbe))?
-            .with_signals(signals)
-            .with_control(control)
-            .with_jobs_from(&config.jobs_from);
+    let mut event_loop = EventLoop::new(
+        backend,
+        config.limits.clone(),
+        Box::new(probe::ProcProbe::new(config.pressure_source.clone())),
+    )?
+    .with_signals(signals)
+    .with_control(control)
+    .with_jobs_from(&config.jobs_from);
     event_loop.prime(&mut *server)?;
     let jobs = server.jobs();
     announce(&Announcement {

@@ -1,14 +1,90 @@
-//! The system probe a real server reads: `/proc/loadavg` and `/proc/meminfo`, behind the
-//! [`SystemProbe`] trait, so that the limits themselves stay pure and tests drive a fake.
+//! The system probe a real server reads: `/proc/loadavg`, `/proc/meminfo` and the pressure
+//! files (the system's `/proc/pressure/*`, or a cgroup's `*.pressure`), behind the
+//! [`SystemProbe`] trait, so that the limits themselves stay pure and tests drive a fake. It
+//! also arms the PSI triggers that tell the event loop at once when a pressure limit's high mark
+//! is crossed.
 #![forbid(unsafe_code)]
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::accounting::limits::{SystemProbe, SystemReading};
+use crate::accounting::pressure::{self, PressureLimits, Pressures, Resource, StallRate, Stalls};
 
-/// Reads `/proc/loadavg` and `/proc/meminfo`.
+/// Where pressure is read: the whole system, or one cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PressureSource {
+    /// `/proc/pressure/{cpu,memory,io}`.
+    #[default]
+    System,
+    /// `DIR/{cpu,memory,io}.pressure` of a cgroup v2 directory.
+    Cgroup(PathBuf),
+}
+
+/// `statfs`'s magic number of a cgroup v2 filesystem.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+impl PressureSource {
+    /// `system`, `cgroup` (this process's own cgroup) or a cgroup v2 directory, checked.
+    pub fn parse(text: &str) -> Result<PressureSource, String> {
+        let dir = match text {
+            "system" => return Ok(PressureSource::System),
+            "cgroup" => crate::cgroup::own_cgroup_dir()
+                .ok_or("this process is in no cgroup v2 (no 0:: line in /proc/self/cgroup)")?,
+            dir => PathBuf::from(dir),
+        };
+        let on_cgroup2 = nix::sys::statfs::statfs(&dir)
+            .map_err(|errno| format!("{}: {errno}", dir.display()))?
+            .filesystem_type()
+            .0 as i64
+            == CGROUP2_SUPER_MAGIC;
+        if !on_cgroup2 {
+            return Err(format!("{} is not a cgroup v2 directory", dir.display()));
+        }
+        if !dir.join("memory.pressure").exists() && !dir.join("cpu.pressure").exists() {
+            return Err(format!("{} has no pressure files (a kernel without PSI?)", dir.display()));
+        }
+        Ok(PressureSource::Cgroup(dir))
+    }
+
+    /// The pressure file of `resource`.
+    pub fn file(&self, resource: Resource) -> PathBuf {
+        match self {
+            PressureSource::System => Path::new("/proc/pressure").join(resource.name()),
+            PressureSource::Cgroup(dir) => dir.join(format!("{}.pressure", resource.name())),
+        }
+    }
+}
+
+impl std::fmt::Display for PressureSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PressureSource::System => f.write_str("the system (/proc/pressure)"),
+            PressureSource::Cgroup(dir) => write!(f, "the cgroup {}", dir.display()),
+        }
+    }
+}
+
+/// Reads `/proc/loadavg`, `/proc/meminfo` and the pressure files of its source.
 #[derive(Debug, Default)]
-pub struct ProcProbe;
+pub struct ProcProbe {
+    source: PressureSource,
+    /// Stall shares from successive readings, by resource (in [`Resource::ALL`]'s order).
+    rates: [StallRate; 3],
+    /// The armed PSI triggers: a pressure file each, open for writing, polled for `POLLPRI`.
+    triggers: Vec<(Resource, File)>,
+}
+
+impl ProcProbe {
+    /// A probe reading pressure from `source`.
+    pub fn new(source: PressureSource) -> ProcProbe {
+        ProcProbe { source, ..ProcProbe::default() }
+    }
+}
 
 impl SystemProbe for ProcProbe {
     fn read(&mut self) -> SystemReading {
@@ -20,7 +96,49 @@ impl SystemProbe for ProcProbe {
             let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
             Some(kib / 1024)
         });
-        SystemReading { load_average_1m, memory_available_mib }
+        let now = Instant::now();
+        let mut pressure = Pressures::default();
+        for (resource, rate) in Resource::ALL.into_iter().zip(&mut self.rates) {
+            let totals = fs::read_to_string(self.source.file(resource))
+                .ok()
+                .and_then(|text| pressure::parse_totals(&text));
+            let stalls: Option<Stalls> = totals.and_then(|totals| rate.sample(now, totals));
+            pressure.set(resource, stalls);
+        }
+        SystemReading { load_average_1m, memory_available_mib, pressure }
+    }
+
+    fn watch_pressure(&mut self, limits: &PressureLimits) -> Vec<String> {
+        // Closed first: the event loop's epoll lets go of a trigger as it closes.
+        self.triggers.clear();
+        let mut notes = Vec::new();
+        for resource in Resource::ALL {
+            let Some(limit) = limits.get(resource) else { continue };
+            let path = self.source.file(resource);
+            let armed = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+                .open(&path)
+                .and_then(|mut file| {
+                    // The kernel reads up to the NUL, which it needs as the last byte written.
+                    file.write_all(format!("{}\0", pressure::trigger(limit)).as_bytes())?;
+                    Ok(file)
+                });
+            match armed {
+                Ok(file) => self.triggers.push((resource, file)),
+                Err(error) => notes.push(format!(
+                    "{resource} pressure: no PSI trigger on {} ({error}); it is read at every \
+                     recheck only",
+                    path.display()
+                )),
+            }
+        }
+        notes
+    }
+
+    fn pressure_triggers(&self) -> Vec<(Resource, BorrowedFd<'_>)> {
+        self.triggers.iter().map(|(resource, file)| (*resource, file.as_fd())).collect()
     }
 }
 
@@ -30,8 +148,43 @@ mod tests {
 
     #[test]
     fn the_proc_probe_reads_this_machine() {
-        let reading = ProcProbe.read();
+        let mut probe = ProcProbe::default();
+        let reading = probe.read();
         assert!(reading.load_average_1m.is_some_and(|load| load >= 0.0));
         assert!(reading.memory_available_mib.is_some_and(|mib| mib > 0));
+        // Stall shares need two readings; this kernel has PSI.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let reading = probe.read();
+        let memory = reading.pressure.memory.expect("this kernel has /proc/pressure/memory");
+        assert!((0.0..=100.0).contains(&memory.some), "{memory:?}");
+    }
+
+    #[test]
+    fn a_pressure_source_must_be_a_cgroup_v2_directory() {
+        assert_eq!(PressureSource::parse("system"), Ok(PressureSource::System));
+        let error = PressureSource::parse("/tmp").unwrap_err();
+        assert_eq!(error, "/tmp is not a cgroup v2 directory");
+        assert!(PressureSource::parse("/no/such/dir").unwrap_err().contains("/no/such/dir"));
+        assert_eq!(
+            PressureSource::Cgroup("/sys/fs/cgroup/a".into()).file(Resource::Io),
+            Path::new("/sys/fs/cgroup/a/io.pressure")
+        );
+        assert_eq!(
+            PressureSource::System.file(Resource::Memory),
+            Path::new("/proc/pressure/memory")
+        );
+    }
+
+    #[test]
+    fn a_trigger_is_armed_on_the_systems_pressure_file() {
+        let mut probe = ProcProbe::default();
+        let limits = PressureLimits {
+            memory: Some(pressure::PressureLimit::parse("some:50").unwrap()),
+            ..PressureLimits::default()
+        };
+        assert_eq!(probe.watch_pressure(&limits), Vec::<String>::new());
+        assert_eq!(probe.pressure_triggers().len(), 1);
+        assert!(probe.watch_pressure(&PressureLimits::default()).is_empty());
+        assert!(probe.pressure_triggers().is_empty(), "lifted limits disarm their triggers");
     }
 }

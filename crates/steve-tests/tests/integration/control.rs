@@ -176,6 +176,9 @@ fn assert_documented(paths: &BTreeSet<String>) {
 fn every_field_of_a_fully_populated_status_is_documented() {
     // What a device backend reports under a load limit: waiters, counters, every kind of field.
     use steve_core::accounting::limits::{Limits, Pressure, Settings, SystemReading};
+    use steve_core::accounting::pressure::{
+        PressureLimit, PressureLimits, Pressures, Resource, Stall, Stalls,
+    };
     use steve_core::status::{
         BuildReport, CompanionReport, CounterReport, HolderReport, PoolReport, StatusReport,
         WaiterReport,
@@ -193,6 +196,11 @@ fn every_field_of_a_fully_populated_status_is_documented() {
                 load_average: Some(2.0),
                 min_memory_avail_mib: Some(1),
                 per_process_limit: Some(1),
+                pressure: PressureLimits {
+                    cpu: Some(PressureLimit::parse("some:50").unwrap()),
+                    memory: Some(PressureLimit::parse("some:20/10").unwrap()),
+                    io: Some(PressureLimit::parse("full:30").unwrap()),
+                },
                 shares: steve_core::accounting::shares::Shares {
                     fairness: steve_core::accounting::shares::Fairness::User,
                     weights: [(1000, 2)].into(),
@@ -202,8 +210,22 @@ fn every_field_of_a_fully_populated_status_is_documented() {
             },
         },
         jobs_from: "-j".into(),
-        system: SystemReading { load_average_1m: Some(3.0), memory_available_mib: Some(100) },
-        limited_by: Some(Pressure::LoadAverage { current: 3.0, limit: 2.0 }),
+        system: SystemReading {
+            load_average_1m: Some(3.0),
+            memory_available_mib: Some(100),
+            pressure: Pressures {
+                cpu: Some(Stalls { some: 1.0, full: Some(0.0) }),
+                memory: Some(Stalls { some: 30.0, full: Some(10.0) }),
+                io: Some(Stalls { some: 2.0, full: Some(1.0) }),
+            },
+        },
+        limited_by: Some(Pressure::Stall {
+            resource: Resource::Memory,
+            stall: Stall::Some,
+            current: Some(30.0),
+            high: 20.0,
+            low: 10.0,
+        }),
         holders_exact: true,
         holders: vec![HolderReport {
             pid: 2,

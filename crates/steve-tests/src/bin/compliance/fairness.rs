@@ -8,6 +8,11 @@
 //! makes return after each 0.3 s job. Each build's token-seconds come from its jobs' timeline
 //! (every job holds one token, the build's implicit one included), over the time all three
 //! builds are active.
+//!
+//! The run is scaled to the machine: a compilation that takes a tenth of a second here takes
+//! ten seconds in the emulated test VM, where the makes' jobs (and their fork and exec) would
+//! otherwise be all overhead. The makes' jobs last a third of one small compilation (0.3 s at
+//! least), and where compiling is slow the workspace is smaller.
 
 use std::fs;
 use std::path::Path;
@@ -33,13 +38,19 @@ struct ShareRun {
     waits: [Option<f64>; 2],
     /// The median time one of cargo's compilations held its token: one job length.
     job_length: f64,
+    /// The server's counters at the end, for the record.
+    counters: serde_json::Value,
 }
 
 /// The scenario: the fair run must give each make a token within one job length and reach a
 /// fairness index of 0.9; the FIFO run is measured and reported beside it.
 pub fn fair_shares() -> Result<(), String> {
-    let fair = share_run("build")?;
-    let fifo = share_run("fifo")?;
+    let compile = one_compilation()?;
+    let make_job = (compile / 3.0).max(0.3);
+    let widths: &[usize] = if compile < 1.0 { &[4, 16, 16, 16] } else { &[4, 16] };
+    println!("figure fair_shares_scale compile {compile:.2} s, make jobs {make_job:.2} s, layers {widths:?}");
+    let fair = share_run("build", widths, make_job)?;
+    let fifo = share_run("fifo", widths, make_job)?;
     for (policy, run) in [("build", &fair), ("fifo", &fifo)] {
         println!("figure fair_shares_jain_{policy} {:.2}", run.jain);
         println!(
@@ -56,6 +67,7 @@ pub fn fair_shares() -> Result<(), String> {
             waits.join(","),
             run.job_length
         );
+        println!("figure fair_shares_counters_{policy} {}", run.counters);
     }
     for (n, wait) in fair.waits.iter().enumerate() {
         ensure(wait.is_some_and(|wait| wait <= fair.job_length), || {
@@ -71,12 +83,29 @@ pub fn fair_shares() -> Result<(), String> {
     })
 }
 
-/// One run under `policy`.
-fn share_run(policy: &str) -> Result<ShareRun, String> {
+/// Seconds one small compilation takes here: rustc on a one-line library.
+fn one_compilation() -> Result<f64, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("probe.rs");
+    fs::write(&source, "pub fn f(x: u64) -> u64 { x + 1 }\n").unwrap();
+    let rustc = Path::new(&env_path("STEVE_TEST_CARGO")).with_file_name("rustc");
+    let started = std::time::Instant::now();
+    let status = Command::new(rustc)
+        .args(["--crate-type", "lib", "--crate-name", "probe", "--out-dir"])
+        .arg(dir.path())
+        .arg(&source)
+        .status()
+        .map_err(|error| format!("rustc: {error}"))?;
+    ensure(status.success(), || "rustc failed on a one-line library".to_string())?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// One run under `policy`: cargo over layers of `widths`, makes of `make_job`-second jobs.
+fn share_run(policy: &str, widths: &[usize], make_job: f64) -> Result<ShareRun, String> {
     let daemon = Daemon::start_with(serve_command(JOBS, &["--fairness", policy]));
     let dir = tempfile::tempdir().unwrap();
     let cargo_log = dir.path().join("cargo.timeline");
-    let workspace = projects::layered_cargo_workspace(dir.path(), &[4, 16, 16, 16], &cargo_log);
+    let workspace = projects::layered_cargo_workspace(dir.path(), widths, &cargo_log);
     let cargo = Command::new(env_path("STEVE_TEST_CARGO"))
         .args(["build", "--offline", "-q", "-j", "8"])
         .current_dir(&workspace.root)
@@ -101,7 +130,7 @@ fn share_run(policy: &str) -> Result<ShareRun, String> {
         .map(|(n, log)| {
             let project = dir.path().join(format!("make{}", n + 1));
             fs::create_dir(&project).unwrap();
-            projects::makefile_until(&project, &format!("m{}", n + 1), 400, 0.3, log, &stop);
+            projects::makefile_until(&project, &format!("m{}", n + 1), 400, make_job, log, &stop);
             Command::new(env_path("STEVE_TEST_MAKE44"))
                 .current_dir(&project)
                 .env("MAKEFLAGS", daemon.makeflags(JOBS))
@@ -127,8 +156,10 @@ fn share_run(policy: &str) -> Result<ShareRun, String> {
     let mut lengths: Vec<u128> = builds[0].iter().map(|span| span.end - span.start).collect();
     lengths.sort_unstable();
     let job_length = lengths[lengths.len() / 2] as f64 / 1e9;
+    let counters = daemon.status()["counters"].clone();
     daemon.assert_pool_whole(JOBS as usize)?;
     Ok(ShareRun {
+        counters,
         jain: timeline::jain_index(&seconds),
         seconds,
         waits: [first_token_wait(&builds[1]), first_token_wait(&builds[2])],
