@@ -26,8 +26,9 @@ pub struct StatusArgs {
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
     /// Settings (jobs, load-average, min-jobs, min-memory-avail, per-process-limit,
-    /// load-recheck) or status values (size, free, held, withheld, waiters, holders, load,
-    /// memory-available).
+    /// load-recheck, fairness, weights, user-caps, cpu-pressure, memory-pressure, io-pressure) or
+    /// status values (size, free, held, withheld, waiters, holders, load, memory-available,
+    /// memory-limit, memory-from, jobs-from).
     #[arg(required = true, value_name = "KEY")]
     keys: Vec<String>,
     /// The server's control socket.
@@ -39,7 +40,7 @@ pub struct GetArgs {
 #[derive(Debug, clap::Args)]
 pub struct SetArgs {
     /// KEY=VALUE settings, applied all or none: jobs=N load-average=X min-jobs=M
-    /// min-memory-avail=MIB per-process-limit=K load-recheck=S fairness=build|user|fifo
+    /// min-memory-avail=MIB|P% per-process-limit=K load-recheck=S fairness=build|user|fifo
     /// weights=USER:W,... user-caps=USER:N,... (none clears a limit; USER is a name or a uid).
     #[arg(required = true, value_name = "KEY=VALUE", value_parser = parse_setting)]
     settings: Vec<(String, String)>,

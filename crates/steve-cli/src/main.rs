@@ -128,9 +128,11 @@ struct ServeArgs {
     /// Tokens that may still be out while a load or memory limit holds tokens back.
     #[arg(long, value_name = "M", default_value_t = 1)]
     min_jobs: usize,
-    /// Hold tokens back while less than this many MiB of memory are available.
-    #[arg(long, value_name = "MIB")]
-    min_memory_avail: Option<u64>,
+    /// Hold tokens back while less than this many MiB of memory are available, or this
+    /// percentage of what the server may use (its cgroup's memory.max, else MemTotal): 4096,
+    /// 10%.
+    #[arg(long, value_name = "MIB|P%")]
+    min_memory_avail: Option<String>,
     /// Hold tokens back while tasks stall on the CPU for HIGH percent of the time or more
     /// (pressure stall information), until it is below LOW [default LOW: HIGH/2; some: some
     /// tasks stalled, full: all of them].

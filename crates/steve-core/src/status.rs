@@ -204,7 +204,7 @@ pub struct CounterReport {
 }
 
 /// The keys `steve get` reads besides the settings: the pool's counts and the system's state.
-pub const STATUS_KEYS: [&str; 9] = [
+pub const STATUS_KEYS: [&str; 11] = [
     "size",
     "free",
     "held",
@@ -213,6 +213,8 @@ pub const STATUS_KEYS: [&str; 9] = [
     "holders",
     "load",
     "memory-available",
+    "memory-limit",
+    "memory-from",
     "jobs-from",
 ];
 
@@ -252,6 +254,8 @@ impl StatusReport {
             "holders" => self.holders.len().to_string(),
             "load" => optional(self.system.load_average_1m.map(|v| format!("{v:.2}"))),
             "memory-available" => optional(self.system.memory_available_mib.map(|v| v.to_string())),
+            "memory-limit" => optional(self.system.memory_limit_mib.map(|v| v.to_string())),
+            "memory-from" => optional(self.system.memory_from.clone()),
             "jobs-from" => self.jobs_from.clone(),
             setting => return self.limits.get(setting),
         })
@@ -289,7 +293,10 @@ impl fmt::Display for StatusReport {
             "limits: load average {}, min jobs {}, min memory {}, per process {}, recheck {:.2} s",
             or_none(limits.load_average.map(|v| v.to_string())),
             limits.min_jobs,
-            or_none(limits.min_memory_avail_mib.map(|v| format!("{v} MiB"))),
+            match limits.min_memory_avail_percent {
+                Some(percent) => format!("{percent}%"),
+                None => or_none(limits.min_memory_avail_mib.map(|v| format!("{v} MiB"))),
+            },
             or_none(limits.per_process_limit.map(|v| v.to_string())),
             limits.load_recheck.as_secs_f64()
         )?;
@@ -327,9 +334,13 @@ impl fmt::Display for StatusReport {
         };
         writeln!(
             f,
-            "system: load {}, {} available{pressures}{}",
+            "system: load {}, {} available{}{pressures}{}",
             or_none(self.system.load_average_1m.map(|v| format!("{v:.2}"))),
             or_none(self.system.memory_available_mib.map(|v| format!("{v} MiB"))),
+            match (self.system.memory_limit_mib, &self.system.memory_from) {
+                (Some(limit), Some(from)) => format!(" of {limit} MiB ({from})"),
+                _ => String::new(),
+            },
             match self.limited_by {
                 Some(pressure) => format!("; holding back: {pressure}"),
                 None => String::new(),
@@ -421,6 +432,8 @@ pub(crate) mod tests {
             system: SystemReading {
                 load_average_1m: Some(1.5),
                 memory_available_mib: Some(900),
+                memory_limit_mib: Some(2048),
+                memory_from: Some("MemTotal".into()),
                 pressure: crate::accounting::pressure::Pressures {
                     memory: Some(crate::accounting::pressure::Stalls {
                         some: 12.5,
@@ -499,7 +512,9 @@ pub(crate) mod tests {
         );
         assert!(text.contains("shares: fair between builds; weights none; user caps none"));
         assert!(
-            text.contains("900 MiB available; pressure (some/full) memory 12.5/3.0%"),
+            text.contains(
+                "900 MiB available of 2048 MiB (MemTotal); pressure (some/full) memory 12.5/3.0%"
+            ),
             "{text}"
         );
         assert!(

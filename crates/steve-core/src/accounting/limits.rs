@@ -3,7 +3,10 @@
 //!
 //! - `load_average`: while the 1-minute load average is at or above it, no token is handed out
 //!   beyond `min_jobs` held in total;
-//! - `min_memory_avail_mib`: the same while `MemAvailable` is below it;
+//! - `min_memory_avail_mib`: the same while less memory is available (`MemAvailable`, or less
+//!   where the server's cgroup has less room under its `memory.max`); or
+//!   `min_memory_avail_percent`, the same as a share of the memory the server may use (its
+//!   cgroup's smallest `memory.max`, else `MemTotal`);
 //! - `pressure`: the same while a resource's stall share (PSI, see [`super::pressure`]) is at
 //!   or above its high mark, until it falls below its low mark;
 //! - `per_process_limit`: how many tokens one process may hold (per-process backends);
@@ -61,6 +64,10 @@ pub struct Limits {
     pub min_jobs: usize,
     /// Hold back tokens while less than this much memory (MiB) is available.
     pub min_memory_avail_mib: Option<u64>,
+    /// Hold back tokens while less than this percentage of the memory the server may use is
+    /// available (instead of `min_memory_avail_mib`).
+    #[serde(default)]
+    pub min_memory_avail_percent: Option<f64>,
     /// Tokens one process may hold (per-process backends).
     pub per_process_limit: Option<usize>,
     /// Seconds between readings while over a limit.
@@ -130,6 +137,7 @@ impl Default for Limits {
             load_average: None,
             min_jobs: 1,
             min_memory_avail_mib: None,
+            min_memory_avail_percent: None,
             per_process_limit: None,
             load_recheck: Duration::from_millis(500),
             shares: Shares::default(),
@@ -141,7 +149,10 @@ impl Default for Limits {
 impl Limits {
     /// Whether a limit needs readings of the system (load average, memory or pressure).
     pub fn reads_the_system(&self) -> bool {
-        self.load_average.is_some() || self.min_memory_avail_mib.is_some() || self.pressure.any()
+        self.load_average.is_some()
+            || self.min_memory_avail_mib.is_some()
+            || self.min_memory_avail_percent.is_some()
+            || self.pressure.any()
     }
 }
 
@@ -154,7 +165,10 @@ impl Settings {
             "jobs" => self.jobs.to_string(),
             "load-average" => optional(limits.load_average.map(|v| v.to_string())),
             "min-jobs" => limits.min_jobs.to_string(),
-            "min-memory-avail" => optional(limits.min_memory_avail_mib.map(|v| v.to_string())),
+            "min-memory-avail" => match limits.min_memory_avail_percent {
+                Some(percent) => format!("{percent}%"),
+                None => optional(limits.min_memory_avail_mib.map(|v| v.to_string())),
+            },
             "per-process-limit" => optional(limits.per_process_limit.map(|v| v.to_string())),
             "load-recheck" => limits.load_recheck.as_secs_f64().to_string(),
             "fairness" => limits.shares.fairness.to_string(),
@@ -196,10 +210,22 @@ impl Settings {
                 limits.per_process_limit = if cleared { None } else { Some(count(1)?) }
             }
             "min-memory-avail" => {
-                limits.min_memory_avail_mib = if cleared {
-                    None
+                (limits.min_memory_avail_mib, limits.min_memory_avail_percent) = if cleared {
+                    (None, None)
+                } else if let Some(percent) = value.strip_suffix('%') {
+                    match percent.parse::<f64>() {
+                        Ok(p) if p > 0.0 && p <= 100.0 => (None, Some(p)),
+                        _ => {
+                            return Err(format!(
+                                "{value:?} is not a percentage above 0 and at most 100"
+                            ))
+                        }
+                    }
                 } else {
-                    Some(value.parse().map_err(|_| format!("{value:?} is not a number of MiB"))?)
+                    let mib = value.parse().map_err(|_| {
+                        format!("{value:?} is neither a number of MiB nor a percentage")
+                    })?;
+                    (Some(mib), None)
                 }
             }
             "load-average" => {
@@ -236,12 +262,20 @@ impl Settings {
 }
 
 /// What the system said at one reading.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SystemReading {
     /// The 1-minute load average.
     pub load_average_1m: Option<f64>,
-    /// `MemAvailable`, in MiB.
+    /// Memory available to the server, in MiB: `MemAvailable`, or less where its cgroup (or an
+    /// ancestor) has less room under its `memory.max`.
     pub memory_available_mib: Option<u64>,
+    /// The memory the server may use, in MiB: its cgroup's smallest `memory.max`, else
+    /// `MemTotal`.
+    #[serde(default)]
+    pub memory_limit_mib: Option<u64>,
+    /// Where `memory_limit_mib` came from: `MemTotal`, or `memory.max N of DIR`.
+    #[serde(default)]
+    pub memory_from: Option<String>,
     /// The stall shares over the last two seconds, where pressure files can be read.
     #[serde(default)]
     pub pressure: Pressures,
@@ -410,7 +444,7 @@ impl Governor {
     /// A reading of the system now, for a status report, whether or not a limit needs one.
     pub fn reading(&mut self) -> SystemReading {
         if self.limits.reads_the_system() {
-            self.last
+            self.last.clone()
         } else {
             self.probe.read()
         }
@@ -424,8 +458,11 @@ impl Governor {
                 return Some(Pressure::LoadAverage { current, limit });
             }
         }
+        let percent_of_limit = self.limits.min_memory_avail_percent.and_then(|percent| {
+            Some((self.last.memory_limit_mib? as f64 * percent / 100.0).ceil() as u64)
+        });
         if let (Some(minimum_mib), Some(available_mib)) =
-            (self.limits.min_memory_avail_mib, self.last.memory_available_mib)
+            (self.limits.min_memory_avail_mib.or(percent_of_limit), self.last.memory_available_mib)
         {
             if available_mib < minimum_mib {
                 return Some(Pressure::Memory { available_mib, minimum_mib });
@@ -473,7 +510,7 @@ impl Governor {
 
     /// The reading the last [`Governor::check`] took (empty when no limit needed one).
     pub fn last_reading(&self) -> SystemReading {
-        self.last
+        self.last.clone()
     }
 }
 
@@ -520,7 +557,7 @@ mod tests {
 
     impl SystemProbe for Fake {
         fn read(&mut self) -> SystemReading {
-            *self.0.lock().unwrap()
+            self.0.lock().unwrap().clone()
         }
     }
 
@@ -668,5 +705,34 @@ mod tests {
         assert_eq!(error.to_string(), "memory-pressure: the low mark 30 is above the high mark 10");
         settings.apply(&set("io-pressure", "none")).unwrap();
         assert!(!settings.limits.reads_the_system());
+    }
+
+    #[test]
+    fn a_memory_limit_in_percent_is_a_share_of_what_the_server_may_use() {
+        let fake = Fake::default();
+        let limits = Limits { min_memory_avail_percent: Some(25.0), ..Limits::default() };
+        let mut governor = Governor::new(limits, Box::new(fake.clone()));
+        let reading = |available: u64| SystemReading {
+            memory_available_mib: Some(available),
+            memory_limit_mib: Some(512),
+            memory_from: Some("memory.max 536870912 of /sys/fs/cgroup/two".into()),
+            ..SystemReading::default()
+        };
+        // A quarter of a 512 MiB cgroup: 128 MiB.
+        *fake.0.lock().unwrap() = reading(127);
+        assert_eq!(governor.check(Instant::now()), Some(1));
+        assert_eq!(governor.pressure().unwrap().to_string(), "127 MiB available, below 128 MiB");
+        *fake.0.lock().unwrap() = reading(128);
+        assert_eq!(governor.check(Instant::now()), None);
+        let mut settings = Settings { jobs: JobCount::new(2).unwrap(), limits: Limits::default() };
+        let set = |value: &str| vec![("min-memory-avail".to_string(), value.to_string())];
+        settings.apply(&set("10%")).unwrap();
+        assert_eq!(settings.get("min-memory-avail").as_deref(), Some("10%"));
+        settings.apply(&set("300")).unwrap();
+        assert_eq!(
+            (settings.limits.min_memory_avail_mib, settings.limits.min_memory_avail_percent),
+            (Some(300), None)
+        );
+        assert!(settings.apply(&set("0%")).is_err() && settings.apply(&set("ten")).is_err());
     }
 }

@@ -69,10 +69,13 @@ impl std::fmt::Display for PressureSource {
     }
 }
 
-/// Reads `/proc/loadavg`, `/proc/meminfo` and the pressure files of its source.
+/// Reads `/proc/loadavg`, `/proc/meminfo`, the memory files of the server's own cgroup and the
+/// pressure files of its source.
 #[derive(Debug, Default)]
 pub struct ProcProbe {
     source: PressureSource,
+    /// The server's own cgroup v2 directory, found once.
+    cgroup: Option<PathBuf>,
     /// Stall shares from successive readings, by resource (in [`Resource::ALL`]'s order).
     rates: [StallRate; 3],
     /// The armed PSI triggers: a pressure file each, open for writing, polled for `POLLPRI`.
@@ -82,8 +85,48 @@ pub struct ProcProbe {
 impl ProcProbe {
     /// A probe reading pressure from `source`.
     pub fn new(source: PressureSource) -> ProcProbe {
-        ProcProbe { source, ..ProcProbe::default() }
+        ProcProbe { source, cgroup: crate::cgroup::own_cgroup_dir(), ..ProcProbe::default() }
     }
+}
+
+/// What the memory files say: available and total memory in MiB, and where the total is from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryRoom {
+    /// Memory available to the server.
+    pub available_mib: Option<u64>,
+    /// Memory it may use.
+    pub limit_mib: Option<u64>,
+    /// `MemTotal`, or `memory.max N of DIR`.
+    pub from: Option<String>,
+}
+
+/// The memory `meminfo`'s `MemAvailable` and `MemTotal` say, narrowed by each cgroup level's
+/// room under its `memory.max` (`levels`: `(DIR, memory.max, memory.current)`, where a level
+/// without a limit says `max`).
+pub fn memory_room(meminfo: &str, levels: &[(PathBuf, String, String)]) -> MemoryRoom {
+    let field = |name: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|line| line.starts_with(name))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)
+    };
+    let mut room = MemoryRoom {
+        available_mib: field("MemAvailable:"),
+        limit_mib: field("MemTotal:"),
+        from: Some("MemTotal".to_string()),
+    };
+    for (dir, max, current) in levels {
+        let (Ok(max_bytes), Ok(current_bytes)) =
+            (max.trim().parse::<u64>(), current.trim().parse::<u64>())
+        else {
+            continue;
+        };
+        let (max_mib, free_mib) = (max_bytes >> 20, max_bytes.saturating_sub(current_bytes) >> 20);
+        if room.limit_mib.is_none_or(|limit| max_mib < limit) {
+            room.limit_mib = Some(max_mib);
+            room.from = Some(format!("memory.max {} of {}", max.trim(), dir.display()));
+        }
+        room.available_mib = Some(room.available_mib.map_or(free_mib, |a| a.min(free_mib)));
+    }
+    room
 }
 
 impl SystemProbe for ProcProbe {
@@ -91,11 +134,19 @@ impl SystemProbe for ProcProbe {
         let load_average_1m = fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|text| text.split_whitespace().next()?.parse().ok());
-        let memory_available_mib = fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
-            let line = text.lines().find(|line| line.starts_with("MemAvailable:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib / 1024)
-        });
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        // The cgroup and every ancestor: the tightest limit binds.
+        let levels: Vec<(PathBuf, String, String)> = self
+            .cgroup
+            .iter()
+            .flat_map(|dir| dir.ancestors())
+            .filter_map(|level| {
+                let max = fs::read_to_string(level.join("memory.max")).ok()?;
+                let current = fs::read_to_string(level.join("memory.current")).ok()?;
+                Some((level.to_path_buf(), max, current))
+            })
+            .collect();
+        let memory = memory_room(&meminfo, &levels);
         let now = Instant::now();
         let mut pressure = Pressures::default();
         for (resource, rate) in Resource::ALL.into_iter().zip(&mut self.rates) {
@@ -105,7 +156,13 @@ impl SystemProbe for ProcProbe {
             let stalls: Option<Stalls> = totals.and_then(|totals| rate.sample(now, totals));
             pressure.set(resource, stalls);
         }
-        SystemReading { load_average_1m, memory_available_mib, pressure }
+        SystemReading {
+            load_average_1m,
+            memory_available_mib: memory.available_mib,
+            memory_limit_mib: memory.limit_mib,
+            memory_from: memory.from,
+            pressure,
+        }
     }
 
     fn watch_pressure(&mut self, limits: &PressureLimits) -> Vec<String> {
@@ -157,6 +214,25 @@ mod tests {
         let reading = probe.read();
         let memory = reading.pressure.memory.expect("this kernel has /proc/pressure/memory");
         assert!((0.0..=100.0).contains(&memory.some), "{memory:?}");
+    }
+
+    #[test]
+    fn a_cgroup_with_less_room_than_the_machine_narrows_available_memory() {
+        let meminfo = "MemTotal:       16384000 kB\nMemFree: 1 kB\nMemAvailable:    8192000 kB\n";
+        let machine = memory_room(meminfo, &[]);
+        assert_eq!((machine.available_mib, machine.limit_mib), (Some(8000), Some(16000)));
+        assert_eq!(machine.from.as_deref(), Some("MemTotal"));
+        let level = |dir: &str, max: &str, current: &str| {
+            (PathBuf::from(dir), max.to_string(), current.to_string())
+        };
+        // 512 MiB allowed, 400 used: 112 left, whatever the machine has.
+        let levels = [
+            level("/sys/fs/cgroup/a/b", "max\n", "419430400\n"),
+            level("/sys/fs/cgroup/a", "536870912\n", "419430400\n"),
+        ];
+        let room = memory_room(meminfo, &levels);
+        assert_eq!((room.available_mib, room.limit_mib), (Some(112), Some(512)));
+        assert_eq!(room.from.as_deref(), Some("memory.max 536870912 of /sys/fs/cgroup/a"));
     }
 
     #[test]

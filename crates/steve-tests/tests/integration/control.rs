@@ -195,6 +195,7 @@ fn every_field_of_a_fully_populated_status_is_documented() {
             limits: Limits {
                 load_average: Some(2.0),
                 min_memory_avail_mib: Some(1),
+                min_memory_avail_percent: Some(5.0),
                 per_process_limit: Some(1),
                 pressure: PressureLimits {
                     cpu: Some(PressureLimit::parse("some:50").unwrap()),
@@ -213,6 +214,8 @@ fn every_field_of_a_fully_populated_status_is_documented() {
         system: SystemReading {
             load_average_1m: Some(3.0),
             memory_available_mib: Some(100),
+            memory_limit_mib: Some(512),
+            memory_from: Some("memory.max 536870912 of /sys/fs/cgroup/a".into()),
             pressure: Pressures {
                 cpu: Some(Stalls { some: 1.0, full: Some(0.0) }),
                 memory: Some(Stalls { some: 30.0, full: Some(10.0) }),

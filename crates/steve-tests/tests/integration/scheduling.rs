@@ -1,5 +1,7 @@
-//! How the server sizes and shares its pool: without `-j`, the CPUs its cgroup may use (tested
-//! in the VM, whose kernel has cgroup v2 controllers the host lacks).
+//! How the server sizes and limits its pool from its cgroup: without `-j`, the CPUs its cgroup
+//! may use, a memory limit relative to its `memory.max`, and pressure limits read from a
+//! cgroup's pressure files (tested in the VM, whose kernel has the cgroup v2 controllers the host
+//! lacks).
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -12,20 +14,22 @@ use steve_tests::steve;
     ignore = "needs QEMU and Debian's kernel (cgroup v2 with the cpu controller), which scripts/test installs"
 )]
 fn a_server_in_a_cgroup_with_cpu_max_of_two_cpus_serves_two_tokens_and_says_why() {
-    // Four CPUs in the VM, a cgroup allowed two CPUs' worth of time.
+    // Four CPUs in the VM, a cgroup allowed two CPUs' worth of time and 512 MiB.
     let script = format!(
         r#"set -u
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit 10
-echo +cpu > /sys/fs/cgroup/cgroup.subtree_control || exit 11
+echo "+cpu +memory" > /sys/fs/cgroup/cgroup.subtree_control || exit 11
 mkdir /sys/fs/cgroup/two && echo "200000 100000" > /sys/fs/cgroup/two/cpu.max || exit 12
+echo 512M > /sys/fs/cgroup/two/memory.max || exit 14
 echo $$ > /sys/fs/cgroup/two/cgroup.procs || exit 13
 echo "online: $(nproc --all)"
 dir=$(mktemp -d)
-{steve} serve --backend fifo --path "$dir/jobserver" > "$dir/out" 2> "$dir/log" &
+{steve} serve --backend fifo --path "$dir/jobserver" --min-memory-avail 50% > "$dir/out" 2> "$dir/log" &
 server=$!
 for i in $(seq 100); do [ -s "$dir/out" ] && break; sleep 0.1; done
 echo "jobs: $({steve} get jobs --control "$dir/jobserver.control")"
 echo "from: $({steve} get jobs-from --control "$dir/jobserver.control")"
+echo "memory: $({steve} get memory-limit memory-from min-memory-avail --control "$dir/jobserver.control" | paste -sd ' ' -)"
 echo "makeflags: $(head -n 1 "$dir/out")"
 kill $server; wait $server
 grep 'no -j' "$dir/log" | sed 's/^.*no -j/log: no -j/'
@@ -52,6 +56,8 @@ kill $server; wait $server
     assert_eq!(line("online: "), "4", "{what}");
     assert_eq!(line("jobs: "), "2", "{what}");
     assert_eq!(line("from: "), "cpu.max 200000 100000 of /sys/fs/cgroup/two", "{what}");
+    // The memory limit is half of the cgroup's 512 MiB, not of the VM's 2 GiB.
+    assert_eq!(line("memory: "), "512 memory.max 536870912 of /sys/fs/cgroup/two 50%", "{what}");
     assert!(line("makeflags: ").starts_with("MAKEFLAGS=' -j2 --jobserver-auth=fifo:"), "{what}");
     assert_eq!(
         line("log: "),

@@ -5,20 +5,29 @@
 //! cargo takes every token it can get and keeps it while units are ready to build (cargo issue
 //! 17391); no server can take a token back, so what a policy decides is who gets the tokens
 //! cargo does give back, at the end of each layer of its workspace, and who gets the tokens the
-//! makes return after each 0.3 s job. Each build's token-seconds come from its jobs' timeline
-//! (every job holds one token, the build's implicit one included), over the time all three
-//! builds are active.
+//! makes return after each job.
+//!
+//! Each build's token-seconds are what the server handed it: its tokens, sampled every 100 ms
+//! through the control socket (the status's `builds`), plus the implicit token its top-level
+//! client always holds, over the time all three builds are active (from their jobs' timelines).
+//! The seconds their jobs ran are reported beside them: on a machine whose CPUs the compilers
+//! use up (the emulated VM) a make holding a token may be slow to start its next job, which
+//! the job-seconds count against it though the server gave it its share.
 //!
 //! The run is scaled to the machine: a compilation that takes a tenth of a second here takes
 //! ten seconds in the emulated test VM, where the makes' jobs (and their fork and exec) would
 //! otherwise be all overhead. The makes' jobs last a third of one small compilation (0.3 s at
 //! least), and where compiling is slow the workspace is smaller.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use steve_core::server::control::{ask, Request, Response};
 use steve_tests::timeline::{self, Span};
 use steve_tests::{projects, wait_for};
 
@@ -26,15 +35,21 @@ use super::{ensure, env_path, serve_command, Daemon};
 
 /// Tokens in the pool.
 const JOBS: u32 = 4;
+/// How often the server's builds are sampled.
+const SAMPLE: Duration = Duration::from_millis(100);
 
 /// What one run measured.
 struct ShareRun {
-    /// Token-seconds of cargo and the two makes while all three were active.
-    seconds: [f64; 3],
+    /// Token-seconds the server gave cargo and the two makes while all three were active (with
+    /// each one's implicit token).
+    tokens: [f64; 3],
     /// Jain's fairness index over them.
     jain: f64,
-    /// For each make, the seconds from its first job to its second running beside it (its
-    /// first token from the server); `None` if it never ran two at once.
+    /// The seconds their jobs ran meanwhile, and Jain's index over those.
+    job_seconds: [f64; 3],
+    jobs_jain: f64,
+    /// For each make, the seconds from its first request to its first token from the server;
+    /// `None` if it never held one.
     waits: [Option<f64>; 2],
     /// The median time one of cargo's compilations held its token: one job length.
     job_length: f64,
@@ -48,14 +63,24 @@ pub fn fair_shares() -> Result<(), String> {
     let compile = one_compilation()?;
     let make_job = (compile / 3.0).max(0.3);
     let widths: &[usize] = if compile < 1.0 { &[4, 16, 16, 16] } else { &[4, 16] };
-    println!("figure fair_shares_scale compile {compile:.2} s, make jobs {make_job:.2} s, layers {widths:?}");
+    println!(
+        "figure fair_shares_scale compile {compile:.2} s, make jobs {make_job:.2} s, layers \
+         {widths:?}"
+    );
     let fair = share_run("build", widths, make_job)?;
     let fifo = share_run("fifo", widths, make_job)?;
     for (policy, run) in [("build", &fair), ("fifo", &fifo)] {
+        let [cargo, make1, make2] = run.tokens;
         println!("figure fair_shares_jain_{policy} {:.2}", run.jain);
         println!(
-            "figure fair_shares_token_seconds_{policy} cargo={:.1},make1={:.1},make2={:.1}",
-            run.seconds[0], run.seconds[1], run.seconds[2]
+            "figure fair_shares_token_seconds_{policy} cargo={cargo:.1},make1={make1:.1},\
+             make2={make2:.1}"
+        );
+        let [cargo, make1, make2] = run.job_seconds;
+        println!(
+            "figure fair_shares_job_seconds_{policy} cargo={cargo:.1},make1={make1:.1},\
+             make2={make2:.1} (index {:.2})",
+            run.jobs_jain
         );
         let waits: Vec<String> = run
             .waits
@@ -79,7 +104,7 @@ pub fn fair_shares() -> Result<(), String> {
         })?;
     }
     ensure(fair.jain >= 0.9, || {
-        format!("fairness index {:.2} with --fairness build: {:?}", fair.jain, fair.seconds)
+        format!("fairness index {:.2} with --fairness build: {:?}", fair.jain, fair.tokens)
     })
 }
 
@@ -100,9 +125,58 @@ fn one_compilation() -> Result<f64, String> {
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// One sample of the server's builds: when (nanoseconds since the epoch, as the timelines),
+/// and each build's tokens and waiting requests, by its top-level client's pid.
+struct Sample {
+    at: u128,
+    builds: HashMap<u32, (usize, usize)>,
+}
+
+/// Samples the server at `control` every [`SAMPLE`] until `stop` is set.
+fn sample_builds(control: &Path, stop: &AtomicBool) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(Response::Status { report }) = ask(control, &Request::Status) {
+            let builds = report
+                .builds
+                .unwrap_or_default()
+                .into_iter()
+                .map(|build| (build.pid, (build.tokens, build.waiting)))
+                .collect();
+            samples.push(Sample { at: timeline::now_nanos(), builds });
+        }
+        std::thread::sleep(SAMPLE);
+    }
+    samples
+}
+
+/// Token-seconds of the build of `pid` within `[from, to]`: its tokens, plus its implicit one.
+fn token_seconds(samples: &[Sample], pid: u32, from: u128, to: u128) -> f64 {
+    samples
+        .windows(2)
+        .map(|pair| {
+            let (start, end) = (pair[0].at.max(from), pair[1].at.min(to));
+            let held = pair[0].builds.get(&pid).map_or(0, |(tokens, _)| *tokens) + 1;
+            end.saturating_sub(start) as f64 / 1e9 * held as f64
+        })
+        .sum()
+}
+
+/// Seconds from the build of `pid` first showing (holding or waiting) to its first token.
+fn first_token_wait(samples: &[Sample], pid: u32) -> Option<f64> {
+    let asked = samples.iter().find(|sample| sample.builds.contains_key(&pid))?.at;
+    let got = samples.iter().find(|s| s.builds.get(&pid).is_some_and(|(tokens, _)| *tokens > 0))?;
+    Some(got.at.saturating_sub(asked) as f64 / 1e9)
+}
+
 /// One run under `policy`: cargo over layers of `widths`, makes of `make_job`-second jobs.
 fn share_run(policy: &str, widths: &[usize], make_job: f64) -> Result<ShareRun, String> {
     let daemon = Daemon::start_with(serve_command(JOBS, &["--fairness", policy]));
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (control, stop) = (daemon.control.clone(), Arc::clone(&stop_sampling));
+        std::thread::spawn(move || sample_builds(&control, &stop))
+    };
     let dir = tempfile::tempdir().unwrap();
     let cargo_log = dir.path().join("cargo.timeline");
     let workspace = projects::layered_cargo_workspace(dir.path(), widths, &cargo_log);
@@ -117,6 +191,7 @@ fn share_run(policy: &str, widths: &[usize], make_job: f64) -> Result<ShareRun, 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let cargo_pid = cargo.id();
     // The makes start a moment after cargo's first compilation: cargo holds its tokens by then.
     wait_for("cargo's first compilation", Duration::from_secs(120), || {
         fs::read_to_string(&cargo_log).unwrap_or_default().contains("start").then_some(())
@@ -139,12 +214,15 @@ fn share_run(policy: &str, widths: &[usize], make_job: f64) -> Result<ShareRun, 
                 .unwrap()
         })
         .collect();
+    let make_pids: Vec<u32> = makes.iter().map(std::process::Child::id).collect();
     let cargo_output = cargo.wait_with_output().unwrap();
     // cargo is done: the makes' jobs not yet begun end at once.
     fs::write(&stop, "").unwrap();
     for mut make in makes {
         ensure(make.wait().unwrap().success(), || format!("a make failed ({policy})"))?;
     }
+    stop_sampling.store(true, Ordering::Relaxed);
+    let samples = sampler.join().expect("the sampler");
     ensure(cargo_output.status.success(), || {
         format!("cargo failed ({policy}): {}", String::from_utf8_lossy(&cargo_output.stderr))
     })?;
@@ -152,18 +230,22 @@ fn share_run(policy: &str, widths: &[usize], make_job: f64) -> Result<ShareRun, 
     // While all three are active: from the last first start to the first last end.
     let from = builds.iter().map(|spans| spans[0].start).max().unwrap();
     let to = builds.iter().map(|spans| spans.iter().map(|s| s.end).max().unwrap()).min().unwrap();
-    let seconds = builds.each_ref().map(|spans| timeline::seconds_within(spans, from, to));
+    let pids = [cargo_pid, make_pids[0], make_pids[1]];
+    let tokens = pids.map(|pid| token_seconds(&samples, pid, from, to));
+    let job_seconds = builds.each_ref().map(|spans| timeline::seconds_within(spans, from, to));
     let mut lengths: Vec<u128> = builds[0].iter().map(|span| span.end - span.start).collect();
     lengths.sort_unstable();
     let job_length = lengths[lengths.len() / 2] as f64 / 1e9;
     let counters = daemon.status()["counters"].clone();
     daemon.assert_pool_whole(JOBS as usize)?;
     Ok(ShareRun {
-        counters,
-        jain: timeline::jain_index(&seconds),
-        seconds,
-        waits: [first_token_wait(&builds[1]), first_token_wait(&builds[2])],
+        jain: timeline::jain_index(&tokens),
+        tokens,
+        jobs_jain: timeline::jain_index(&job_seconds),
+        job_seconds,
+        waits: [first_token_wait(&samples, pids[1]), first_token_wait(&samples, pids[2])],
         job_length,
+        counters,
     })
 }
 
@@ -173,15 +255,4 @@ fn spans_of(log: &Path) -> Vec<Span> {
     spans.sort_by_key(|span| span.start);
     assert!(!spans.is_empty(), "no job ran: {}", log.display());
     spans
-}
-
-/// Seconds from a make's first job (its implicit token) to the start of a job beside another
-/// of its own, which needed a token from the server.
-fn first_token_wait(spans: &[Span]) -> Option<f64> {
-    let first = spans[0].start;
-    spans
-        .iter()
-        .enumerate()
-        .find(|(index, span)| spans[..*index].iter().any(|earlier| earlier.end > span.start))
-        .map(|(_, span)| (span.start - first) as f64 / 1e9)
 }
