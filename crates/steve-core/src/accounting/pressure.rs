@@ -117,20 +117,26 @@ impl fmt::Display for PressureLimit {
     }
 }
 
-/// The pressure limits, by resource.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct PressureLimits {
-    /// CPU pressure.
-    pub cpu: Option<PressureLimit>,
-    /// Memory pressure.
-    pub memory: Option<PressureLimit>,
-    /// I/O pressure.
-    pub io: Option<PressureLimit>,
+/// One value for each resource, CPU, memory and I/O: the limits, the shares.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ByResource<T> {
+    /// CPU.
+    pub cpu: Option<T>,
+    /// Memory.
+    pub memory: Option<T>,
+    /// I/O.
+    pub io: Option<T>,
 }
 
-impl PressureLimits {
-    /// The limit on `resource`.
-    pub fn get(&self, resource: Resource) -> Option<PressureLimit> {
+impl<T> Default for ByResource<T> {
+    fn default() -> ByResource<T> {
+        ByResource { cpu: None, memory: None, io: None }
+    }
+}
+
+impl<T: Copy> ByResource<T> {
+    /// The value of `resource`.
+    pub fn get(&self, resource: Resource) -> Option<T> {
         match resource {
             Resource::Cpu => self.cpu,
             Resource::Memory => self.memory,
@@ -138,20 +144,26 @@ impl PressureLimits {
         }
     }
 
-    /// Sets the limit on `resource`.
-    pub fn set(&mut self, resource: Resource, limit: Option<PressureLimit>) {
+    /// Sets the value of `resource`.
+    pub fn set(&mut self, resource: Resource, value: Option<T>) {
         match resource {
-            Resource::Cpu => self.cpu = limit,
-            Resource::Memory => self.memory = limit,
-            Resource::Io => self.io = limit,
+            Resource::Cpu => self.cpu = value,
+            Resource::Memory => self.memory = value,
+            Resource::Io => self.io = value,
         }
     }
 
-    /// Whether any is set.
+    /// Whether any resource has one.
     pub fn any(&self) -> bool {
         Resource::ALL.iter().any(|resource| self.get(*resource).is_some())
     }
 }
+
+/// The pressure limits, by resource.
+pub type PressureLimits = ByResource<PressureLimit>;
+
+/// The stall shares of every resource that could be read.
+pub type Pressures = ByResource<Stalls>;
 
 /// One resource's stall shares, in percent of the last [`WINDOW`].
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -169,37 +181,6 @@ impl Stalls {
         match stall {
             Stall::Some => Some(self.some),
             Stall::Full => self.full,
-        }
-    }
-}
-
-/// The stall shares of every resource that could be read.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct Pressures {
-    /// CPU.
-    pub cpu: Option<Stalls>,
-    /// Memory.
-    pub memory: Option<Stalls>,
-    /// I/O.
-    pub io: Option<Stalls>,
-}
-
-impl Pressures {
-    /// The shares of `resource`.
-    pub fn get(&self, resource: Resource) -> Option<Stalls> {
-        match resource {
-            Resource::Cpu => self.cpu,
-            Resource::Memory => self.memory,
-            Resource::Io => self.io,
-        }
-    }
-
-    /// Sets the shares of `resource`.
-    pub fn set(&mut self, resource: Resource, stalls: Option<Stalls>) {
-        match resource {
-            Resource::Cpu => self.cpu = stalls,
-            Resource::Memory => self.memory = stalls,
-            Resource::Io => self.io = stalls,
         }
     }
 }

@@ -7,6 +7,22 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use steve_tests::steve;
+use steve_tests::vm::{self, VmRun};
+
+/// Boots the VM with `cpus` CPUs and runs `script` in `sh -u` once cgroup v2 is mounted with
+/// `controllers` ("+cpu +memory") given to its children; the run must end with status 0.
+/// Returns it, with its description for assertion messages.
+fn in_the_vm_with_cgroups(controllers: &str, script: &str, cpus: u32) -> (VmRun, String) {
+    let script = format!(
+        "set -u\nmount -t cgroup2 cgroup2 /sys/fs/cgroup || exit 10\n\
+         echo \"{controllers}\" > /sys/fs/cgroup/cgroup.subtree_control || exit 11\n{script}"
+    );
+    let command: Vec<OsString> = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    let run = vm::boot(&vm::Guest::Command(command), &[], Duration::from_secs(10 * 60), cpus);
+    let what = run.describe();
+    assert_eq!(run.status, Some(0), "{what}");
+    (run, what)
+}
 
 #[test]
 #[cfg_attr(
@@ -16,10 +32,7 @@ use steve_tests::steve;
 fn a_server_in_a_cgroup_with_cpu_max_of_two_cpus_serves_two_tokens_and_says_why() {
     // Four CPUs in the VM, a cgroup allowed two CPUs' worth of time and 512 MiB.
     let script = format!(
-        r#"set -u
-mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit 10
-echo "+cpu +memory" > /sys/fs/cgroup/cgroup.subtree_control || exit 11
-mkdir /sys/fs/cgroup/two && echo "200000 100000" > /sys/fs/cgroup/two/cpu.max || exit 12
+        r#"mkdir /sys/fs/cgroup/two && echo "200000 100000" > /sys/fs/cgroup/two/cpu.max || exit 12
 echo 512M > /sys/fs/cgroup/two/memory.max || exit 14
 echo $$ > /sys/fs/cgroup/two/cgroup.procs || exit 13
 echo "online: $(nproc --all)"
@@ -43,15 +56,7 @@ kill $server; wait $server
 "#,
         steve = steve::binary().display(),
     );
-    let command: Vec<OsString> = vec!["/bin/sh".into(), "-c".into(), script.into()];
-    let run = steve_tests::vm::boot(
-        &steve_tests::vm::Guest::Command(command),
-        &[],
-        Duration::from_secs(10 * 60),
-        4,
-    );
-    let what = run.describe();
-    assert_eq!(run.status, Some(0), "{what}");
+    let (run, what) = in_the_vm_with_cgroups("+cpu +memory", &script, 4);
     let line = |prefix: &str| run.reported(prefix);
     assert_eq!(line("online: "), "4", "{what}");
     assert_eq!(line("jobs: "), "2", "{what}");
@@ -77,10 +82,7 @@ fn a_memory_hog_in_a_cgroup_raises_its_pressure_and_the_server_holds_tokens_back
     // that is throttled into reclaim, and the cgroup's memory.pressure climbs. The server reads
     // that cgroup's pressure (a PSI trigger on it, and a reading every recheck).
     let script = format!(
-        r#"set -u
-mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit 10
-echo +memory > /sys/fs/cgroup/cgroup.subtree_control || exit 11
-mkdir /sys/fs/cgroup/hog && echo 32M > /sys/fs/cgroup/hog/memory.high || exit 12
+        r#"mkdir /sys/fs/cgroup/hog && echo 32M > /sys/fs/cgroup/hog/memory.high || exit 12
 dir=$(mktemp -d)
 {steve} serve --backend fifo --path "$dir/jobserver" -j 4 --min-jobs 1 \
   --memory-pressure some:10/2 --pressure-source /sys/fs/cgroup/hog > "$dir/out" 2> "$dir/log" &
@@ -123,15 +125,7 @@ grep -c 'no PSI trigger' "$dir/log" | sed 's/^/untriggered: /'
         steve = steve::binary().display(),
         make = steve_tests::clients::make44().display(),
     );
-    let command: Vec<OsString> = vec!["/bin/sh".into(), "-c".into(), script.into()];
-    let run = steve_tests::vm::boot(
-        &steve_tests::vm::Guest::Command(command),
-        &[],
-        Duration::from_secs(10 * 60),
-        2,
-    );
-    let what = run.describe();
-    assert_eq!(run.status, Some(0), "{what}");
+    let (run, what) = in_the_vm_with_cgroups("+memory", &script, 2);
     let figures = |prefix: &str| -> (usize, String) {
         let line = run.reported(prefix);
         let (peak, limited) = line.split_once(" limited ").unwrap_or_else(|| panic!("{line}"));
