@@ -251,11 +251,6 @@ impl Device {
         self.debug_check();
     }
 
-    /// The fairness policy in force.
-    pub fn shares(&self) -> &Shares {
-        self.ledger.shares()
-    }
-
     /// `pid` reads one token with request `request`.
     pub fn read(
         &mut self,

@@ -60,15 +60,6 @@ impl PressureSource {
     }
 }
 
-impl std::fmt::Display for PressureSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PressureSource::System => f.write_str("the system (/proc/pressure)"),
-            PressureSource::Cgroup(dir) => write!(f, "the cgroup {}", dir.display()),
-        }
-    }
-}
-
 /// Reads `/proc/loadavg`, `/proc/meminfo`, the memory files of the server's own cgroup and the
 /// pressure files of its source.
 #[derive(Debug, Default)]

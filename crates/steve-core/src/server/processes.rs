@@ -41,15 +41,6 @@ struct Watched {
     owner: Owner,
 }
 
-/// A build's top-level client, for status reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BuildRoot {
-    /// The process that started the build (it may have exited since).
-    pub pid: Pid,
-    /// Its user.
-    pub user: Uid,
-}
-
 /// The processes seen, by thread-group id.
 #[derive(Debug, Default)]
 pub struct Processes {
@@ -57,8 +48,9 @@ pub struct Processes {
     process_of_thread: HashMap<u32, Pid>,
     /// Processes watched since the event loop last added their pidfds to its epoll.
     unregistered: Vec<Pid>,
-    /// Each build's top-level client, while any of its processes is watched.
-    builds: HashMap<BuildId, BuildRoot>,
+    /// Each build's top-level client (which may have exited since), while any of its processes
+    /// is watched.
+    builds: HashMap<BuildId, Pid>,
     next_build: u64,
     /// Owners set or changed since the server last asked.
     owner_changes: Vec<(Pid, Owner)>,
@@ -112,7 +104,7 @@ impl Processes {
             None => {
                 let build = BuildId(self.next_build);
                 self.next_build += 1;
-                self.builds.insert(build, BuildRoot { pid, user });
+                self.builds.insert(build, pid);
                 for (member, watched) in &mut self.watched {
                     if watched.lineage.contains(&(pid, started)) && watched.owner.build != build {
                         watched.owner.build = build;
@@ -140,7 +132,7 @@ impl Processes {
     }
 
     /// A build's top-level client.
-    pub fn build_root(&self, build: BuildId) -> Option<BuildRoot> {
+    pub fn build_root(&self, build: BuildId) -> Option<Pid> {
         self.builds.get(&build).copied()
     }
 
@@ -379,7 +371,7 @@ mod tests {
         let (a, b) = (processes.owner(first).unwrap(), processes.owner(second).unwrap());
         assert_ne!(a.build, b.build);
         assert_eq!(a.user, nix::unistd::getuid().as_raw());
-        assert_eq!(processes.build_root(a.build).unwrap().pid, first);
+        assert_eq!(processes.build_root(a.build).unwrap(), first);
         assert_eq!(processes.take_owner_changes().len(), 2);
         // Then the shell: a new build, which both children join.
         let top = processes.resolve(shell.id()).unwrap();
@@ -391,7 +383,7 @@ mod tests {
         let mut expected = vec![first, second, top];
         expected.sort_unstable();
         assert_eq!(changes, expected, "each change is told once");
-        assert_eq!(processes.build_root(build).unwrap().pid, top);
+        assert_eq!(processes.build_root(build).unwrap(), top);
         assert!(processes.build_root(a.build).is_none(), "the joined builds are gone");
         // And this test process, the shell's parent, gathers all three in turn.
         let own = processes.resolve(std::process::id()).unwrap();

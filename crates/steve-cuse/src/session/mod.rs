@@ -473,7 +473,6 @@ impl Session {
     /// The builds holding or waiting, each named by its top-level client (the companion FIFO,
     /// a build of its own, by its path).
     fn build_reports(&self, cx: &mut Context<'_>) -> Vec<BuildReport> {
-        let companion_build = self.device.owner(COMPANION_PID).map(|owner| owner.build);
         self.device
             .builds()
             .into_iter()
@@ -481,11 +480,11 @@ impl Session {
                 let root = cx.processes().build_root(used.build);
                 let (pid, command, cwd) = match (root, &self.companion) {
                     (Some(root), _) => (
-                        root.pid,
-                        cx.processes().command(root.pid),
-                        std::fs::read_link(format!("/proc/{}/cwd", root.pid)).ok(),
+                        root,
+                        cx.processes().command(root),
+                        std::fs::read_link(format!("/proc/{root}/cwd")).ok(),
                     ),
-                    (None, Some(companion)) if Some(used.build) == companion_build => {
+                    (None, Some(companion)) if used.build == COMPANION_BUILD => {
                         (0, format!("companion FIFO {}", companion.path().display()), None)
                     }
                     (None, _) => (0, "?".to_string(), None),
