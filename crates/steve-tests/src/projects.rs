@@ -7,6 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// The shell words that log one event of job `$name` to `log`.
 fn log_event(event: &str, name: &str, log: &Path) -> String {
@@ -126,10 +127,16 @@ pub fn cargo_workspace(dir: &Path, libs: usize, log: &Path) -> CargoWorkspace {
 /// Writes a workspace of library crates in layers of the given widths, each crate depending on
 /// every crate of the layer before: the shape of real workspaces, where cargo's queue of ready
 /// units runs dry at the end of each layer (cargo gives tokens back only then). Through the
-/// logging wrapper, crate `lLcN` holds its token 0.3 s to 0.7 s first (0.3 + 0.1 * (N mod 5)):
-/// crates that all took the same time would end together, and cargo, seeing the next layer
-/// ready in the same turn, would give nothing back.
-pub fn layered_cargo_workspace(dir: &Path, widths: &[usize], log: &Path) -> CargoWorkspace {
+/// logging wrapper, crate `lLcN` holds its token 0.3 s + (N mod 5) × `stagger` first: crates
+/// that all took the same time would end together, and cargo, seeing the next layer ready in
+/// the same turn, would give nothing back. The stagger must outlast the compilations' own
+/// jitter: a tenth of a second where rustc takes one, seconds where it takes ten.
+pub fn layered_cargo_workspace(
+    dir: &Path,
+    widths: &[usize],
+    stagger: Duration,
+    log: &Path,
+) -> CargoWorkspace {
     let root = dir.join("layered");
     let mut members = Vec::new();
     let mut previous: Vec<String> = Vec::new();
@@ -157,9 +164,13 @@ pub fn layered_cargo_workspace(dir: &Path, widths: &[usize], log: &Path) -> Carg
         format!("[workspace]\nresolver = \"2\"\nmembers = [{}]\n", members.join(", ")),
     )
     .unwrap();
-    // The crate's number in its layer: `l2c5-PID` is 5.
-    let hold = r#"0.$(( 3 + $(n=${name%-*}; echo ${n##*c}) % 5 ))"#;
-    let wrapper = rustc_wrapper(dir, log, hold);
+    // In milliseconds, from the crate's number in its layer (`l2c5-PID` is 5), printed as
+    // seconds for sleep: the shell has integers only.
+    let hold = format!(
+        r#"$(n=${{name%-*}}; ms=$(( 300 + ${{n##*c}} % 5 * {} )); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"#,
+        stagger.as_millis()
+    );
+    let wrapper = rustc_wrapper(dir, log, &hold);
     CargoWorkspace { root, wrapper, crates: widths.iter().sum() }
 }
 
