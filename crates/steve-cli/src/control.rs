@@ -80,7 +80,7 @@ pub fn with_uids(key: &str, value: &str) -> anyhow::Result<String> {
 }
 
 /// Sends `request` to the server and returns its answer, an error answer turned into an error.
-fn exchange(control: Option<&std::path::Path>, request: &Request) -> anyhow::Result<Response> {
+pub fn exchange(control: Option<&std::path::Path>, request: &Request) -> anyhow::Result<Response> {
     let socket = find_socket(control)?;
     let response = ask(&socket, request).with_context(|| format!("asking {}", socket.display()))?;
     if let Response::Error { message } = response {

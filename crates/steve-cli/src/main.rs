@@ -13,6 +13,7 @@ use steve_core::accounting::limits::{Limits, Settings};
 use steve_core::server::backend::{
     self, Availability, Backend, FifoChoice, RunConfig, ServeConfig, Start,
 };
+use steve_core::server::trace_log::TraceConfig;
 use steve_core::server::{Announcement, ErrorKind};
 use steve_core::{JobCount, Style};
 use tracing::info;
@@ -26,6 +27,7 @@ mod logging;
 mod notify;
 mod output;
 mod top;
+mod trace;
 
 // Referenced so that the linker keeps each backend crate and its registry entries.
 use steve_cuse as _;
@@ -64,6 +66,9 @@ enum Commands {
     Set(control::SetArgs),
     /// Watch a running server's holders, waiters and limits live (q quits).
     Top(top::TopArgs),
+    /// Print a running server's event trace: grants, returns, reclaims, refusals, waits, limit
+    /// and pressure changes, as they happen or since a time ago.
+    Trace(trace::TraceArgs),
     /// List the backends, whether each works on this machine, and the options each takes.
     Backends,
     /// Find what would make a build started from here escape the machine's pool, and the fix
@@ -178,6 +183,18 @@ struct ServeArgs {
     /// /run/steve/NAME.control; for a mount on DIR, DIR.control].
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// Events of the trace (`steve trace`, `steve plot`) the server keeps, newest first; 0
+    /// keeps none.
+    #[arg(long, value_name = "N", default_value_t = steve_core::trace::DEFAULT_RING_SIZE)]
+    trace_size: usize,
+    /// Also write every event of the trace to PATH as JSON lines, as it happens (a regular
+    /// file of the server's user; made with mode 0640 if missing).
+    #[arg(long, value_name = "PATH")]
+    trace_file: Option<PathBuf>,
+    /// The trace file's size at which it is renamed PATH.1 and started again: bytes, or with
+    /// K, M or G.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    trace_file_size: u64,
     /// Print the environment, once ready, as `export` lines for a shell to source, rather than
     /// plain NAME='value' lines (which systemd's EnvironmentFile= reads).
     #[arg(long)]
@@ -247,6 +264,7 @@ fn main() -> ExitCode {
         Commands::Get(args) => report(control::get(args), |_| EXIT_FAILED),
         Commands::Set(args) => report(control::set(args), |_| EXIT_FAILED),
         Commands::Top(args) => report(top::run(args), |_| EXIT_FAILED),
+        Commands::Trace(args) => report(trace::run(args), |_| EXIT_FAILED),
         Commands::Backends => report(list_backends(), |_| EXIT_FAILED),
         Commands::Env(args) => report(environment::run(args), |_| EXIT_FAILED),
         Commands::Completions { shell } => {
@@ -300,6 +318,26 @@ fn parse_mode(text: &str) -> Result<u32, String> {
         Ok(mode) if mode <= 0o7777 => Ok(mode),
         _ => Err(format!("{text:?} is not an octal mode like 0660")),
     }
+}
+
+/// A size in bytes: `4096`, `512K`, `64M`, `1G` (powers of 1,024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, shift) = match text.strip_suffix(['K', 'k']) {
+        Some(digits) => (digits, 10),
+        None => match text.strip_suffix(['M', 'm']) {
+            Some(digits) => (digits, 20),
+            None => match text.strip_suffix(['G', 'g']) {
+                Some(digits) => (digits, 30),
+                None => (text, 0),
+            },
+        },
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|count| count.checked_mul(1 << shift))
+        .filter(|bytes| *bytes >= 4096)
+        .ok_or_else(|| format!("{text:?} is not a size of at least 4096 bytes like 64M"))
 }
 
 fn parse_style(text: &str) -> Result<Style, String> {
@@ -364,6 +402,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (Some(path), _) => Some(FifoChoice::At(path)),
             (None, true) => Some(FifoChoice::Off),
             (None, false) => None,
+        },
+        trace: TraceConfig {
+            ring_size: args.trace_size,
+            file: args.trace_file,
+            file_size: args.trace_file_size,
         },
     };
     let chosen = choose_backend(&args.backend, &config)?;

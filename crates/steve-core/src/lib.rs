@@ -13,8 +13,8 @@
 //!   and signals.
 //! - **Everyone** shares the pure parts, which forbid unsafe code and do no I/O:
 //!   [`accounting`] (the pool arithmetic, the ledger, the device semantics, the limits),
-//!   [`makeflags`] (reading and writing the `MAKEFLAGS` that name a jobserver) and [`status`]
-//!   (the report a server gives of itself).
+//!   [`makeflags`] (reading and writing the `MAKEFLAGS` that name a jobserver), [`status`]
+//!   (the report a server gives of itself) and [`trace`] (the events it records).
 //!
 //! Raw OS calls without a safe wrapper live in one module, `sys`, each with its SAFETY note.
 //!
@@ -43,6 +43,7 @@ pub mod relay;
 pub mod server;
 pub mod status;
 mod sys;
+pub mod trace;
 
 pub use accounting::pool::{JobCount, MAX_JOBS};
 pub use client::{

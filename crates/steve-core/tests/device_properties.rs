@@ -1,6 +1,7 @@
 //! Property tests of the device semantics: random reads, writes, polls, interrupts, exits, pool
 //! changes and the passing of time, with the books checked after every step, every waiting read
-//! settled exactly once and for its own process, and the pool whole once everyone has gone.
+//! settled exactly once and for its own process, and the pool whole once everyone has gone; and
+//! the event trace, replayed, gives the same books at every event and the same queue.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use steve_core::accounting::device::{Device, Event, PollHandle, ReadOutcome, RequestId};
 use steve_core::accounting::pool::{JobCount, Pool};
+use steve_core::trace::Kind;
 
 const RESERVE: Duration = Duration::from_millis(500);
 
@@ -49,6 +51,8 @@ proptest! {
         let start = Instant::now();
         let mut now = start;
         let mut device = Device::over(Pool::with_target(jobs), RESERVE);
+        device.set_tracing(true, now);
+        let mut replay = Replay::default();
         let mut next_request = 0u64;
         // Reads waiting for an answer, with their process.
         let mut waiting: HashMap<RequestId, u32> = HashMap::new();
@@ -93,7 +97,7 @@ proptest! {
                 Op::Interrupt { nth } => {
                     if let Some(request) = order.get(nth).copied() {
                         let was_waiting = waiting.remove(&request).is_some();
-                        prop_assert_eq!(device.interrupt(request), was_waiting);
+                        prop_assert_eq!(device.interrupt(request, now), was_waiting);
                     }
                 }
                 Op::Exit { pid } => {
@@ -127,6 +131,7 @@ proptest! {
                 }
             }
             prop_assert!(device.is_consistent(), "{:?}", device);
+            replay.apply(&mut device)?;
         }
 
         // Everyone leaves; every waiting read is settled and the pool is whole.
@@ -140,10 +145,58 @@ proptest! {
                 }
             }
         }
+        replay.apply(&mut device)?;
         // Later exits can grant to earlier-exited pids only through new requests: none remain.
         prop_assert!(waiting.is_empty(), "reads never settled: {:?}", waiting);
         let counts = device.counts();
         prop_assert_eq!((counts.held, counts.lent, device.waiters().len()), (0, 0, 0));
         prop_assert_eq!((counts.size, counts.free), (counts.target, counts.target));
+    }
+}
+
+/// The books and the queue as the trace tells them, from a pool of nothing held and none
+/// waiting.
+#[derive(Default)]
+struct Replay {
+    held: HashMap<u32, usize>,
+    queued: HashMap<u32, usize>,
+}
+
+impl Replay {
+    /// Applies the device's new trace records, checking each event's books against the
+    /// replayed holdings, and the replay against the device afterwards.
+    fn apply(&mut self, device: &mut Device) -> Result<(), TestCaseError> {
+        for (_, record) in device.take_trace() {
+            let pid = record.pid;
+            let change = |map: &mut HashMap<u32, usize>, up: bool, by: usize| {
+                let entry = map.entry(pid.expect("a process's event")).or_insert(0);
+                *entry =
+                    if up { *entry + by } else { entry.checked_sub(by).expect("never below 0") };
+            };
+            match record.event {
+                Kind::Grant => {
+                    change(&mut self.held, true, 1);
+                    if record.waited_ns.is_some() {
+                        change(&mut self.queued, false, 1);
+                    }
+                }
+                Kind::Return | Kind::Expiry => change(&mut self.held, false, 1),
+                Kind::Reclaim => change(&mut self.held, false, record.tokens),
+                Kind::Wait => change(&mut self.queued, true, 1),
+                Kind::Cancel => change(&mut self.queued, false, 1),
+                _ => {}
+            }
+            if let Some(books) = record.books {
+                prop_assert!(books.balance(), "{:?}", record);
+                prop_assert_eq!(books.held, self.held.values().sum::<usize>(), "{:?}", record);
+            }
+        }
+        prop_assert_eq!(self.held.values().sum::<usize>(), device.counts().held);
+        prop_assert_eq!(self.queued.values().sum::<usize>(), device.waiters().len());
+        for (pid, held) in &self.held {
+            // A reservation is held in the books, not by the process yet.
+            prop_assert!(device.held_by(*pid) <= *held && *held <= device.held_by(*pid) + 1);
+        }
+        Ok(())
     }
 }

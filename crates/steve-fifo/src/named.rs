@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use steve_core::accounting::pool::Pool;
@@ -28,6 +29,7 @@ use steve_core::server::backend::{Place, Places, ServeConfig, ServeOption};
 use steve_core::server::processes::command_line;
 use steve_core::server::{Context, Endpoint, Flow, PoolChange, Server, SourceId};
 use steve_core::status::{BackendReport, CounterReport, HolderReport, PoolReport};
+use steve_core::trace::{Kind, Record};
 use steve_core::JobCount;
 use tracing::{debug, info, warn};
 
@@ -114,6 +116,9 @@ struct NamedPipeServer {
     surplus_taken: u64,
     /// The process last seen holding the pipe, checked first next time.
     last_holder: Option<u32>,
+    /// What it did, for the event trace, while tracing is on: a pipe cannot see grants and
+    /// returns, only the pool's changes and its recoveries.
+    trace: Option<Vec<(Instant, Record)>>,
     endpoint: Endpoint,
     /// The pipe by its name, with its lock: removed when the server goes.
     _made: PipeFile,
@@ -157,6 +162,7 @@ impl NamedPipeServer {
             recovered: 0,
             surplus_taken: 0,
             last_holder: None,
+            trace: None,
             endpoint,
             _made: made,
         };
@@ -321,6 +327,7 @@ impl NamedPipeServer {
             match self.put_tokens(missing) {
                 Ok(()) => {
                     self.recovered += missing as u64;
+                    self.trace(Record::new(Kind::Recovery).tokens(missing));
                     info!(
                         recovered = missing,
                         "recovered {missing} token(s) lost by clients that exited without \
@@ -342,6 +349,13 @@ impl NamedPipeServer {
             }
         } else {
             debug!("pipe idle, pool of {} whole", self.pool.counts().size);
+        }
+    }
+
+    /// Records `record` with the pool's books now, if tracing is on.
+    fn trace(&mut self, record: Record) {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push((Instant::now(), record.books(self.pool.counts())));
         }
     }
 
@@ -388,13 +402,30 @@ impl Server for NamedPipeServer {
     }
 
     fn change(&mut self, change: PoolChange, _cx: &mut Context<'_>) {
-        match change {
-            PoolChange::Jobs(jobs) => self.pool.set_target(jobs),
-            PoolChange::Allowance(allowance) => self.pool.set_allowance(allowance),
+        let record = match change {
+            PoolChange::Jobs(jobs) => {
+                self.pool.set_target(jobs);
+                Record::new(Kind::Jobs).tokens(jobs.get())
+            }
+            PoolChange::Allowance(allowance) => {
+                self.pool.set_allowance(allowance);
+                Record::new(Kind::Limit).tokens(allowance.unwrap_or(self.pool.counts().size))
+            }
             // The loop never sends it: this backend does not take the option.
             PoolChange::PerProcessLimit(_) | PoolChange::Shares(_) => return,
-        }
+        };
         self.rebalance();
+        self.trace(record);
+    }
+
+    fn set_tracing(&mut self, on: bool, _now: Instant) {
+        self.trace = on.then(Vec::new);
+        let start = Record::new(Kind::Start).tokens(self.pool.target());
+        self.trace(start);
+    }
+
+    fn take_trace(&mut self) -> Vec<(Instant, Record)> {
+        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     fn report(&mut self, _cx: &mut Context<'_>) -> BackendReport {

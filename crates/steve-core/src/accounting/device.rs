@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use super::ledger::{Acquire, Counts, Grant, Ledger, Wait, WaiterId};
 use super::pool::{JobCount, Pool};
 use super::shares::{BuildId, Fairness, Owner, Shares, Uid};
+use crate::trace::{Books, Kind, Record, Via};
 
 /// A process, by its thread-group id.
 pub type Pid = u32;
@@ -210,6 +211,8 @@ pub struct Device {
     reads: HashMap<RequestId, WaiterId>,
     events: Vec<Event>,
     counters: Counters,
+    /// What it did, for the event trace, while tracing is on.
+    trace: Option<Vec<(Instant, Record)>>,
 }
 
 impl Device {
@@ -228,7 +231,23 @@ impl Device {
             reads: HashMap::new(),
             events: Vec::new(),
             counters: Counters::default(),
+            trace: None,
         }
+    }
+
+    /// Starts or stops recording what it does for the event trace ([`Device::take_trace`]);
+    /// starting records a [`Kind::Start`] with the books at `now`.
+    pub fn set_tracing(&mut self, on: bool, now: Instant) {
+        if on != self.trace.is_some() {
+            self.trace = on.then(Vec::new);
+            let start = Record::new(Kind::Start).tokens(self.counts().target);
+            self.trace(now, |device| start.books(device.books_before(0)));
+        }
+    }
+
+    /// What it did since the last call, oldest first, each with the time it was told.
+    pub fn take_trace(&mut self) -> Vec<(Instant, Record)> {
+        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Sets `pid`'s build and user (the server finds them when it first sees the process, and
@@ -268,11 +287,13 @@ impl Device {
         match self.ledger.acquire(pid, wait) {
             Acquire::Granted => {
                 self.took_token(pid, now);
+                self.trace(now, |device| device.record(Kind::Grant, pid, 0).via(Via::Read));
                 ReadOutcome::Token
             }
             Acquire::Queued(waiter) => {
                 self.waiting.insert(waiter, (pid, Waiting::Read(request), now));
                 self.reads.insert(request, waiter);
+                self.trace(now, |device| device.record(Kind::Wait, pid, 0).via(Via::Read));
                 ReadOutcome::Pending
             }
             Acquire::WouldBlock => ReadOutcome::WouldBlock,
@@ -314,22 +335,27 @@ impl Device {
         let lends = usize::from(grace && count > 0 && returns == 0);
         if returns + lends == 0 {
             self.counters.refused += 1;
+            self.trace(now, |device| device.record(Kind::Refusal, pid, 0).tokens(count));
             return Err(NotHeld);
         }
         if lends == 1 {
             process.lent = true;
             self.counters.grace_returns += 1;
         }
-        let mut grants = Vec::new();
+        // Each return settled before the next, so that the trace sees the ledger's every step;
+        // what a return grants is the ledger's choice either way.
         for _ in 0..returns {
-            grants.extend(self.ledger.release(&pid).expect("the process holds a token"));
+            let grants = self.ledger.release(&pid).expect("the process holds a token");
+            self.trace(now, |device| device.record(Kind::Return, pid, grants.len()));
+            self.settle(grants, now);
         }
         if lends == 1 {
-            grants.extend(self.ledger.lend());
+            let grants = self.ledger.lend();
+            self.trace(now, |device| device.record(Kind::Lend, pid, grants.len()));
+            self.settle(grants, now);
         }
         self.counters.returns += returns as u64;
         // After settling: a returned token may come straight back as the writer's reservation.
-        self.settle(grants, now);
         self.note_returns(pid);
         Ok(returns + lends)
     }
@@ -347,6 +373,7 @@ impl Device {
             && self.ledger.acquire(pid, Wait::NoWait) == Acquire::Granted
         {
             process.reserved_until = Some(deadline);
+            self.trace(now, |device| device.record(Kind::Grant, pid, 0).via(Via::Poll));
             return true;
         }
         if let Some(handle) = handle {
@@ -363,6 +390,7 @@ impl Device {
                     };
                     process.poll_waiter = Some(waiter);
                     self.waiting.insert(waiter, (pid, Waiting::Poll(handle), now));
+                    self.trace(now, |device| device.record(Kind::Wait, pid, 0).via(Via::Poll));
                 }
             }
         }
@@ -371,9 +399,11 @@ impl Device {
 
     /// The read `request` was interrupted. Returns whether it was still waiting (answer it with
     /// `EINTR`); `false` if it was answered already or never waited.
-    pub fn interrupt(&mut self, request: RequestId) -> bool {
+    pub fn interrupt(&mut self, request: RequestId, now: Instant) -> bool {
         let Some(waiter) = self.reads.remove(&request) else { return false };
-        self.waiting.remove(&waiter);
+        if let Some((pid, _, _)) = self.waiting.remove(&waiter) {
+            self.trace(now, |device| device.record(Kind::Cancel, pid, 0).via(Via::Read));
+        }
         self.ledger.cancel(waiter);
         self.counters.interrupts += 1;
         true
@@ -383,19 +413,49 @@ impl Device {
     /// lent is retired. `None` if the device never saw it.
     pub fn process_exited(&mut self, pid: Pid, now: Instant) -> Option<Departed> {
         let process = self.processes.remove(&pid)?;
+        // Its build, before the ledger forgets it.
+        let build = self.build_of(pid);
         let reclaimed = self.ledger.reclaim(&pid);
         for waiter in reclaimed.cancelled {
-            if let Some((_, Waiting::Read(request), _)) = self.waiting.remove(&waiter) {
-                self.reads.remove(&request);
-                self.events.push(Event::Interrupted { request });
+            match self.waiting.remove(&waiter) {
+                Some((_, Waiting::Read(request), _)) => {
+                    self.reads.remove(&request);
+                    self.events.push(Event::Interrupted { request });
+                    self.trace(now, |_| {
+                        Record::new(Kind::Cancel).pid(pid).build(build).via(Via::Read)
+                    });
+                }
+                Some((_, Waiting::Poll(_), _)) => {
+                    self.trace(now, |_| {
+                        Record::new(Kind::Cancel).pid(pid).build(build).via(Via::Poll)
+                    });
+                }
+                None => {}
             }
         }
         let reservation = process.reserved_until.is_some();
         let tokens = reclaimed.tokens - usize::from(reservation);
         self.counters.reclaimed += tokens as u64;
+        if reclaimed.tokens > 0 {
+            // The ledger's count, a reservation included: the trace's books are the ledger's.
+            let grants = reclaimed.grants.len();
+            self.trace(now, |device| {
+                Record::new(Kind::Reclaim)
+                    .pid(pid)
+                    .build(build)
+                    .tokens(reclaimed.tokens)
+                    .books(device.books_before(grants))
+            });
+        }
         self.settle(reclaimed.grants, now);
         if process.lent {
             let grants = self.ledger.repay();
+            self.trace(now, |device| {
+                Record::new(Kind::Repay)
+                    .pid(pid)
+                    .build(build)
+                    .books(device.books_before(grants.len()))
+            });
             self.settle(grants, now);
         }
         self.debug_check();
@@ -408,12 +468,12 @@ impl Device {
         let reserved =
             self.processes.get(&pid).map_or(0, |p| usize::from(p.reserved_until.is_some()));
         let taken = count.min(self.ledger.held_by(&pid) - reserved);
-        let mut grants = Vec::new();
         for _ in 0..taken {
-            grants.extend(self.ledger.release(&pid).expect("the process holds a token"));
+            let grants = self.ledger.release(&pid).expect("the process holds a token");
+            self.trace(now, |device| device.record(Kind::Reclaim, pid, grants.len()));
+            self.settle(grants, now);
         }
         self.counters.reclaimed += taken as u64;
-        self.settle(grants, now);
         self.note_returns(pid);
         taken
     }
@@ -432,6 +492,7 @@ impl Device {
             }
             self.counters.expired_reservations += 1;
             let grants = self.ledger.release(&pid).expect("a reservation is a held token");
+            self.trace(now, |device| device.record(Kind::Expiry, pid, grants.len()));
             self.settle(grants, now);
             self.note_returns(pid);
         }
@@ -446,6 +507,9 @@ impl Device {
     /// come back.
     pub fn set_jobs(&mut self, jobs: JobCount, now: Instant) {
         let grants = self.ledger.set_target(jobs);
+        self.trace(now, |device| {
+            Record::new(Kind::Jobs).tokens(jobs.get()).books(device.books_before(grants.len()))
+        });
         self.settle(grants, now);
         self.debug_check();
     }
@@ -453,6 +517,10 @@ impl Device {
     /// Limits how many tokens may be out in total (a load or memory limit); `None` lifts it.
     pub fn set_allowance(&mut self, allowance: Option<usize>, now: Instant) {
         let grants = self.ledger.set_allowance(allowance);
+        self.trace(now, |device| {
+            let books = device.books_before(grants.len());
+            Record::new(Kind::Limit).tokens(allowance.unwrap_or(books.size)).books(books)
+        });
         self.settle(grants, now);
         self.debug_check();
     }
@@ -599,13 +667,63 @@ impl Device {
         self.ledger.is_consistent() && waiters_agree && reservations_held && holding_times_agree
     }
 
+    /// Records what `record` makes of the device now, if tracing is on (it is not called
+    /// otherwise: tracing off costs a branch).
+    fn trace(&mut self, now: Instant, record: impl FnOnce(&Device) -> Record) {
+        if self.trace.is_some() {
+            let record = record(self);
+            if let Some(trace) = self.trace.as_mut() {
+                trace.push((now, record));
+            }
+        }
+    }
+
+    /// A record of `kind` for `pid` and its build, with the books as they were before the
+    /// ledger granted the last `grants` tokens of the change just made.
+    fn record(&self, kind: Kind, pid: Pid, grants: usize) -> Record {
+        let record = Record::new(kind).pid(pid).build(self.build_of(pid));
+        match kind {
+            Kind::Wait | Kind::Cancel | Kind::Refusal => record,
+            _ => record.books(self.books_before(grants)),
+        }
+    }
+
+    /// `pid`'s build number, if it has one.
+    fn build_of(&self, pid: Pid) -> Option<u64> {
+        self.ledger.owner(&pid).map(|owner| owner.build.0)
+    }
+
+    /// The pool's books before the ledger's last `grants` grants: each moved one free token
+    /// to held, so a change and the grants it caused are traced as the steps they were.
+    fn books_before(&self, grants: usize) -> Books {
+        let mut books = Books::from(self.ledger.counts());
+        books.free += grants;
+        books.held -= grants;
+        books
+    }
+
     /// Carries out the ledger's grants: answer a waiting read, or reserve for a poller and wake
     /// it. Callers that took tokens back call `note_returns` afterwards.
     fn settle(&mut self, grants: Vec<Grant<Pid>>, now: Instant) {
+        let mut left = grants.len();
         for grant in grants {
-            let Some((pid, waiting, _)) = self.waiting.remove(&grant.waiter) else {
+            let Some((pid, waiting, since)) = self.waiting.remove(&grant.waiter) else {
                 unreachable!("every queued request is on the books");
             };
+            left -= 1;
+            let via = match waiting {
+                Waiting::Read(_) => Via::Read,
+                Waiting::Poll(_) => Via::Poll,
+            };
+            let waited = now.saturating_duration_since(since).as_nanos();
+            self.trace(now, |device| {
+                Record::new(Kind::Grant)
+                    .pid(pid)
+                    .build(device.build_of(pid))
+                    .via(via)
+                    .waited_ns(u64::try_from(waited).unwrap_or(u64::MAX))
+                    .books(device.books_before(left))
+            });
             match waiting {
                 Waiting::Read(request) => {
                     self.reads.remove(&request);
@@ -782,14 +900,14 @@ mod tests {
         let (mut device, now) = device(1);
         device.read(1, RequestId(1), false, now);
         device.read(2, RequestId(2), false, now);
-        assert!(device.interrupt(RequestId(2)));
-        assert!(!device.interrupt(RequestId(2)), "interrupted twice");
+        assert!(device.interrupt(RequestId(2), now));
+        assert!(!device.interrupt(RequestId(2), now), "interrupted twice");
         device.write(1, 1, now).unwrap();
         assert!(device.take_events().is_empty());
         assert_eq!(device.counts().free, 1);
         // An interrupt for a read already answered changes nothing.
         assert_eq!(device.read(2, RequestId(3), false, now), ReadOutcome::Token);
-        assert!(!device.interrupt(RequestId(3)));
+        assert!(!device.interrupt(RequestId(3), now));
         assert_eq!(device.held_by(2), 1);
     }
 

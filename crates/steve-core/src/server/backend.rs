@@ -48,6 +48,7 @@ use nix::unistd::Gid;
 
 use super::probe::PressureSource;
 use super::processes::Processes;
+use super::trace_log::TraceConfig;
 use super::Error;
 use crate::accounting::limits::Limits;
 use crate::accounting::pool::JobCount;
@@ -55,6 +56,7 @@ use crate::accounting::shares::Shares;
 use crate::client::Style;
 use crate::makeflags::JobserverAuth;
 use crate::status::BackendReport;
+use crate::trace::Record;
 
 /// The registry descriptor of one backend.
 pub struct Backend {
@@ -218,6 +220,8 @@ pub struct ServeConfig {
     /// [`ServeOption::Fifo`]: a companion FIFO at this path, or none; `None` leaves it to the
     /// backend's default (on for root's machine-wide server).
     pub fifo: Option<FifoChoice>,
+    /// The event trace: the ring's size, and a file to write it to.
+    pub trace: TraceConfig,
 }
 
 /// `--fifo PATH` or `--no-fifo`.
@@ -249,6 +253,7 @@ impl ServeConfig {
             user: None,
             poll_reservation: None,
             fifo: None,
+            trace: TraceConfig::default(),
         }
     }
 
@@ -439,6 +444,18 @@ pub trait Server {
 
     /// Its part of the status report.
     fn report(&mut self, cx: &mut Context<'_>) -> BackendReport;
+
+    /// Starts (or stops) recording events for the trace: once, before the loop runs, if the
+    /// server keeps a trace. Starting records a [`Kind::Start`](crate::trace::Kind::Start)
+    /// with the pool's books at `now`.
+    fn set_tracing(&mut self, on: bool, now: Instant) {
+        let _ = (on, now);
+    }
+
+    /// The events recorded since the last call, oldest first, each with when it happened.
+    fn take_trace(&mut self) -> Vec<(Instant, Record)> {
+        Vec::new()
+    }
 }
 
 /// Every registered backend, in name order.

@@ -26,7 +26,9 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::Gid;
 use serde::{Deserialize, Serialize};
 
+use super::trace_log::Clocks;
 use crate::status::StatusReport;
+use crate::trace::TraceEvent;
 
 /// A request to a server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +46,16 @@ pub enum Request {
         /// `(key, value)` pairs.
         settings: Vec<(String, String)>,
     },
+    /// A page of the event trace: from sequence number `from` on, or the events stamped at or
+    /// after `since_mono_ns`.
+    Trace {
+        /// The first sequence number wanted (0: the oldest kept).
+        #[serde(default)]
+        from: Option<u64>,
+        /// The earliest time wanted, in `CLOCK_MONOTONIC` nanoseconds (instead of `from`).
+        #[serde(default)]
+        since_mono_ns: Option<u64>,
+    },
 }
 
 /// A server's answer.
@@ -59,6 +71,22 @@ pub enum Response {
     Values {
         /// `(key, value)` pairs.
         values: Vec<(String, String)>,
+    },
+    /// A page of the event trace.
+    Trace {
+        /// The events, oldest first.
+        events: Vec<TraceEvent>,
+        /// The sequence number to ask from next.
+        next: u64,
+        /// Events asked for that the ring no longer has.
+        lost: u64,
+        /// How many events the server keeps (0: it keeps no trace).
+        capacity: usize,
+        /// When this server's trace started, in `CLOCK_MONOTONIC` nanoseconds: a reader that
+        /// sees it change knows the server was restarted and its numbering began again.
+        started_mono_ns: u64,
+        /// The server's clocks as it answered, to put the events on the wall clock.
+        clocks: Clocks,
     },
     /// The request was refused or failed.
     Error {

@@ -28,11 +28,13 @@ use super::control::{
 };
 use super::processes::Processes;
 use super::signals::{SignalEvent, Signals};
+use super::trace_log::{Clocks, TraceLog};
 use super::Error;
 use crate::accounting::limits::{Governor, Limits, Settings, SystemProbe};
 use crate::accounting::pressure::Resource;
 use crate::accounting::shares::Shares;
 use crate::status::{ReportHeader, StatusReport};
+use crate::trace::{Kind, Record};
 
 /// Why a server stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +109,8 @@ pub struct EventLoop {
     listener_paused_until: Option<Instant>,
     /// Where the pool size came from: `-j`, the CPUs the server may use, or `steve set`.
     jobs_from: String,
+    /// The event trace.
+    trace: TraceLog,
 }
 
 impl EventLoop {
@@ -137,12 +141,19 @@ impl EventLoop {
             primed: false,
             listener_paused_until: None,
             jobs_from: "-j".to_string(),
+            trace: TraceLog::off(),
         })
     }
 
     /// Says where the pool size came from, for the status report (`-j` unless told).
     pub fn with_jobs_from(mut self, from: &str) -> EventLoop {
         self.jobs_from = from.to_string();
+        self
+    }
+
+    /// Keeps the event trace in `trace` (none unless given).
+    pub fn with_trace(mut self, trace: TraceLog) -> EventLoop {
+        self.trace = trace;
         self
     }
 
@@ -164,6 +175,9 @@ impl EventLoop {
         if !self.primed {
             self.register_all(server)?;
             let now = Instant::now();
+            if self.trace.is_on() {
+                server.set_tracing(true, now);
+            }
             let limit = self.governor.limits().per_process_limit;
             let mut cx = Context { processes: &mut self.processes, now };
             if limit.is_some() && self.backend.takes(ServeOption::PerProcessLimit) {
@@ -174,6 +188,7 @@ impl EventLoop {
                 server.change(PoolChange::Shares(shares), &mut cx);
             }
             self.recheck_limits(server, now, true);
+            self.collect_trace(server);
             self.primed = true;
         }
         Ok(())
@@ -202,6 +217,17 @@ impl EventLoop {
                 }
             }
             self.due(server, Instant::now());
+            self.collect_trace(server);
+        }
+    }
+
+    /// Stamps and keeps what the server recorded, and writes out the trace file's buffer.
+    fn collect_trace(&mut self, server: &mut dyn Server) {
+        if self.trace.is_on() {
+            for (at, record) in server.take_trace() {
+                self.trace.record(at, record);
+            }
+            self.trace.flush();
         }
     }
 
@@ -399,6 +425,21 @@ impl EventLoop {
     ) -> Response {
         match request {
             Request::Status => Response::Status { report: Box::new(self.report(server)) },
+            Request::Trace { from, since_mono_ns } => {
+                self.collect_trace(server);
+                let page = match since_mono_ns {
+                    Some(mono_ns) => self.trace.since(mono_ns),
+                    None => self.trace.from(from.unwrap_or(0)),
+                };
+                Response::Trace {
+                    events: page.events,
+                    next: page.next,
+                    lost: page.lost,
+                    capacity: self.trace.capacity(),
+                    started_mono_ns: self.trace.started_mono_ns(),
+                    clocks: Clocks::now(),
+                }
+            }
             Request::Get { keys } => {
                 let report = self.report(server);
                 let mut values = Vec::new();
@@ -483,9 +524,14 @@ impl EventLoop {
             return;
         }
         if allowance != self.allowance {
-            match self.governor.pressure() {
-                Some(pressure) => info!("holding tokens back: {pressure}"),
-                None => info!("limits no longer exceeded: tokens flow again"),
+            let note = match self.governor.pressure() {
+                Some(pressure) => format!("holding tokens back: {pressure}"),
+                None => "limits no longer exceeded: tokens flow again".to_string(),
+            };
+            info!("{note}");
+            if self.trace.is_on() {
+                self.collect_trace(server);
+                self.trace.record(now, Record::new(Kind::Pressure).tokens(0).note(note));
             }
         }
         self.allowance = allowance;

@@ -9,7 +9,8 @@
 //! - [`signals`]: signals read from a signalfd, and the child supervision of `steve run`/`exec`;
 //! - [`processes`]: thread to process, a pidfd per client process, command lines;
 //! - [`probe`]: the load and memory readings from `/proc`;
-//! - [`accounts`]: users and groups named on the command line.
+//! - [`accounts`]: users and groups named on the command line;
+//! - [`trace_log`]: where the event trace goes (the ring, a file).
 //!
 //! [`serve`] is the whole of `steve serve` for any backend: it refuses options the backend does
 //! not take, blocks the signals, starts the backend's server, binds the control socket, drops to
@@ -23,6 +24,7 @@ mod event_loop;
 pub mod probe;
 pub mod processes;
 pub mod signals;
+pub mod trace_log;
 
 use std::path::PathBuf;
 
@@ -86,6 +88,9 @@ pub fn serve(
             )
         })?;
     warn_about_access(config, &endpoint, &control_path);
+    // Opened before dropping to --user: the file's place is root's choice.
+    let trace = trace_log::TraceLog::open(&config.trace)
+        .map_err(|error| Error::usage(error.to_string()))?;
     if let Some(user) = user {
         accounts::become_user(&user).map_err(Error::usage)?;
         info!("running as user {} (uid {}) from now on", user.name, user.uid);
@@ -97,6 +102,7 @@ pub fn serve(
     )?
     .with_signals(signals)
     .with_control(control)
+    .with_trace(trace)
     .with_jobs_from(&config.jobs_from);
     event_loop.prime(&mut *server)?;
     let jobs = server.jobs();

@@ -29,6 +29,7 @@ use steve_core::status::{
     BackendReport, BuildReport, CompanionReport, CounterReport, HolderReport, PoolReport,
     WaiterReport,
 };
+use steve_core::trace::Record;
 use steve_core::JobCount;
 use steve_fifo::companion::Companion;
 use tracing::{debug, info, warn};
@@ -327,7 +328,7 @@ impl Session {
                 Some(ll::reply_poll(unique, poll_events(readable, events)))
             }
             Request::Interrupt { target } => {
-                if self.device.interrupt(RequestId(target)) {
+                if self.device.interrupt(RequestId(target), cx.now()) {
                     debug!(target, "waiting read interrupted");
                     self.send(&ll::reply_error(target, nix::libc::EINTR));
                 }
@@ -575,6 +576,14 @@ impl Server for Session {
 
     fn jobs(&self) -> JobCount {
         JobCount::new(self.device.counts().target).expect("the pool's target is a job count")
+    }
+
+    fn set_tracing(&mut self, on: bool, now: Instant) {
+        self.device.set_tracing(on, now);
+    }
+
+    fn take_trace(&mut self) -> Vec<(Instant, Record)> {
+        self.device.take_trace()
     }
 
     fn change(&mut self, change: PoolChange, cx: &mut Context<'_>) {

@@ -25,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod fairness;
+mod traces;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
@@ -165,6 +166,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario("poller_fairness", Needs::PerProcess, poller_fairness),
     scenario("fair_shares", Needs::PerProcess, fairness::fair_shares),
     scenario("status_names_holders", Needs::PerProcess, status_names_holders),
+    scenario("trace_matches_jobs", Needs::PerProcess, traces::trace_matches_jobs),
     scenario("per_process_limit", Needs::PerProcess, per_process_limit),
     scenario("killed_while_waiting", Needs::PerProcess, killed_while_waiting),
     scenario("signal_interrupts_waiting_read", Needs::PerProcess, signal_interrupts_waiting_read),
