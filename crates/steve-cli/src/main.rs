@@ -26,6 +26,7 @@ mod generate;
 mod logging;
 mod notify;
 mod output;
+mod plot;
 mod top;
 mod trace;
 
@@ -69,6 +70,9 @@ enum Commands {
     /// Print a running server's event trace: grants, returns, reclaims, refusals, waits, limit
     /// and pressure changes, as they happen or since a time ago.
     Trace(trace::TraceArgs),
+    /// Draw a trace (a running server's, or saved files) as an SVG timeline of every build, or
+    /// export it for Perfetto and chrome://tracing.
+    Plot(plot::PlotArgs),
     /// List the backends, whether each works on this machine, and the options each takes.
     Backends,
     /// Find what would make a build started from here escape the machine's pool, and the fix
@@ -265,6 +269,7 @@ fn main() -> ExitCode {
         Commands::Set(args) => report(control::set(args), |_| EXIT_FAILED),
         Commands::Top(args) => report(top::run(args), |_| EXIT_FAILED),
         Commands::Trace(args) => report(trace::run(args), |_| EXIT_FAILED),
+        Commands::Plot(args) => report(plot::run(args), |_| EXIT_FAILED),
         Commands::Backends => report(list_backends(), |_| EXIT_FAILED),
         Commands::Env(args) => report(environment::run(args), |_| EXIT_FAILED),
         Commands::Completions { shell } => {

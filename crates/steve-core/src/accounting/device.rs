@@ -245,6 +245,17 @@ impl Device {
         }
     }
 
+    /// Whether it records events for the trace.
+    pub fn is_tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// Records an event the transport saw (a process joining a build, with its command line)
+    /// among the device's own, in order; nothing while tracing is off.
+    pub fn trace_note(&mut self, now: Instant, record: Record) {
+        self.trace(now, |_| record);
+    }
+
     /// What it did since the last call, oldest first, each with the time it was told.
     pub fn take_trace(&mut self) -> Vec<(Instant, Record)> {
         self.trace.as_mut().map(std::mem::take).unwrap_or_default()

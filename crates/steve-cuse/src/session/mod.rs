@@ -29,7 +29,7 @@ use steve_core::status::{
     BackendReport, BuildReport, CompanionReport, CounterReport, HolderReport, PoolReport,
     WaiterReport,
 };
-use steve_core::trace::Record;
+use steve_core::trace::{Kind, Record};
 use steve_core::JobCount;
 use steve_fifo::companion::Companion;
 use tracing::{debug, info, warn};
@@ -400,6 +400,11 @@ impl Session {
         // A new process's build, and the builds that turned out to run under it.
         for (member, owner) in cx.processes().take_owner_changes() {
             self.device.join(member, owner, cx.now());
+            if self.device.is_tracing() {
+                let joined = Record::new(Kind::Join).pid(member).build(Some(owner.build.0));
+                let command = cx.processes().command(member);
+                self.device.trace_note(cx.now(), joined.tokens(0).note(command));
+            }
         }
         Ok(pid)
     }

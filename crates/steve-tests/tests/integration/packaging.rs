@@ -15,7 +15,7 @@ use steve_tests::steve::{self, FifoServer};
 use steve_tests::{assert_success, clients, projects, timeline, workspace_root, KillOnDrop};
 
 /// The visible subcommands, each with its man page.
-const SUBCOMMANDS: [&str; 11] = [
+const SUBCOMMANDS: [&str; 13] = [
     "serve",
     "run",
     "exec",
@@ -23,6 +23,8 @@ const SUBCOMMANDS: [&str; 11] = [
     "get",
     "set",
     "top",
+    "trace",
+    "plot",
     "backends",
     "doctor",
     "env",

@@ -9,6 +9,10 @@
 //!   plus one: no token goes back while a job needs it;
 //! - at the end it holds nothing, and each make's events name one build, not the other's.
 //!
+//! Then `steve plot` draws the saved trace: the SVG must parse as XML with one lane per build
+//! and one bar per hold, and the Chrome export must load as JSON with one complete event per
+//! hold.
+//!
 //! The logs are stamped by `date +%s%N` (the wall clock), the trace by `CLOCK_MONOTONIC`; the
 //! two are put on one clock by a pair read together here, so a slack of [`SLACK`] covers the
 //! pair's reading. A job logs its start after its token came and its end before it goes back,
@@ -16,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use nix::time::{clock_gettime, ClockId};
@@ -36,8 +40,9 @@ pub fn trace_matches_jobs() -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let one = run_makes(&daemon, dir.path(), "one", &[10])?;
     let two = run_makes(&daemon, dir.path(), "two", &[6, 6])?;
-    let events = trace_of(&daemon)?;
+    let (events, saved) = trace_of(&daemon, dir.path())?;
     replay_books(&events)?;
+    plot_agrees(&saved, &events, dir.path())?;
     let mut builds = Vec::new();
     for (pid, spans) in one.iter().chain(&two) {
         let (grants, build) = agrees_with_jobs(&events, *pid, spans)?;
@@ -99,16 +104,63 @@ fn wall_to_monotonic() -> u128 {
     ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC)
 }
 
-/// The whole trace, from `steve trace --since all --json`.
-fn trace_of(daemon: &Daemon) -> Result<Vec<TraceEvent>, String> {
+/// The whole trace, from `steve trace --since all --json`, and the file it is saved in.
+fn trace_of(daemon: &Daemon, dir: &Path) -> Result<(Vec<TraceEvent>, PathBuf), String> {
     let output = daemon.ctl(&["trace", "--since", "all", "--json"]);
     ensure(output.status.success(), || {
         format!("steve trace: {}", String::from_utf8_lossy(&output.stderr))
     })?;
-    String::from_utf8_lossy(&output.stdout)
+    let saved = dir.join("trace.jsonl");
+    fs::write(&saved, &output.stdout).unwrap();
+    let events = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).map_err(|error| format!("{error}: {line}")))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((events, saved))
+}
+
+/// `steve plot` of the saved trace: an SVG with a lane per build and a bar per hold, and a
+/// Chrome export with a complete event per hold.
+fn plot_agrees(saved: &Path, events: &[TraceEvent], dir: &Path) -> Result<(), String> {
+    let (svg, chrome) = (dir.join("trace.svg"), dir.join("trace.json"));
+    let output = Command::new(env_path("STEVE_BIN"))
+        .arg("plot")
+        .arg(saved)
+        .arg("--output")
+        .arg(&svg)
+        .arg("--chrome")
+        .arg(&chrome)
+        .output()
+        .unwrap();
+    ensure(output.status.success(), || {
+        format!("steve plot: {}", String::from_utf8_lossy(&output.stderr))
+    })?;
+    let grants = events.iter().filter(|event| event.record.event == Kind::Grant).count();
+    let mut builds: Vec<Option<u64>> =
+        events.iter().filter(|e| e.record.pid.is_some()).map(|e| e.record.build).collect();
+    builds.sort_unstable();
+    builds.dedup();
+    let text = fs::read_to_string(&svg).unwrap();
+    let document =
+        roxmltree::Document::parse(&text).map_err(|error| format!("the SVG: {error}"))?;
+    let count = |name: &str, class: &str| {
+        let nodes = document.descendants();
+        nodes.filter(|n| n.has_tag_name(name) && n.attribute("class") == Some(class)).count()
+    };
+    let (lanes, holds) = (count("g", "lane"), count("rect", "hold"));
+    println!("figure trace_plot {lanes} lanes, {holds} holds, {} bytes", text.len());
+    ensure(lanes == builds.len() && holds == grants, || {
+        format!("the SVG has {lanes} lanes and {holds} holds; the trace {builds:?} and {grants}")
+    })?;
+    let exported: serde_json::Value = serde_json::from_slice(&fs::read(&chrome).unwrap())
+        .map_err(|error| format!("the Chrome export: {error}"))?;
+    let complete = exported["traceEvents"]
+        .as_array()
+        .ok_or("the Chrome export has no traceEvents")?
+        .iter()
+        .filter(|event| event["ph"] == "X" && event["cat"] == "hold")
+        .count();
+    ensure(complete == grants, || format!("{complete} complete events for {grants} holds"))
 }
 
 /// Replays grants, returns, expiries and reclaims: at every event with books, they balance and

@@ -37,6 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::accounting::pool::Counts;
 
+pub mod timeline;
+
 /// Events a server keeps when no option says otherwise: about 6 MiB at most.
 pub const DEFAULT_RING_SIZE: usize = 65_536;
 
@@ -49,6 +51,8 @@ pub const PAGE: usize = 8_192;
 pub enum Kind {
     /// The server started tracing: `books` are the pool's at that moment.
     Start,
+    /// `pid` was first seen, or moved, in `build`: `note` is its command line.
+    Join,
     /// A token left the pool for `pid`: a read answered, or a token reserved for a poller.
     Grant,
     /// `pid` wrote `tokens` back.
@@ -82,6 +86,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Start => "start",
+            Kind::Join => "join",
             Kind::Grant => "grant",
             Kind::Return => "return",
             Kind::Reclaim => "reclaim",
