@@ -13,6 +13,7 @@ use steve_core::accounting::limits::{Limits, Settings};
 use steve_core::server::backend::{
     self, Availability, Backend, FifoChoice, RunConfig, ServeConfig, Start,
 };
+use steve_core::server::metrics_listener::MetricsAddress;
 use steve_core::server::trace_log::TraceConfig;
 use steve_core::server::{Announcement, ErrorKind};
 use steve_core::{JobCount, Style};
@@ -24,6 +25,7 @@ mod environment;
 mod exec;
 mod generate;
 mod logging;
+mod metrics;
 mod notify;
 mod output;
 mod plot;
@@ -73,6 +75,9 @@ enum Commands {
     /// Draw a trace (a running server's, or saved files) as an SVG timeline of every build, or
     /// export it for Perfetto and chrome://tracing.
     Plot(plot::PlotArgs),
+    /// Print a running server's figures as Prometheus (or OpenMetrics) metrics, for a
+    /// scraper or the node-exporter's textfile collector.
+    Metrics(metrics::MetricsArgs),
     /// List the backends, whether each works on this machine, and the options each takes.
     Backends,
     /// Find what would make a build started from here escape the machine's pool, and the fix
@@ -199,6 +204,10 @@ struct ServeArgs {
     /// K, M or G.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     trace_file_size: u64,
+    /// Serve metrics (Prometheus text, or OpenMetrics when asked) over HTTP at ADDR:
+    /// unix:PATH, or a loopback HOST:PORT like 127.0.0.1:9877; may be given more than once.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Vec<MetricsAddress>,
     /// Print the environment, once ready, as `export` lines for a shell to source, rather than
     /// plain NAME='value' lines (which systemd's EnvironmentFile= reads).
     #[arg(long)]
@@ -270,6 +279,7 @@ fn main() -> ExitCode {
         Commands::Top(args) => report(top::run(args), |_| EXIT_FAILED),
         Commands::Trace(args) => report(trace::run(args), |_| EXIT_FAILED),
         Commands::Plot(args) => report(plot::run(args), |_| EXIT_FAILED),
+        Commands::Metrics(args) => report(metrics::run(args), |_| EXIT_FAILED),
         Commands::Backends => report(list_backends(), |_| EXIT_FAILED),
         Commands::Env(args) => report(environment::run(args), |_| EXIT_FAILED),
         Commands::Completions { shell } => {
@@ -413,6 +423,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             file: args.trace_file,
             file_size: args.trace_file_size,
         },
+        metrics: args.metrics_listen,
     };
     let chosen = choose_backend(&args.backend, &config)?;
     let print_env = args.print_env;

@@ -37,6 +37,7 @@ pub mod accounting;
 pub mod cgroup;
 pub mod client;
 pub mod makeflags;
+pub mod metrics;
 pub mod mountinfo;
 pub mod paths;
 pub mod relay;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::accounting::limits::{Pressure, Settings, SystemReading};
 use crate::accounting::pressure::Resource;
 use crate::accounting::shares::{format_user_map, Fairness};
+use crate::accounting::waits::WaitHistogram;
 
 /// A server's state at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,7 +186,7 @@ pub struct WaiterReport {
 }
 
 /// Totals since the server started; `None` where the transport cannot count them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct CounterReport {
     /// Tokens handed out.
     pub grants: Option<u64>,
@@ -201,6 +202,43 @@ pub struct CounterReport {
     pub interrupts: Option<u64>,
     /// Poll reservations that expired unused.
     pub expired_reservations: Option<u64>,
+    /// How long requests waited for their tokens; `None` where the transport cannot see them.
+    #[serde(default)]
+    pub wait_seconds: Option<WaitReport>,
+}
+
+/// A histogram of waits, as Prometheus keeps one: cumulative buckets by upper bound.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitReport {
+    /// Each bound (seconds, as text; the last `+Inf`) with the waits at or below it.
+    pub buckets: Vec<BucketReport>,
+    /// Waits counted.
+    pub count: u64,
+    /// Their total, in seconds.
+    pub sum: f64,
+}
+
+/// One bucket of a [`WaitReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketReport {
+    /// The upper bound, in seconds (`+Inf` for the last).
+    pub le: String,
+    /// Waits at or below it.
+    pub count: u64,
+}
+
+impl From<&WaitHistogram> for WaitReport {
+    fn from(waits: &WaitHistogram) -> WaitReport {
+        let buckets = waits
+            .cumulative()
+            .into_iter()
+            .map(|(bound, count)| BucketReport {
+                le: if bound.is_infinite() { "+Inf".to_string() } else { bound.to_string() },
+                count,
+            })
+            .collect();
+        WaitReport { buckets, count: waits.count, sum: waits.sum_seconds() }
+    }
 }
 
 /// The keys `steve get` reads besides the settings: the pool's counts and the system's state.

@@ -1,8 +1,8 @@
 //! The real clients the tests run, and where they come from.
 //!
-//! `scripts/test` installs GNU make 4.4.1 and ninja 1.13.2 from PyPI into
-//! `.cache/clients-venv` and points the tests at them through `STEVE_TEST_MAKE44` and
-//! `STEVE_TEST_NINJA`; Debian's make 4.3 is `/usr/bin/make` (`STEVE_TEST_MAKE43`) and its GCC 12
+//! `scripts/test` installs GNU make 4.4.1, ninja 1.13.2 and prometheus_client 0.21.1 (whose
+//! parsers check the metrics) from PyPI into `.cache/clients-venv` and points the tests at them
+//! through `STEVE_TEST_MAKE44`, `STEVE_TEST_NINJA` and `STEVE_TEST_PYTHON`; Debian's make 4.3 is `/usr/bin/make` (`STEVE_TEST_MAKE43`) and its GCC 12
 //! `/usr/bin/gcc-12` (`STEVE_TEST_GCC12`). A client
 //! that is missing, or of the wrong version, fails the test that needs it with a message that
 //! says how to install it: it is never skipped.
@@ -30,6 +30,13 @@ pub fn ninja() -> PathBuf {
 /// GCC 12 (Debian 12's): its lto-wrapper takes a jobserver only as inherited descriptors.
 pub fn gcc12() -> PathBuf {
     find("STEVE_TEST_GCC12", PathBuf::from("/usr/bin/gcc-12"), &["--version"], "gcc-12 ")
+}
+
+/// The venv's python with `prometheus_client` 0.21.1, whose parsers read the metrics.
+pub fn python_with_prometheus_client() -> PathBuf {
+    let check =
+        "import prometheus_client, importlib.metadata as m; print(m.version('prometheus_client'))";
+    find("STEVE_TEST_PYTHON", venv_bin("python"), &["-c", check], "0.21.1")
 }
 
 /// The cargo running the tests (cargo sets `CARGO`), or `cargo` on the PATH.

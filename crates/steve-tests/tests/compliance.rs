@@ -55,6 +55,7 @@ fn run_backend(backend: &'static str, scenarios: &[String]) -> Run {
                 ("STEVE_TEST_NINJA", clients::ninja().into_os_string()),
                 ("STEVE_TEST_GCC12", clients::gcc12().into_os_string()),
                 ("STEVE_TEST_CAPI_PROBE", capi::probe(Link::Static).into_os_string()),
+                ("STEVE_TEST_PYTHON", clients::python_with_prometheus_client().into_os_string()),
             ];
             let run = vm::run(&command, &env, Duration::from_secs(20 * 60));
             Run { output: run.output.clone(), describe: format!("in the VM\n{}", run.describe()) }
@@ -77,6 +78,7 @@ fn run_backend(backend: &'static str, scenarios: &[String]) -> Run {
                 .env("STEVE_TEST_MAKE43", clients::make43())
                 .env("STEVE_TEST_GCC12", clients::gcc12())
                 .env("STEVE_TEST_CAPI_PROBE", capi::probe(Link::Static))
+                .env("STEVE_TEST_PYTHON", clients::python_with_prometheus_client())
                 .output()
                 .expect("run the compliance program");
             let text = String::from_utf8_lossy(&output.stdout).into_owned();

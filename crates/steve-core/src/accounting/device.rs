@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use super::ledger::{Acquire, Counts, Grant, Ledger, Wait, WaiterId};
 use super::pool::{JobCount, Pool};
 use super::shares::{BuildId, Fairness, Owner, Shares, Uid};
+use super::waits::WaitHistogram;
 use crate::trace::{Books, Kind, Record, Via};
 
 /// A process, by its thread-group id.
@@ -132,6 +133,9 @@ pub struct Counters {
     pub interrupts: u64,
     /// Reservations that expired unused.
     pub expired_reservations: u64,
+    /// How long each token that left the pool for a request waited (no wait for one handed
+    /// out at once; a poller's reservation counts when it is made).
+    pub waits: WaitHistogram,
 }
 
 /// How a process waits, as shown in a status report.
@@ -298,6 +302,7 @@ impl Device {
         match self.ledger.acquire(pid, wait) {
             Acquire::Granted => {
                 self.took_token(pid, now);
+                self.counters.waits.observe(Duration::ZERO);
                 self.trace(now, |device| device.record(Kind::Grant, pid, 0).via(Via::Read));
                 ReadOutcome::Token
             }
@@ -384,6 +389,7 @@ impl Device {
             && self.ledger.acquire(pid, Wait::NoWait) == Acquire::Granted
         {
             process.reserved_until = Some(deadline);
+            self.counters.waits.observe(Duration::ZERO);
             self.trace(now, |device| device.record(Kind::Grant, pid, 0).via(Via::Poll));
             return true;
         }
@@ -726,7 +732,9 @@ impl Device {
                 Waiting::Read(_) => Via::Read,
                 Waiting::Poll(_) => Via::Poll,
             };
-            let waited = now.saturating_duration_since(since).as_nanos();
+            let waited = now.saturating_duration_since(since);
+            self.counters.waits.observe(waited);
+            let waited = waited.as_nanos();
             self.trace(now, |device| {
                 Record::new(Kind::Grant)
                     .pid(pid)

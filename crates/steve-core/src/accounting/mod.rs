@@ -9,7 +9,8 @@
 //!   machine over a ledger;
 //! - [`limits`]: load, memory and pressure limits, and how many tokens they let out now;
 //! - [`pressure`]: pressure stall information: limits with hysteresis, shares from the kernel's
-//!   totals, triggers.
+//!   totals, triggers;
+//! - [`waits`]: how long requests waited for their tokens, as a histogram.
 //!
 //! The fifo backend drives a [`pool::Pool`] directly (a pipe cannot say who holds a token); the
 //! device backends drive a [`device::Device`].
@@ -21,3 +22,4 @@ pub mod limits;
 pub mod pool;
 pub mod pressure;
 pub mod shares;
+pub mod waits;

@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Gid;
 
+use super::metrics_listener::MetricsAddress;
 use super::probe::PressureSource;
 use super::processes::Processes;
 use super::trace_log::TraceConfig;
@@ -222,6 +223,8 @@ pub struct ServeConfig {
     pub fifo: Option<FifoChoice>,
     /// The event trace: the ring's size, and a file to write it to.
     pub trace: TraceConfig,
+    /// Where to serve metrics over HTTP (`--metrics-listen`); none by default.
+    pub metrics: Vec<MetricsAddress>,
 }
 
 /// `--fifo PATH` or `--no-fifo`.
@@ -254,6 +257,7 @@ impl ServeConfig {
             poll_reservation: None,
             fifo: None,
             trace: TraceConfig::default(),
+            metrics: Vec::new(),
         }
     }
 

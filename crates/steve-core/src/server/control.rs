@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use nix::unistd::Gid;
 use serde::{Deserialize, Serialize};
 
 use super::trace_log::Clocks;
+use super::unix_socket::OwnedSocket;
 use crate::status::StatusReport;
 use crate::trace::TraceEvent;
 
@@ -281,9 +282,7 @@ pub enum Outgoing {
 /// descriptor, and calls in when they are ready.
 #[derive(Debug)]
 pub struct ControlServer {
-    listener: UnixListener,
-    path: PathBuf,
-    socket_id: (u64, u64),
+    socket: OwnedSocket,
     connections: HashMap<ConnectionId, Connection>,
     next_id: u32,
 }
@@ -292,61 +291,8 @@ impl ControlServer {
     /// Listens on `path`, with `mode` and group `gid`. A stale socket nobody answers on is
     /// replaced; a live one, or anything that is not a socket, is an error.
     pub fn bind(path: &Path, mode: u32, gid: Option<Gid>) -> io::Result<ControlServer> {
-        let me = nix::unistd::geteuid().as_raw();
-        if let Ok(metadata) = fs::symlink_metadata(path) {
-            if !metadata.file_type().is_socket() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a socket", path.display()),
-                ));
-            }
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("another server answers on {}", path.display()),
-                ));
-            }
-            // A dead socket is replaced only if it is this user's: someone else's is theirs.
-            if metadata.uid() != me {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!(
-                        "{} is a socket of uid {}: steve will not remove it",
-                        path.display(),
-                        metadata.uid()
-                    ),
-                ));
-            }
-            fs::remove_file(path)?;
-        }
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        // The socket is made with its mode (bind applies the umask): nothing is chmod'ed by
-        // name afterwards, where a name swapped for a symbolic link would send the chmod
-        // elsewhere.
-        let umask = nix::sys::stat::Mode::from_bits_truncate(!mode & 0o777);
-        let previous = nix::sys::stat::umask(umask);
-        let bound = UnixListener::bind(path);
-        nix::sys::stat::umask(previous);
-        let listener = bound?;
-        listener.set_nonblocking(true)?;
-        let metadata = fs::symlink_metadata(path)?;
-        if !metadata.file_type().is_socket() || metadata.uid() != me {
-            return Err(io::Error::other(format!(
-                "{} was replaced while the socket was made (its directory is writable by others: \
-                 put the control socket where only this user may write)",
-                path.display()
-            )));
-        }
-        if let Some(gid) = gid {
-            // lchown never follows a symbolic link.
-            std::os::unix::fs::lchown(path, None, Some(gid.as_raw()))?;
-        }
         Ok(ControlServer {
-            listener,
-            path: path.to_path_buf(),
-            socket_id: (metadata.dev(), metadata.ino()),
+            socket: OwnedSocket::bind(path, mode, gid)?,
             connections: HashMap::new(),
             next_id: 0,
         })
@@ -354,12 +300,12 @@ impl ControlServer {
 
     /// The socket's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.socket.path()
     }
 
     /// The listening descriptor: readable when a client connects.
     pub fn listener(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
+        self.socket.listener().as_fd()
     }
 
     /// A connection's descriptor.
@@ -371,7 +317,7 @@ impl ControlServer {
     pub fn accept(&mut self, now: Instant) -> Accepted {
         let mut accepted = Accepted::default();
         loop {
-            let stream = match self.listener.accept() {
+            let stream = match self.socket.listener().accept() {
                 Ok((stream, _)) => stream,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -509,16 +455,6 @@ impl ControlServer {
     /// The earliest connection deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.connections.values().map(|connection| connection.deadline).min()
-    }
-}
-
-impl Drop for ControlServer {
-    fn drop(&mut self) {
-        let still_ours = fs::symlink_metadata(&self.path)
-            .is_ok_and(|metadata| (metadata.dev(), metadata.ino()) == self.socket_id);
-        if still_ours {
-            let _ = fs::remove_file(&self.path);
-        }
     }
 }
 

@@ -26,6 +26,7 @@ use super::backend::{Backend, Context, Flow, PoolChange, ServeOption, Server, So
 use super::control::{
     may_change, ConnectionId, ControlServer, Incoming, Outgoing, Request, Response,
 };
+use super::metrics_listener::{Asked, MetricsServer};
 use super::processes::Processes;
 use super::signals::{SignalEvent, Signals};
 use super::trace_log::{Clocks, TraceLog};
@@ -33,6 +34,7 @@ use super::Error;
 use crate::accounting::limits::{Governor, Limits, Settings, SystemProbe};
 use crate::accounting::pressure::Resource;
 use crate::accounting::shares::Shares;
+use crate::metrics;
 use crate::status::{ReportHeader, StatusReport};
 use crate::trace::{Kind, Record};
 
@@ -56,6 +58,9 @@ enum Key {
     Source(u32),
     /// A PSI trigger, by the resource's place in [`Resource::ALL`].
     Pressure(u32),
+    /// A metrics listener, by its place, and one of its connections.
+    MetricsListener(u32),
+    MetricsConnection(u32),
 }
 
 impl Key {
@@ -67,6 +72,8 @@ impl Key {
             Key::Connection(id) => (3, id),
             Key::Source(id) => (4, id),
             Key::Pressure(index) => (5, index),
+            Key::MetricsListener(index) => (6, index),
+            Key::MetricsConnection(id) => (7, id),
         };
         kind << 56 | u64::from(id)
     }
@@ -80,6 +87,8 @@ impl Key {
             3 => Key::Connection(id),
             4 => Key::Source(id),
             5 => Key::Pressure(id),
+            6 => Key::MetricsListener(id),
+            7 => Key::MetricsConnection(id),
             _ => return None,
         })
     }
@@ -111,6 +120,8 @@ pub struct EventLoop {
     jobs_from: String,
     /// The event trace.
     trace: TraceLog,
+    /// The metrics listeners, if any.
+    metrics: MetricsServer,
 }
 
 impl EventLoop {
@@ -142,6 +153,7 @@ impl EventLoop {
             listener_paused_until: None,
             jobs_from: "-j".to_string(),
             trace: TraceLog::off(),
+            metrics: MetricsServer::default(),
         })
     }
 
@@ -154,6 +166,12 @@ impl EventLoop {
     /// Keeps the event trace in `trace` (none unless given).
     pub fn with_trace(mut self, trace: TraceLog) -> EventLoop {
         self.trace = trace;
+        self
+    }
+
+    /// Serves metrics on `metrics`'s listeners.
+    pub fn with_metrics(mut self, metrics: MetricsServer) -> EventLoop {
+        self.metrics = metrics;
         self
     }
 
@@ -246,6 +264,10 @@ impl EventLoop {
         for (SourceId(id), fd) in server.sources() {
             watch(&self.epoll, fd, Key::Source(id))?;
         }
+        for (index, fd, address) in self.metrics.listeners() {
+            watch(&self.epoll, fd, Key::MetricsListener(index as u32))?;
+            info!("metrics served on {address}");
+        }
         self.watch_triggers();
         Ok(())
     }
@@ -286,6 +308,7 @@ impl EventLoop {
             server.next_deadline(),
             self.governor.next_recheck(),
             self.control.as_ref().and_then(ControlServer::next_deadline),
+            self.metrics.next_deadline(),
             self.listener_paused_until,
         ]
         .into_iter()
@@ -324,6 +347,22 @@ impl EventLoop {
                     return Ok(Some(Ended::Transport(why)));
                 }
             }
+            Key::MetricsListener(index) => {
+                for id in self.metrics.accept(index as usize, now) {
+                    let watched = self.metrics.connection(id).map(|fd| {
+                        let event = EpollEvent::new(
+                            EpollFlags::EPOLLIN,
+                            Key::MetricsConnection(id).encode(),
+                        );
+                        self.epoll.add(fd, event)
+                    });
+                    if let Some(Err(errno)) = watched {
+                        warn!("cannot watch a metrics connection: {errno}");
+                        self.metrics.close(id);
+                    }
+                }
+            }
+            Key::MetricsConnection(id) => self.serve_metrics(server, id, flags, now),
             Key::Pressure(index) => {
                 if let Some(resource) = Resource::ALL.get(index as usize) {
                     debug!("the kernel says {resource} pressure crossed its high mark");
@@ -539,8 +578,38 @@ impl EventLoop {
         server.change(PoolChange::Allowance(allowance), &mut cx);
     }
 
+    /// A metrics connection is ready: read its request and answer, or write more.
+    fn serve_metrics(&mut self, server: &mut dyn Server, id: u32, flags: EpollFlags, now: Instant) {
+        if flags.contains(EpollFlags::EPOLLOUT) || self.metrics.is_answering(id) {
+            self.metrics.write(id);
+            return;
+        }
+        let done = match self.metrics.read(id) {
+            Asked::Pending | Asked::Closed => return,
+            Asked::Metrics(format) => {
+                let text = metrics::exposition(&self.report(server), format);
+                self.metrics.respond(id, "200 OK", format.content_type(), &text, now)
+            }
+            Asked::Refused(status) => {
+                let text = format!("{status}: ask GET /metrics\n");
+                self.metrics.respond(id, status, "text/plain; charset=utf-8", &text, now)
+            }
+        };
+        if !done {
+            if let Some(fd) = self.metrics.connection(id) {
+                let mut event =
+                    EpollEvent::new(EpollFlags::EPOLLOUT, Key::MetricsConnection(id).encode());
+                if let Err(errno) = self.epoll.modify(fd, &mut event) {
+                    warn!("cannot watch a metrics connection: {errno}");
+                    self.metrics.close(id);
+                }
+            }
+        }
+    }
+
     /// Whatever deadline has passed: the limits' recheck, the server's own, control connections.
     fn due(&mut self, server: &mut dyn Server, now: Instant) {
+        self.metrics.expire(now);
         if self.governor.next_recheck().is_some_and(|at| at <= now) {
             self.recheck_limits(server, now, false);
         }
@@ -604,6 +673,8 @@ mod tests {
             Key::Listener,
             Key::Signals,
             Key::Pressure(2),
+            Key::MetricsListener(1),
+            Key::MetricsConnection(u32::MAX),
         ];
         for key in keys {
             assert_eq!(Key::decode(key.encode()), Some(key));

@@ -10,7 +10,8 @@
 //! - [`processes`]: thread to process, a pidfd per client process, command lines;
 //! - [`probe`]: the load and memory readings from `/proc`;
 //! - [`accounts`]: users and groups named on the command line;
-//! - [`trace_log`]: where the event trace goes (the ring, a file).
+//! - [`trace_log`]: where the event trace goes (the ring, a file);
+//! - [`metrics_listener`]: the metrics over HTTP, on a Unix socket or a loopback port.
 //!
 //! [`serve`] is the whole of `steve serve` for any backend: it refuses options the backend does
 //! not take, blocks the signals, starts the backend's server, binds the control socket, drops to
@@ -21,10 +22,12 @@ pub mod backend;
 pub mod control;
 mod error;
 mod event_loop;
+pub mod metrics_listener;
 pub mod probe;
 pub mod processes;
 pub mod signals;
 pub mod trace_log;
+mod unix_socket;
 
 use std::path::PathBuf;
 
@@ -88,6 +91,9 @@ pub fn serve(
             )
         })?;
     warn_about_access(config, &endpoint, &control_path);
+    let metrics =
+        metrics_listener::MetricsServer::bind(&config.metrics, endpoint.mode, endpoint.gid)
+            .map_err(|source| Error::io("cannot listen for metrics", source))?;
     // Opened before dropping to --user: the file's place is root's choice.
     let trace = trace_log::TraceLog::open(&config.trace)
         .map_err(|error| Error::usage(error.to_string()))?;
@@ -103,6 +109,7 @@ pub fn serve(
     .with_signals(signals)
     .with_control(control)
     .with_trace(trace)
+    .with_metrics(metrics)
     .with_jobs_from(&config.jobs_from);
     event_loop.prime(&mut *server)?;
     let jobs = server.jobs();

@@ -661,6 +661,7 @@ impl Server for Session {
                 grace_returns: Some(counters.grace_returns),
                 interrupts: Some(counters.interrupts),
                 expired_reservations: Some(counters.expired_reservations),
+                wait_seconds: Some((&counters.waits).into()),
             },
         }
     }

@@ -180,8 +180,8 @@ fn every_field_of_a_fully_populated_status_is_documented() {
         PressureLimit, PressureLimits, Pressures, Resource, Stall, Stalls,
     };
     use steve_core::status::{
-        BuildReport, CompanionReport, CounterReport, HolderReport, PoolReport, StatusReport,
-        WaiterReport,
+        BucketReport, BuildReport, CompanionReport, CounterReport, HolderReport, PoolReport,
+        StatusReport, WaitReport, WaiterReport,
     };
     let full = StatusReport {
         backend: "cuse".into(),
@@ -273,6 +273,11 @@ fn every_field_of_a_fully_populated_status_is_documented() {
             grace_returns: Some(1),
             interrupts: Some(1),
             expired_reservations: Some(1),
+            wait_seconds: Some(WaitReport {
+                buckets: vec![BucketReport { le: "+Inf".into(), count: 1 }],
+                count: 1,
+                sum: 0.5,
+            }),
         },
     };
     let mut paths = BTreeSet::new();

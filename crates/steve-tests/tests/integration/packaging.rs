@@ -15,7 +15,7 @@ use steve_tests::steve::{self, FifoServer};
 use steve_tests::{assert_success, clients, projects, timeline, workspace_root, KillOnDrop};
 
 /// The visible subcommands, each with its man page.
-const SUBCOMMANDS: [&str; 13] = [
+const SUBCOMMANDS: [&str; 14] = [
     "serve",
     "run",
     "exec",
@@ -25,6 +25,7 @@ const SUBCOMMANDS: [&str; 13] = [
     "top",
     "trace",
     "plot",
+    "metrics",
     "backends",
     "doctor",
     "env",

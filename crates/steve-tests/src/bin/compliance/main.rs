@@ -13,6 +13,7 @@
 //! Paths come from the environment: `STEVE_BIN` (the steve binary), `STEVE_TEST_MAKE44` (GNU
 //! make 4.4.1), `STEVE_TEST_CARGO` (cargo), `STEVE_TEST_NINJA` (ninja 1.13.2, one scenario),
 //! `STEVE_TEST_CAPI_PROBE` (the C library's test program, `c/jobserver-probe.c`),
+//! `STEVE_TEST_PYTHON` (a python3 with `prometheus_client`, one scenario),
 //! `STEVE_SCENARIO_BACKEND` (`cuse`, the default, `fuse` or `fifo`), and for fuse and fifo
 //! `STEVE_SCENARIO_PLACE` (the directory each server mounts on, or the path of its pipe).
 
@@ -25,6 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod fairness;
+mod metrics;
 mod traces;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -161,6 +163,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario("c_library", Needs::Jobserver, c_library),
     scenario("cargo_build", Needs::Jobserver, cargo_build),
     scenario("status_finds_the_server", Needs::Jobserver, status_finds_the_server),
+    scenario("metrics_match_status", Needs::Jobserver, metrics::metrics_match_status),
     scenario("enospc_and_grace", Needs::PerProcess, enospc_and_grace),
     scenario("sigkill_reclaim", Needs::PerProcess, sigkill_reclaim),
     scenario("poller_fairness", Needs::PerProcess, poller_fairness),
