@@ -11,6 +11,7 @@
 //! - [`projects`]: Makefiles, ninja files and cargo workspaces whose jobs log start and end;
 //! - [`timeline`]: the peak number of jobs running at once, from such a log;
 //! - [`pipe`]: counts the tokens in a named pipe by draining it and putting them back;
+//! - [`terminal`]: a real terminal (tmux) to run a command in and read its screen;
 //! - [`vm`]: a QEMU VM with Debian's kernel, for the CUSE tests and an ordinary user's FUSE mount;
 //! - `src/bin/compliance/`: the compliance suite, one list of scenarios run against every
 //!   backend each applies to (fifo and fuse on the host, cuse inside the VM), which
@@ -25,6 +26,7 @@ pub mod clients;
 pub mod pipe;
 pub mod projects;
 pub mod steve;
+pub mod terminal;
 pub mod timeline;
 pub mod vm;
 

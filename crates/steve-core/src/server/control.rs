@@ -26,6 +26,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::Gid;
 use serde::{Deserialize, Serialize};
 
+use super::connection_io::{read_available, write_available, Filled};
 use super::trace_log::Clocks;
 use super::unix_socket::OwnedSocket;
 use crate::status::StatusReport;
@@ -373,20 +374,15 @@ impl ControlServer {
     /// Reads what connection `id` sent, without blocking.
     pub fn read(&mut self, id: ConnectionId) -> Incoming {
         let Some(connection) = self.connections.get_mut(&id) else { return Incoming::Closed };
-        let mut chunk = [0u8; 4096];
-        let closed = loop {
-            match connection.stream.read(&mut chunk) {
-                Ok(0) => break true,
-                Ok(count) => connection.input.extend_from_slice(&chunk[..count]),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break false,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break true,
-            }
-            if connection.input.len() > MAX_REQUEST {
-                self.connections.remove(&id);
-                return Incoming::Closed;
-            }
-        };
+        let closed =
+            match read_available(&mut connection.stream, &mut connection.input, MAX_REQUEST) {
+                Filled::Open => false,
+                Filled::Closed => true,
+                Filled::TooLong => {
+                    self.connections.remove(&id);
+                    return Incoming::Closed;
+                }
+            };
         let Some(end) = connection.input.iter().position(|byte| *byte == b'\n') else {
             if closed {
                 self.connections.remove(&id);
@@ -413,15 +409,8 @@ impl ControlServer {
     /// Writes more of connection `id`'s answer, without blocking.
     pub fn write(&mut self, id: ConnectionId) -> Outgoing {
         let Some(connection) = self.connections.get_mut(&id) else { return Outgoing::Done };
-        while connection.written < connection.output.len() {
-            match connection.stream.write(&connection.output[connection.written..]) {
-                Ok(count) => connection.written += count,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    return Outgoing::Pending
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
+        if !write_available(&mut connection.stream, &connection.output, &mut connection.written) {
+            return Outgoing::Pending;
         }
         self.connections.remove(&id);
         Outgoing::Done

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Gid;
 
+use super::connection_io::{read_available, write_available, Filled};
 use super::unix_socket::OwnedSocket;
 use crate::metrics::Format;
 
@@ -100,19 +101,27 @@ impl Stream {
             Stream::Tcp(stream) => stream.as_fd(),
         }
     }
+}
 
+impl Read for Stream {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(stream) => stream.read(buffer),
             Stream::Tcp(stream) => stream.read(buffer),
         }
     }
+}
 
+impl Write for Stream {
     fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(stream) => stream.write(buffer),
             Stream::Tcp(stream) => stream.write(buffer),
         }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -234,20 +243,15 @@ impl MetricsServer {
     /// Reads what connection `id` sent and says what it asked.
     pub fn read(&mut self, id: u32) -> Asked {
         let Some(connection) = self.connections.get_mut(&id) else { return Asked::Closed };
-        let mut chunk = [0u8; 2048];
-        let closed = loop {
-            match connection.stream.read(&mut chunk) {
-                Ok(0) => break true,
-                Ok(count) => connection.input.extend_from_slice(&chunk[..count]),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break false,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break true,
-            }
-            if connection.input.len() > MAX_REQUEST {
-                self.connections.remove(&id);
-                return Asked::Closed;
-            }
-        };
+        let closed =
+            match read_available(&mut connection.stream, &mut connection.input, MAX_REQUEST) {
+                Filled::Open => false,
+                Filled::Closed => true,
+                Filled::TooLong => {
+                    self.connections.remove(&id);
+                    return Asked::Closed;
+                }
+            };
         let end = connection.input.windows(4).position(|window| window == b"\r\n\r\n");
         match end {
             Some(end) => parse(&connection.input[..end]),
@@ -284,13 +288,8 @@ impl MetricsServer {
     /// Writes more of connection `id`'s answer; says whether it is all written (then closed).
     pub fn write(&mut self, id: u32) -> bool {
         let Some(connection) = self.connections.get_mut(&id) else { return true };
-        while connection.written < connection.output.len() {
-            match connection.stream.write(&connection.output[connection.written..]) {
-                Ok(count) => connection.written += count,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
+        if !write_available(&mut connection.stream, &connection.output, &mut connection.written) {
+            return false;
         }
         self.connections.remove(&id);
         true

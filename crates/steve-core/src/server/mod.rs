@@ -19,6 +19,7 @@
 
 pub mod accounts;
 pub mod backend;
+mod connection_io;
 pub mod control;
 mod error;
 mod event_loop;

@@ -20,3 +20,4 @@ mod leak_recovery;
 mod packaging;
 mod run_command;
 mod scheduling;
+mod top;

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use steve_tests::steve::{self, FifoServer};
+use steve_tests::terminal::Terminal;
 use steve_tests::{assert_success, clients, projects, timeline, workspace_root, KillOnDrop};
 
 /// The visible subcommands, each with its man page.
@@ -156,50 +157,6 @@ fn every_installed_man_page_renders_with_man_l_without_warnings() {
     let text = String::from_utf8_lossy(&serve.stdout);
     for option in ["--backend", "--per-process-limit", "--print-env", "--color"] {
         assert!(text.contains(option), "steve-serve(1) lacks {option}");
-    }
-}
-
-/// A real terminal: `command` running in a tmux server of its own, killed when dropped.
-struct Terminal {
-    socket: String,
-}
-
-impl Terminal {
-    /// Starts `command` in a `width` × `height` terminal; `name` keeps the server apart.
-    fn start(name: &str, command: &str, width: u16, height: u16) -> Terminal {
-        let terminal = Terminal { socket: format!("steve-{name}-{}", std::process::id()) };
-        let (width, height) = (width.to_string(), height.to_string());
-        let started = terminal.tmux(&["new-session", "-d", "-x", &width, "-y", &height, command]);
-        assert_success(&started, "tmux new-session");
-        terminal
-    }
-
-    fn tmux(&self, args: &[&str]) -> std::process::Output {
-        Command::new("tmux").args(["-L", &self.socket]).args(args).output().expect("run tmux")
-    }
-
-    /// Types `keys` (tmux key names, such as Enter and Tab, or text).
-    fn send(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys"];
-        args.extend_from_slice(keys);
-        self.tmux(&args);
-    }
-
-    /// The screen (with its colour codes if `escapes`) once it shows `wanted`; panics after
-    /// `limit`.
-    fn screen_showing(&self, wanted: &str, escapes: bool, limit: Duration) -> String {
-        let capture: &[&str] =
-            if escapes { &["capture-pane", "-p", "-e"] } else { &["capture-pane", "-p"] };
-        steve_tests::wait_for(&format!("{wanted:?} on the screen"), limit, || {
-            let shown = String::from_utf8_lossy(&self.tmux(capture).stdout).into_owned();
-            shown.contains(wanted).then_some(shown)
-        })
-    }
-}
-
-impl Drop for Terminal {
-    fn drop(&mut self) {
-        self.tmux(&["kill-server"]);
     }
 }
 
