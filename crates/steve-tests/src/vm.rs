@@ -293,6 +293,7 @@ fn build_initramfs(
         "sync",
         "cat",
         "switch_root",
+        "ip",
     ];
     for applet in applets {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
@@ -358,6 +359,7 @@ mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /n
 for d in proc sys dev; do mount --move /$d /newroot/$d || fail "moving /$d"; done
 mkdir -p /newroot/steve-results
 mount -t 9p -o trans=virtio,version=9p2000.L results /newroot/steve-results || fail 'mounting the results share'
+ip link set lo up || fail 'bringing up the loopback interface'
 {run}"#,
     );
     let init_path = dir.join("init");

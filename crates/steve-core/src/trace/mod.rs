@@ -39,7 +39,8 @@ use crate::accounting::pool::Counts;
 
 pub mod timeline;
 
-/// Events a server keeps when no option says otherwise: about 6 MiB at most.
+/// Events a server keeps when no option says otherwise: about 9 MiB when full (some 136 bytes
+/// an event).
 pub const DEFAULT_RING_SIZE: usize = 65_536;
 
 /// Events one control reply carries at most; a reader asks again from where it stopped.
