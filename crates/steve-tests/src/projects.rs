@@ -120,17 +120,19 @@ pub fn cargo_workspace(dir: &Path, libs: usize, log: &Path) -> CargoWorkspace {
     )
     .unwrap();
 
-    let wrapper = rustc_wrapper(dir, log, "0.3");
+    let wrapper = rustc_wrapper(dir, log, Hold::Before("0.3"));
     CargoWorkspace { root, wrapper, crates: libs + 1 }
 }
 
 /// Writes a workspace of library crates in layers of the given widths, each crate depending on
 /// every crate of the layer before: the shape of real workspaces, where cargo's queue of ready
 /// units runs dry at the end of each layer (cargo gives tokens back only then). Through the
-/// logging wrapper, crate `lLcN` holds its token 0.3 s + (N mod 5) × `stagger` first: crates
-/// that all took the same time would end together, and cargo, seeing the next layer ready in
-/// the same turn, would give nothing back. The stagger must outlast the compilations' own
-/// jitter: a tenth of a second where rustc takes one, seconds where it takes ten.
+/// logging wrapper, crate `lLcN` holds its token 0.3 s + (N mod 5) × `stagger` after rustc
+/// ends: crates that all took the same time would end together, and cargo, seeing the next
+/// layer ready in the same turn, would give nothing back. The hold comes after the compilation,
+/// not before it, because compilations started apart on CPUs they share still end together (a
+/// VM run: four crates' rustc, started seconds apart, ended in one turn of cargo's loop); a
+/// sleep after them parts their ends by the stagger whatever the CPUs do.
 pub fn layered_cargo_workspace(
     dir: &Path,
     widths: &[usize],
@@ -170,19 +172,40 @@ pub fn layered_cargo_workspace(
         r#"$(n=${{name%-*}}; ms=$(( 300 + ${{n##*c}} % 5 * {} )); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"#,
         stagger.as_millis()
     );
-    let wrapper = rustc_wrapper(dir, log, &hold);
+    let wrapper = rustc_wrapper(dir, log, Hold::After(&hold));
     CargoWorkspace { root, wrapper, crates: widths.iter().sum() }
 }
 
+/// When the logging wrapper holds a crate's token beyond its compilation, and for how long: a
+/// shell word of seconds, which may use `$name` (the crate's name and the wrapper's pid).
+enum Hold<'a> {
+    /// Before rustc runs: the compilations overlap for at least that long.
+    Before(&'a str),
+    /// After rustc ends: the compilations end that far apart.
+    After(&'a str),
+}
+
 /// Writes `dir/rustc-wrapper.sh`, a `RUSTC_WRAPPER` that logs the start and end of every
-/// crate's compilation to `log`, holding each `hold` seconds first (a shell word, which may use
-/// `$name`, the crate's name and the wrapper's pid) so that concurrency shows.
-fn rustc_wrapper(dir: &Path, log: &Path, hold: &str) -> PathBuf {
+/// crate's compilation to `log`, holding each for a moment (`hold`) so that concurrency shows.
+fn rustc_wrapper(dir: &Path, log: &Path, hold: Hold) -> PathBuf {
     // cargo also asks rustc for its version and target facts (`--crate-name ___ --print ...`);
     // only compilations are logged.
     let wrapper = dir.join("rustc-wrapper.sh");
     let start = log_event("start", "$name", log);
     let end = log_event("end", "$name", log);
+    // A hold after rustc also holds back rustc's messages (its stderr): cargo starts a crate's
+    // dependents as soon as rustc says the crate's metadata is written (pipelining), which
+    // would let the next layer begin while this one's tokens are still held.
+    let (before, run, after) = match hold {
+        Hold::Before(seconds) => {
+            (format!("sleep {seconds}"), r#""$rustc" "$@""#.to_string(), ":".to_string())
+        }
+        Hold::After(seconds) => (
+            ":".to_string(),
+            r#"messages=$(mktemp); "$rustc" "$@" 2>"$messages""#.to_string(),
+            format!(r#"sleep {seconds}; cat "$messages" >&2; rm -f "$messages""#),
+        ),
+    };
     fs::write(
         &wrapper,
         format!(
@@ -196,9 +219,10 @@ for arg in "$@"; do
 done
 case "$name" in ""|___-*) exec "$rustc" "$@";; esac
 {start}
-sleep {hold}
-"$rustc" "$@"
+{before}
+{run}
 status=$?
+{after}
 {end}
 exit $status
 "#

@@ -19,14 +19,12 @@
 //! otherwise be all overhead. The makes' jobs last a third of one small compilation (0.3 s at
 //! least), and where compiling is slow the workspace is smaller.
 //!
-//! Where compiling is that slow, a layer's crates must also end seconds apart: cargo gives a
-//! token back only when a crate ends and no other is ready, and a debug log of a VM run showed
-//! the four first crates (nine seconds of rustc each, their holds a tenth of a second apart)
-//! ending in one turn of cargo's loop, so cargo kept the three tokens it took before the makes
-//! started to the end and the fair run's index stayed near 0.8. There the holds are staggered
-//! by a quarter of a compilation: 1.00 when the probe compilation was cold (16 s), but 0.83 –
-//! 0.94 when it was warm (2.4 s alone against 10 s among the others), so on a slow machine the
-//! scenario asserts only that the fair policy does no worse than FIFO.
+//! A layer's crates must also end apart: cargo gives a token back only when a crate ends and no
+//! other is ready, so crates ending in one turn of cargo's loop give nothing back at the layer
+//! boundary. The workspace's crates therefore keep their tokens a moment after rustc ends,
+//! staggered across a layer (a tenth of a second here, a quarter of a compilation and at least a
+//! second where compiling is slow); holds before rustc were not enough on the VM's two shared
+//! CPUs, where compilations started apart still ended together (see docs/performance.md).
 
 use std::collections::HashMap;
 use std::fs;
@@ -67,15 +65,14 @@ struct ShareRun {
 }
 
 /// The scenario: the fair run must give each make a token within one job length and reach a
-/// fairness index of 0.9 where compiling is fast, and do no worse than FIFO where it is slow;
-/// the FIFO run is measured and reported beside it.
+/// fairness index of 0.9; the FIFO run is measured and reported beside it.
 pub fn fair_shares() -> Result<(), String> {
     let compile = one_compilation()?;
     let make_job = (compile / 3.0).max(0.3);
     let (widths, stagger): (&[usize], _) = if compile < 1.0 {
         (&[4, 16, 16, 16], Duration::from_millis(100))
     } else {
-        (&[4, 8], Duration::from_secs_f64(compile / 4.0))
+        (&[4, 8], Duration::from_secs_f64((compile / 4.0).max(1.0)))
     };
     println!(
         "figure fair_shares_scale compile {compile:.2} s, make jobs {make_job:.2} s, layers \
@@ -108,15 +105,6 @@ pub fn fair_shares() -> Result<(), String> {
         );
         println!("figure fair_shares_counters_{policy} {}", run.counters);
     }
-    if compile >= 1.0 {
-        // Where compiling is slow, one compilation alone says little of how long four take at
-        // once on two emulated CPUs (2.4 s alone, 10 s among the others, in one run), so the
-        // stagger is not always long enough to part a layer's ends: there the scenario asserts
-        // that the fair policy does no worse than FIFO (see docs/performance.md for the figures).
-        return ensure(fair.jain + 0.03 >= fifo.jain, || {
-            format!("fairness index {:.2} with build, {:.2} with fifo", fair.jain, fifo.jain)
-        });
-    }
     for (n, wait) in fair.waits.iter().enumerate() {
         ensure(wait.is_some_and(|wait| wait <= fair.job_length), || {
             format!(
@@ -131,21 +119,27 @@ pub fn fair_shares() -> Result<(), String> {
     })
 }
 
-/// Seconds one small compilation takes here: rustc on a one-line library.
+/// Seconds one small compilation takes here: rustc on a one-line library, the second of two
+/// runs, so that the figure does not depend on whether rustc's libraries are in the page cache
+/// yet (the first rustc in a fresh VM took 13 – 17 s, later ones 2.4 – 3.4 s).
 fn one_compilation() -> Result<f64, String> {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("probe.rs");
     fs::write(&source, "pub fn f(x: u64) -> u64 { x + 1 }\n").unwrap();
     let rustc = Path::new(&env_path("STEVE_TEST_CARGO")).with_file_name("rustc");
-    let started = std::time::Instant::now();
-    let status = Command::new(rustc)
-        .args(["--crate-type", "lib", "--crate-name", "probe", "--out-dir"])
-        .arg(dir.path())
-        .arg(&source)
-        .status()
-        .map_err(|error| format!("rustc: {error}"))?;
-    ensure(status.success(), || "rustc failed on a one-line library".to_string())?;
-    Ok(started.elapsed().as_secs_f64())
+    let mut seconds = 0.0;
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let status = Command::new(&rustc)
+            .args(["--crate-type", "lib", "--crate-name", "probe", "--out-dir"])
+            .arg(dir.path())
+            .arg(&source)
+            .status()
+            .map_err(|error| format!("rustc: {error}"))?;
+        ensure(status.success(), || "rustc failed on a one-line library".to_string())?;
+        seconds = started.elapsed().as_secs_f64();
+    }
+    Ok(seconds)
 }
 
 /// One sample of the server's builds: when (nanoseconds since the epoch, as the timelines),
