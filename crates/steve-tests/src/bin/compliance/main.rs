@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 mod fairness;
 mod metrics;
+mod storms;
 mod traces;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -112,6 +113,9 @@ fn main() {
 enum Needs {
     /// Any jobserver: fifo, fuse and cuse.
     Jobserver,
+    /// A jobserver the host serves, fifo and fuse: a storm of a thousand processes would take
+    /// many minutes in the emulated VM.
+    HostJobserver,
     /// Per-process accounting (ENOSPC, reclaim at exit, reservations, waiters): fuse and cuse.
     PerProcess,
     /// A CUSE device node: cuse.
@@ -130,6 +134,7 @@ impl Needs {
     fn applies_to(self, backend: &str) -> bool {
         match self {
             Needs::Jobserver => true,
+            Needs::HostJobserver => backend == "fifo" || backend == "fuse",
             Needs::PerProcess => backend == "fuse" || backend == "cuse",
             Needs::Device | Needs::AutoChoice | Needs::UserMount if backend == "cuse" => true,
             Needs::Mount | Needs::AutoChoice => backend == "fuse",
@@ -183,6 +188,8 @@ const SCENARIOS: &[Scenario] = &[
     scenario("mixed_clients_share_the_pool", Needs::PerProcess, mixed_clients_share_the_pool),
     scenario("killed_ninja_on_the_companion", Needs::PerProcess, killed_ninja_on_the_companion),
     scenario("killed_exec_pipe_tree", Needs::Jobserver, killed_exec_pipe_tree),
+    scenario("kill_storm", Needs::HostJobserver, storms::kill_storm),
+    scenario("soak", Needs::HostJobserver, storms::soak),
 ];
 
 fn run_scenarios(names: &[String]) {
