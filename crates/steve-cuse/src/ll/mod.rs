@@ -283,6 +283,10 @@ pub fn parse(message: &[u8]) -> Result<(InHeader, Request<'_>), ParseError> {
     if len as usize != message.len() {
         return Err(header_error("length field disagrees with the message size"));
     }
+    // The fields above end at byte 38; the header has padding to 40.
+    if message.len() < IN_HEADER_LEN {
+        return Err(header_error("shorter than the request header"));
+    }
     let nodeid = fields.u64(16).ok_or_else(|| header_error("shorter than the request header"))?;
     let header = InHeader { len, opcode, unique, nodeid, uid, gid, pid };
     let body = Fields(&message[IN_HEADER_LEN..]);
@@ -722,6 +726,13 @@ mod tests {
         assert!(parse(&write).is_err());
         for len in 0..200 {
             let _ = parse(&vec![0xffu8; len]);
+        }
+        // Found by the fuzzer (fuzz/src/bin/requests.rs): shorter than the header, yet long
+        // enough for every field the header check reads, and saying its own length.
+        for len in 38..IN_HEADER_LEN {
+            let mut short = vec![0u8; len];
+            short[..4].copy_from_slice(&(len as u32).to_ne_bytes());
+            assert!(parse(&short).is_err(), "a {len}-byte message parsed");
         }
     }
 
