@@ -21,6 +21,9 @@ use steve_tests::{clients, steve, vm};
 
 /// The server backends, longest run first so that its run starts first.
 const BACKENDS: [&str; 3] = ["cuse", "fuse", "fifo"];
+/// `(backend, backend whose run must end first)`: the host's two runs take half the VM's time
+/// one after the other (fuse 211 s, fifo 112 s, cuse 667 s in one CI run).
+const HOST_RUN_AFTER: [(&str, &str); 1] = [("fifo", "fuse")];
 
 /// The scenarios `compliance list BACKEND` says apply to `backend`.
 fn applicable(backend: &str) -> Vec<String> {
@@ -107,8 +110,8 @@ fn main() {
              QEMU and the clients scripts/test installs (scripts/test sets STEVE_TEST_ALL=1)"
         );
     }
-    let lists: HashMap<&'static str, Arc<Vec<String>>> =
-        BACKENDS.iter().map(|backend| (*backend, Arc::new(applicable(backend)))).collect();
+    let lists: Arc<HashMap<&'static str, Vec<String>>> =
+        Arc::new(BACKENDS.iter().map(|backend| (*backend, applicable(backend))).collect());
     let runs: Arc<HashMap<&'static str, OnceLock<Run>>> =
         Arc::new(BACKENDS.iter().map(|backend| (*backend, OnceLock::new())).collect());
     // Interleaved (cuse, fuse, fifo, cuse, ...), so that each thread starts another backend.
@@ -117,9 +120,14 @@ fn main() {
     for index in 0..longest {
         for backend in BACKENDS {
             let Some(name) = lists[backend].get(index).cloned() else { continue };
-            let (list, runs) = (Arc::clone(&lists[backend]), Arc::clone(&runs));
+            let (lists, runs) = (Arc::clone(&lists), Arc::clone(&runs));
             let trial = Trial::test(format!("{backend}::{name}"), move || {
-                let run = runs[backend].get_or_init(|| run_backend(backend, &list));
+                // The host's runs go one after the other: the storms at the end of each would
+                // otherwise load both CPUs while the other measures fair shares.
+                if let Some(before) = HOST_RUN_AFTER.iter().find(|(b, _)| *b == backend) {
+                    runs[before.1].get_or_init(|| run_backend(before.1, &lists[before.1]));
+                }
+                let run = runs[backend].get_or_init(|| run_backend(backend, &lists[backend]));
                 steve_tests::scenario_outcome(&run.output, &name)
                     .map_err(|why| Failed::from(format!("{why} ({backend} {})", run.describe)))
             });
