@@ -36,6 +36,7 @@
 pub mod accounting;
 pub mod cgroup;
 pub mod client;
+pub mod handover;
 pub mod makeflags;
 pub mod metrics;
 pub mod mountinfo;

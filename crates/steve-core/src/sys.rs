@@ -51,3 +51,65 @@ pub fn bytes_in_pipe(fd: impl std::os::fd::AsFd) -> io::Result<usize> {
     unsafe { ioctl::fionread_raw(fd.as_fd().as_raw_fd(), &mut count) }.map_err(io::Error::from)?;
     Ok(usize::try_from(count).unwrap_or(0))
 }
+
+/// Sends `fds` over the Unix socket `socket` (`SCM_RIGHTS`), attached to one byte `F`.
+pub fn send_descriptors(
+    socket: std::os::fd::BorrowedFd<'_>,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let payload = [io::IoSlice::new(b"F")];
+    let rights = [ControlMessage::ScmRights(&raw)];
+    loop {
+        match sendmsg::<()>(socket.as_raw_fd(), &payload, &rights, MsgFlags::empty(), None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
+/// Receives one byte and the descriptors attached to it (at most `most`) from `socket`, each
+/// close-on-exec. An end of file is an error.
+pub fn receive_descriptors(
+    socket: std::os::fd::BorrowedFd<'_>,
+    most: usize,
+) -> io::Result<Vec<OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut payload = [io::IoSliceMut::new(&mut byte)];
+    let mut space = vec![0u8; nix::sys::socket::cmsg_space::<RawFd>() * most];
+    let message = loop {
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut payload,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(message) => break message,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    };
+    if message.bytes == 0 {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+    }
+    let truncated = message.flags.contains(MsgFlags::MSG_CTRUNC);
+    let mut received = Vec::new();
+    for control in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            for fd in fds {
+                // SAFETY: the kernel just installed this descriptor in this process for this
+                // message, and nothing else owns it.
+                received.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    if truncated {
+        return Err(io::Error::other("more descriptors were sent than asked for"));
+    }
+    Ok(received)
+}

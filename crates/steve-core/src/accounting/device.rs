@@ -41,6 +41,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::ledger::{Acquire, Counts, Grant, Ledger, Wait, WaiterId};
 use super::pool::{JobCount, Pool};
 use super::shares::{BuildId, Fairness, Owner, Shares, Uid};
@@ -51,11 +53,11 @@ use crate::trace::{Books, Kind, Record, Via};
 pub type Pid = u32;
 
 /// A request the transport must answer: the kernel's `unique`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RequestId(pub u64);
 
 /// A kernel poll handle, given back in a poll notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PollHandle(pub u64);
 
 /// The answer to a read.
@@ -117,7 +119,7 @@ pub struct Departed {
 }
 
 /// Running totals since the device started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Counters {
     /// Tokens handed out (reads answered with a token).
     pub grants: u64,
@@ -147,17 +149,19 @@ pub enum WaitKind {
     Polling,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Process {
     /// It has been handed a token at least once (so a write cannot be a grace return).
     taken_any: bool,
     /// It used its grace return, lending its implicit token to the pool.
     lent: bool,
     /// A token held for it in the ledger, until this deadline.
+    #[serde(with = "crate::handover::option_instant")]
     reserved_until: Option<Instant>,
     /// Its place in the queue as a poller.
     poll_waiter: Option<WaiterId>,
     /// Since when it has held at least one token.
+    #[serde(with = "crate::handover::option_instant")]
     holding_since: Option<Instant>,
 }
 
@@ -199,24 +203,70 @@ pub struct Waiter {
     pub since: Instant,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 enum Waiting {
     Read(RequestId),
     Poll(PollHandle),
 }
 
-/// The jobserver state of one per-process transport.
-#[derive(Debug)]
+/// The jobserver state of one per-process transport. Serializable, for a handover to a
+/// successor server ([`crate::handover`]): the books, the queue, the reads waiting and the
+/// counters go; the trace (the successor's loop starts its own) and the events (taken every
+/// turn, so none are pending between turns) do not.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Device {
     ledger: Ledger<Pid>,
     reservation: Duration,
     processes: HashMap<Pid, Process>,
-    waiting: HashMap<WaiterId, (Pid, Waiting, Instant)>,
+    #[serde(with = "waiting_serde")]
+    waiting: Queue,
     reads: HashMap<RequestId, WaiterId>,
+    #[serde(skip)]
     events: Vec<Event>,
     counters: Counters,
     /// What it did, for the event trace, while tracing is on.
+    #[serde(skip)]
     trace: Option<Vec<(Instant, Record)>>,
+}
+
+/// The requests waiting, by their place in the ledger's queue: who, how, and since when.
+type Queue = HashMap<WaiterId, (Pid, Waiting, Instant)>;
+
+/// The queue's entries as a list, their times as the handover writes instants.
+mod waiting_serde {
+    use std::time::Instant;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{Pid, Queue, WaiterId, Waiting};
+    use crate::handover::instant;
+
+    #[derive(Serialize, Deserialize)]
+    struct Entry {
+        waiter: WaiterId,
+        pid: Pid,
+        waiting: Waiting,
+        #[serde(with = "instant")]
+        since: Instant,
+    }
+
+    pub fn serialize<S: Serializer>(map: &Queue, serializer: S) -> Result<S::Ok, S::Error> {
+        let entries: Vec<Entry> = map
+            .iter()
+            .map(|(waiter, (pid, waiting, since))| Entry {
+                waiter: *waiter,
+                pid: *pid,
+                waiting: *waiting,
+                since: *since,
+            })
+            .collect();
+        entries.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Queue, D::Error> {
+        let entries = Vec::<Entry>::deserialize(deserializer)?;
+        Ok(entries.into_iter().map(|e| (e.waiter, (e.pid, e.waiting, e.since))).collect())
+    }
 }
 
 impl Device {
@@ -777,6 +827,33 @@ mod tests {
         assert_eq!(device.read(1, RequestId(2), true, now), ReadOutcome::Token);
         assert_eq!(device.read(1, RequestId(3), true, now), ReadOutcome::WouldBlock);
         assert_eq!(device.held_by(1), 2);
+    }
+
+    #[test]
+    fn the_books_survive_a_handover_whole() {
+        // Holders, a grace return, a reservation, a waiting read and a queued poller: what a
+        // successor must carry on with.
+        let (mut device, now) = device(3);
+        assert_eq!(device.read(1, RequestId(1), false, now), ReadOutcome::Token);
+        assert_eq!(device.read(1, RequestId(2), false, now), ReadOutcome::Token);
+        device.write(4, 1, now).expect("a grace return");
+        assert!(device.poll(2, Some(PollHandle(7)), now), "a token reserved for the poller");
+        assert_eq!(device.read(1, RequestId(3), false, now), ReadOutcome::Token);
+        assert_eq!(device.read(3, RequestId(4), false, now), ReadOutcome::Pending);
+        assert!(!device.poll(5, Some(PollHandle(8)), now));
+        let text = serde_json::to_string(&device).unwrap();
+        let mut successor: Device = serde_json::from_str(&text).unwrap();
+        assert!(successor.is_consistent());
+        assert_eq!(successor.counts(), device.counts());
+        assert_eq!(successor.counters(), device.counters());
+        assert_eq!(successor.holders().len(), device.holders().len());
+        let kinds = |d: &Device| d.waiters().iter().map(|w| (w.pid, w.kind)).collect::<Vec<_>>();
+        assert_eq!(kinds(&successor), kinds(&device));
+        // The successor answers the read that waited, and the poller's reservation stands.
+        successor.write(1, 1, now).unwrap();
+        assert_eq!(successor.take_events(), vec![Event::Answer { request: RequestId(4), pid: 3 }]);
+        assert_eq!(successor.read(2, RequestId(5), true, now), ReadOutcome::Token);
+        assert!(successor.is_consistent());
     }
 
     #[test]

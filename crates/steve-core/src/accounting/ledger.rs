@@ -32,13 +32,15 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 
+use serde::{Deserialize, Serialize};
+
 pub use super::pool::Counts;
 use super::pool::{JobCount, Pool};
 use super::shares::{BuildId, Fairness, Owner, Shares, Standing, Uid, UNKNOWN_USER};
 
 /// Identifies one queued request, so a transport can answer it when it is granted or drop it
 /// when the caller gives up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WaiterId(u64);
 
 impl fmt::Display for WaiterId {
@@ -104,14 +106,19 @@ pub struct Reclaimed<C> {
     pub grants: Vec<Grant<C>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Waiter<C> {
     id: WaiterId,
     client: C,
 }
 
 /// The token pool with per-client holdings and one queue of waiters served by fair shares.
-#[derive(Debug, Clone)]
+/// Serializable for a handover to a successor server ([`crate::handover`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "C: Serialize + Eq + Hash",
+    deserialize = "C: Deserialize<'de> + Eq + Hash"
+))]
 pub struct Ledger<C> {
     /// The counts; the ledger adds who holds what and who waits.
     pool: Pool,

@@ -143,7 +143,7 @@ impl Counts {
 
 /// The pool: the counts and the allowance, changed only through operations that keep
 /// `free + held + withheld == size`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pool {
     target: usize,
     lent: usize,

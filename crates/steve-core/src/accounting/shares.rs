@@ -44,7 +44,7 @@ impl fmt::Display for BuildId {
 }
 
 /// Whose a client's tokens count as: its build's and its user's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Owner {
     /// The build it belongs to.
     pub build: BuildId,

@@ -21,11 +21,13 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// The buckets' upper bounds, in seconds; a last one, `+Inf`, takes the rest.
 pub const BOUNDS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0];
 
 /// Counts of waits by how long they lasted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WaitHistogram {
     /// Waits in each bucket (not cumulative), the last one above every bound.
     pub buckets: [u64; BOUNDS.len() + 1],
