@@ -208,6 +208,12 @@ struct ServeArgs {
     /// unix:PATH, or a loopback HOST:PORT like 127.0.0.1:9877; may be given more than once.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Vec<MetricsAddress>,
+    /// Take over the server running with these options (its control socket: --control, or
+    /// where this backend's server at this place listens) instead of starting one: the device
+    /// or mount, the sockets and the books pass to this process, and the old one exits. Builds
+    /// carry on; a restart or an upgrade breaks none. If this fails, the old server serves on.
+    #[arg(long)]
+    takeover: bool,
     /// Print the environment, once ready, as `export` lines for a shell to source, rather than
     /// plain NAME='value' lines (which systemd's EnvironmentFile= reads).
     #[arg(long)]
@@ -424,6 +430,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             file_size: args.trace_file_size,
         },
         metrics: args.metrics_listen,
+        takeover: args.takeover,
     };
     let chosen = choose_backend(&args.backend, &config)?;
     let print_env = args.print_env;

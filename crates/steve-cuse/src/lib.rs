@@ -56,6 +56,7 @@ inventory::submit! {
         availability: cuse::availability,
         places: cuse::PLACES,
         start: Start::Server(cuse::start),
+        resume: Some(session::resume),
     }
 }
 
@@ -68,5 +69,6 @@ inventory::submit! {
         availability: fuse::availability,
         places: fuse::PLACES,
         start: Start::Server(fuse::start),
+        resume: Some(session::resume),
     }
 }

@@ -62,6 +62,7 @@ inventory::submit! {
         availability: always_available,
         places: named::PLACES,
         start: Start::Server(named::start),
+        resume: None,
     }
 }
 
@@ -74,5 +75,6 @@ inventory::submit! {
         availability: always_available,
         places: Places::NONE,
         start: Start::CommandTree(private::run),
+        resume: None,
     }
 }

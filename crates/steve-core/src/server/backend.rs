@@ -26,6 +26,7 @@
 //!         availability: || Availability::Unavailable("it is an example".into()),
 //!         places: Places::NONE,
 //!         start: Start::Server(start),
+//!         resume: None,
 //!     }
 //! }
 //!
@@ -75,6 +76,26 @@ pub struct Backend {
     pub places: Places,
     /// How it is started.
     pub start: Start,
+    /// How a successor takes its server over ([`crate::handover`]): from the state and the
+    /// descriptors its [`Server::export`] gave. `None`: it cannot be handed over.
+    pub resume: Option<Resume>,
+}
+
+/// Builds a server from a predecessor's part of a handover: its state (as its
+/// [`Server::export`] wrote it) and its descriptors, by name.
+pub type Resume = fn(
+    &ServeConfig,
+    &serde_json::Value,
+    &mut crate::handover::Descriptors,
+) -> Result<Box<dyn Server>, Error>;
+
+/// A server's part of a handover: its state, and the descriptors the state needs, by name.
+#[derive(Debug)]
+pub struct Export<'a> {
+    /// What its backend's [`Resume`] reads back.
+    pub state: serde_json::Value,
+    /// The descriptors to pass, each under a name of the server's choice.
+    pub descriptors: Vec<(String, BorrowedFd<'a>)>,
 }
 
 inventory::collect!(Backend);
@@ -225,6 +246,9 @@ pub struct ServeConfig {
     pub trace: TraceConfig,
     /// Where to serve metrics over HTTP (`--metrics-listen`); none by default.
     pub metrics: Vec<MetricsAddress>,
+    /// Take the running server over instead of starting one (`--takeover`,
+    /// [`crate::handover`]).
+    pub takeover: bool,
 }
 
 /// `--fifo PATH` or `--no-fifo`.
@@ -258,6 +282,7 @@ impl ServeConfig {
             fifo: None,
             trace: TraceConfig::default(),
             metrics: Vec::new(),
+            takeover: false,
         }
     }
 
@@ -459,6 +484,13 @@ pub trait Server {
     /// The events recorded since the last call, oldest first, each with when it happened.
     fn take_trace(&mut self) -> Vec<(Instant, Record)> {
         Vec::new()
+    }
+
+    /// Its state and descriptors for a successor ([`crate::handover`]), between two turns of
+    /// the loop; or why it cannot be handed over, in which case it goes on serving. Nothing is
+    /// changed: if the successor fails, this server carries on.
+    fn export(&self) -> Result<Export<'_>, String> {
+        Err("this server cannot be handed over".to_string())
     }
 }
 

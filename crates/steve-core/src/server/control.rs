@@ -48,6 +48,9 @@ pub enum Request {
         /// `(key, value)` pairs.
         settings: Vec<(String, String)>,
     },
+    /// Hand the server over to the asking process (`steve serve --takeover`): the answer is
+    /// not a [`Response`] but the handover itself ([`crate::handover`]).
+    Handover,
     /// A page of the event trace: from sequence number `from` on, or the events stamped at or
     /// after `since_mono_ns`.
     Trace {
@@ -104,6 +107,12 @@ pub struct Peer {
     pub uid: u32,
     /// The peer's process id.
     pub pid: i32,
+}
+
+/// Who is at the other end of `stream`, by the kernel's word (`SO_PEERCRED`).
+pub fn peer_of(stream: &UnixStream) -> Option<Peer> {
+    let credentials = getsockopt(stream, PeerCredentials).ok()?;
+    Some(Peer { uid: credentials.uid(), pid: credentials.pid() })
 }
 
 /// Why a control request failed on the client's side.
@@ -299,9 +308,23 @@ impl ControlServer {
         })
     }
 
+    /// Serves the control socket a predecessor bound at `path`, from its listening descriptor.
+    pub fn adopt(listener: std::os::fd::OwnedFd, path: &Path) -> io::Result<ControlServer> {
+        Ok(ControlServer {
+            socket: OwnedSocket::adopt(listener, path)?,
+            connections: HashMap::new(),
+            next_id: 0,
+        })
+    }
+
     /// The socket's path.
     pub fn path(&self) -> &Path {
         self.socket.path()
+    }
+
+    /// Takes connection `id` out of the server, to talk on it directly (a handover).
+    pub fn take_stream(&mut self, id: ConnectionId) -> Option<UnixStream> {
+        self.connections.remove(&id).map(|connection| connection.stream)
     }
 
     /// The listening descriptor: readable when a client connects.

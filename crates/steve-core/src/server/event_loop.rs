@@ -45,6 +45,12 @@ pub enum Ended {
     Stopped(Signal),
     /// The backend's transport ended, for this reason.
     Transport(String),
+    /// A successor took the server over (`steve serve --takeover`, pid `to`): it has the
+    /// kernel connection, the sockets and the books, so nothing may be torn down.
+    HandedOver {
+        /// The successor's pid.
+        to: u32,
+    },
 }
 
 /// What an epoll event is about: the top byte of its data says the kind, the rest the id.
@@ -93,6 +99,11 @@ impl Key {
         })
     }
 }
+
+/// The control socket's listener, by name in a handover.
+pub const CONTROL_LISTENER: &str = "control";
+/// A metrics listener, by name in a handover (its place in `--metrics-listen` follows).
+pub const METRICS_LISTENER: &str = "metrics:";
 
 /// Events taken from the kernel per wait.
 const BATCH: usize = 64;
@@ -340,7 +351,11 @@ impl EventLoop {
             }
             Key::Signals => return self.take_signals(server),
             Key::Listener => self.accept(now)?,
-            Key::Connection(id) => self.converse(server, ConnectionId(id), flags, now)?,
+            Key::Connection(id) => {
+                if let Some(ended) = self.converse(server, ConnectionId(id), flags, now)? {
+                    return Ok(Some(ended));
+                }
+            }
             Key::Source(id) => {
                 let mut cx = Context { processes: &mut self.processes, now };
                 if let Flow::Ended(why) = server.readable(SourceId(id), &mut cx)? {
@@ -427,20 +442,23 @@ impl EventLoop {
         id: ConnectionId,
         flags: EpollFlags,
         now: Instant,
-    ) -> Result<(), Error> {
-        let Some(control) = self.control.as_mut() else { return Ok(()) };
+    ) -> Result<Option<Ended>, Error> {
+        let Some(control) = self.control.as_mut() else { return Ok(None) };
         // Once an answer is on its way, any event (writable, or the client hanging up) is for
         // the answer: the request is not read, nor answered, again.
         if flags.contains(EpollFlags::EPOLLOUT) || control.is_answering(id) {
             control.write(id);
-            return Ok(());
+            return Ok(None);
         }
-        let Incoming::Request(request, peer) = control.read(id) else { return Ok(()) };
+        let Incoming::Request(request, peer) = control.read(id) else { return Ok(None) };
+        if matches!(request, Ok(Request::Handover)) {
+            return Ok(self.hand_over(server, id, peer));
+        }
         let response = match request {
             Ok(request) => self.answer(server, request, peer, now),
             Err(message) => Response::Error { message },
         };
-        let Some(control) = self.control.as_mut() else { return Ok(()) };
+        let Some(control) = self.control.as_mut() else { return Ok(None) };
         if control.respond(id, &response, now) == Outgoing::Pending {
             if let Some(fd) = control.connection(id) {
                 // The rest goes out as the client reads; nothing more is read from it.
@@ -451,6 +469,116 @@ impl EventLoop {
                     control.close(id);
                 }
             }
+        }
+        Ok(None)
+    }
+
+    /// Hands the server over to the peer on connection `id` ([`crate::handover`]); whether it
+    /// took it. Everything else waits meanwhile: the kernel keeps the clients' requests.
+    fn hand_over(
+        &mut self,
+        server: &mut dyn Server,
+        id: ConnectionId,
+        peer: super::control::Peer,
+    ) -> Option<Ended> {
+        let refuse = |event_loop: &mut EventLoop, message: String, now: Instant| {
+            warn!("handover to pid {} refused: {message}", peer.pid);
+            if let Some(control) = event_loop.control.as_mut() {
+                control.respond(id, &Response::Error { message }, now);
+            }
+            None
+        };
+        let now = Instant::now();
+        if let Err(message) = may_change(peer, self.owner_uid) {
+            return refuse(self, message, now);
+        }
+        let export = match server.export() {
+            Ok(export) => export,
+            Err(message) => return refuse(self, message, now),
+        };
+        let control = self.control.as_mut()?;
+        let mut stream = control.take_stream(id)?;
+        let _ = self.epoll.delete(stream.as_fd());
+        info!("handing over to pid {} (uid {})", peer.pid, peer.uid);
+        let (processes, process_fds) = self.processes.export();
+        let event_loop_state = serde_json::json!({
+            "limits": self.governor.limits(),
+            "jobs_from": self.jobs_from,
+            "started_ago_ns": now.duration_since(self.started).as_nanos() as u64,
+            "processes": processes,
+        });
+        let control = self.control.as_ref()?;
+        let mut named: Vec<(String, std::os::fd::BorrowedFd<'_>)> =
+            vec![(CONTROL_LISTENER.to_string(), control.listener())];
+        for (index, fd, _) in self.metrics.listeners() {
+            named.push((format!("{METRICS_LISTENER}{index}"), fd));
+        }
+        named.extend(process_fds);
+        named.extend(export.descriptors);
+        let state = crate::handover::State {
+            version: crate::handover::VERSION,
+            backend: self.backend.name.to_string(),
+            descriptors: named.iter().map(|(name, _)| name.clone()).collect(),
+            event_loop: event_loop_state,
+            server: export.state,
+        };
+        let fds: Vec<_> = named.iter().map(|(_, fd)| *fd).collect();
+        let sent = crate::handover::send(&mut stream, &state, &fds);
+        let answer = sent.and_then(|()| {
+            let mut answer = [0u8; crate::handover::TAKEN.len()];
+            stream.set_read_timeout(Some(crate::handover::ANSWER_TIMEOUT))?;
+            std::io::Read::read_exact(&mut stream, &mut answer)?;
+            Ok(answer)
+        });
+        match answer {
+            Ok(answer) if answer == crate::handover::TAKEN => {
+                info!("pid {} took the server over: stopping without tearing down", peer.pid);
+                Some(Ended::HandedOver { to: u32::try_from(peer.pid).unwrap_or(0) })
+            }
+            Ok(answer) => {
+                warn!(
+                    "the successor (pid {}) answered {:?}: serving on",
+                    peer.pid,
+                    String::from_utf8_lossy(&answer)
+                );
+                None
+            }
+            Err(error) => {
+                warn!("the successor (pid {}) did not take over ({error}): serving on", peer.pid);
+                None
+            }
+        }
+    }
+
+    /// Takes over the loop's part of a predecessor's handover ([`crate::handover`]): its limits
+    /// (as `steve set` left them), where the pool size came from, its start, and the client
+    /// processes with their pidfds. Processes that went away meanwhile are reclaimed from
+    /// `server` at once.
+    pub fn adopt(
+        &mut self,
+        server: &mut dyn Server,
+        state: &serde_json::Value,
+        descriptors: &mut crate::handover::Descriptors,
+    ) -> Result<(), Error> {
+        let field = |name: &str| state.get(name).cloned().unwrap_or(serde_json::Value::Null);
+        let bad = |what: &str, why: String| {
+            Error::usage(format!("handover: the predecessor's {what}: {why}"))
+        };
+        let limits: Limits =
+            serde_json::from_value(field("limits")).map_err(|e| bad("limits", e.to_string()))?;
+        self.governor.set_limits(limits);
+        if let Some(from) = field("jobs_from").as_str() {
+            self.jobs_from = from.to_string();
+        }
+        let ago = Duration::from_nanos(field("started_ago_ns").as_u64().unwrap_or(0));
+        self.started = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+        let (processes, gone) = Processes::adopt(&field("processes"), descriptors)
+            .map_err(|why| bad("processes", why))?;
+        self.processes = processes;
+        let now = Instant::now();
+        for pid in gone {
+            info!(pid, "gone during the handover: its tokens come back");
+            server.process_exited(pid, &mut Context { processes: &mut self.processes, now });
         }
         Ok(())
     }
@@ -464,6 +592,7 @@ impl EventLoop {
     ) -> Response {
         match request {
             Request::Status => Response::Status { report: Box::new(self.report(server)) },
+            Request::Handover => Response::Error { message: "a handover is answered apart".into() },
             Request::Trace { from, since_mono_ns } => {
                 self.collect_trace(server);
                 let page = match since_mono_ns {

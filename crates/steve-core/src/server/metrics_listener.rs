@@ -156,6 +156,29 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
+    /// Serves the listeners a predecessor made for `addresses` (the same `--metrics-listen`),
+    /// from the descriptors of its handover.
+    pub fn adopt(
+        addresses: &[MetricsAddress],
+        descriptors: &mut crate::handover::Descriptors,
+    ) -> io::Result<MetricsServer> {
+        let mut server = MetricsServer::default();
+        for (index, address) in addresses.iter().enumerate() {
+            let name = format!("{}{index}", super::event_loop::METRICS_LISTENER);
+            let fd = descriptors.take(&name).map_err(io::Error::other)?;
+            let listener = match address {
+                MetricsAddress::Unix(path) => Listener::Unix(OwnedSocket::adopt(fd, path)?),
+                MetricsAddress::Tcp(_) => {
+                    let listener = TcpListener::from(fd);
+                    listener.set_nonblocking(true)?;
+                    Listener::Tcp(listener)
+                }
+            };
+            server.listeners.push((listener, address.to_string()));
+        }
+        Ok(server)
+    }
+
     /// Listens on every address of `addresses`; a Unix socket gets `mode` and group `gid`.
     pub fn bind(
         addresses: &[MetricsAddress],

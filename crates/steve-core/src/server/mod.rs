@@ -38,6 +38,7 @@ pub use backend::{Backend, Context, Endpoint, Flow, PoolChange, Server, SourceId
 pub use error::{Error, ErrorKind};
 pub use event_loop::{Ended, EventLoop};
 
+use crate::handover;
 use crate::makeflags::jobserver_makeflags;
 
 /// What a server tells once it is ready for clients.
@@ -81,20 +82,30 @@ pub fn serve(
     // Blocked before the jobserver exists, so that a stop signal is never lost.
     let signals = signals::Signals::block()
         .map_err(|errno| Error::io("cannot block signals", errno.into()))?;
-    let mut server = start(config)?;
+    let mut predecessor = if config.takeover { Some(take_over(backend, config)?) } else { None };
+    let (mut server, control, metrics) = match predecessor.as_mut() {
+        Some(predecessor) => predecessor.parts.take().expect("taken once"),
+        None => {
+            let server = start(config)?;
+            let endpoint = server.endpoint().clone();
+            let control_path =
+                config.control.clone().unwrap_or_else(|| endpoint.default_control.clone());
+            let control = control::ControlServer::bind(&control_path, endpoint.mode, endpoint.gid)
+                .map_err(|source| {
+                    Error::io(
+                        format!("cannot listen on the control socket {}", control_path.display()),
+                        source,
+                    )
+                })?;
+            warn_about_access(config, &endpoint, &control_path);
+            let metrics =
+                metrics_listener::MetricsServer::bind(&config.metrics, endpoint.mode, endpoint.gid)
+                    .map_err(|source| Error::io("cannot listen for metrics", source))?;
+            (server, control, metrics)
+        }
+    };
     let endpoint = server.endpoint().clone();
-    let control_path = config.control.clone().unwrap_or_else(|| endpoint.default_control.clone());
-    let control = control::ControlServer::bind(&control_path, endpoint.mode, endpoint.gid)
-        .map_err(|source| {
-            Error::io(
-                format!("cannot listen on the control socket {}", control_path.display()),
-                source,
-            )
-        })?;
-    warn_about_access(config, &endpoint, &control_path);
-    let metrics =
-        metrics_listener::MetricsServer::bind(&config.metrics, endpoint.mode, endpoint.gid)
-            .map_err(|source| Error::io("cannot listen for metrics", source))?;
+    let control_path = control.path().to_path_buf();
     // Opened before dropping to --user: the file's place is root's choice.
     let trace = trace_log::TraceLog::open(&config.trace)
         .map_err(|error| Error::usage(error.to_string()))?;
@@ -112,7 +123,16 @@ pub fn serve(
     .with_trace(trace)
     .with_metrics(metrics)
     .with_jobs_from(&config.jobs_from);
+    if let Some(predecessor) = predecessor.as_mut() {
+        event_loop.adopt(&mut *server, &predecessor.event_loop, &mut predecessor.descriptors)?;
+    }
     event_loop.prime(&mut *server)?;
+    if let Some(mut predecessor) = predecessor {
+        // From here the predecessor exits: this server answers what waited in the kernel.
+        std::io::Write::write_all(&mut predecessor.stream, handover::TAKEN)
+            .map_err(|source| Error::io("cannot tell the predecessor it was taken over", source))?;
+        info!("took the server over from pid {}", predecessor.pid);
+    }
     let jobs = server.jobs();
     announce(&Announcement {
         makeflags: jobserver_makeflags(jobs, endpoint.auth.clone()),
@@ -131,6 +151,14 @@ pub fn serve(
         control_path.display()
     );
     let ended = event_loop.run(&mut *server);
+    if let Ok(Ended::HandedOver { to }) = &ended {
+        // The successor has the kernel connection, the sockets and the mount: nothing here is
+        // closed, unmounted or removed; the process exits with them all open.
+        info!("handed over to pid {to}: stopped");
+        std::mem::forget(event_loop);
+        std::mem::forget(server);
+        return ended;
+    }
     // The control socket goes with the loop, then the server (its transport closes, a mount is
     // unmounted, a pipe and the directory steve made for it are removed).
     drop(event_loop);
@@ -138,9 +166,89 @@ pub fn serve(
     match &ended {
         Ok(Ended::Stopped(signal)) => info!("{signal} received: stopped"),
         Ok(Ended::Transport(why)) => warn!("{why}"),
-        Err(_) => {}
+        Ok(Ended::HandedOver { .. }) | Err(_) => {}
     }
     ended
+}
+
+/// A running server being taken over: what it handed over, and the connection to tell it on.
+struct Predecessor {
+    /// The server, its control socket and metrics listeners, until [`serve`] takes them.
+    parts: Option<(Box<dyn Server>, control::ControlServer, metrics_listener::MetricsServer)>,
+    /// The event loop's part of its state, and the descriptors not taken yet.
+    event_loop: serde_json::Value,
+    descriptors: handover::Descriptors,
+    stream: std::os::unix::net::UnixStream,
+    pid: i32,
+}
+
+/// Asks the running server of `backend` at `config`'s place for a handover and builds this
+/// server from it (`steve serve --takeover`). Fails, changing nothing, if none runs there, it
+/// refuses, or what it sends cannot be served: it then goes on serving.
+fn take_over(
+    backend: &'static Backend,
+    config: &backend::ServeConfig,
+) -> Result<Predecessor, Error> {
+    let resume = backend
+        .resume
+        .ok_or_else(|| Error::usage(format!("backend {} cannot be taken over", backend.name)))?;
+    let control_path = predecessor_control(backend, config).ok_or_else(|| {
+        Error::usage(format!(
+            "no running {} server to take over here (give its socket with --control)",
+            backend.name
+        ))
+    })?;
+    let failed = |source: std::io::Error| {
+        Error::io(format!("cannot take over the server at {}", control_path.display()), source)
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(&control_path).map_err(failed)?;
+    let request = serde_json::to_string(&control::Request::Handover).expect("a request encodes");
+    std::io::Write::write_all(&mut stream, format!("{request}\n").as_bytes()).map_err(failed)?;
+    let pid = control::peer_of(&stream).map(|peer| peer.pid).unwrap_or(0);
+    let mut package =
+        handover::receive(&mut stream).map_err(|error| Error::usage(error.to_string()))?;
+    if package.state.backend != backend.name {
+        return Err(Error::usage(format!(
+            "the server at {} is a {} server, not {}",
+            control_path.display(),
+            package.state.backend,
+            backend.name
+        )));
+    }
+    let server = resume(config, &package.state.server, &mut package.descriptors)?;
+    let listener = package
+        .descriptors
+        .take(event_loop::CONTROL_LISTENER)
+        .map_err(|error| Error::usage(error.to_string()))?;
+    let control = control::ControlServer::adopt(listener, &control_path).map_err(failed)?;
+    let metrics = metrics_listener::MetricsServer::adopt(&config.metrics, &mut package.descriptors)
+        .map_err(|source| Error::io("cannot take the metrics listeners over", source))?;
+    Ok(Predecessor {
+        parts: Some((server, control, metrics)),
+        event_loop: package.state.event_loop,
+        descriptors: package.descriptors,
+        stream,
+        pid,
+    })
+}
+
+/// The control socket of the server a `--takeover` replaces: `--control`, or where a server of
+/// `backend` at the configured place (or a default one) listens.
+fn predecessor_control(backend: &Backend, config: &backend::ServeConfig) -> Option<PathBuf> {
+    if let Some(control) = &config.control {
+        return Some(control.clone());
+    }
+    let jobserver = config
+        .mountpoint
+        .as_ref()
+        .map(|mountpoint| mountpoint.join("jobserver"))
+        .or_else(|| config.path.clone())
+        .or_else(|| config.dev_name.as_ref().map(|name| PathBuf::from("/dev").join(name)));
+    let candidates: Vec<PathBuf> = match jobserver {
+        Some(jobserver) => (backend.places.control_for)(&jobserver),
+        None => (backend.places.defaults)().into_iter().map(|place| place.control).collect(),
+    };
+    candidates.into_iter().find(|control| std::os::unix::net::UnixStream::connect(control).is_ok())
 }
 
 /// Says, once root's server is up, what lets others in or in the way: a jobserver open to every

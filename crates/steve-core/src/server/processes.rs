@@ -56,11 +56,98 @@ pub struct Processes {
     owner_changes: Vec<(Pid, Owner)>,
 }
 
+/// A watched process as a handover writes it: everything but its pidfd, which goes as a
+/// descriptor of its own.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WatchedState {
+    pid: Pid,
+    name: String,
+    threads: Vec<u32>,
+    started: u64,
+    lineage: Vec<(Pid, u64)>,
+    owner: Owner,
+}
+
 /// Why a caller could not be watched: it is already gone.
 #[derive(Debug)]
 pub struct Gone(pub io::Error);
 
 impl Processes {
+    /// The processes as a handover writes them, and their pidfds, each named `pid:PID`.
+    pub fn export(&self) -> (serde_json::Value, Vec<(String, BorrowedFd<'_>)>) {
+        let watched: Vec<WatchedState> = self
+            .watched
+            .iter()
+            .map(|(pid, watched)| WatchedState {
+                pid: *pid,
+                name: watched.name.clone(),
+                threads: watched.threads.clone(),
+                started: watched.started,
+                lineage: watched.lineage.clone(),
+                owner: watched.owner,
+            })
+            .collect();
+        let builds: Vec<(BuildId, Pid)> = self.builds.iter().map(|(b, p)| (*b, *p)).collect();
+        let state = serde_json::json!({
+            "watched": watched,
+            "builds": builds,
+            "next_build": self.next_build,
+        });
+        let fds = self
+            .watched
+            .iter()
+            .map(|(pid, watched)| (format!("pid:{pid}"), watched.pidfd.as_fd()))
+            .collect();
+        (state, fds)
+    }
+
+    /// The processes a predecessor watched, from its state and their pidfds (all to be added to
+    /// the loop's epoll). A process whose pidfd did not come is opened again and kept only if
+    /// its start time is the one written (the same process, not a later one with its pid); the
+    /// pids of those gone are returned, for the server to reclaim what they held.
+    pub fn adopt(
+        state: &serde_json::Value,
+        descriptors: &mut crate::handover::Descriptors,
+    ) -> Result<(Processes, Vec<Pid>), String> {
+        let field = |name: &str| state.get(name).cloned().unwrap_or(serde_json::Value::Null);
+        let watched: Vec<WatchedState> =
+            serde_json::from_value(field("watched")).map_err(|e| e.to_string())?;
+        let builds: Vec<(BuildId, Pid)> =
+            serde_json::from_value(field("builds")).map_err(|e| e.to_string())?;
+        let mut processes = Processes {
+            builds: builds.into_iter().collect(),
+            next_build: field("next_build").as_u64().unwrap_or(0),
+            ..Processes::default()
+        };
+        let mut gone = Vec::new();
+        for state in watched {
+            let pidfd = match descriptors.take(&format!("pid:{}", state.pid)) {
+                Ok(pidfd) => pidfd,
+                Err(_) => match pidfd_open(state.pid) {
+                    Ok(pidfd) if lineage_of(state.pid).0 == state.started => pidfd,
+                    _ => {
+                        gone.push(state.pid);
+                        continue;
+                    }
+                },
+            };
+            for tid in &state.threads {
+                processes.process_of_thread.insert(*tid, state.pid);
+            }
+            processes.unregistered.push(state.pid);
+            let watched = Watched {
+                pidfd,
+                name: state.name,
+                threads: state.threads,
+                started: state.started,
+                lineage: state.lineage,
+                owner: state.owner,
+            };
+            processes.watched.insert(state.pid, watched);
+        }
+        Ok((processes, gone))
+    }
+
     /// The process of thread `tid`, watched from now on.
     pub fn resolve(&mut self, tid: u32) -> Result<Pid, Gone> {
         if let Some(pid) = self.process_of_thread.get(&tid).copied() {

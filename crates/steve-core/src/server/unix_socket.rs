@@ -78,6 +78,15 @@ impl OwnedSocket {
         Ok(OwnedSocket { listener, path: path.to_path_buf(), id: (metadata.dev(), metadata.ino()) })
     }
 
+    /// Takes over the socket a predecessor bound at `path` (its listening descriptor came in a
+    /// handover): removed at the end like one bound here, if the name still holds it.
+    pub fn adopt(listener: std::os::fd::OwnedFd, path: &Path) -> io::Result<OwnedSocket> {
+        let listener = UnixListener::from(listener);
+        listener.set_nonblocking(true)?;
+        let metadata = fs::symlink_metadata(path)?;
+        Ok(OwnedSocket { listener, path: path.to_path_buf(), id: (metadata.dev(), metadata.ino()) })
+    }
+
     /// The listener.
     pub fn listener(&self) -> &UnixListener {
         &self.listener

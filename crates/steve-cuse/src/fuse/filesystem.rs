@@ -15,7 +15,7 @@ const DT_DIR: u32 = 4;
 const DT_REG: u32 = 8;
 
 /// The mount's contents: `/NAME`, owned by `uid`:`gid` with permission bits `mode`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OneFile {
     name: String,
     uid: u32,

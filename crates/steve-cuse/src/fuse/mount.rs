@@ -243,6 +243,9 @@ pub struct Mounted {
     /// The directory mounted on, when steve mounted it itself: unmounted through it.
     directory: Option<OwnedFd>,
     mountpoint: PathBuf,
+    /// Taken over from a predecessor without its fuser session: a user's mount is then
+    /// detached by name (`fusermount3 -u -z`).
+    adopted: bool,
 }
 
 impl std::fmt::Debug for Mounted {
@@ -310,7 +313,7 @@ pub fn mount(
         source,
     })?;
     info!("mounted on {}", path.display());
-    Ok((Mounted { session: Some(session), directory, mountpoint: path }, channel))
+    Ok((Mounted { session: Some(session), directory, mountpoint: path, adopted: false }, channel))
 }
 
 /// mount(2) of steve's filesystem on `directory`; returns the new connection (`/dev/fuse`).
@@ -356,6 +359,23 @@ fn check_in_place(mountpoint: &Path) -> Result<(), Error> {
 }
 
 impl Mounted {
+    /// The mount a predecessor made on `mountpoint`, taken over in a handover: unmounted at the
+    /// end through `directory` (the directory it mounted on, when it mounted as root) or by
+    /// name.
+    pub fn adopted(mountpoint: PathBuf, directory: Option<OwnedFd>) -> Mounted {
+        Mounted { session: None, directory, mountpoint, adopted: true }
+    }
+
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The directory mounted on, when steve mounted it as root.
+    pub fn directory(&self) -> Option<BorrowedFd<'_>> {
+        self.directory.as_ref().map(AsFd::as_fd)
+    }
+
     /// Unmounts; while clients still have the file open, detaches lazily instead (the mount
     /// disappears now, their descriptors fail from then on).
     pub fn unmount(&mut self) {
@@ -365,6 +385,10 @@ impl Mounted {
                 info!("{} is busy ({error}): detaching it", self.mountpoint.display());
                 detach_by_name(&self.mountpoint)
             }),
+            (None, None) if self.adopted => {
+                self.adopted = false;
+                detach_by_name(&self.mountpoint)
+            }
             (None, None) => return,
         };
         match outcome {

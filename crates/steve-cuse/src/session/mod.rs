@@ -24,6 +24,7 @@ use steve_core::accounting::device::{
     Device, Event, Pid, PollHandle, ReadOutcome, RequestId, WaitKind,
 };
 use steve_core::accounting::shares::{BuildId, Owner};
+use steve_core::server::backend::Export;
 use steve_core::server::{Context, Endpoint, Flow, PoolChange, Server, SourceId};
 use steve_core::status::{
     BackendReport, BuildReport, CompanionReport, CounterReport, HolderReport, PoolReport,
@@ -58,6 +59,65 @@ pub const COMPANION_PID: Pid = u32::MAX;
 const COMPANION_BUILD: BuildId = BuildId(1 << 63);
 /// The companion FIFO's poll handle, never a kernel's.
 const COMPANION_HANDLE: PollHandle = PollHandle(u64::MAX);
+
+/// The kernel connection's name in a handover.
+const CHANNEL_NAME: &str = "channel";
+/// The directory a root server mounted on, by name in a handover.
+const MOUNT_DIRECTORY_NAME: &str = "mount-directory";
+
+/// Takes a predecessor's session over ([`steve_core::handover`]): the same kernel connection
+/// (so `/dev/steve` or the mount stays, and the requests that waited in it meanwhile are read
+/// now), the books as they were, and the mount to unmount at the end.
+pub fn resume(
+    _config: &steve_core::server::backend::ServeConfig,
+    state: &serde_json::Value,
+    descriptors: &mut steve_core::handover::Descriptors,
+) -> Result<Box<dyn Server>, steve_core::server::Error> {
+    let field = |name: &str| state.get(name).cloned().unwrap_or(serde_json::Value::Null);
+    let bad = |what: &str, error: serde_json::Error| {
+        steve_core::server::Error::usage(format!("handover: the predecessor's {what}: {error}"))
+    };
+    let missing = |error: steve_core::handover::HandoverError| {
+        steve_core::server::Error::usage(error.to_string())
+    };
+    let device: Device = serde_json::from_value(field("device")).map_err(|e| bad("books", e))?;
+    let filesystem: Option<OneFile> =
+        serde_json::from_value(field("filesystem")).map_err(|e| bad("filesystem", e))?;
+    #[derive(serde::Deserialize)]
+    struct EndpointState {
+        path: std::path::PathBuf,
+        default_control: std::path::PathBuf,
+        mode: u32,
+        gid: Option<u32>,
+        how: String,
+        directories: Vec<std::path::PathBuf>,
+    }
+    let endpoint: EndpointState =
+        serde_json::from_value(field("endpoint")).map_err(|e| bad("endpoint", e))?;
+    let endpoint = Endpoint {
+        auth: steve_core::makeflags::JobserverAuth::Fifo(endpoint.path.clone()),
+        path: endpoint.path,
+        default_control: endpoint.default_control,
+        mode: endpoint.mode,
+        gid: endpoint.gid.map(nix::unistd::Gid::from_raw),
+        how: endpoint.how,
+        companion: None,
+        directories: endpoint.directories,
+    };
+    let channel = descriptors.take(CHANNEL_NAME).map_err(missing)?;
+    let mut session = Session::serving(channel, device, endpoint, filesystem, vec![0; BUFFER_LEN])
+        .map_err(steve_core::server::Error::from)?;
+    session.next_fh = field("next_fh").as_u64().unwrap_or(1);
+    session.unknown_opcodes =
+        serde_json::from_value(field("unknown_opcodes")).map_err(|e| bad("opcodes", e))?;
+    let mountpoint: Option<std::path::PathBuf> =
+        serde_json::from_value(field("mountpoint")).map_err(|e| bad("mount point", e))?;
+    if let Some(mountpoint) = mountpoint {
+        let directory = descriptors.take_optional(MOUNT_DIRECTORY_NAME);
+        session.unmount_on_drop(Mounted::adopted(mountpoint, directory));
+    }
+    Ok(Box::new(session))
+}
 
 /// A CUSE or FUSE connection serving the device semantics.
 #[derive(Debug)]
@@ -589,6 +649,35 @@ impl Server for Session {
 
     fn take_trace(&mut self) -> Vec<(Instant, Record)> {
         self.device.take_trace()
+    }
+
+    fn export(&self) -> Result<Export<'_>, String> {
+        if self.companion.is_some() {
+            return Err("a server feeding a companion FIFO cannot be handed over yet".to_string());
+        }
+        let endpoint = &self.endpoint;
+        let mut unknown: Vec<u32> = self.unknown_opcodes.iter().copied().collect();
+        unknown.sort_unstable();
+        let state = serde_json::json!({
+            "device": &self.device,
+            "filesystem": &self.filesystem,
+            "next_fh": self.next_fh,
+            "unknown_opcodes": unknown,
+            "endpoint": {
+                "path": &endpoint.path,
+                "default_control": &endpoint.default_control,
+                "mode": endpoint.mode,
+                "gid": endpoint.gid.map(|gid| gid.as_raw()),
+                "how": &endpoint.how,
+                "directories": &endpoint.directories,
+            },
+            "mountpoint": self.mounted.as_ref().map(Mounted::mountpoint),
+        });
+        let mut descriptors = vec![(CHANNEL_NAME.to_string(), self.channel.as_fd())];
+        if let Some(directory) = self.mounted.as_ref().and_then(Mounted::directory) {
+            descriptors.push((MOUNT_DIRECTORY_NAME.to_string(), directory));
+        }
+        Ok(Export { state, descriptors })
     }
 
     fn change(&mut self, change: PoolChange, cx: &mut Context<'_>) {

@@ -26,6 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod fairness;
+mod handover;
 mod metrics;
 mod storms;
 mod traces;
@@ -188,6 +189,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario("mixed_clients_share_the_pool", Needs::PerProcess, mixed_clients_share_the_pool),
     scenario("killed_ninja_on_the_companion", Needs::PerProcess, killed_ninja_on_the_companion),
     scenario("killed_exec_pipe_tree", Needs::Jobserver, killed_exec_pipe_tree),
+    scenario("handover_during_make", Needs::PerProcess, handover::handover_during_make),
     scenario("kill_storm", Needs::HostJobserver, storms::kill_storm),
     scenario("soak", Needs::HostJobserver, storms::soak),
 ];
@@ -237,6 +239,8 @@ struct Daemon {
     child: Child,
     log: PathBuf,
     control: PathBuf,
+    /// It exited and was waited for: nothing to stop when dropped.
+    reaped: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -308,10 +312,30 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Waits up to `limit` for the server to exit by itself (after a handover).
+    fn wait_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                self.reaped = true;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("did not exit within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let _ = self.child.wait();
+        // A reaped pid may be someone else's by now.
+        if !self.reaped {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -617,7 +641,7 @@ impl Daemon {
         let control =
             control.trim_end().strip_prefix("STEVE_CONTROL='").and_then(|c| c.strip_suffix('\''));
         let control = PathBuf::from(control.expect("steve announced its control socket"));
-        Daemon { child, log, control, _dir: dir }
+        Daemon { child, log, control, reaped: false, _dir: dir }
     }
 }
 
