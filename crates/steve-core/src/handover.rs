@@ -198,6 +198,16 @@ pub fn receive(stream: &mut UnixStream) -> Result<Package, HandoverError> {
     Ok(Package { state, descriptors: Descriptors { named } })
 }
 
+/// `at` as signed nanoseconds after now (negative: before), as a handover writes instants.
+pub fn instant_offset(at: std::time::Instant) -> i64 {
+    instant::offset(at)
+}
+
+/// The instant `offset` nanoseconds after now, as a handover reads instants.
+pub fn instant_at(offset: i64) -> std::time::Instant {
+    instant::at(offset)
+}
+
 /// `Instant`s as signed nanoseconds from the moment they are written, for `#[serde(with)]`.
 pub mod instant {
     use std::time::{Duration, Instant};

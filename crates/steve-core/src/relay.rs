@@ -90,6 +90,37 @@ impl Relay {
         Ok(Relay { read, write, inotify, tokens: 0, spare_since: None, spares: 1, garbage: 0 })
     }
 
+    /// Its counts for a successor ([`crate::handover`]); its two ends go as descriptors.
+    pub fn export(&self) -> serde_json::Value {
+        let spare_since = self.spare_since.map(crate::handover::instant_offset);
+        serde_json::json!({
+            "tokens": self.tokens,
+            "spare_since": spare_since,
+            "spares": self.spares,
+            "garbage": self.garbage,
+        })
+    }
+
+    /// A predecessor's relay over `read` and `write` (passed in a handover), with the counts
+    /// its [`Relay::export`] wrote, watched by a new inotify of this process's.
+    pub fn adopt(read: File, write: File, state: &serde_json::Value) -> io::Result<Relay> {
+        let mut relay = Relay::new(read, write)?;
+        let number = |name: &str| state.get(name).and_then(serde_json::Value::as_u64);
+        relay.tokens = number("tokens").unwrap_or(0) as usize;
+        relay.spares = number("spares").unwrap_or(1) as usize;
+        relay.garbage = number("garbage").unwrap_or(0);
+        relay.spare_since = state
+            .get("spare_since")
+            .and_then(serde_json::Value::as_i64)
+            .map(crate::handover::instant_at);
+        Ok(relay)
+    }
+
+    /// The ends tokens are taken out of and put into, to hand over.
+    pub fn ends(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
+        (self.read.as_fd(), self.write.as_fd())
+    }
+
     /// Readable when the pipe was read, written, opened or closed: then call [`Relay::settle`].
     pub fn watch(&self) -> BorrowedFd<'_> {
         self.inotify.as_fd()

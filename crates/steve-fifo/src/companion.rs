@@ -78,6 +78,71 @@ impl Companion {
         Ok(Companion { relay, made, recovery, recovered: 0, last_holder: None, in_use: false })
     }
 
+    /// Its state and descriptors for a successor ([`steve_core::handover`]), each descriptor
+    /// named `companion:...`.
+    pub fn export(&self) -> (serde_json::Value, Vec<(String, std::os::fd::BorrowedFd<'_>)>) {
+        use std::os::fd::AsFd;
+        let (lock, made_dir) = self.made.handover_parts();
+        let (read, write) = self.relay.ends();
+        let state = serde_json::json!({
+            "path": self.path(),
+            "made_dir": made_dir,
+            "relay": self.relay.export(),
+            "recovery": self.recovery,
+            "recovered": self.recovered,
+            "last_holder": self.last_holder,
+            "in_use": self.in_use,
+        });
+        let fds = vec![
+            ("companion:pipe".to_string(), self.made.file().as_fd()),
+            ("companion:lock".to_string(), lock),
+            ("companion:read".to_string(), read),
+            ("companion:write".to_string(), write),
+        ];
+        (state, fds)
+    }
+
+    /// A predecessor's companion FIFO, from what its [`Companion::export`] wrote and the
+    /// descriptors passed with it.
+    pub fn adopt(
+        state: &serde_json::Value,
+        descriptors: &mut steve_core::handover::Descriptors,
+    ) -> Result<Companion, FifoError> {
+        let path: std::path::PathBuf =
+            state.get("path").and_then(serde_json::Value::as_str).map(Into::into).ok_or_else(
+                || FifoError::io("take over", Path::new("?"))(std::io::Error::other("no path")),
+            )?;
+        let mut take = |name: &str| {
+            descriptors
+                .take(name)
+                .map_err(|e| FifoError::io("take over", &path)(std::io::Error::other(e)))
+        };
+        let (pipe, lock, read, write) = (
+            take("companion:pipe")?,
+            take("companion:lock")?,
+            take("companion:read")?,
+            take("companion:write")?,
+        );
+        let made_dir = state.get("made_dir").and_then(serde_json::Value::as_str).map(Into::into);
+        let made = PipeFile::adopt(&path, pipe, lock, made_dir)?;
+        let relay_state = state.get("relay").cloned().unwrap_or_default();
+        let relay = Relay::adopt(read.into(), write.into(), &relay_state)
+            .map_err(FifoError::io("watch", &path))?;
+        let flag =
+            |name: &str| state.get(name).and_then(serde_json::Value::as_bool).unwrap_or(false);
+        Ok(Companion {
+            relay,
+            made,
+            recovery: flag("recovery"),
+            recovered: state.get("recovered").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            last_holder: state
+                .get("last_holder")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|pid| u32::try_from(pid).ok()),
+            in_use: flag("in_use"),
+        })
+    }
+
     /// Where it is.
     pub fn path(&self) -> &Path {
         self.made.path()

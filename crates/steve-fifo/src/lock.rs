@@ -85,6 +85,25 @@ impl PathLock {
         Err(FifoError::AlreadyServed { path: path.to_path_buf(), pid: None })
     }
 
+    /// Takes over a predecessor's lock for serving `path`: `file` is its open lock file, passed
+    /// in a handover. A descriptor passed is the same open file, which holds the lock, so the
+    /// lock was never let go; the file names this process from now on.
+    pub fn adopt(path: &Path, file: std::os::fd::OwnedFd) -> Result<PathLock, FifoError> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let mut file = Flock::lock(File::from(file), FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| FifoError::io("lock", &lock_path)(errno.into()))?;
+        write_owner(&mut file).map_err(FifoError::io("write the lock file", &lock_path))?;
+        Ok(PathLock { lock_path, file, previous_owner: None })
+    }
+
+    /// The open lock file, to hand over.
+    pub fn descriptor(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
+
     /// The pid of the steve that held this lock before and died without cleaning up, if the
     /// lock file was left behind.
     pub fn previous_owner(&self) -> Option<u32> {

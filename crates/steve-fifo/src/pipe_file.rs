@@ -63,6 +63,31 @@ impl PipeFile {
         }
     }
 
+    /// Takes over the pipe a predecessor made at `path`, from its descriptors (the pipe open
+    /// both ways, and its lock file) and the directory it made for it, if it did: removed at the
+    /// end as if made here.
+    pub fn adopt(
+        path: &Path,
+        file: std::os::fd::OwnedFd,
+        lock: std::os::fd::OwnedFd,
+        made_dir: Option<PathBuf>,
+    ) -> Result<PipeFile, FifoError> {
+        let file = File::from(file);
+        let metadata = file.metadata().map_err(FifoError::io("inspect", path))?;
+        Ok(PipeFile {
+            path: path.to_path_buf(),
+            id: FileId::of(&metadata),
+            file,
+            _lock: PathLock::adopt(path, lock)?,
+            _made_dir: made_dir.map(MadeDir),
+        })
+    }
+
+    /// Its lock file, and the directory made for it (if one was), to hand over.
+    pub fn handover_parts(&self) -> (std::os::fd::BorrowedFd<'_>, Option<&Path>) {
+        (self._lock.descriptor(), self._made_dir.as_ref().map(|dir| dir.0.as_path()))
+    }
+
     /// Where it is.
     pub fn path(&self) -> &Path {
         &self.path

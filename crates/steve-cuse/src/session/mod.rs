@@ -116,6 +116,13 @@ pub fn resume(
         let directory = descriptors.take_optional(MOUNT_DIRECTORY_NAME);
         session.unmount_on_drop(Mounted::adopted(mountpoint, directory));
     }
+    // The companion FIFO's process is in the books already: only its pipe is taken over.
+    if let Some(companion) = state.get("companion").filter(|state| !state.is_null()) {
+        let companion = Companion::adopt(companion, descriptors)
+            .map_err(|error| steve_core::server::Error::usage(format!("handover: {error}")))?;
+        session.endpoint.companion = Some(companion.path().to_path_buf());
+        session.companion = Some(companion);
+    }
     Ok(Box::new(session))
 }
 
@@ -652,9 +659,13 @@ impl Server for Session {
     }
 
     fn export(&self) -> Result<Export<'_>, String> {
-        if self.companion.is_some() {
-            return Err("a server feeding a companion FIFO cannot be handed over yet".to_string());
-        }
+        let (companion, companion_fds) = match &self.companion {
+            Some(companion) => {
+                let (state, fds) = companion.export();
+                (state, fds)
+            }
+            None => (serde_json::Value::Null, Vec::new()),
+        };
         let endpoint = &self.endpoint;
         let mut unknown: Vec<u32> = self.unknown_opcodes.iter().copied().collect();
         unknown.sort_unstable();
@@ -672,11 +683,13 @@ impl Server for Session {
                 "directories": &endpoint.directories,
             },
             "mountpoint": self.mounted.as_ref().map(Mounted::mountpoint),
+            "companion": companion,
         });
         let mut descriptors = vec![(CHANNEL_NAME.to_string(), self.channel.as_fd())];
         if let Some(directory) = self.mounted.as_ref().and_then(Mounted::directory) {
             descriptors.push((MOUNT_DIRECTORY_NAME.to_string(), directory));
         }
+        descriptors.extend(companion_fds);
         Ok(Export { state, descriptors })
     }
 
