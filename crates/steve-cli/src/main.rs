@@ -214,6 +214,12 @@ struct ServeArgs {
     /// carry on; a restart or an upgrade breaks none. If this fails, the old server serves on.
     #[arg(long)]
     takeover: bool,
+    /// Under systemd: on a `systemctl restart`, leave the device or mount, the sockets and the
+    /// books in the service manager's file-descriptor store, and take them back at the next
+    /// start, so that builds carry on (the unit needs FileDescriptorStoreMax= and
+    /// RuntimeDirectoryPreserve=restart; the shipped one has both). A plain stop tears down.
+    #[arg(long)]
+    fd_store: bool,
     /// Print the environment, once ready, as `export` lines for a shell to source, rather than
     /// plain NAME='value' lines (which systemd's EnvironmentFile= reads).
     #[arg(long)]
@@ -431,6 +437,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         metrics: args.metrics_listen,
         takeover: args.takeover,
+        fd_store: args.fd_store,
     };
     let chosen = choose_backend(&args.backend, &config)?;
     let print_env = args.print_env;

@@ -77,6 +77,11 @@ pub struct Descriptors {
 }
 
 impl Descriptors {
+    /// Descriptors already named (passed back by a service manager's store).
+    pub fn from_named(named: Vec<(String, OwnedFd)>) -> Descriptors {
+        Descriptors { named: named.into_iter().map(|(name, fd)| (name, Some(fd))).collect() }
+    }
+
     /// Takes the descriptor called `name`.
     pub fn take(&mut self, name: &str) -> Result<OwnedFd, HandoverError> {
         self.named

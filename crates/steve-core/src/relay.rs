@@ -116,11 +116,6 @@ impl Relay {
         Ok(relay)
     }
 
-    /// The ends tokens are taken out of and put into, to hand over.
-    pub fn ends(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
-        (self.read.as_fd(), self.write.as_fd())
-    }
-
     /// Readable when the pipe was read, written, opened or closed: then call [`Relay::settle`].
     pub fn watch(&self) -> BorrowedFd<'_> {
         self.inotify.as_fd()

@@ -113,3 +113,59 @@ pub fn receive_descriptors(
     }
     Ok(received)
 }
+
+/// Sends `payload` with `fds` attached (`SCM_RIGHTS`, none if empty) on the connected
+/// datagram socket `socket`: one sd_notify(3) message.
+pub fn send_message(
+    socket: std::os::fd::BorrowedFd<'_>,
+    payload: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let iov = [io::IoSlice::new(payload)];
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let control: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<()>(socket.as_raw_fd(), &iov, control, MsgFlags::empty(), None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
+/// The descriptors a service manager passed this process (sd_listen_fds(3): `LISTEN_PID` is
+/// this process, `LISTEN_FDS` of them from 3 on, named by `LISTEN_FDNAMES`), taken once: the
+/// variables are removed, so that nothing this process starts takes them for its own.
+pub fn take_listen_fds() -> Vec<(String, OwnedFd)> {
+    const FIRST: RawFd = 3;
+    let ours = std::env::var("LISTEN_PID").ok().and_then(|pid| pid.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count: RawFd = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    for variable in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // Called once, at the server's start, before it starts any thread.
+        std::env::remove_var(variable);
+    }
+    if !ours || !(1..=65536).contains(&count) {
+        return Vec::new();
+    }
+    let mut names = names.split(':');
+    (FIRST..FIRST + count)
+        .filter_map(|fd| {
+            let name = names.next().unwrap_or("unknown").to_string();
+            // Only descriptors that are open: fcntl fails on a closed one.
+            nix::fcntl::fcntl(
+                // SAFETY: borrowed only for this call; fd is a number systemd says it passed.
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .ok()?;
+            // SAFETY: the service manager passed this descriptor to this process for it to own
+            // (sd_listen_fds(3)), the variables naming it are gone, and nothing else took it.
+            Some((name, unsafe { OwnedFd::from_raw_fd(fd) }))
+        })
+        .collect()
+}

@@ -82,8 +82,9 @@ impl Companion {
     /// named `companion:...`.
     pub fn export(&self) -> (serde_json::Value, Vec<(String, std::os::fd::BorrowedFd<'_>)>) {
         use std::os::fd::AsFd;
+        // The relay's two ends are copies of the pipe's descriptor, made again by the successor
+        // (a service manager's store keeps one of several copies of one open file).
         let (lock, made_dir) = self.made.handover_parts();
-        let (read, write) = self.relay.ends();
         let state = serde_json::json!({
             "path": self.path(),
             "made_dir": made_dir,
@@ -96,8 +97,6 @@ impl Companion {
         let fds = vec![
             ("companion:pipe".to_string(), self.made.file().as_fd()),
             ("companion:lock".to_string(), lock),
-            ("companion:read".to_string(), read),
-            ("companion:write".to_string(), write),
         ];
         (state, fds)
     }
@@ -117,16 +116,12 @@ impl Companion {
                 .take(name)
                 .map_err(|e| FifoError::io("take over", &path)(std::io::Error::other(e)))
         };
-        let (pipe, lock, read, write) = (
-            take("companion:pipe")?,
-            take("companion:lock")?,
-            take("companion:read")?,
-            take("companion:write")?,
-        );
+        let (pipe, lock) = (take("companion:pipe")?, take("companion:lock")?);
         let made_dir = state.get("made_dir").and_then(serde_json::Value::as_str).map(Into::into);
         let made = PipeFile::adopt(&path, pipe, lock, made_dir)?;
         let relay_state = state.get("relay").cloned().unwrap_or_default();
-        let relay = Relay::adopt(read.into(), write.into(), &relay_state)
+        let clone = || made.file().try_clone().map_err(FifoError::io("open", &path));
+        let relay = Relay::adopt(clone()?, clone()?, &relay_state)
             .map_err(FifoError::io("watch", &path))?;
         let flag =
             |name: &str| state.get(name).and_then(serde_json::Value::as_bool).unwrap_or(false);

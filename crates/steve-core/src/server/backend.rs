@@ -249,6 +249,9 @@ pub struct ServeConfig {
     /// Take the running server over instead of starting one (`--takeover`,
     /// [`crate::handover`]).
     pub takeover: bool,
+    /// Under a service manager, leave the server in its file-descriptor store for a restart,
+    /// and take it from there at start (`--fd-store`, [`super::fd_store`]).
+    pub fd_store: bool,
 }
 
 /// `--fifo PATH` or `--no-fifo`.
@@ -283,6 +286,7 @@ impl ServeConfig {
             trace: TraceConfig::default(),
             metrics: Vec::new(),
             takeover: false,
+            fd_store: false,
         }
     }
 

@@ -51,6 +51,9 @@ pub enum Ended {
         /// The successor's pid.
         to: u32,
     },
+    /// Stopped for a restart, with everything in the service manager's store for the next
+    /// start ([`super::fd_store`]): nothing may be torn down.
+    StoredForRestart,
 }
 
 /// What an epoll event is about: the top byte of its data says the kind, the rest the id.
@@ -133,6 +136,8 @@ pub struct EventLoop {
     trace: TraceLog,
     /// The metrics listeners, if any.
     metrics: MetricsServer,
+    /// The service manager's store, where a restart leaves the server (`--fd-store`).
+    fd_store: Option<super::fd_store::FdStore>,
 }
 
 impl EventLoop {
@@ -165,6 +170,7 @@ impl EventLoop {
             jobs_from: "-j".to_string(),
             trace: TraceLog::off(),
             metrics: MetricsServer::default(),
+            fd_store: None,
         })
     }
 
@@ -183,6 +189,12 @@ impl EventLoop {
     /// Serves metrics on `metrics`'s listeners.
     pub fn with_metrics(mut self, metrics: MetricsServer) -> EventLoop {
         self.metrics = metrics;
+        self
+    }
+
+    /// Leaves the server in the service manager's store when a SIGTERM comes for a restart.
+    pub fn with_fd_store(mut self, store: Option<super::fd_store::FdStore>) -> EventLoop {
+        self.fd_store = store;
         self
     }
 
@@ -397,6 +409,13 @@ impl EventLoop {
                 .map_err(|errno| Error::io("cannot read signals", errno.into()))?;
             match received.map(|received| received.event) {
                 None => return Ok(None),
+                Some(SignalEvent::Stop(Signal::SIGTERM)) if self.restarting() => {
+                    match self.store_for_restart(server) {
+                        Ok(()) => return Ok(Some(Ended::StoredForRestart)),
+                        Err(why) => warn!("cannot leave the server for its restart: {why}"),
+                    }
+                    return Ok(Some(Ended::Stopped(Signal::SIGTERM)));
+                }
                 Some(SignalEvent::Stop(signal)) => return Ok(Some(Ended::Stopped(signal))),
                 Some(SignalEvent::Report) => info!("status:\n{}", self.report(server)),
                 Some(SignalEvent::Child) => {}
@@ -500,29 +519,7 @@ impl EventLoop {
         let mut stream = control.take_stream(id)?;
         let _ = self.epoll.delete(stream.as_fd());
         info!("handing over to pid {} (uid {})", peer.pid, peer.uid);
-        let (processes, process_fds) = self.processes.export();
-        let event_loop_state = serde_json::json!({
-            "limits": self.governor.limits(),
-            "jobs_from": self.jobs_from,
-            "started_ago_ns": now.duration_since(self.started).as_nanos() as u64,
-            "processes": processes,
-        });
-        let control = self.control.as_ref()?;
-        let mut named: Vec<(String, std::os::fd::BorrowedFd<'_>)> =
-            vec![(CONTROL_LISTENER.to_string(), control.listener())];
-        for (index, fd, _) in self.metrics.listeners() {
-            named.push((format!("{METRICS_LISTENER}{index}"), fd));
-        }
-        named.extend(process_fds);
-        named.extend(export.descriptors);
-        let state = crate::handover::State {
-            version: crate::handover::VERSION,
-            backend: self.backend.name.to_string(),
-            descriptors: named.iter().map(|(name, _)| name.clone()).collect(),
-            event_loop: event_loop_state,
-            server: export.state,
-        };
-        let fds: Vec<_> = named.iter().map(|(_, fd)| *fd).collect();
+        let (state, fds) = self.handover_state(export, now)?;
         let sent = crate::handover::send(&mut stream, &state, &fds);
         let answer = sent.and_then(|()| {
             let mut answer = [0u8; crate::handover::TAKEN.len()];
@@ -548,6 +545,57 @@ impl EventLoop {
                 None
             }
         }
+    }
+
+    /// The whole handover: the loop's part and the server's `export`, and every descriptor
+    /// they name, in the order the state lists them.
+    fn handover_state<'a>(
+        &'a self,
+        export: super::backend::Export<'a>,
+        now: Instant,
+    ) -> Option<(crate::handover::State, Vec<std::os::fd::BorrowedFd<'a>>)> {
+        let control = self.control.as_ref()?;
+        let (processes, process_fds) = self.processes.export();
+        let event_loop_state = serde_json::json!({
+            "limits": self.governor.limits(),
+            "jobs_from": self.jobs_from,
+            "started_ago_ns": now.duration_since(self.started).as_nanos() as u64,
+            "control": control.path(),
+            "processes": processes,
+        });
+        let mut named: Vec<(String, std::os::fd::BorrowedFd<'_>)> =
+            vec![(CONTROL_LISTENER.to_string(), control.listener())];
+        for (index, fd, _) in self.metrics.listeners() {
+            named.push((format!("{METRICS_LISTENER}{index}"), fd));
+        }
+        named.extend(process_fds);
+        named.extend(export.descriptors);
+        let state = crate::handover::State {
+            version: crate::handover::VERSION,
+            backend: self.backend.name.to_string(),
+            descriptors: named.iter().map(|(name, _)| name.clone()).collect(),
+            event_loop: event_loop_state,
+            server: export.state,
+        };
+        Some((state, named.into_iter().map(|(_, fd)| fd).collect()))
+    }
+
+    /// Whether a SIGTERM now is the stop half of a restart the service manager will hold the
+    /// server through.
+    fn restarting(&self) -> bool {
+        self.fd_store.as_ref().is_some_and(super::fd_store::FdStore::restart_pending)
+    }
+
+    /// Leaves the whole handover in the service manager's store for the next start.
+    fn store_for_restart(&mut self, server: &mut dyn Server) -> Result<(), String> {
+        self.collect_trace(server);
+        let export = server.export()?;
+        let (state, fds) =
+            self.handover_state(export, Instant::now()).ok_or("no control socket")?;
+        let store = self.fd_store.as_ref().ok_or("no store")?;
+        store.store(&state, &fds).map_err(|error| error.to_string())?;
+        info!("left {} descriptors and the books for the restart", fds.len());
+        Ok(())
     }
 
     /// Takes over the loop's part of a predecessor's handover ([`crate::handover`]): its limits

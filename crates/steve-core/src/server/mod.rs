@@ -23,6 +23,7 @@ mod connection_io;
 pub mod control;
 mod error;
 mod event_loop;
+pub mod fd_store;
 pub mod metrics_listener;
 pub mod probe;
 pub mod processes;
@@ -82,7 +83,30 @@ pub fn serve(
     // Blocked before the jobserver exists, so that a stop signal is never lost.
     let signals = signals::Signals::block()
         .map_err(|errno| Error::io("cannot block signals", errno.into()))?;
-    let mut predecessor = if config.takeover { Some(take_over(backend, config)?) } else { None };
+    let fd_store = if config.fd_store { fd_store::FdStore::from_env() } else { None };
+    let mut predecessor = if config.takeover {
+        Some(take_over(backend, config)?)
+    } else if let Some(store) = &fd_store {
+        let stored = fd_store::take_stored();
+        match resume_stored(backend, config, stored.package) {
+            Ok(predecessor) => predecessor.map(|mut predecessor| {
+                predecessor.from = From::Store { names: stored.names };
+                predecessor
+            }),
+            Err(error) => {
+                // A state that cannot be served must not fail every start after it: what was
+                // stored goes (a device or mount it held goes with it) and this one starts
+                // afresh.
+                warn!(
+                    "cannot take over what the service manager stored ({error}): starting afresh"
+                );
+                store.remove(&stored.names);
+                None
+            }
+        }
+    } else {
+        None
+    };
     let (mut server, control, metrics) = match predecessor.as_mut() {
         Some(predecessor) => predecessor.parts.take().expect("taken once"),
         None => {
@@ -122,16 +146,30 @@ pub fn serve(
     .with_control(control)
     .with_trace(trace)
     .with_metrics(metrics)
-    .with_jobs_from(&config.jobs_from);
+    .with_jobs_from(&config.jobs_from)
+    .with_fd_store(fd_store.clone());
     if let Some(predecessor) = predecessor.as_mut() {
         event_loop.adopt(&mut *server, &predecessor.event_loop, &mut predecessor.descriptors)?;
     }
     event_loop.prime(&mut *server)?;
-    if let Some(mut predecessor) = predecessor {
-        // From here the predecessor exits: this server answers what waited in the kernel.
-        std::io::Write::write_all(&mut predecessor.stream, handover::TAKEN)
-            .map_err(|source| Error::io("cannot tell the predecessor it was taken over", source))?;
-        info!("took the server over from pid {}", predecessor.pid);
+    match predecessor.map(|predecessor| predecessor.from) {
+        Some(From::Process { mut stream, pid }) => {
+            // From here the predecessor exits: this server answers what waited in the kernel.
+            std::io::Write::write_all(&mut stream, handover::TAKEN).map_err(|source| {
+                Error::io("cannot tell the predecessor it was taken over", source)
+            })?;
+            info!("took the server over from pid {pid}");
+        }
+        Some(From::Store { names }) => {
+            if let Some(store) = &fd_store {
+                store.remove(&names);
+            }
+            info!(
+                "took the server over from the service manager's store ({} descriptors)",
+                names.len()
+            );
+        }
+        None => {}
     }
     let jobs = server.jobs();
     announce(&Announcement {
@@ -151,10 +189,14 @@ pub fn serve(
         control_path.display()
     );
     let ended = event_loop.run(&mut *server);
-    if let Ok(Ended::HandedOver { to }) = &ended {
-        // The successor has the kernel connection, the sockets and the mount: nothing here is
-        // closed, unmounted or removed; the process exits with them all open.
-        info!("handed over to pid {to}: stopped");
+    if let Ok(Ended::HandedOver { .. } | Ended::StoredForRestart) = &ended {
+        // The successor (or the store, for the next start) has the kernel connection, the
+        // sockets and the mount: nothing here is closed, unmounted or removed; the process
+        // exits with them all open.
+        match &ended {
+            Ok(Ended::HandedOver { to }) => info!("handed over to pid {to}: stopped"),
+            _ => info!("stopped for the restart, the server left in the service manager's store"),
+        }
         std::mem::forget(event_loop);
         std::mem::forget(server);
         return ended;
@@ -166,7 +208,7 @@ pub fn serve(
     match &ended {
         Ok(Ended::Stopped(signal)) => info!("{signal} received: stopped"),
         Ok(Ended::Transport(why)) => warn!("{why}"),
-        Ok(Ended::HandedOver { .. }) | Err(_) => {}
+        Ok(Ended::HandedOver { .. } | Ended::StoredForRestart) | Err(_) => {}
     }
     ended
 }
@@ -178,35 +220,47 @@ struct Predecessor {
     /// The event loop's part of its state, and the descriptors not taken yet.
     event_loop: serde_json::Value,
     descriptors: handover::Descriptors,
-    stream: std::os::unix::net::UnixStream,
-    pid: i32,
+    /// Where it came from.
+    from: From,
 }
 
-/// Asks the running server of `backend` at `config`'s place for a handover and builds this
-/// server from it (`steve serve --takeover`). Fails, changing nothing, if none runs there, it
-/// refuses, or what it sends cannot be served: it then goes on serving.
-fn take_over(
+/// Where a handover came from.
+enum From {
+    /// A running server, on this connection, waiting to hear it was taken over.
+    Process { stream: std::os::unix::net::UnixStream, pid: i32 },
+    /// The service manager's store, which passed it under these names, to remove.
+    Store { names: Vec<String> },
+}
+
+/// Builds this server from what a predecessor left in the service manager's store for a
+/// restart, if it left anything.
+fn resume_stored(
     backend: &'static Backend,
     config: &backend::ServeConfig,
+    package: Result<Option<handover::Package>, handover::HandoverError>,
+) -> Result<Option<Predecessor>, Error> {
+    let package = package.map_err(|error| Error::usage(error.to_string()))?;
+    let Some(package) = package else { return Ok(None) };
+    let control_path: PathBuf = package
+        .state
+        .event_loop
+        .get("control")
+        .and_then(serde_json::Value::as_str)
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::usage("handover: the stored state names no control socket"))?;
+    resume_package(backend, config, package, &control_path).map(Some)
+}
+
+/// Builds this server from a predecessor's `package`; its control socket is at `control_path`.
+fn resume_package(
+    backend: &'static Backend,
+    config: &backend::ServeConfig,
+    mut package: handover::Package,
+    control_path: &std::path::Path,
 ) -> Result<Predecessor, Error> {
     let resume = backend
         .resume
         .ok_or_else(|| Error::usage(format!("backend {} cannot be taken over", backend.name)))?;
-    let control_path = predecessor_control(backend, config).ok_or_else(|| {
-        Error::usage(format!(
-            "no running {} server to take over here (give its socket with --control)",
-            backend.name
-        ))
-    })?;
-    let failed = |source: std::io::Error| {
-        Error::io(format!("cannot take over the server at {}", control_path.display()), source)
-    };
-    let mut stream = std::os::unix::net::UnixStream::connect(&control_path).map_err(failed)?;
-    let request = serde_json::to_string(&control::Request::Handover).expect("a request encodes");
-    std::io::Write::write_all(&mut stream, format!("{request}\n").as_bytes()).map_err(failed)?;
-    let pid = control::peer_of(&stream).map(|peer| peer.pid).unwrap_or(0);
-    let mut package =
-        handover::receive(&mut stream).map_err(|error| Error::usage(error.to_string()))?;
     if package.state.backend != backend.name {
         return Err(Error::usage(format!(
             "the server at {} is a {} server, not {}",
@@ -220,16 +274,47 @@ fn take_over(
         .descriptors
         .take(event_loop::CONTROL_LISTENER)
         .map_err(|error| Error::usage(error.to_string()))?;
-    let control = control::ControlServer::adopt(listener, &control_path).map_err(failed)?;
+    let control = control::ControlServer::adopt(listener, control_path).map_err(|source| {
+        Error::io(format!("cannot take over the control socket {}", control_path.display()), source)
+    })?;
     let metrics = metrics_listener::MetricsServer::adopt(&config.metrics, &mut package.descriptors)
         .map_err(|source| Error::io("cannot take the metrics listeners over", source))?;
     Ok(Predecessor {
         parts: Some((server, control, metrics)),
         event_loop: package.state.event_loop,
         descriptors: package.descriptors,
-        stream,
-        pid,
+        from: From::Store { names: Vec::new() },
     })
+}
+
+/// Asks the running server of `backend` at `config`'s place for a handover and builds this
+/// server from it (`steve serve --takeover`). Fails, changing nothing, if none runs there, it
+/// refuses, or what it sends cannot be served: it then goes on serving.
+fn take_over(
+    backend: &'static Backend,
+    config: &backend::ServeConfig,
+) -> Result<Predecessor, Error> {
+    if backend.resume.is_none() {
+        return Err(Error::usage(format!("backend {} cannot be taken over", backend.name)));
+    }
+    let control_path = predecessor_control(backend, config).ok_or_else(|| {
+        Error::usage(format!(
+            "no running {} server to take over here (give its socket with --control)",
+            backend.name
+        ))
+    })?;
+    let failed = |source: std::io::Error| {
+        Error::io(format!("cannot take over the server at {}", control_path.display()), source)
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(&control_path).map_err(failed)?;
+    let request = serde_json::to_string(&control::Request::Handover).expect("a request encodes");
+    std::io::Write::write_all(&mut stream, format!("{request}\n").as_bytes()).map_err(failed)?;
+    let pid = control::peer_of(&stream).map(|peer| peer.pid).unwrap_or(0);
+    let package =
+        handover::receive(&mut stream).map_err(|error| Error::usage(error.to_string()))?;
+    let mut predecessor = resume_package(backend, config, package, &control_path)?;
+    predecessor.from = From::Process { stream, pid };
+    Ok(predecessor)
 }
 
 /// The control socket of the server a `--takeover` replaces: `--control`, or where a server of

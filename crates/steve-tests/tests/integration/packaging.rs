@@ -548,3 +548,76 @@ cat /steve-results/timeline
     std::fs::write(&timeline_file, timeline_text).unwrap();
     timeline::assert_peak_within(&timeline_file, 8, 4, "make given the unit's environment");
 }
+
+#[test]
+#[cfg_attr(
+    not(steve_test_all),
+    ignore = "needs QEMU, Debian's kernel and systemd, and GNU make 4.4.1, which scripts/test installs"
+)]
+fn systemctl_restart_breaks_no_build() {
+    // The shipped unit, installed as a package would be; make runs 40 jobs on /dev/steve while
+    // `systemctl restart steve` runs three times.
+    steve_tests::capi::prefix();
+    let profile_dir = steve::profile_dir();
+    let project = tempfile::tempdir_in(&profile_dir).unwrap();
+    let log = Path::new("/steve-results/timeline");
+    projects::makefile(project.path(), "job", 40, 0.3, log);
+    let script = format!(
+        r#"set -u
+fail() {{ echo "FAILED: $*"; journalctl --no-pager -n 60; exit 1; }}
+{install} --prefix /usr --from {profile} > /steve-results/installed || fail "scripts/install"
+systemd-sysusers || fail "systemd-sysusers"
+systemd-tmpfiles --create /usr/lib/tmpfiles.d/steve.conf || fail "systemd-tmpfiles"
+udevadm control --reload || fail "udevadm control --reload"
+mkdir -p /etc/systemd/system/steve.service.d
+printf '[Service]\nEnvironment="STEVE_OPTS=--backend cuse -j 4"\n' > /etc/systemd/system/steve.service.d/test.conf
+systemctl daemon-reload
+systemctl start steve || fail "systemctl start"
+(set -a; . /run/steve/env; set +a; exec {make} -C {project} > /dev/null 2> /steve-results/make.err; ) &
+build=$!
+for round in 1 2 3; do
+  sleep 2
+  systemctl restart steve || fail "systemctl restart $round"
+  echo "restart $round: pid $(systemctl show -p MainPID --value steve)"
+done
+wait $build; echo "make: $?"
+echo "make stderr: $(tr '\n' ' ' < /steve-results/make.err)"
+echo "free after make: $(steve get free)"
+echo "taken from the store: $(journalctl -u steve -o cat --no-pager | grep -c 'took the server over from the service manager')"
+echo "left for a restart: $(journalctl -u steve -o cat --no-pager | grep -c 'left in the service manager')"
+systemctl stop steve || fail "systemctl stop"
+for made in /dev/steve /run/steve; do test -e "$made" && echo "left behind: $made"; done
+echo "--- timeline ---"
+cat /steve-results/timeline
+"#,
+        install = workspace_root().join("scripts/install").display(),
+        profile = profile_dir.display(),
+        make = clients::make44().display(),
+        project = project.path().display(),
+    );
+    let run = steve_tests::vm::boot(
+        &steve_tests::vm::Guest::SystemdScript(script),
+        &[],
+        Duration::from_secs(15 * 60),
+        2,
+    );
+    let what = run.describe();
+    assert_eq!(run.status, Some(0), "{what}");
+    let (report, timeline_text) = run.output.split_once("--- timeline ---\n").expect(&what);
+    let line = |prefix: &str| run.reported(prefix);
+    assert_eq!(line("make: "), "0", "{what}");
+    let stderr = line("make stderr: ");
+    assert!(!stderr.contains("jobserver") && !stderr.contains("warning"), "{stderr}\n{what}");
+    // Three restarts, three different server processes, each taken from the store.
+    let pids: BTreeSet<String> =
+        (1..=3).map(|round| line(&format!("restart {round}: pid "))).collect();
+    assert_eq!(pids.len(), 3, "{pids:?}\n{what}");
+    assert_eq!(line("taken from the store: "), "3", "{what}");
+    assert_eq!(line("left for a restart: "), "3", "{what}");
+    assert_eq!(line("free after make: "), "4", "{what}");
+    // A plain stop still tears down.
+    assert!(!report.contains("left behind"), "{what}");
+    let timeline_file = project.path().join("timeline");
+    std::fs::write(&timeline_file, timeline_text).unwrap();
+    timeline::assert_peak_within(&timeline_file, 40, 5, "make through three restarts");
+}
