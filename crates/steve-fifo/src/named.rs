@@ -182,6 +182,12 @@ impl NamedPipeServer {
                  their processes"
             ));
         }
+        if server._made.adopted() {
+            // The dead steve's tokens are in the pipe or with its clients: none go in again.
+            // Those its clients lose come back once the pipe is let go (leak recovery), and
+            // bytes beyond the pool are taken out as they come.
+            while server.pool.counts().free > 0 && server.pool.hand_out() {}
+        }
         // Every token into the pipe; the event loop applies the limits before announcing it.
         server.rebalance();
         Ok(server)

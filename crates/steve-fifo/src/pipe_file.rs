@@ -23,6 +23,9 @@ pub struct PipeFile {
     path: PathBuf,
     file: File,
     id: FileId,
+    /// It was left by a steve that died while clients still had it open, and is served again
+    /// as it is: its tokens are where that steve left them.
+    adopted: bool,
     // Fields drop in order, after `drop` below removed the pipe: first the lock (and its file),
     // then the directory, which is only empty once both are gone.
     _lock: PathLock,
@@ -36,6 +39,16 @@ impl PipeFile {
         // Declared before the lock, so that on an early return the lock goes first.
         let made_dir = make_dir(dir)?.map(MadeDir);
         let lock = PathLock::acquire(path)?;
+        if let Some((file, id)) = stale_pipe_in_use(path, &lock)? {
+            return Ok(PipeFile {
+                path: path.to_path_buf(),
+                file,
+                id,
+                adopted: true,
+                _lock: lock,
+                _made_dir: made_dir,
+            });
+        }
         remove_stale_pipe(path, &lock)?;
         let file = make_fifo(path)?;
         let made = |file: &File| -> Result<FileId, FifoError> {
@@ -53,6 +66,7 @@ impl PipeFile {
                 path: path.to_path_buf(),
                 file,
                 id,
+                adopted: false,
                 _lock: lock,
                 _made_dir: made_dir,
             }),
@@ -77,6 +91,7 @@ impl PipeFile {
         Ok(PipeFile {
             path: path.to_path_buf(),
             id: FileId::of(&metadata),
+            adopted: false,
             file,
             _lock: PathLock::adopt(path, lock)?,
             _made_dir: made_dir.map(MadeDir),
@@ -91,6 +106,12 @@ impl PipeFile {
     /// Where it is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether it is a dead steve's pipe that clients still had open, served again: its
+    /// tokens are in it or with those clients, not to be put in again.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The pipe, open both ways.
@@ -142,6 +163,41 @@ fn make_dir(dir: &Path) -> Result<Option<PathBuf>, FifoError> {
 }
 
 /// A named pipe left at `path` by a steve that died is replaced; anything else is refused.
+/// A pipe a dead steve left at `path` that processes still have open: opened, to serve again,
+/// so that they and new clients share one pool (replacing it would make a second pool beside
+/// the one they still use). `None` if there is none, or nobody has it open.
+fn stale_pipe_in_use(path: &Path, lock: &PathLock) -> Result<Option<(File, FileId)>, FifoError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Some(pid) = lock.previous_owner() else { return Ok(None) };
+    let Ok(metadata) = fs::symlink_metadata(path) else { return Ok(None) };
+    if !metadata.file_type().is_fifo() || metadata.uid() != nix::unistd::geteuid().as_raw() {
+        return Ok(None);
+    }
+    // O_RDWR never blocks on a FIFO; O_NOFOLLOW, since the name is only checked, not held.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(FifoError::io("open", path))?;
+    let opened = file.metadata().map_err(FifoError::io("inspect", path))?;
+    let id = FileId::of(&opened);
+    if id != FileId::of(&metadata) {
+        return Ok(None);
+    }
+    let holders = crate::openers::find_holders(id, std::process::id());
+    if holders.is_empty() {
+        return Ok(None);
+    }
+    warn!(
+        "serving again the pipe {} left by steve pid {pid}, which is no longer running: {} \
+         process(es) still have it open, and a new pipe would be a second pool beside it",
+        path.display(),
+        holders.len()
+    );
+    Ok(Some((file, id)))
+}
+
 fn remove_stale_pipe(path: &Path, lock: &PathLock) -> Result<(), FifoError> {
     let metadata = match fs::symlink_metadata(path) {
         Ok(metadata) => metadata,

@@ -135,3 +135,34 @@ pub fn handover_during_make() -> Result<(), String> {
     ensure(fs::metadata(jobserver()).is_ok(), || "the jobserver is gone".to_string())?;
     serving.assert_pool_whole(JOBS as usize)
 }
+
+/// A fifo server SIGKILLed during a build and started again serves the pipe its predecessor
+/// left, which the build still has open: a make started after the restart shares one pool with
+/// the make started before it (a new pipe would be a second pool of four tokens beside the
+/// first), and once both are done the pool is whole again.
+pub fn killed_server_pipe_served_again() -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let mut first = Daemon::start(JOBS);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let before = super::Make::start(&first, JOBS, dir.path(), "before", 24, 0.4, &log);
+    steve_tests::wait_for("the first make's jobs", Duration::from_secs(30), || {
+        (super::started(&log) >= 3).then_some(())
+    });
+    kill(Pid::from_raw(first.child.id() as i32), Signal::SIGKILL).map_err(|e| e.to_string())?;
+    first.wait_exit(Duration::from_secs(10))?;
+    let second = Daemon::start(JOBS);
+    ensure(second.log().contains("serving again the pipe"), || {
+        format!("the new server did not take the pipe up:\n{}", second.log())
+    })?;
+    let after = super::Make::start(&second, JOBS, dir.path(), "after", 24, 0.4, &log);
+    ensure(before.finish() && after.finish(), || "a make failed".to_string())?;
+    let peak = timeline::peak_of(&log, 48);
+    println!("figure killed_server_peak {peak}");
+    ensure(peak <= JOBS as usize + 2, || {
+        format!("{peak} jobs at once on one pool of {JOBS} (two makes' own tokens besides)")
+    })?;
+    second.wait_for_free(JOBS as usize);
+    second.assert_pool_whole(JOBS as usize)
+}

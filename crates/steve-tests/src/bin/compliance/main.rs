@@ -117,6 +117,8 @@ enum Needs {
     /// A jobserver the host serves, fifo and fuse: a storm of a thousand processes would take
     /// many minutes in the emulated VM.
     HostJobserver,
+    /// A named pipe: fifo.
+    Pipe,
     /// Per-process accounting (ENOSPC, reclaim at exit, reservations, waiters): fuse and cuse.
     PerProcess,
     /// A CUSE device node: cuse.
@@ -136,6 +138,7 @@ impl Needs {
         match self {
             Needs::Jobserver => true,
             Needs::HostJobserver => backend == "fifo" || backend == "fuse",
+            Needs::Pipe => backend == "fifo",
             Needs::PerProcess => backend == "fuse" || backend == "cuse",
             Needs::Device | Needs::AutoChoice | Needs::UserMount if backend == "cuse" => true,
             Needs::Mount | Needs::AutoChoice => backend == "fuse",
@@ -190,6 +193,11 @@ const SCENARIOS: &[Scenario] = &[
     scenario("killed_ninja_on_the_companion", Needs::PerProcess, killed_ninja_on_the_companion),
     scenario("killed_exec_pipe_tree", Needs::Jobserver, killed_exec_pipe_tree),
     scenario("handover_during_make", Needs::PerProcess, handover::handover_during_make),
+    scenario(
+        "killed_server_pipe_served_again",
+        Needs::Pipe,
+        handover::killed_server_pipe_served_again,
+    ),
     scenario("kill_storm", Needs::HostJobserver, storms::kill_storm),
     scenario("soak", Needs::HostJobserver, storms::soak),
 ];
