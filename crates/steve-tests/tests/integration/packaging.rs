@@ -460,6 +460,20 @@ fn status_without_a_server_says_so_and_how_to_start_one() {
     );
 }
 
+/// Boots a VM with systemd as its init, runs `script` there as root, and asserts it exited 0.
+/// The script reports on its output; a `--- timeline ---` line ends the report, and the jobs'
+/// timeline follows.
+fn boot_systemd(script: String) -> steve_tests::vm::VmRun {
+    let run = steve_tests::vm::boot(
+        &steve_tests::vm::Guest::SystemdScript(script),
+        &[],
+        Duration::from_secs(15 * 60),
+        2,
+    );
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    run
+}
+
 #[test]
 #[cfg_attr(
     not(steve_test_all),
@@ -514,14 +528,8 @@ cat /steve-results/timeline
         make = clients::make44().display(),
         project = project.path().display(),
     );
-    let run = steve_tests::vm::boot(
-        &steve_tests::vm::Guest::SystemdScript(script),
-        &[],
-        Duration::from_secs(15 * 60),
-        2,
-    );
+    let run = boot_systemd(script);
     let what = run.describe();
-    assert_eq!(run.status, Some(0), "{what}");
     let (report, timeline_text) = run.output.split_once("--- timeline ---\n").expect(&what);
     // The timeline's lines start with `start` or `end`, never with one of these prefixes.
     let line = |prefix: &str| run.reported(prefix);
@@ -595,14 +603,8 @@ cat /steve-results/timeline
         make = clients::make44().display(),
         project = project.path().display(),
     );
-    let run = steve_tests::vm::boot(
-        &steve_tests::vm::Guest::SystemdScript(script),
-        &[],
-        Duration::from_secs(15 * 60),
-        2,
-    );
+    let run = boot_systemd(script);
     let what = run.describe();
-    assert_eq!(run.status, Some(0), "{what}");
     let (report, timeline_text) = run.output.split_once("--- timeline ---\n").expect(&what);
     let line = |prefix: &str| run.reported(prefix);
     assert_eq!(line("make: "), "0", "{what}");
