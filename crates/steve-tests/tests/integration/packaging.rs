@@ -110,7 +110,7 @@ fn scripts_install_puts_every_file_in_its_place_and_lists_exactly_those() {
     // The service files name the installed binary, and the init script may be run.
     let root = destdir.path();
     let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/steve.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/bin/steve serve $STEVE_OPTS"), "{unit}");
+    assert!(unit.contains("ExecStart=/usr/bin/steve serve --fd-store $STEVE_OPTS"), "{unit}");
     let openrc = std::fs::read_to_string(root.join("etc/init.d/steve")).unwrap();
     assert!(openrc.contains("command=\"/usr/bin/steve\""), "{openrc}");
     use std::os::unix::fs::PermissionsExt;
