@@ -27,8 +27,11 @@ use super::{ensure, env_path, jobserver, serve_command, Daemon, Tree};
 const JOBS: u32 = 4;
 /// make's jobs, and how long each runs.
 const MAKE_JOBS: usize = 40;
-/// The jobs of the make on the companion FIFO.
-const FIFO_JOBS: usize = 20;
+/// The jobs of the make on the companion FIFO: it runs them until the handovers are over (the
+/// rest then end at once), so that it still has the FIFO open through every handover. (A reader
+/// that closes the FIFO during a handover is not seen by the successor, whose inotify starts
+/// after it: its spare then stays in the pipe until the next reader comes or others wait.)
+const FIFO_JOBS: usize = 200;
 const JOB_SECONDS: f64 = 0.3;
 /// Handovers during the build.
 const HANDOVERS: usize = 3;
@@ -70,7 +73,8 @@ pub fn handover_during_make() -> Result<(), String> {
     fs::create_dir_all(&device_dir).unwrap();
     fs::create_dir_all(&fifo_dir).unwrap();
     projects::makefile(&device_dir, "job", MAKE_JOBS, JOB_SECONDS, &log);
-    projects::makefile(&fifo_dir, "fifojob", FIFO_JOBS, JOB_SECONDS, &log);
+    let handovers_done = dir.path().join("handovers-done");
+    projects::makefile_until(&fifo_dir, "fifojob", FIFO_JOBS, JOB_SECONDS, &log, &handovers_done);
     let stop = Arc::new(AtomicBool::new(false));
     let pauses = {
         let stop = Arc::clone(&stop);
@@ -110,6 +114,7 @@ pub fn handover_during_make() -> Result<(), String> {
         })?;
         taken_over.push(started.elapsed());
     }
+    fs::write(&handovers_done, "").unwrap();
     let outputs = [("make", make.output()), ("the companion FIFO's make", fifo_make.output())];
     stop.store(true, Ordering::Relaxed);
     let (longest, reads) = pauses.join().expect("the probing client");
