@@ -299,19 +299,7 @@ impl Daemon {
     /// a companion FIFO holds none. The tokens are written back afterwards.
     fn assert_pool_whole(&self, jobs: usize) -> Result<(), String> {
         let mut device = open_device(true);
-        let mut taken = 0;
-        let mut byte = [0u8; 1];
-        loop {
-            match device.read(&mut byte) {
-                Ok(1) => taken += 1,
-                Ok(_) => return Err("end of file on the device".into()),
-                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-                Err(error) => return Err(format!("read: {error}")),
-            }
-            if taken > jobs {
-                break;
-            }
-        }
+        let taken = take_free(&mut device, jobs)?;
         let companion =
             if target().per_process() { companion_idle(&self.status()) } else { Ok(()) };
         device.write_all(&vec![b'+'; taken]).map_err(|e| format!("write back: {e}"))?;
@@ -335,6 +323,25 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Takes every free token from `device` with non-blocking reads, stopping one past `jobs` (more
+/// than the pool is wrong whatever the count); how many it took. The caller writes them back.
+fn take_free(device: &mut File, jobs: usize) -> Result<usize, String> {
+    let mut taken = 0;
+    let mut byte = [0u8; 1];
+    loop {
+        match device.read(&mut byte) {
+            Ok(1) => taken += 1,
+            Ok(_) => return Err("end of file on the jobserver".into()),
+            Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+            Err(error) => return Err(format!("read: {error}")),
+        }
+        if taken > jobs {
+            break;
+        }
+    }
+    Ok(taken)
 }
 
 impl Drop for Daemon {

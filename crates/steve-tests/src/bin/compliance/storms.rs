@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -30,7 +30,7 @@ use nix::unistd::Pid;
 use steve_core::server::control::{ask, Request, Response};
 use steve_tests::projects;
 
-use super::{ensure, env_path, open_device, serve_command, target, Daemon};
+use super::{ensure, env_path, open_device, serve_command, take_free, target, Daemon};
 
 /// Tokens in the pool: enough that a victim meant to die holding one often gets one.
 const JOBS: u32 = 16;
@@ -193,19 +193,7 @@ fn wait_for_pool_whole(daemon: &Daemon, limit: Duration) -> Result<(), String> {
 /// Takes every free token, counts them, and puts them back.
 fn count_free_tokens() -> Result<usize, String> {
     let mut device = open_device(true);
-    let mut byte = [0u8; 1];
-    let mut taken = 0;
-    loop {
-        match device.read(&mut byte) {
-            Ok(1) => taken += 1,
-            Ok(_) => return Err("end of file on the jobserver".into()),
-            Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-            Err(error) => return Err(format!("read: {error}")),
-        }
-        if taken > JOBS as usize {
-            break;
-        }
-    }
+    let taken = take_free(&mut device, JOBS as usize)?;
     device.write_all(&vec![b'+'; taken]).map_err(|e| format!("write back: {e}"))?;
     Ok(taken)
 }
