@@ -936,12 +936,16 @@ fn status_names_holders() -> Result<(), String> {
 }
 
 /// `set jobs=1` then `set jobs=4` while two makes run: the measured peak follows.
+///
+/// Jobs last a second: with 0.4 s jobs a starved VM (TCG while the host's soak loads both
+/// CPUs) spent longer starting each job than running it, so the two makes' jobs under jobs=1
+/// never overlapped and the window's peak read 1.
 fn set_jobs_moves_the_peak() -> Result<(), String> {
     let daemon = Daemon::start(4);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("timeline");
     let makes: Vec<Make> = (0..2)
-        .map(|n| Make::start(&daemon, 4, dir.path(), &format!("m{n}"), 32, 0.4, &log))
+        .map(|n| Make::start(&daemon, 4, dir.path(), &format!("m{n}"), 24, 1.0, &log))
         .collect();
     wait_for("the makes to start", Duration::from_secs(30), || (started(&log) >= 4).then_some(()));
     ensure(daemon.ctl(&["set", "jobs=1"]).status.success(), || "set jobs=1 failed".into())?;
@@ -949,7 +953,7 @@ fn set_jobs_moves_the_peak() -> Result<(), String> {
         (daemon.status()["pool"]["size"] == 1).then_some(())
     });
     let shrunk = timeline::now_nanos();
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(3000));
     let grow = timeline::now_nanos();
     ensure(daemon.ctl(&["set", "jobs=4"]).status.success(), || "set jobs=4 failed".into())?;
     for make in makes {
