@@ -62,7 +62,7 @@ inventory::submit! {
         availability: always_available,
         places: named::PLACES,
         start: Start::Server(named::start),
-        resume: None,
+        resume: Some(named::resume),
     }
 }
 

@@ -25,7 +25,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use steve_core::accounting::pool::Pool;
 use steve_core::makeflags::JobserverAuth;
 use steve_core::paths::control_beside;
-use steve_core::server::backend::{Place, Places, ServeConfig, ServeOption};
+use steve_core::server::backend::{Export, Place, Places, ServeConfig, ServeOption};
 use steve_core::server::processes::command_line;
 use steve_core::server::{Context, Endpoint, Flow, PoolChange, Server, SourceId};
 use steve_core::status::{BackendReport, CounterReport, HolderReport, PoolReport};
@@ -49,6 +49,11 @@ pub const OPTIONS: &[ServeOption] = &[ServeOption::Path];
 /// The inotify descriptor and the taker's, to the event loop.
 const INOTIFY: SourceId = SourceId(0);
 const TAKER: SourceId = SourceId(1);
+/// How it serves, for the log and the status.
+const HOW: &str = "a named pipe; tokens of killed clients are put back once it is let go";
+/// The pipe and its lock file, by name in a handover.
+const PIPE_NAME: &str = "pipe";
+const LOCK_NAME: &str = "pipe-lock";
 
 /// The path to serve when none is given: the system path for root, the user's runtime
 /// directory otherwise.
@@ -84,6 +89,55 @@ pub fn start(config: &ServeConfig) -> Result<Box<dyn Server>, steve_core::server
     if let Recovery::Off(reason) = &server.recovery {
         warn!("leak recovery is off: {reason}");
     }
+    Ok(Box::new(server))
+}
+
+/// Takes a predecessor's pipe over ([`steve_core::handover`]): the same pipe, with the tokens
+/// where they are (in it, or with its clients), its lock, and the pool's books as they were.
+///
+/// The successor's inotify starts after the predecessor's ends: a client that let the pipe go
+/// in between is seen at the next close, when the leak check runs. A predecessor's token taker
+/// that was blocked in `read()` while the pool shrank may take a token after the handover, which
+/// then goes missing until the pipe is let go and the leak check puts it back.
+pub fn resume(
+    _config: &ServeConfig,
+    state: &serde_json::Value,
+    descriptors: &mut steve_core::handover::Descriptors,
+) -> Result<Box<dyn Server>, steve_core::server::Error> {
+    let bad = |why: String| steve_core::server::Error::usage(format!("handover: {why}"));
+    #[derive(serde::Deserialize)]
+    struct State {
+        path: PathBuf,
+        made_dir: Option<PathBuf>,
+        pool: Pool,
+        recovery_off: Option<String>,
+        recovered: u64,
+        surplus_taken: u64,
+        mode: u32,
+        gid: Option<u32>,
+        directories: Vec<PathBuf>,
+    }
+    let state: State = serde_json::from_value(state.clone())
+        .map_err(|error| bad(format!("the predecessor's books: {error}")))?;
+    let pipe = descriptors.take(PIPE_NAME).map_err(|error| bad(error.to_string()))?;
+    let lock = descriptors.take(LOCK_NAME).map_err(|error| bad(error.to_string()))?;
+    let made = PipeFile::adopt(&state.path, pipe, lock, state.made_dir)?;
+    let endpoint = Endpoint {
+        path: state.path.clone(),
+        auth: JobserverAuth::Fifo(state.path.clone()),
+        default_control: control_beside(&state.path),
+        mode: state.mode,
+        gid: state.gid.map(nix::unistd::Gid::from_raw),
+        how: HOW.into(),
+        directories: state.directories,
+        companion: None,
+    };
+    let mut server = NamedPipeServer::serving(made, state.pool, endpoint)?;
+    server.recovery = state.recovery_off.map_or(Recovery::On, Recovery::Off);
+    server.recovered = state.recovered;
+    server.surplus_taken = state.surplus_taken;
+    // What the predecessor's taker still wanted, this one takes.
+    server.rebalance();
     Ok(Box::new(server))
 }
 
@@ -134,48 +188,18 @@ impl NamedPipeServer {
         let (mode, gid) = config.access().map_err(FifoError::Config)?;
 
         let made = PipeFile::create(&path, mode, gid)?;
-        let pipe = made.file().try_clone().map_err(FifoError::io("open", &path))?;
         let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-            .map_err(|e| FifoError::io("watch", &path)(e.into()))?;
-        let taker =
-            Taker::start(&path).map_err(FifoError::io("start the token taker for", &path))?;
-        let pool = Pool::new(config.jobs);
         let endpoint = Endpoint {
             path: path.clone(),
             auth: JobserverAuth::Fifo(path.clone()),
             default_control: control_beside(&path),
             mode,
             gid,
-            how: "a named pipe; tokens of killed clients are put back once it is let go".into(),
+            how: HOW.into(),
             directories: dir.canonicalize().into_iter().collect(),
             companion: None,
         };
-        let mut server = NamedPipeServer {
-            path,
-            pipe,
-            pipe_id: made.id(),
-            inotify,
-            pool,
-            taker,
-            recovery: Recovery::On,
-            recovered: 0,
-            surplus_taken: 0,
-            last_holder: None,
-            trace: None,
-            endpoint,
-            _made: made,
-        };
-        server
-            .inotify
-            .add_watch(
-                &server.path,
-                AddWatchFlags::IN_OPEN
-                    | AddWatchFlags::IN_MODIFY
-                    | AddWatchFlags::IN_CLOSE_WRITE
-                    | AddWatchFlags::IN_CLOSE_NOWRITE,
-            )
-            .map_err(|e| FifoError::io("watch", &server.path)(e.into()))?;
+        let mut server = NamedPipeServer::serving(made, Pool::new(config.jobs), endpoint)?;
         if !is_root && mode & 0o077 != 0 {
             server.recovery = Recovery::Off(format!(
                 "mode {mode:04o} lets other users open the pipe, and a non-root steve cannot see \
@@ -191,6 +215,44 @@ impl NamedPipeServer {
         // Every token into the pipe; the event loop applies the limits before announcing it.
         server.rebalance();
         Ok(server)
+    }
+
+    /// Serves `made` with `pool`'s books: watches the pipe and starts the token taker.
+    fn serving(
+        made: PipeFile,
+        pool: Pool,
+        endpoint: Endpoint,
+    ) -> Result<NamedPipeServer, FifoError> {
+        let path = made.path().to_path_buf();
+        let pipe = made.file().try_clone().map_err(FifoError::io("open", &path))?;
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| FifoError::io("watch", &path)(e.into()))?;
+        inotify
+            .add_watch(
+                &path,
+                AddWatchFlags::IN_OPEN
+                    | AddWatchFlags::IN_MODIFY
+                    | AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_CLOSE_NOWRITE,
+            )
+            .map_err(|e| FifoError::io("watch", &path)(e.into()))?;
+        let taker =
+            Taker::start(&path).map_err(FifoError::io("start the token taker for", &path))?;
+        Ok(NamedPipeServer {
+            path,
+            pipe,
+            pipe_id: made.id(),
+            inotify,
+            pool,
+            taker,
+            recovery: Recovery::On,
+            recovered: 0,
+            surplus_taken: 0,
+            last_holder: None,
+            trace: None,
+            endpoint,
+            _made: made,
+        })
     }
 
     /// Brings the pipe towards what the pool wants: puts free tokens into it, and takes out
@@ -432,6 +494,28 @@ impl Server for NamedPipeServer {
 
     fn take_trace(&mut self) -> Vec<(Instant, Record)> {
         self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn export(&self) -> Result<Export<'_>, String> {
+        let (lock, made_dir) = self._made.handover_parts();
+        let endpoint = &self.endpoint;
+        let state = serde_json::json!({
+            "path": &self.path,
+            "made_dir": made_dir,
+            "pool": &self.pool,
+            "recovery_off": match &self.recovery {
+                Recovery::On => None,
+                Recovery::Off(reason) => Some(reason),
+            },
+            "recovered": self.recovered,
+            "surplus_taken": self.surplus_taken,
+            "mode": endpoint.mode,
+            "gid": endpoint.gid.map(|gid| gid.as_raw()),
+            "directories": &endpoint.directories,
+        });
+        let descriptors =
+            vec![(PIPE_NAME.to_string(), self.pipe.as_fd()), (LOCK_NAME.to_string(), lock)];
+        Ok(Export { state, descriptors })
     }
 
     fn report(&mut self, _cx: &mut Context<'_>) -> BackendReport {

@@ -37,7 +37,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -227,6 +227,10 @@ pub struct Device {
     /// What it did, for the event trace, while tracing is on.
     #[serde(skip)]
     trace: Option<Vec<(Instant, Record)>>,
+    /// The processes whose count of held tokens may have changed since the server last asked
+    /// ([`Device::take_holding_changes`]): the crash books record them.
+    #[serde(skip)]
+    changed: HashSet<Pid>,
 }
 
 /// The requests waiting, by their place in the ledger's queue: who, how, and since when.
@@ -286,6 +290,7 @@ impl Device {
             events: Vec::new(),
             counters: Counters::default(),
             trace: None,
+            changed: HashSet::new(),
         }
     }
 
@@ -372,10 +377,12 @@ impl Device {
         process.taken_any = true;
         process.holding_since.get_or_insert(now);
         self.counters.grants += 1;
+        self.changed.insert(pid);
     }
 
     /// Clears `pid`'s holding time once it holds nothing, and checks the books.
     fn note_returns(&mut self, pid: Pid) {
+        self.changed.insert(pid);
         if self.held_by(pid) == 0 {
             if let Some(process) = self.processes.get_mut(&pid) {
                 process.holding_since = None;
@@ -480,6 +487,7 @@ impl Device {
     /// lent is retired. `None` if the device never saw it.
     pub fn process_exited(&mut self, pid: Pid, now: Instant) -> Option<Departed> {
         let process = self.processes.remove(&pid)?;
+        self.changed.insert(pid);
         // Its build, before the ledger forgets it.
         let build = self.build_of(pid);
         let reclaimed = self.ledger.reclaim(&pid);
@@ -543,6 +551,41 @@ impl Device {
         self.counters.reclaimed += taken as u64;
         self.note_returns(pid);
         taken
+    }
+
+    /// Books `tokens` tokens as held by `pid` without a request: a process that took them from
+    /// a server that died, counted here until it exits or writes them back (`pid` joined
+    /// first). Takes what is free, up to `tokens`, and returns how many; not counted as grants.
+    pub fn adopt_holding(&mut self, pid: Pid, tokens: usize, now: Instant) -> usize {
+        let mut taken = 0;
+        while taken < tokens && self.ledger.acquire(pid, Wait::NoWait) == Acquire::Granted {
+            let process = self.processes.entry(pid).or_default();
+            process.taken_any = true;
+            process.holding_since.get_or_insert(now);
+            taken += 1;
+        }
+        // No trace record: survivors are adopted before the trace starts, whose first record
+        // (Start) carries the books with them in.
+        self.changed.insert(pid);
+        self.debug_check();
+        taken
+    }
+
+    /// Each process whose count of held tokens may have changed since the last call, with the
+    /// count now (0 once it holds none or is gone), in pid order.
+    pub fn take_holding_changes(&mut self) -> Vec<(Pid, usize)> {
+        let mut changes: Vec<(Pid, usize)> = std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|pid| (pid, if self.processes.contains_key(&pid) { self.held_by(pid) } else { 0 }))
+            .collect();
+        changes.sort_unstable();
+        changes
+    }
+
+    /// Counts every process as changed, so that the next [`Device::take_holding_changes`]
+    /// gives them all: books taken over from a predecessor start a new record.
+    pub fn mark_all_changed(&mut self) {
+        self.changed.extend(self.processes.keys().copied());
     }
 
     /// Ends the reservations due by `now`; their tokens move on to the next in the queue.
@@ -1026,6 +1069,30 @@ mod tests {
         );
         assert_eq!(device.counts().free, 1);
         assert_eq!(device.counters().reclaimed, 3);
+    }
+
+    #[test]
+    fn a_dead_servers_holder_is_counted_until_it_returns_or_exits() {
+        let (mut device, now) = device(3);
+        // It held 4 of the last server's tokens; this pool has 3 free.
+        assert_eq!(device.adopt_holding(1, 4, now), 3);
+        assert_eq!(device.held_by(1), 3);
+        assert_eq!(device.counts().free, 0);
+        assert_eq!(device.counters().grants, 0, "nothing was handed out");
+        assert_eq!(device.read(2, RequestId(1), true, now), ReadOutcome::WouldBlock);
+        assert_eq!(device.take_holding_changes(), vec![(1, 3)]);
+        // What it writes back is a return, not a grace loan.
+        assert_eq!(device.write(1, 1, now), Ok(1));
+        assert_eq!(device.counters().grace_returns, 0);
+        assert_eq!(device.read(2, RequestId(2), true, now), ReadOutcome::Token);
+        assert_eq!(device.take_holding_changes(), vec![(1, 2), (2, 1)]);
+        assert_eq!(device.take_holding_changes(), vec![]);
+        let departed = device.process_exited(1, now).unwrap();
+        assert_eq!(departed.tokens, 2);
+        assert_eq!(device.take_holding_changes(), vec![(1, 0)]);
+        assert_eq!(device.counts().free, 2);
+        device.mark_all_changed();
+        assert_eq!(device.take_holding_changes(), vec![(2, 1)]);
     }
 
     #[test]

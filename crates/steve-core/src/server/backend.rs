@@ -490,6 +490,26 @@ pub trait Server {
         Vec::new()
     }
 
+    /// Whether it keeps books per client process, which the loop then records in the crash
+    /// books ([`super::holder_book`]) for a server started after it dies.
+    fn counts_holders(&self) -> bool {
+        false
+    }
+
+    /// Each process whose count of held tokens changed since the last call, with the count
+    /// now (0 once it holds none or is gone).
+    fn take_holding_changes(&mut self) -> Vec<(u32, usize)> {
+        Vec::new()
+    }
+
+    /// Books `tokens` tokens as held by `pid`, which took them from a server that died and is
+    /// still running (watched through [`Context::processes`] already): counted until it exits
+    /// or writes them back. Returns how many could be booked (no more than are free).
+    fn adopt_survivor(&mut self, pid: u32, tokens: usize, cx: &mut Context<'_>) -> usize {
+        let _ = (pid, tokens, cx);
+        0
+    }
+
     /// Its state and descriptors for a successor ([`crate::handover`]), between two turns of
     /// the loop; or why it cannot be handed over, in which case it goes on serving. Nothing is
     /// changed: if the successor fails, this server carries on.

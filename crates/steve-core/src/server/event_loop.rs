@@ -26,6 +26,7 @@ use super::backend::{Backend, Context, Flow, PoolChange, ServeOption, Server, So
 use super::control::{
     may_change, ConnectionId, ControlServer, Incoming, Outgoing, Request, Response,
 };
+use super::holder_book::{HolderBook, Survivor};
 use super::metrics_listener::{Asked, MetricsServer};
 use super::processes::Processes;
 use super::signals::{SignalEvent, Signals};
@@ -138,6 +139,8 @@ pub struct EventLoop {
     metrics: MetricsServer,
     /// The service manager's store, where a restart leaves the server (`--fd-store`).
     fd_store: Option<super::fd_store::FdStore>,
+    /// Who holds how many tokens, for a server started after this one dies.
+    holder_book: Option<HolderBook>,
 }
 
 impl EventLoop {
@@ -171,6 +174,7 @@ impl EventLoop {
             trace: TraceLog::off(),
             metrics: MetricsServer::default(),
             fd_store: None,
+            holder_book: None,
         })
     }
 
@@ -196,6 +200,55 @@ impl EventLoop {
     pub fn with_fd_store(mut self, store: Option<super::fd_store::FdStore>) -> EventLoop {
         self.fd_store = store;
         self
+    }
+
+    /// Keeps the crash books in `book` ([`super::holder_book`]), for a server that counts its
+    /// holders.
+    pub fn with_holder_book(mut self, book: Option<HolderBook>) -> EventLoop {
+        self.holder_book = book;
+        self
+    }
+
+    /// Counts the tokens a dead server's clients still hold as held until they exit: each
+    /// survivor still running (same pid, same start time) is watched and its tokens booked
+    /// to it. Before [`EventLoop::prime`].
+    pub fn adopt_survivors(&mut self, server: &mut dyn Server, survivors: &[Survivor]) {
+        let now = Instant::now();
+        let (mut counted, mut processes) = (0, 0);
+        for survivor in survivors {
+            if !self.processes.watch_survivor(survivor.pid, survivor.started) {
+                debug!(pid = survivor.pid, "a holder of the last server's tokens is gone");
+                continue;
+            }
+            let mut cx = Context { processes: &mut self.processes, now };
+            let booked = server.adopt_survivor(survivor.pid, survivor.tokens, &mut cx);
+            info!(
+                pid = survivor.pid,
+                tokens = booked,
+                "pid {} still holds {booked} token(s) from the server before, counted until it \
+                 exits or returns them",
+                survivor.pid
+            );
+            counted += booked;
+            processes += 1;
+        }
+        if processes > 0 {
+            info!(
+                "{counted} token(s) of the server before are still out, in {processes} process(es)"
+            );
+        }
+    }
+
+    /// Writes the holdings that changed this turn into the crash books.
+    fn record_holdings(&mut self, server: &mut dyn Server) {
+        let Some(book) = self.holder_book.as_mut() else { return };
+        for (pid, tokens) in server.take_holding_changes() {
+            // A holder the loop does not watch (a companion FIFO's stand-in) has no start time.
+            match self.processes.started(pid) {
+                Some(started) => book.record(pid, started, tokens),
+                None => book.record(pid, 0, 0),
+            }
+        }
     }
 
     /// Stops on SIGINT, SIGTERM and SIGHUP, and logs the status on SIGUSR1.
@@ -230,6 +283,7 @@ impl EventLoop {
             }
             self.recheck_limits(server, now, true);
             self.collect_trace(server);
+            self.record_holdings(server);
             self.primed = true;
         }
         Ok(())
@@ -259,6 +313,7 @@ impl EventLoop {
             }
             self.due(server, Instant::now());
             self.collect_trace(server);
+            self.record_holdings(server);
         }
     }
 

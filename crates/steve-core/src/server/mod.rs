@@ -11,6 +11,8 @@
 //! - [`probe`]: the load and memory readings from `/proc`;
 //! - [`accounts`]: users and groups named on the command line;
 //! - [`trace_log`]: where the event trace goes (the ring, a file);
+//! - [`holder_book`]: the crash books, who holds how many tokens, for a server started after
+//!   this one dies;
 //! - [`metrics_listener`]: the metrics over HTTP, on a Unix socket or a loopback port.
 //!
 //! [`serve`] is the whole of `steve serve` for any backend: it refuses options the backend does
@@ -24,6 +26,7 @@ pub mod control;
 mod error;
 mod event_loop;
 pub mod fd_store;
+pub mod holder_book;
 pub mod metrics_listener;
 pub mod probe;
 pub mod processes;
@@ -133,6 +136,18 @@ pub fn serve(
     // Opened before dropping to --user: the file's place is root's choice.
     let trace = trace_log::TraceLog::open(&config.trace)
         .map_err(|error| Error::usage(error.to_string()))?;
+    let (holder_book, survivors) = if server.counts_holders() {
+        let path = holder_book::path_beside(&control_path);
+        match holder_book::HolderBook::open(&path, predecessor.is_none()) {
+            Ok((book, survivors)) => (Some(book), survivors),
+            Err(error) => {
+                warn!("{error}; a server started after a crash will not count the tokens out");
+                (None, Vec::new())
+            }
+        }
+    } else {
+        (None, Vec::new())
+    };
     if let Some(user) = user {
         accounts::become_user(&user).map_err(Error::usage)?;
         info!("running as user {} (uid {}) from now on", user.name, user.uid);
@@ -147,10 +162,12 @@ pub fn serve(
     .with_trace(trace)
     .with_metrics(metrics)
     .with_jobs_from(&config.jobs_from)
-    .with_fd_store(fd_store.clone());
+    .with_fd_store(fd_store.clone())
+    .with_holder_book(holder_book);
     if let Some(predecessor) = predecessor.as_mut() {
         event_loop.adopt(&mut *server, &predecessor.event_loop, &mut predecessor.descriptors)?;
     }
+    event_loop.adopt_survivors(&mut *server, &survivors);
     event_loop.prime(&mut *server)?;
     match predecessor.map(|predecessor| predecessor.from) {
         Some(From::Process { mut stream, pid }) => {

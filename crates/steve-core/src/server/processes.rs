@@ -148,6 +148,34 @@ impl Processes {
         Ok((processes, gone))
     }
 
+    /// Watches `pid`, which held tokens from a server that died, if it is still the process
+    /// that started at `started` (a pid reused since is someone else). Returns whether it is.
+    pub fn watch_survivor(&mut self, pid: Pid, started: u64) -> bool {
+        if self.watched.contains_key(&pid) {
+            return self.watched[&pid].started == started;
+        }
+        let Ok(pidfd) = pidfd_open(pid) else { return false };
+        // Read after the pidfd is open: a pid reused before that has another start time.
+        let (now_started, lineage) = lineage_of(pid);
+        let Ok((group, user)) = thread_group_of(pid) else { return false };
+        if now_started != started || group != pid {
+            return false;
+        }
+        let name = fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|name| name.trim_end().to_string())
+            .unwrap_or_else(|_| "?".to_string());
+        self.unregistered.push(pid);
+        let owner = self.place(pid, started, &lineage, user);
+        let watched = Watched { pidfd, name, threads: Vec::new(), started, lineage, owner };
+        self.watched.insert(pid, watched);
+        true
+    }
+
+    /// `pid`'s start time (clock ticks after boot), while it is watched.
+    pub fn started(&self, pid: Pid) -> Option<u64> {
+        self.watched.get(&pid).map(|watched| watched.started)
+    }
+
     /// The process of thread `tid`, watched from now on.
     pub fn resolve(&mut self, tid: u32) -> Result<Pid, Gone> {
         if let Some(pid) = self.process_of_thread.get(&tid).copied() {

@@ -80,7 +80,8 @@ pub fn resume(
     let missing = |error: steve_core::handover::HandoverError| {
         steve_core::server::Error::usage(error.to_string())
     };
-    let device: Device = serde_json::from_value(field("device")).map_err(|e| bad("books", e))?;
+    let mut device: Device =
+        serde_json::from_value(field("device")).map_err(|e| bad("books", e))?;
     let filesystem: Option<OneFile> =
         serde_json::from_value(field("filesystem")).map_err(|e| bad("filesystem", e))?;
     #[derive(serde::Deserialize)]
@@ -105,6 +106,8 @@ pub fn resume(
         directories: endpoint.directories,
     };
     let channel = descriptors.take(CHANNEL_NAME).map_err(missing)?;
+    // The successor's crash books start afresh: every holder goes in.
+    device.mark_all_changed();
     let mut session = Session::serving(channel, device, endpoint, filesystem, vec![0; BUFFER_LEN])
         .map_err(steve_core::server::Error::from)?;
     session.next_fh = field("next_fh").as_u64().unwrap_or(1);
@@ -656,6 +659,21 @@ impl Server for Session {
 
     fn take_trace(&mut self) -> Vec<(Instant, Record)> {
         self.device.take_trace()
+    }
+
+    fn counts_holders(&self) -> bool {
+        true
+    }
+
+    fn take_holding_changes(&mut self) -> Vec<(u32, usize)> {
+        self.device.take_holding_changes()
+    }
+
+    fn adopt_survivor(&mut self, pid: u32, tokens: usize, cx: &mut Context<'_>) -> usize {
+        for (member, owner) in cx.processes().take_owner_changes() {
+            self.device.join(member, owner, cx.now());
+        }
+        self.device.adopt_holding(pid, tokens, cx.now())
     }
 
     fn export(&self) -> Result<Export<'_>, String> {

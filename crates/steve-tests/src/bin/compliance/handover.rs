@@ -1,10 +1,13 @@
 //! Handing the server over while builds run (`steve serve --takeover`): a GNU make of 40 jobs on
-//! the device (or the mount's file) and one of 20 on the companion FIFO, on four tokens, during
-//! which the server is replaced by a fresh process of the binary three times. Both makes must
-//! finish with exit 0 and no jobserver warning, never run more than the pool (plus their
-//! implicit tokens), and the pool must be whole at the end, served by the last successor, with
-//! the companion FIFO idle; each predecessor must exit by itself, with status 0, once taken
-//! over.
+//! the device (or the mount's file, or the fifo backend's pipe) and, beside a device or a mount,
+//! one on the companion FIFO, on four tokens, during which the server is replaced by a fresh
+//! process of the binary three times. The makes must finish with exit 0 and no jobserver
+//! warning, never run more than the pool (plus their implicit tokens), and the pool must be
+//! whole at the end, served by the last successor, with the companion FIFO idle; each
+//! predecessor must exit by itself, with status 0, once taken over.
+//!
+//! Also what a server killed without handing over leaves: on fifo the pipe is served again, on
+//! fuse and cuse the crash books count the tokens a surviving make still holds.
 //!
 //! Beside make, a client of this process reads without blocking over and over (giving back any
 //! token it gets): a read the server answers at once returns at once, token or `EAGAIN`, so the
@@ -66,7 +69,8 @@ fn probe_reads(stop: &AtomicBool) -> (Duration, usize) {
 pub fn handover_during_make() -> Result<(), String> {
     let first = Daemon::start(JOBS);
     let control = first.control.clone();
-    let fifo = first.companion()?;
+    // The fifo backend's pipe is the jobserver itself: no companion beside it.
+    let fifo = if super::target().per_process() { Some(first.companion()?) } else { None };
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("timeline");
     let (device_dir, fifo_dir) = (dir.path().join("device"), dir.path().join("fifo"));
@@ -91,8 +95,9 @@ pub fn handover_during_make() -> Result<(), String> {
         )
     };
     let make = start_make(&device_dir, first.makeflags(JOBS));
-    let fifo_make =
-        start_make(&fifo_dir, format!(" -j{JOBS} --jobserver-auth=fifo:{}", fifo.display()));
+    let fifo_make = fifo.as_ref().map(|fifo| {
+        start_make(&fifo_dir, format!(" -j{JOBS} --jobserver-auth=fifo:{}", fifo.display()))
+    });
     let mut serving = first;
     let mut taken_over = Vec::new();
     for round in 1..=HANDOVERS {
@@ -115,7 +120,8 @@ pub fn handover_during_make() -> Result<(), String> {
         taken_over.push(started.elapsed());
     }
     fs::write(&handovers_done, "").unwrap();
-    let outputs = [("make", make.output()), ("the companion FIFO's make", fifo_make.output())];
+    let mut outputs = vec![("make", make.output())];
+    outputs.extend(fifo_make.map(|fifo_make| ("the companion FIFO's make", fifo_make.output())));
     stop.store(true, Ordering::Relaxed);
     let (longest, reads) = pauses.join().expect("the probing client");
     for (which, output) in &outputs {
@@ -125,7 +131,7 @@ pub fn handover_during_make() -> Result<(), String> {
             format!("{which} warned: {stderr}")
         })?;
     }
-    let peak = timeline::peak_of(&log, MAKE_JOBS + FIFO_JOBS);
+    let peak = timeline::peak_of(&log, MAKE_JOBS + if fifo.is_some() { FIFO_JOBS } else { 0 });
     let times: Vec<String> =
         taken_over.iter().map(|took| format!("{:.0}", took.as_secs_f64() * 1000.0)).collect();
     println!("figure handover_peak {peak}");
@@ -134,7 +140,8 @@ pub fn handover_during_make() -> Result<(), String> {
         longest.as_secs_f64() * 1000.0
     );
     println!("figure handover_successor_ready_ms {}", times.join(","));
-    ensure(peak <= JOBS as usize + 2 && peak >= 2, || {
+    let makes = 1 + usize::from(fifo.is_some());
+    ensure(peak <= JOBS as usize + makes && peak >= 2, || {
         format!("{peak} jobs at once on {JOBS} tokens (each make's own one besides)")
     })?;
     ensure(fs::metadata(jobserver()).is_ok(), || "the jobserver is gone".to_string())?;
@@ -169,5 +176,80 @@ pub fn killed_server_pipe_served_again() -> Result<(), String> {
         format!("{peak} jobs at once on one pool of {JOBS} (two makes' own tokens besides)")
     })?;
     second.wait_for_free(JOBS as usize);
+    second.assert_pool_whole(JOBS as usize)
+}
+
+/// A fuse or cuse server SIGKILLed while a make holds two of its tokens, and started again:
+/// the new server finds the make in the crash books its predecessor kept, counts the make's
+/// two tokens as held until it exits, so a make started meanwhile runs on the two tokens left
+/// (plus its own), and takes them back when the old make exits (which fails, writing them back
+/// to a connection that is gone).
+pub fn killed_server_holders_counted() -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let mut first = Daemon::start(JOBS);
+    let dir = tempfile::tempdir().unwrap();
+    let stop = dir.path().join("stop");
+    let holder_dir = dir.path().join("holder");
+    fs::create_dir_all(&holder_dir).unwrap();
+    // -j3 and three jobs that run until `stop`: make reads two tokens, then only waits for
+    // its children, never touching the jobserver until they end.
+    let mut makefile = String::from(".PHONY: all h0 h1 h2\nall: h0 h1 h2\n");
+    for job in ["h0", "h1", "h2"] {
+        makefile.push_str(&format!(
+            "{job}:\n\t@touch started-{job}; while [ ! -e {} ]; do sleep 0.1; done\n",
+            stop.display()
+        ));
+    }
+    fs::write(holder_dir.join("Makefile"), makefile).unwrap();
+    let holder = Tree::spawn(
+        Command::new(env_path("STEVE_TEST_MAKE44"))
+            .current_dir(&holder_dir)
+            .env("MAKEFLAGS", first.makeflags(3))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let holder_pid = holder.0.as_ref().expect("running").id();
+    steve_tests::wait_for("the holding make's three jobs", Duration::from_secs(60), || {
+        let started = ["h0", "h1", "h2"]
+            .iter()
+            .filter(|job| holder_dir.join(format!("started-{job}")).exists())
+            .count();
+        (started == 3).then_some(())
+    });
+    let held = first.status()["holders"]
+        .as_array()
+        .and_then(|holders| holders.iter().find(|h| h["pid"] == holder_pid))
+        .map(|h| h["tokens"].clone());
+    ensure(held == Some(serde_json::json!(2)), || {
+        format!("make {holder_pid} should hold 2 tokens: {}", first.status()["holders"])
+    })?;
+    kill(Pid::from_raw(first.child.id() as i32), Signal::SIGKILL).map_err(|e| e.to_string())?;
+    first.wait_exit(Duration::from_secs(10))?;
+    if super::target().backend == "cuse" {
+        // The kernel takes the node away once the connection is gone.
+        steve_tests::wait_for("the dead server's node to go", Duration::from_secs(30), || {
+            fs::symlink_metadata(jobserver()).is_err().then_some(())
+        });
+    }
+    let second = Daemon::start(JOBS);
+    ensure(second.log().contains(&format!("pid {holder_pid} still holds 2 token(s)")), || {
+        format!("the new server did not count the make's tokens:\n{}", second.log())
+    })?;
+    let free = &second.status()["pool"]["free"];
+    ensure(*free == JOBS - 2, || format!("{free} free, with 2 of {JOBS} out in the old make"))?;
+    let log = dir.path().join("timeline");
+    let after = super::Make::start(&second, JOBS, dir.path(), "after", 12, 0.3, &log);
+    ensure(after.finish(), || "the make after the restart failed".to_string())?;
+    let peak = timeline::peak_of(&log, 12);
+    println!("figure killed_server_holders_peak {peak}");
+    ensure((2..=JOBS as usize - 1).contains(&peak), || {
+        format!("{peak} jobs at once with 2 of {JOBS} tokens still out (and make's own besides)")
+    })?;
+    fs::write(&stop, "").unwrap();
+    let _ = holder.output();
+    second.wait_for_free(JOBS as usize);
+    let reclaimed = &second.status()["counters"]["reclaimed"];
+    ensure(*reclaimed == 2, || format!("reclaimed {reclaimed}, not the old make's 2"))?;
     second.assert_pool_whole(JOBS as usize)
 }

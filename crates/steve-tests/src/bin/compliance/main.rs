@@ -192,11 +192,16 @@ const SCENARIOS: &[Scenario] = &[
     scenario("mixed_clients_share_the_pool", Needs::PerProcess, mixed_clients_share_the_pool),
     scenario("killed_ninja_on_the_companion", Needs::PerProcess, killed_ninja_on_the_companion),
     scenario("killed_exec_pipe_tree", Needs::Jobserver, killed_exec_pipe_tree),
-    scenario("handover_during_make", Needs::PerProcess, handover::handover_during_make),
+    scenario("handover_during_make", Needs::Jobserver, handover::handover_during_make),
     scenario(
         "killed_server_pipe_served_again",
         Needs::Pipe,
         handover::killed_server_pipe_served_again,
+    ),
+    scenario(
+        "killed_server_holders_counted",
+        Needs::PerProcess,
+        handover::killed_server_holders_counted,
     ),
     scenario("kill_storm", Needs::HostJobserver, storms::kill_storm),
     scenario("soak", Needs::HostJobserver, storms::soak),
