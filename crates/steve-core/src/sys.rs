@@ -5,6 +5,17 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
 
+/// `file` mapped shared, read and write: what is stored in the map is the file's contents, and
+/// stays in the page cache when the process dies.
+pub fn map_shared(file: &std::fs::File) -> io::Result<memmap2::MmapMut> {
+    // SAFETY: the map is undefined behaviour only if the file changes size or content behind
+    // it; the one caller maps its crash books, a file it created itself (O_EXCL, mode 0600, in
+    // a directory of its user) and only ever grows through the same descriptor before mapping
+    // again. Another process of the same user truncating it would make the server fault, which
+    // that user could do to their server anyway.
+    unsafe { memmap2::MmapMut::map_mut(file) }
+}
+
 /// A pidfd for process `pid`: readable once the process has exited.
 pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let pid = nix::libc::pid_t::try_from(pid)

@@ -3,10 +3,11 @@
 //! handing over counts the tokens still out. A make that read two tokens from the dead server
 //! runs on with them; the new pool must not hand those two out again until it exits.
 //!
-//! The file is a table of fixed records, one slot per holding process, each rewritten in place
-//! (one `pwrite`) when the process's count changes: a server killed at any moment leaves the
-//! books as they were at the end of its last loop turn, and keeping them costs one system call
-//! per process whose count changed in a turn, whatever the number of holders. A record names
+//! The file is a table of fixed records, one slot per holding process, mapped shared into the
+//! server and rewritten in place when the process's count changes: a server killed at any moment
+//! leaves the books as they were at the end of its last loop turn (the map's pages are the
+//! file's, in the page cache), and keeping them costs no system call at all, only a grow of the
+//! file (`ftruncate` and a new map) each time the table doubles. A record names
 //! the process by pid *and* start time, so that a pid reused since is not taken for a holder;
 //! the header names the boot, so that a file surviving a reboot (a `/run` on disk) counts
 //! nobody.
@@ -35,6 +36,8 @@ const HEADER_LEN: usize = 64;
 const RECORD_LEN: usize = 16;
 /// The most records kept or read: far beyond any pool (each holder holds one token at least).
 const MAX_RECORDS: usize = 1 << 20;
+/// Records the file has room for at first (16 KiB); it doubles as needed.
+const FIRST_RECORDS: usize = 1024;
 
 /// A process that held tokens when the last server stopped, by the file it left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +90,9 @@ impl std::error::Error for BookError {}
 #[derive(Debug)]
 pub struct HolderBook {
     file: File,
+    /// The file, mapped: the header and `capacity` records.
+    map: memmap2::MmapMut,
+    capacity: usize,
     path: PathBuf,
     /// Each recorded process's slot.
     slots: HashMap<u32, usize>,
@@ -94,7 +100,7 @@ pub struct HolderBook {
     free: Vec<usize>,
     /// The first slot never used.
     next: usize,
-    /// A write failed: warned once, and nothing more is written.
+    /// Growing the file failed: warned once, and nothing more is recorded.
     broken: bool,
 }
 
@@ -182,6 +188,7 @@ impl HolderBook {
             Err(error) => return Err(io_error("open", error)),
         };
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -189,8 +196,13 @@ impl HolderBook {
             .open(path)
             .map_err(|e| io_error("create", e))?;
         file.write_all_at(&header(&boot_id()), 0).map_err(|e| io_error("write", e))?;
+        file.set_len((HEADER_LEN + FIRST_RECORDS * RECORD_LEN) as u64)
+            .map_err(|e| io_error("size", e))?;
+        let map = crate::sys::map_shared(&file).map_err(|e| io_error("map", e))?;
         let book = HolderBook {
             file,
+            map,
+            capacity: FIRST_RECORDS,
             path: path.to_path_buf(),
             slots: HashMap::new(),
             free: Vec::new(),
@@ -218,12 +230,7 @@ impl HolderBook {
             let slot = match self.slots.get(&pid) {
                 Some(slot) => *slot,
                 None => {
-                    let Some(slot) = self.free.pop().or_else(|| {
-                        (self.next < MAX_RECORDS).then(|| {
-                            self.next += 1;
-                            self.next - 1
-                        })
-                    }) else {
+                    let Some(slot) = self.free.pop().or_else(|| self.new_slot()) else {
                         return;
                     };
                     self.slots.insert(pid, slot);
@@ -236,14 +243,44 @@ impl HolderBook {
             record[8..16].copy_from_slice(&started.to_le_bytes());
             (slot, record)
         };
-        let offset = (HEADER_LEN + slot * RECORD_LEN) as u64;
-        if let Err(error) = self.file.write_all_at(&record, offset) {
-            warn!(
-                "cannot write the crash books {}: {error}; a server started after a crash will \
-                 not count the tokens still out",
-                self.path.display()
-            );
-            self.broken = true;
+        let offset = HEADER_LEN + slot * RECORD_LEN;
+        self.map[offset..offset + RECORD_LEN].copy_from_slice(&record);
+    }
+
+    /// A slot never used, growing the file when the table is full; `None` at the most.
+    fn new_slot(&mut self) -> Option<usize> {
+        if self.next == self.capacity {
+            let capacity = (self.capacity * 2).min(MAX_RECORDS);
+            if capacity == self.capacity || !self.grow(capacity) {
+                return None;
+            }
+        }
+        self.next += 1;
+        Some(self.next - 1)
+    }
+
+    /// Grows the file and its map to `capacity` records; whether it could.
+    fn grow(&mut self, capacity: usize) -> bool {
+        let grown = self
+            .file
+            .set_len((HEADER_LEN + capacity * RECORD_LEN) as u64)
+            .and_then(|()| crate::sys::map_shared(&self.file));
+        match grown {
+            Ok(map) => {
+                self.map = map;
+                self.capacity = capacity;
+                true
+            }
+            Err(error) => {
+                warn!(
+                    "cannot grow the crash books {}: {error}; a server started after a crash \
+                     will not count the tokens of holders beyond {}",
+                    self.path.display(),
+                    self.capacity
+                );
+                self.broken = true;
+                false
+            }
         }
     }
 }
@@ -293,10 +330,28 @@ mod tests {
             ]
         );
         // 300 took 200's freed slot: the table does not grow with every process ever seen.
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), (HEADER_LEN + 2 * RECORD_LEN) as u64);
+        assert_eq!(book.next, 2);
         // Holders left: the books stay for the next server.
         drop(book);
         assert_eq!(read(&path).len(), 2);
+    }
+
+    #[test]
+    fn the_table_grows_as_holders_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steve.holders");
+        let (mut book, _) = HolderBook::open(&path, true).unwrap();
+        let holders = FIRST_RECORDS * 2 + 1;
+        for pid in 1..=holders as u32 {
+            book.record(pid, u64::from(pid) * 10, 1);
+        }
+        let survivors = read(&path);
+        assert_eq!(survivors.len(), holders);
+        assert_eq!(
+            survivors[holders - 1],
+            Survivor { pid: holders as u32, started: holders as u64 * 10, tokens: 1 }
+        );
+        assert_eq!(book.capacity, FIRST_RECORDS * 4);
     }
 
     #[test]
