@@ -7,7 +7,9 @@
 //! so tokens of a client killed while holding them are lost to it. Once no other process has
 //! the pipe open, every token must be back in it; the daemon tops up what is missing (and takes
 //! out any surplus a confused client wrote). It learns that the pipe was let go from inotify's
-//! close events, and confirms that nobody else holds it by scanning `/proc/*/fd`.
+//! close events, and confirms that nobody else holds it by scanning `/proc/*/fd`, once per
+//! burst of closes ([`CHECK_DELAY`] after the first), so that a client opening and closing the
+//! pipe over and over costs one scan per burst, not one per close.
 //!
 //! The counts are steve-core's [`Pool`]: a token in the pipe or with a client is *held* (out of
 //! the daemon's hands), a token the daemon keeps back is *withheld*, and a *free* token is put
@@ -19,7 +21,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use steve_core::accounting::pool::Pool;
@@ -51,6 +53,10 @@ const INOTIFY: SourceId = SourceId(0);
 const TAKER: SourceId = SourceId(1);
 /// How it serves, for the log and the status.
 const HOW: &str = "a named pipe; tokens of killed clients are put back once it is let go";
+/// How long after a close the leak check runs: the closes of a burst (a client opening and
+/// closing the pipe a thousand times a second) share one scan of `/proc`, and a token lost
+/// with the last holder is still back well within 100 ms.
+const CHECK_DELAY: Duration = Duration::from_millis(60);
 /// The pipe and its lock file, by name in a handover.
 const PIPE_NAME: &str = "pipe";
 const LOCK_NAME: &str = "pipe-lock";
@@ -170,6 +176,8 @@ struct NamedPipeServer {
     surplus_taken: u64,
     /// The process last seen holding the pipe, checked first next time.
     last_holder: Option<u32>,
+    /// When the leak check is due: the pipe was closed since the last one.
+    check_at: Option<Instant>,
     /// What it did, for the event trace, while tracing is on: a pipe cannot see grants and
     /// returns, only the pool's changes and its recoveries.
     trace: Option<Vec<(Instant, Record)>>,
@@ -249,6 +257,7 @@ impl NamedPipeServer {
             recovered: 0,
             surplus_taken: 0,
             last_holder: None,
+            check_at: None,
             trace: None,
             endpoint,
             _made: made,
@@ -362,30 +371,31 @@ impl NamedPipeServer {
             return;
         }
         match self.check_idle_pool() {
-            Ok(Some(free)) => self.restore(free),
-            Ok(None) => {}
+            Ok(Idle::Free(free)) => self.restore(free),
+            Ok(Idle::Held) => {}
+            // Looked at again after the next delay: a client opening the pipe over and over
+            // would otherwise keep the daemon scanning /proc without a pause.
+            Ok(Idle::Opened) => self.check_at = Some(Instant::now() + CHECK_DELAY),
             Err(error) => warn!("leak check on {} failed: {error}", self.path.display()),
         }
     }
 
-    /// The number of tokens in the pipe, taken at a moment when no other process held it; or
-    /// `None` while one does.
-    fn check_idle_pool(&mut self) -> io::Result<Option<usize>> {
-        loop {
-            let scan = find_holder(self.pipe_id, std::process::id(), self.last_holder)?;
-            if let Some(pid) = scan.holder {
-                debug!(pid, "pipe still held; no leak check");
-                self.last_holder = Some(pid);
-                return Ok(None);
-            }
-            self.last_holder = None;
-            let free = bytes_in_pipe(&self.pipe)?;
-            // A client that opened the pipe after the scan may already have taken tokens that
-            // the count misses: its open event says so. Then look again.
-            if !self.drain_events().opened {
-                return Ok(Some(free));
-            }
+    /// The number of tokens in the pipe, taken at a moment when no other process held it.
+    fn check_idle_pool(&mut self) -> io::Result<Idle> {
+        let scan = find_holder(self.pipe_id, std::process::id(), self.last_holder)?;
+        if let Some(pid) = scan.holder {
+            debug!(pid, "pipe still held; no leak check");
+            self.last_holder = Some(pid);
+            return Ok(Idle::Held);
         }
+        self.last_holder = None;
+        let free = bytes_in_pipe(&self.pipe)?;
+        // A client that opened the pipe after the scan may already have taken tokens that the
+        // count misses: its open event says so.
+        if self.drain_events().opened {
+            return Ok(Idle::Opened);
+        }
+        Ok(Idle::Free(free))
     }
 
     fn restore(&mut self, free: usize) {
@@ -458,11 +468,23 @@ impl Server for NamedPipeServer {
                     self.trim_surplus();
                 }
                 if seen.closed {
-                    self.recover_if_idle();
+                    // One check for the whole burst of closes, CHECK_DELAY after its first.
+                    self.check_at.get_or_insert_with(|| Instant::now() + CHECK_DELAY);
                 }
             }
         }
         Ok(Flow::Continue)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.check_at
+    }
+
+    fn deadline(&mut self, cx: &mut Context<'_>) {
+        if self.check_at.is_some_and(|at| at <= cx.now()) {
+            self.check_at = None;
+            self.recover_if_idle();
+        }
     }
 
     fn jobs(&self) -> JobCount {
@@ -548,6 +570,16 @@ impl Server for NamedPipeServer {
             counters: CounterReport { reclaimed: self.recovered, ..CounterReport::default() },
         }
     }
+}
+
+/// What a leak check found.
+enum Idle {
+    /// Nobody else had the pipe open: this many tokens were in it.
+    Free(usize),
+    /// Someone has it open.
+    Held,
+    /// Nobody had it open at the scan, but someone opened it before the count: no count.
+    Opened,
 }
 
 #[derive(Debug, Default)]
