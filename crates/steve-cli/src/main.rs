@@ -19,6 +19,7 @@ use steve_core::server::{Announcement, ErrorKind};
 use steve_core::{JobCount, Style};
 use tracing::info;
 
+mod bench;
 mod control;
 mod doctor;
 mod environment;
@@ -86,6 +87,16 @@ enum Commands {
     /// Print the environment that joins a running server's pool: MAKEFLAGS, STEVE_CONTROL and
     /// STEVE_FIFO_MAKEFLAGS (eval "$(steve env)").
     Env(environment::EnvArgs),
+    /// Measure the jobservers this machine can run, side by side: round trips, contention,
+    /// many connected clients, reclaim after SIGKILL, idle wake-ups (a table, or --json).
+    Bench(bench::BenchArgs),
+    /// A client of `steve bench` (its load runs as processes of this binary).
+    #[command(hide = true)]
+    BenchClient {
+        /// What it does.
+        #[command(subcommand)]
+        role: bench::Role,
+    },
     /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -294,6 +305,8 @@ fn main() -> ExitCode {
         Commands::Metrics(args) => report(metrics::run(args), |_| EXIT_FAILED),
         Commands::Backends => report(list_backends(), |_| EXIT_FAILED),
         Commands::Env(args) => report(environment::run(args), |_| EXIT_FAILED),
+        Commands::Bench(args) => report(bench::run(args), |_| EXIT_FAILED),
+        Commands::BenchClient { role } => report(bench::run_role(role), |_| EXIT_FAILED),
         Commands::Completions { shell } => {
             report(generate::completions::<Cli>(shell), |_| EXIT_FAILED)
         }

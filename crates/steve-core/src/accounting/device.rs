@@ -212,7 +212,8 @@ enum Waiting {
 /// The jobserver state of one per-process transport. Serializable, for a handover to a
 /// successor server ([`crate::handover`]): the books, the queue, the reads waiting and the
 /// counters go; the trace (the successor's loop starts its own) and the events (taken every
-/// turn, so none are pending between turns) do not.
+/// turn, so none are pending between turns) do not, nor the indexes rebuilt from the books,
+/// which [`Device::resumed`] must rebuild before the successor uses it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Device {
     ledger: Ledger<Pid>,
@@ -231,6 +232,10 @@ pub struct Device {
     /// ([`Device::take_holding_changes`]): the crash books record them.
     #[serde(skip)]
     changed: HashSet<Pid>,
+    /// The processes a token is reserved for (no more than the pool): the deadlines are
+    /// looked for here, not in every process's books.
+    #[serde(skip)]
+    reserved: HashSet<Pid>,
 }
 
 /// The requests waiting, by their place in the ledger's queue: who, how, and since when.
@@ -291,6 +296,7 @@ impl Device {
             counters: Counters::default(),
             trace: None,
             changed: HashSet::new(),
+            reserved: HashSet::new(),
         }
     }
 
@@ -350,6 +356,7 @@ impl Device {
     ) -> ReadOutcome {
         let process = self.processes.entry(pid).or_default();
         if process.reserved_until.take().is_some() {
+            self.reserved.remove(&pid);
             self.took_token(pid, now);
             return ReadOutcome::Token;
         }
@@ -446,6 +453,7 @@ impl Device {
             && self.ledger.acquire(pid, Wait::NoWait) == Acquire::Granted
         {
             process.reserved_until = Some(deadline);
+            self.reserved.insert(pid);
             self.counters.waits.observe(Duration::ZERO);
             self.trace(now, |device| device.record(Kind::Grant, pid, 0).via(Via::Poll));
             return true;
@@ -488,6 +496,7 @@ impl Device {
     pub fn process_exited(&mut self, pid: Pid, now: Instant) -> Option<Departed> {
         let process = self.processes.remove(&pid)?;
         self.changed.insert(pid);
+        self.reserved.remove(&pid);
         // Its build, before the ledger forgets it.
         let build = self.build_of(pid);
         let reclaimed = self.ledger.reclaim(&pid);
@@ -582,24 +591,33 @@ impl Device {
         changes
     }
 
-    /// Counts every process as changed, so that the next [`Device::take_holding_changes`]
-    /// gives them all: books taken over from a predecessor start a new record.
-    pub fn mark_all_changed(&mut self) {
+    /// Rebuilds what is not carried in a handover from the books that are: the set of
+    /// reservations, and every process counted as changed, so that the next
+    /// [`Device::take_holding_changes`] gives them all (the successor's crash books start anew).
+    pub fn resumed(&mut self) {
         self.changed.extend(self.processes.keys().copied());
+        let reserved = self.processes.iter().filter(|(_, p)| p.reserved_until.is_some());
+        self.reserved = reserved.map(|(pid, _)| *pid).collect();
     }
 
     /// Ends the reservations due by `now`; their tokens move on to the next in the queue.
     pub fn expire(&mut self, now: Instant) {
         let due: Vec<Pid> = self
-            .processes
+            .reserved
             .iter()
-            .filter(|(_, process)| process.reserved_until.is_some_and(|until| until <= now))
-            .map(|(pid, _)| *pid)
+            .filter(|pid| {
+                self.processes
+                    .get(pid)
+                    .and_then(|process| process.reserved_until)
+                    .is_some_and(|until| until <= now)
+            })
+            .copied()
             .collect();
         for pid in due {
             if let Some(process) = self.processes.get_mut(&pid) {
                 process.reserved_until = None;
             }
+            self.reserved.remove(&pid);
             self.counters.expired_reservations += 1;
             let grants = self.ledger.release(&pid).expect("a reservation is a held token");
             self.trace(now, |device| device.record(Kind::Expiry, pid, grants.len()));
@@ -610,7 +628,7 @@ impl Device {
 
     /// When the next reservation expires, if any is held.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.processes.values().filter_map(|process| process.reserved_until).min()
+        self.reserved.iter().filter_map(|pid| self.processes.get(pid)?.reserved_until).min()
     }
 
     /// Changes the pool size: growing answers waiters at once, shrinking takes tokens as they
@@ -774,7 +792,17 @@ impl Device {
             .processes
             .iter()
             .all(|(pid, process)| process.reserved_until.is_none() || self.ledger.held_by(pid) > 0);
-        self.ledger.is_consistent() && waiters_agree && reservations_held && holding_times_agree
+        let reservations_indexed = self.reserved.len()
+            == self.processes.values().filter(|p| p.reserved_until.is_some()).count()
+            && self
+                .reserved
+                .iter()
+                .all(|pid| self.processes.get(pid).is_some_and(|p| p.reserved_until.is_some()));
+        self.ledger.is_consistent()
+            && waiters_agree
+            && reservations_held
+            && reservations_indexed
+            && holding_times_agree
     }
 
     /// Records what `record` makes of the device now, if tracing is on (it is not called
@@ -846,6 +874,7 @@ impl Device {
                     let process = self.processes.entry(pid).or_default();
                     process.poll_waiter = None;
                     process.reserved_until = Some(now + self.reservation);
+                    self.reserved.insert(pid);
                     self.events.push(Event::Wake { handle, pid });
                 }
             }
@@ -886,7 +915,13 @@ mod tests {
         assert!(!device.poll(5, Some(PollHandle(8)), now));
         let text = serde_json::to_string(&device).unwrap();
         let mut successor: Device = serde_json::from_str(&text).unwrap();
+        assert!(!successor.is_consistent(), "the reservation is not indexed until resumed");
+        successor.resumed();
         assert!(successor.is_consistent());
+        // Instants cross as offsets from the moment of writing: the same deadline, give or
+        // take the time the copy took.
+        let (ours, theirs) = (device.next_deadline().unwrap(), successor.next_deadline().unwrap());
+        assert!(ours.max(theirs) - ours.min(theirs) < Duration::from_secs(1));
         assert_eq!(successor.counts(), device.counts());
         assert_eq!(successor.counters(), device.counters());
         assert_eq!(successor.holders().len(), device.holders().len());
@@ -1091,7 +1126,7 @@ mod tests {
         assert_eq!(departed.tokens, 2);
         assert_eq!(device.take_holding_changes(), vec![(1, 0)]);
         assert_eq!(device.counts().free, 2);
-        device.mark_all_changed();
+        device.resumed();
         assert_eq!(device.take_holding_changes(), vec![(2, 1)]);
     }
 

@@ -434,6 +434,11 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             });
             if ahead {
                 best = Some((index, standing, served));
+                // A group that holds nothing and was never served is ahead of everything after
+                // it: the scan stops (new builds by the thousand wait in O(1), not O(queue)).
+                if standing.held == 0 && served == 0 {
+                    break;
+                }
             }
         }
         best.map(|(index, _, _)| index)

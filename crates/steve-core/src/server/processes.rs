@@ -12,7 +12,7 @@
 //! own. A process whose parents cannot be read is a build of its own.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -54,6 +54,12 @@ pub struct Processes {
     next_build: u64,
     /// Owners set or changed since the server last asked.
     owner_changes: Vec<(Pid, Owner)>,
+    /// How many watched processes each build has: a build goes when its last one does.
+    members: HashMap<BuildId, usize>,
+    /// For each process (with its start time) in a watched process's lineage, the watched
+    /// processes under it: a new build finds the builds running under it here, not by a walk
+    /// over every process.
+    descendants: HashMap<(Pid, u64), HashSet<Pid>>,
 }
 
 /// A watched process as a handover writes it: everything but its pidfd, which goes as a
@@ -143,8 +149,11 @@ impl Processes {
                 lineage: state.lineage,
                 owner: state.owner,
             };
-            processes.watched.insert(state.pid, watched);
+            processes.insert(state.pid, watched);
         }
+        // A build whose every process went during the handover goes too.
+        let members = &processes.members;
+        processes.builds.retain(|build, _| members.contains_key(build));
         Ok((processes, gone))
     }
 
@@ -167,7 +176,7 @@ impl Processes {
         self.unregistered.push(pid);
         let owner = self.place(pid, started, &lineage, user);
         let watched = Watched { pidfd, name, threads: Vec::new(), started, lineage, owner };
-        self.watched.insert(pid, watched);
+        self.insert(pid, watched);
         true
     }
 
@@ -199,7 +208,7 @@ impl Processes {
             let (started, lineage) = lineage_of(pid);
             let owner = self.place(pid, started, &lineage, user);
             let watched = Watched { pidfd, name, threads: Vec::new(), started, lineage, owner };
-            self.watched.insert(pid, watched);
+            self.insert(pid, watched);
         }
         let watched = self.watched.get_mut(&pid).expect("watched above");
         watched.threads.push(tid);
@@ -220,20 +229,46 @@ impl Processes {
                 let build = BuildId(self.next_build);
                 self.next_build += 1;
                 self.builds.insert(build, pid);
-                for (member, watched) in &mut self.watched {
-                    if watched.lineage.contains(&(pid, started)) && watched.owner.build != build {
-                        watched.owner.build = build;
-                        self.owner_changes.push((*member, watched.owner));
+                let under: Vec<Pid> = self
+                    .descendants
+                    .get(&(pid, started))
+                    .map(|members| members.iter().copied().collect())
+                    .unwrap_or_default();
+                for member in under {
+                    let Some(watched) = self.watched.get_mut(&member) else { continue };
+                    let old = std::mem::replace(&mut watched.owner.build, build);
+                    if old == build {
+                        continue;
                     }
+                    self.owner_changes.push((member, watched.owner));
+                    self.leave_build(old);
+                    *self.members.entry(build).or_default() += 1;
                 }
-                self.builds.retain(|id, _| {
-                    *id == build || self.watched.values().any(|w| w.owner.build == *id)
-                });
                 Owner { build, user }
             }
         };
         self.owner_changes.push((pid, owner));
         owner
+    }
+
+    /// Watches `pid` from now on, counted in its build and indexed under its parents.
+    fn insert(&mut self, pid: Pid, watched: Watched) {
+        *self.members.entry(watched.owner.build).or_default() += 1;
+        for ancestor in &watched.lineage {
+            self.descendants.entry(*ancestor).or_default().insert(pid);
+        }
+        self.watched.insert(pid, watched);
+    }
+
+    /// One process fewer in `build`; the build goes with its last.
+    fn leave_build(&mut self, build: BuildId) {
+        if let Some(count) = self.members.get_mut(&build) {
+            *count -= 1;
+            if *count == 0 {
+                self.members.remove(&build);
+                self.builds.remove(&build);
+            }
+        }
     }
 
     /// The owners set or changed since the last call, for the server to give its ledger.
@@ -262,10 +297,15 @@ impl Processes {
         for tid in &watched.threads {
             self.process_of_thread.remove(tid);
         }
-        let build = watched.owner.build;
-        if !self.watched.values().any(|other| other.owner.build == build) {
-            self.builds.remove(&build);
+        for ancestor in &watched.lineage {
+            if let Some(under) = self.descendants.get_mut(ancestor) {
+                under.remove(&pid);
+                if under.is_empty() {
+                    self.descendants.remove(ancestor);
+                }
+            }
         }
+        self.leave_build(watched.owner.build);
         Some(watched.name)
     }
 

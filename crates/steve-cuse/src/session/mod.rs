@@ -106,8 +106,9 @@ pub fn resume(
         directories: endpoint.directories,
     };
     let channel = descriptors.take(CHANNEL_NAME).map_err(missing)?;
-    // The successor's crash books start afresh: every holder goes in.
-    device.mark_all_changed();
+    // What a handover does not carry: the reservations' index, and every holder for the
+    // successor's new crash books.
+    device.resumed();
     let mut session = Session::serving(channel, device, endpoint, filesystem, vec![0; BUFFER_LEN])
         .map_err(steve_core::server::Error::from)?;
     session.next_fh = field("next_fh").as_u64().unwrap_or(1);

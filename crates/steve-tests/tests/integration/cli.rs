@@ -207,3 +207,50 @@ fn job_counts_are_taken_in_every_form_make_users_type() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("\"x\" is not a job count"), "{}", lines[0]);
 }
+
+/// `steve bench --quick --json` (the CI smoke run): every measure for the bare pipe and for
+/// each server backend this machine runs, with a figure from real clients, and nothing left
+/// behind (no server, no mount, no directory). No figure is judged: a slow machine is no
+/// failure.
+#[test]
+fn bench_quick_measures_every_backend_here_and_leaves_nothing() {
+    let listed = command().arg("backends").output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let available: Vec<&str> = ["fifo", "fuse", "cuse"]
+        .into_iter()
+        .filter(|name| {
+            listed.lines().any(|line| line.starts_with(name) && line.ends_with("available"))
+        })
+        .collect();
+    let output = command().args(["bench", "--quick", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let figures = document["figures"].as_array().unwrap();
+    let value = |measure: &str, target: &str| -> f64 {
+        figures
+            .iter()
+            .find(|figure| figure["measure"] == measure && figure["target"] == target)
+            .and_then(|figure| figure["value"].as_f64())
+            .unwrap_or_else(|| panic!("no {measure:?} for {target} in {document}"))
+    };
+    for target in std::iter::once("pipe").chain(available.iter().copied()) {
+        for measure in ["round trips, 1 client", "round trips, 8 clients in all"] {
+            assert!(value(measure, target) > 0.0, "{measure} on {target}: {document}");
+        }
+    }
+    for target in &available {
+        for count in [10, 100] {
+            let measure = format!("round trips, 1 client, {count} idle connected");
+            assert!(value(&measure, target) > 0.0, "{measure} on {target}");
+        }
+        assert!(value("idle wake-ups", target) >= 0.0);
+        if *target != "fifo" {
+            assert!(value("reclaim after SIGKILL (p99)", target) > 0.0, "reclaim on {target}");
+        }
+    }
+    let pid = document["pid"].as_u64().unwrap();
+    let dir = std::env::temp_dir().join(format!("steve-bench-{pid}"));
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&format!("steve-bench-{pid}")), "a mount left behind: {mounts}");
+}
