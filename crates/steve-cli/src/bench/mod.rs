@@ -81,6 +81,22 @@ struct Figure {
     detail: String,
 }
 
+impl Figure {
+    /// A rate and its detail, or why it could not be measured (then no value).
+    fn of(
+        measure: String,
+        target: &str,
+        unit: &'static str,
+        measured: anyhow::Result<(f64, String)>,
+    ) -> Figure {
+        let (value, detail) = match measured {
+            Ok((value, detail)) => (Some(value.round()), detail),
+            Err(error) => (None, format!("not measured: {error:#}")),
+        };
+        Figure { measure, target: target.to_string(), value, unit, detail }
+    }
+}
+
 /// The run's settings, from the options.
 struct Plan {
     rounds: usize,
@@ -169,27 +185,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     Ok((connected_in, percentile(&rates, 0.5)))
                 },
             );
-            let measure = format!("round trips, 1 client, {count} idle connected");
-            figures.push(match measured {
-                Ok((connected_in, rate)) => Figure {
-                    measure,
-                    target: name.clone(),
-                    value: Some(rate.round()),
-                    unit: "per s",
-                    detail: format!(
-                        "{count} connected in {:.2} s; server RSS {:.1} MiB",
-                        connected_in.as_secs_f64(),
-                        target.rss_kib().unwrap_or(0) as f64 / 1024.0
-                    ),
-                },
-                Err(error) => Figure {
-                    measure,
-                    target: name.clone(),
-                    value: None,
-                    unit: "per s",
-                    detail: format!("not measured: {error:#}"),
-                },
+            let measured = measured.map(|(connected_in, rate)| {
+                let rss = target.rss_kib().unwrap_or(0) as f64 / 1024.0;
+                let took = connected_in.as_secs_f64();
+                (rate, format!("{count} connected in {took:.2} s; server RSS {rss:.1} MiB"))
             });
+            let measure = format!("round trips, 1 client, {count} idle connected");
+            figures.push(Figure::of(measure, name, "per s", measured));
         }
     }
     for name in &backends {
@@ -200,23 +202,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             let limit = Duration::from_secs(30 + count as u64 / 100);
             let waiting = || target.waiting();
-            let measure = format!("hand-offs to {count} blocked readers");
-            figures.push(match load::hand_offs(&target.jobserver, count, limit, &waiting) {
-                Ok(rate) => Figure {
-                    measure,
-                    target: name.clone(),
-                    value: Some(rate.round()),
-                    unit: "per s",
-                    detail: format!("{count} readers waiting, then the pool's holder killed"),
-                },
-                Err(error) => Figure {
-                    measure,
-                    target: name.clone(),
-                    value: None,
-                    unit: "per s",
-                    detail: format!("not measured: {error:#}"),
-                },
+            let measured = load::hand_offs(&target.jobserver, count, limit, &waiting).map(|rate| {
+                (rate, format!("{count} readers waiting, then the pool's holder killed"))
             });
+            let measure = format!("hand-offs to {count} blocked readers");
+            figures.push(Figure::of(measure, name, "per s", measured));
         }
     }
     for name in &backends {
