@@ -16,7 +16,7 @@ use steve_tests::terminal::Terminal;
 use steve_tests::{assert_success, clients, projects, timeline, workspace_root, KillOnDrop};
 
 /// The visible subcommands, each with its man page.
-const SUBCOMMANDS: [&str; 14] = [
+const SUBCOMMANDS: [&str; 15] = [
     "serve",
     "run",
     "exec",
@@ -30,6 +30,7 @@ const SUBCOMMANDS: [&str; 14] = [
     "backends",
     "doctor",
     "env",
+    "bench",
     "completions",
 ];
 
