@@ -128,17 +128,9 @@ pub fn resume(
     let pipe = descriptors.take(PIPE_NAME).map_err(|error| bad(error.to_string()))?;
     let lock = descriptors.take(LOCK_NAME).map_err(|error| bad(error.to_string()))?;
     let made = PipeFile::adopt(&state.path, pipe, lock, state.made_dir)?;
-    let endpoint = Endpoint {
-        path: state.path.clone(),
-        auth: JobserverAuth::Fifo(state.path.clone()),
-        default_control: control_beside(&state.path),
-        mode: state.mode,
-        gid: state.gid.map(nix::unistd::Gid::from_raw),
-        how: HOW.into(),
-        directories: state.directories,
-        companion: None,
-    };
-    let mut server = NamedPipeServer::serving(made, state.pool, endpoint)?;
+    let gid = state.gid.map(nix::unistd::Gid::from_raw);
+    let mut server =
+        NamedPipeServer::serving(made, state.pool, state.mode, gid, state.directories)?;
     server.recovery = state.recovery_off.map_or(Recovery::On, Recovery::Off);
     server.recovered = state.recovered;
     server.surplus_taken = state.surplus_taken;
@@ -197,17 +189,9 @@ impl NamedPipeServer {
 
         let made = PipeFile::create(&path, mode, gid)?;
         let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let endpoint = Endpoint {
-            path: path.clone(),
-            auth: JobserverAuth::Fifo(path.clone()),
-            default_control: control_beside(&path),
-            mode,
-            gid,
-            how: HOW.into(),
-            directories: dir.canonicalize().into_iter().collect(),
-            companion: None,
-        };
-        let mut server = NamedPipeServer::serving(made, Pool::new(config.jobs), endpoint)?;
+        let directories = dir.canonicalize().into_iter().collect();
+        let pool = Pool::new(config.jobs);
+        let mut server = NamedPipeServer::serving(made, pool, mode, gid, directories)?;
         if !is_root && mode & 0o077 != 0 {
             server.recovery = Recovery::Off(format!(
                 "mode {mode:04o} lets other users open the pipe, and a non-root steve cannot see \
@@ -225,13 +209,26 @@ impl NamedPipeServer {
         Ok(server)
     }
 
-    /// Serves `made` with `pool`'s books: watches the pipe and starts the token taker.
+    /// Serves `made` (given `mode` and group `gid`, in `directories`) with `pool`'s books:
+    /// watches the pipe and starts the token taker.
     fn serving(
         made: PipeFile,
         pool: Pool,
-        endpoint: Endpoint,
+        mode: u32,
+        gid: Option<nix::unistd::Gid>,
+        directories: Vec<PathBuf>,
     ) -> Result<NamedPipeServer, FifoError> {
         let path = made.path().to_path_buf();
+        let endpoint = Endpoint {
+            path: path.clone(),
+            auth: JobserverAuth::Fifo(path.clone()),
+            default_control: control_beside(&path),
+            mode,
+            gid,
+            how: HOW.into(),
+            directories,
+            companion: None,
+        };
         let pipe = made.file().try_clone().map_err(FifoError::io("open", &path))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| FifoError::io("watch", &path)(e.into()))?;

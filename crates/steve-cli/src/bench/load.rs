@@ -90,6 +90,14 @@ pub fn run_role(role: Role) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `fd` becomes readable within `limit` (a poll of at most 65 s at a time: a longer
+/// limit answers `false` early, and the caller asks again).
+fn readable_within(fd: std::os::fd::BorrowedFd<'_>, limit: Duration) -> std::io::Result<bool> {
+    let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+    let millis = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+    Ok(nix::poll::poll(&mut fds, millis)? > 0)
+}
+
 fn open(path: &Path) -> anyhow::Result<File> {
     OpenOptions::new()
         .read(true)
@@ -144,12 +152,8 @@ impl Holder {
             .context("start a holding client")?;
         let stdout = child.stdout.take().expect("piped");
         let holder = Holder(child);
-        let mut fds = [nix::poll::PollFd::new(
-            std::os::fd::AsFd::as_fd(&stdout),
-            nix::poll::PollFlags::POLLIN,
-        )];
         let mut line = String::new();
-        if nix::poll::poll(&mut fds, 10_000u16)? > 0 {
+        if readable_within(std::os::fd::AsFd::as_fd(&stdout), Duration::from_secs(10))? {
             BufReader::new(stdout).read_line(&mut line)?;
         }
         if line.trim() != "held" {
@@ -221,13 +225,11 @@ impl ClientGroup {
                 return Ok(());
             }
             let left = limit.saturating_sub(since.elapsed());
-            let mut fds = [nix::poll::PollFd::new(
-                std::os::fd::AsFd::as_fd(&self.marks),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-            if nix::poll::poll(&mut fds, millis)? == 0 && since.elapsed() >= limit {
-                bail!("{seen} of {count} clients got as far within {limit:?}");
+            if !readable_within(std::os::fd::AsFd::as_fd(&self.marks), left)? {
+                if since.elapsed() >= limit {
+                    bail!("{seen} of {count} clients got as far within {limit:?}");
+                }
+                continue;
             }
             let read = (&self.marks).read(&mut buffer)?;
             self.seen.extend_from_slice(&buffer[..read]);

@@ -108,16 +108,14 @@ impl Target {
         self.name == "fuse" || self.name == "cuse"
     }
 
-    /// How many requests wait in the server's queue (`steve status`), for a per-process
+    /// How many requests wait in the server's queue (its status report), for a per-process
     /// server.
     pub fn waiting(&self) -> Option<usize> {
-        let output = Command::new(std::env::current_exe().ok()?)
-            .args(["status", "--json", "--control"])
-            .arg(&self.control)
-            .output()
-            .ok()?;
-        let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-        Some(status["waiters"].as_array()?.len())
+        use steve_core::server::control::{ask, Request, Response};
+        match ask(&self.control, &Request::Status).ok()? {
+            Response::Status { report } => Some(report.waiters?.len()),
+            _ => None,
+        }
     }
 
     /// The server's resident memory, KiB.

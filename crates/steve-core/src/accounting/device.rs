@@ -380,10 +380,15 @@ impl Device {
 
     /// `pid` was handed a token (a read answered, or a reservation read).
     fn took_token(&mut self, pid: Pid, now: Instant) {
+        self.now_holding(pid, now);
+        self.counters.grants += 1;
+    }
+
+    /// `pid` holds a token more (handed out, or adopted from a dead server's books).
+    fn now_holding(&mut self, pid: Pid, now: Instant) {
         let process = self.processes.entry(pid).or_default();
         process.taken_any = true;
         process.holding_since.get_or_insert(now);
-        self.counters.grants += 1;
         self.changed.insert(pid);
     }
 
@@ -568,14 +573,11 @@ impl Device {
     pub fn adopt_holding(&mut self, pid: Pid, tokens: usize, now: Instant) -> usize {
         let mut taken = 0;
         while taken < tokens && self.ledger.acquire(pid, Wait::NoWait) == Acquire::Granted {
-            let process = self.processes.entry(pid).or_default();
-            process.taken_any = true;
-            process.holding_since.get_or_insert(now);
+            self.now_holding(pid, now);
             taken += 1;
         }
         // No trace record: survivors are adopted before the trace starts, whose first record
         // (Start) carries the books with them in.
-        self.changed.insert(pid);
         self.debug_check();
         taken
     }

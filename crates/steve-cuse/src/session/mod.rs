@@ -470,7 +470,13 @@ impl Session {
             }
         };
         let pid = cx.processes().resolve(tid).map_err(gone)?;
-        // A new process's build, and the builds that turned out to run under it.
+        self.join_new_owners(cx);
+        Ok(pid)
+    }
+
+    /// Gives the device each new process's build, and the builds that turned out to run under
+    /// it (from the processes watched).
+    fn join_new_owners(&mut self, cx: &mut Context<'_>) {
         for (member, owner) in cx.processes().take_owner_changes() {
             self.device.join(member, owner, cx.now());
             if self.device.is_tracing() {
@@ -479,7 +485,6 @@ impl Session {
                 self.device.trace_note(cx.now(), joined.tokens(0).note(command));
             }
         }
-        Ok(pid)
     }
 
     /// Reclaims what an exited process held, and forgets it.
@@ -673,9 +678,7 @@ impl Server for Session {
     }
 
     fn adopt_survivor(&mut self, pid: u32, tokens: usize, cx: &mut Context<'_>) -> usize {
-        for (member, owner) in cx.processes().take_owner_changes() {
-            self.device.join(member, owner, cx.now());
-        }
+        self.join_new_owners(cx);
         self.device.adopt_holding(pid, tokens, cx.now())
     }
 
