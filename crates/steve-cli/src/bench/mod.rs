@@ -126,8 +126,7 @@ impl Plan {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let plan = Plan::from(&args);
     let backends = chosen_backends(&args.backends)?;
-    let dir = std::env::temp_dir().join(format!("steve-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    let dir = own_directory(&std::env::temp_dir())?;
     let _cleanup = RemoveOnDrop(dir.clone());
     let started = Instant::now();
     let mut figures = Vec::new();
@@ -256,7 +255,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.json {
         let document = serde_json::json!({
             "machine": machine,
-            "pid": std::process::id(),
+            "directory": dir,
             "rounds": plan.rounds,
             "seconds_each": plan.seconds,
             "took_seconds": started.elapsed().as_secs_f64(),
@@ -359,11 +358,51 @@ fn table(machine: &str, plan: &Plan, figures: &[Figure]) -> String {
     lines.join("\n")
 }
 
+/// A new directory of the bench's own in `base` (mode 0700): `mkdir` fails on any name already
+/// there, a link included, so a name planted in a shared `/tmp` is passed over, never used
+/// (root's bench mounts, serves and at the end removes everything in its directory).
+fn own_directory(base: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    for attempt in 0..100 {
+        let dir = base.join(format!("steve-bench-{}-{attempt}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot make {}", dir.display()))
+            }
+        }
+    }
+    anyhow::bail!("no free name for the bench's directory in {}", base.display())
+}
+
 /// The bench's directory, removed at the end (servers are stopped before).
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_planted_where_the_bench_makes_its_directory_is_passed_over() {
+        let base = std::env::temp_dir().join(format!("bench-base-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let victim = base.join("victim");
+        std::fs::create_dir_all(&victim).unwrap();
+        std::fs::write(victim.join("precious"), "kept").unwrap();
+        let planted = base.join(format!("steve-bench-{}-0", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let dir = own_directory(&base).unwrap();
+        assert_eq!(dir, base.join(format!("steve-bench-{}-1", std::process::id())));
+        drop(RemoveOnDrop(dir.clone()));
+        assert!(!dir.exists());
+        assert_eq!(std::fs::read_to_string(victim.join("precious")).unwrap(), "kept");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -248,9 +248,9 @@ fn bench_quick_measures_every_backend_here_and_leaves_nothing() {
             assert!(value("reclaim after SIGKILL (p99)", target) > 0.0, "reclaim on {target}");
         }
     }
-    let pid = document["pid"].as_u64().unwrap();
-    let dir = std::env::temp_dir().join(format!("steve-bench-{pid}"));
+    let dir = std::path::PathBuf::from(document["directory"].as_str().unwrap());
+    assert!(dir.starts_with(std::env::temp_dir()), "{}", dir.display());
     assert!(!dir.exists(), "{} left behind", dir.display());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(&format!("steve-bench-{pid}")), "a mount left behind: {mounts}");
+    assert!(!mounts.contains(dir.to_str().unwrap()), "a mount left behind: {mounts}");
 }
