@@ -585,12 +585,22 @@ impl Device {
     /// Each process whose count of held tokens may have changed since the last call, with the
     /// count now (0 once it holds none or is gone), in pid order.
     pub fn take_holding_changes(&mut self) -> Vec<(Pid, usize)> {
-        let mut changes: Vec<(Pid, usize)> = std::mem::take(&mut self.changed)
-            .into_iter()
-            .map(|pid| (pid, if self.processes.contains_key(&pid) { self.held_by(pid) } else { 0 }))
-            .collect();
+        let mut changes = Vec::new();
+        self.drain_holding_changes(|pid, tokens| changes.push((pid, tokens)));
         changes.sort_unstable();
         changes
+    }
+
+    /// Gives `book` each process whose count of held tokens may have changed since the last
+    /// call, with the count now, in no order; allocates nothing (the server books after every
+    /// request that hands out or takes back a token).
+    pub fn drain_holding_changes(&mut self, mut book: impl FnMut(Pid, usize)) {
+        let mut changed = std::mem::take(&mut self.changed);
+        for pid in changed.drain() {
+            book(pid, if self.processes.contains_key(&pid) { self.held_by(pid) } else { 0 });
+        }
+        // Given back empty, with its room kept.
+        self.changed = changed;
     }
 
     /// Rebuilds what is not carried in a handover from the books that are: the set of

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Gid;
 
+use super::holder_book::HolderBook;
 use super::metrics_listener::MetricsAddress;
 use super::probe::PressureSource;
 use super::processes::Processes;
@@ -419,9 +420,10 @@ pub enum PoolChange {
 }
 
 /// What the event loop lends a server while it handles an event: the client processes it
-/// watches (a pidfd each, in the loop's epoll) and the time.
+/// watches (a pidfd each, in the loop's epoll), the crash books and the time.
 pub struct Context<'a> {
     pub(super) processes: &'a mut Processes,
+    pub(super) book: Option<&'a mut HolderBook>,
     pub(super) now: Instant,
 }
 
@@ -429,6 +431,21 @@ impl Context<'_> {
     /// The time the event was taken up.
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Writes into the crash books ([`super::holder_book`]) that `pid` holds `tokens` now. A
+    /// server that counts holders calls it before it sends the answer that makes the count
+    /// true (a token handed out, a token taken back), so that whenever it is killed the books
+    /// say no more than its clients were told: a client that wrote its tokens back is never
+    /// counted as holding them by the server after. What a server does not book here the loop
+    /// books at the end of the turn ([`Server::take_holding_changes`]).
+    pub fn book_holding(&mut self, pid: u32, tokens: usize) {
+        let Some(book) = self.book.as_deref_mut() else { return };
+        // A holder the loop does not watch (a companion FIFO's stand-in) has no start time.
+        match self.processes.started(pid) {
+            Some(started) => book.record(pid, started, tokens),
+            None => book.record(pid, 0, 0),
+        }
     }
 
     /// The client processes; a process watched here is reported to [`Server::process_exited`]

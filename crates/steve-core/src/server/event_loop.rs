@@ -220,7 +220,7 @@ impl EventLoop {
                 debug!(pid = survivor.pid, "a holder of the last server's tokens is gone");
                 continue;
             }
-            let mut cx = Context { processes: &mut self.processes, now };
+            let mut cx = self.context(now);
             let booked = server.adopt_survivor(survivor.pid, survivor.tokens, &mut cx);
             info!(
                 pid = survivor.pid,
@@ -239,15 +239,20 @@ impl EventLoop {
         }
     }
 
-    /// Writes the holdings that changed this turn into the crash books.
+    /// What a server is lent while it handles an event at `now`.
+    fn context(&mut self, now: Instant) -> Context<'_> {
+        Context { processes: &mut self.processes, book: self.holder_book.as_mut(), now }
+    }
+
+    /// Writes the holdings that changed this turn and were not booked as they changed into the
+    /// crash books.
     fn record_holdings(&mut self, server: &mut dyn Server) {
-        let Some(book) = self.holder_book.as_mut() else { return };
+        if self.holder_book.is_none() {
+            return;
+        }
+        let mut cx = self.context(Instant::now());
         for (pid, tokens) in server.take_holding_changes() {
-            // A holder the loop does not watch (a companion FIFO's stand-in) has no start time.
-            match self.processes.started(pid) {
-                Some(started) => book.record(pid, started, tokens),
-                None => book.record(pid, 0, 0),
-            }
+            cx.book_holding(pid, tokens);
         }
     }
 
@@ -273,13 +278,12 @@ impl EventLoop {
                 server.set_tracing(true, now);
             }
             let limit = self.governor.limits().per_process_limit;
-            let mut cx = Context { processes: &mut self.processes, now };
             if limit.is_some() && self.backend.takes(ServeOption::PerProcessLimit) {
-                server.change(PoolChange::PerProcessLimit(limit), &mut cx);
+                server.change(PoolChange::PerProcessLimit(limit), &mut self.context(now));
             }
             if self.backend.takes(ServeOption::Fairness) {
                 let shares = self.governor.limits().shares.clone();
-                server.change(PoolChange::Shares(shares), &mut cx);
+                server.change(PoolChange::Shares(shares), &mut self.context(now));
             }
             self.recheck_limits(server, now, true);
             self.collect_trace(server);
@@ -411,8 +415,7 @@ impl EventLoop {
                 // The server may have reaped it already (a request from it came first), and a
                 // new process may have its pid and a new pidfd: only a fired pidfd counts.
                 if self.processes.has_exited(pid) {
-                    server
-                        .process_exited(pid, &mut Context { processes: &mut self.processes, now });
+                    server.process_exited(pid, &mut self.context(now));
                     self.processes.forget(pid);
                 }
             }
@@ -424,7 +427,7 @@ impl EventLoop {
                 }
             }
             Key::Source(id) => {
-                let mut cx = Context { processes: &mut self.processes, now };
+                let mut cx = self.context(now);
                 if let Flow::Ended(why) = server.readable(SourceId(id), &mut cx)? {
                     return Ok(Some(Ended::Transport(why)));
                 }
@@ -681,7 +684,7 @@ impl EventLoop {
         let now = Instant::now();
         for pid in gone {
             info!(pid, "gone during the handover: its tokens come back");
-            server.process_exited(pid, &mut Context { processes: &mut self.processes, now });
+            server.process_exited(pid, &mut self.context(now));
         }
         Ok(())
     }
@@ -770,10 +773,12 @@ impl EventLoop {
             settings.iter().map(|(key, value)| format!("{key}={value}")).collect();
         // By number: a name lookup may ask a network directory, and the loop must not wait.
         info!("settings changed by uid {} (pid {}): {}", peer.uid, peer.pid, changes.join(" "));
-        let mut cx = Context { processes: &mut self.processes, now };
+        if wanted.jobs != before.jobs {
+            self.jobs_from = format!("steve set by uid {}", peer.uid);
+        }
+        let mut cx = self.context(now);
         if wanted.jobs != before.jobs {
             server.change(PoolChange::Jobs(wanted.jobs), &mut cx);
-            self.jobs_from = format!("steve set by uid {}", peer.uid);
         }
         if per_process != before.limits.per_process_limit {
             server.change(PoolChange::PerProcessLimit(per_process), &mut cx);
@@ -806,7 +811,7 @@ impl EventLoop {
             }
         }
         self.allowance = allowance;
-        let mut cx = Context { processes: &mut self.processes, now };
+        let mut cx = self.context(now);
         server.change(PoolChange::Allowance(allowance), &mut cx);
     }
 
@@ -846,7 +851,7 @@ impl EventLoop {
             self.recheck_limits(server, now, false);
         }
         if server.next_deadline().is_some_and(|at| at <= now) {
-            server.deadline(&mut Context { processes: &mut self.processes, now });
+            server.deadline(&mut self.context(now));
         }
         if let Some(control) = self.control.as_mut() {
             control.expire(now);
@@ -863,7 +868,7 @@ impl EventLoop {
     /// The whole status report: the server's part and what the loop knows.
     pub fn report(&mut self, server: &mut dyn Server) -> StatusReport {
         let now = Instant::now();
-        let part = server.report(&mut Context { processes: &mut self.processes, now });
+        let part = server.report(&mut self.context(now));
         let header = ReportHeader {
             backend: self.backend.name.to_string(),
             path: server.endpoint().path.clone(),

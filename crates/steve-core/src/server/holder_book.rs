@@ -4,9 +4,10 @@
 //! runs on with them; the new pool must not hand those two out again until it exits.
 //!
 //! The file is a table of fixed records, one slot per holding process, mapped shared into the
-//! server and rewritten in place when the process's count changes: a server killed at any moment
-//! leaves the books as they were at the end of its last loop turn (the map's pages are the
-//! file's, in the page cache), and keeping them costs no system call at all, only a grow of the
+//! server and rewritten in place when the process's count changes, before the answer that
+//! changes it goes out: a server killed at any moment leaves books that say no more than its
+//! clients were told (the map's pages are the file's, in the page cache), and keeping them costs
+//! no system call at all, only a grow of the
 //! file (`ftruncate` and a new map) each time the table doubles. A record names
 //! the process by pid *and* start time, so that a pid reused since is not taken for a holder;
 //! the header names the boot, so that a file surviving a reboot (a `/run` on disk) counts

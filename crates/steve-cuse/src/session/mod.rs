@@ -265,7 +265,8 @@ impl Session {
 
     /// The companion's readers read or wrote: give back what they returned or lost, and a new
     /// spare if they took it.
-    fn settle_companion(&mut self, now: Instant) {
+    fn settle_companion(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now();
         let Some(companion) = self.companion.as_mut() else { return };
         let back = companion.settle(now);
         if back.returned > 0 && self.device.write(COMPANION_PID, back.returned, now).is_err() {
@@ -275,7 +276,7 @@ impl Session {
             self.device.reclaim_lost(COMPANION_PID, back.lost, now);
         }
         self.feed_companion(now);
-        self.send_events();
+        self.send_events(cx);
     }
 
     /// When the companion's untaken spares go back because others wait for a token.
@@ -319,7 +320,7 @@ impl Session {
             };
             let message = self.buffer[..len].to_vec();
             let flow = self.handle(&message, cx);
-            self.send_events();
+            self.send_events(cx);
             if flow != Flow::Continue {
                 return Ok(flow);
             }
@@ -444,6 +445,7 @@ impl Session {
             }
         };
         if let Some(reply) = reply {
+            self.book_holdings(cx);
             self.send(&reply);
         }
         Flow::Continue
@@ -503,11 +505,18 @@ impl Session {
                 debug!(pid, "process {name} exited holding nothing");
             }
         }
-        self.send_events();
+        self.send_events(cx);
     }
 
-    /// Carries out what the device asked for.
-    fn send_events(&mut self) {
+    /// Writes the holdings that changed into the crash books: before the answers that make
+    /// them true go out ([`Context::book_holding`]).
+    fn book_holdings(&mut self, cx: &mut Context<'_>) {
+        self.device.drain_holding_changes(|pid, tokens| cx.book_holding(pid, tokens));
+    }
+
+    /// Carries out what the device asked for, once the crash books say what it changed.
+    fn send_events(&mut self, cx: &mut Context<'_>) {
+        self.book_holdings(cx);
         for event in self.device.take_events() {
             let message = match event {
                 Event::Wake { pid: COMPANION_PID, .. } => {
@@ -527,13 +536,14 @@ impl Session {
             self.send(&message);
         }
         if std::mem::take(&mut self.companion_woken) {
-            self.companion_reserved(Instant::now());
+            self.companion_reserved(cx);
         }
     }
 
     /// The device reserved a token for the companion, queued as a poller: into the pipe if it
     /// still has no spare, else on to the next in the queue.
-    fn companion_reserved(&mut self, now: Instant) {
+    fn companion_reserved(&mut self, cx: &mut Context<'_>) {
+        let now = Instant::now();
         let wants = self.companion.as_ref().is_some_and(Companion::wants_token);
         if wants {
             self.feed_companion(now);
@@ -542,7 +552,7 @@ impl Session {
         {
             let _ = self.device.write(COMPANION_PID, 1, now);
         }
-        self.send_events();
+        self.send_events(cx);
     }
 
     fn send(&self, message: &[u8]) {
@@ -632,7 +642,7 @@ impl Server for Session {
         cx: &mut Context<'_>,
     ) -> Result<Flow, steve_core::server::Error> {
         if source == COMPANION {
-            self.settle_companion(cx.now());
+            self.settle_companion(cx);
             return Ok(Flow::Continue);
         }
         Ok(self.read_requests(cx)?)
@@ -654,7 +664,7 @@ impl Server for Session {
             self.yield_companion_spare(now);
         }
         self.feed_companion(now);
-        self.send_events();
+        self.send_events(cx);
     }
 
     fn jobs(&self) -> JobCount {
@@ -731,7 +741,7 @@ impl Server for Session {
             self.yield_companion_spare(now);
         }
         self.feed_companion(now);
-        self.send_events();
+        self.send_events(cx);
     }
 
     fn report(&mut self, cx: &mut Context<'_>) -> BackendReport {

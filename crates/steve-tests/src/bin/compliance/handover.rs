@@ -7,7 +7,8 @@
 //! predecessor must exit by itself, with status 0, once taken over.
 //!
 //! Also what a server killed without handing over leaves: on fifo the pipe is served again, on
-//! fuse and cuse the crash books count the tokens a surviving make still holds.
+//! fuse and cuse the crash books count the tokens a surviving make still holds, and never a
+//! token a client was told it had given back.
 //!
 //! Beside make, a client of this process reads without blocking over and over (giving back any
 //! token it gets): a read the server answers at once returns at once, token or `EAGAIN`, so the
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use steve_tests::{projects, timeline};
 
-use super::{ensure, env_path, jobserver, serve_command, Daemon, Tree};
+use super::{ensure, env_path, jobserver, serve_command, Client, Daemon, Tree};
 
 /// Tokens in the pool.
 const JOBS: u32 = 4;
@@ -252,4 +253,104 @@ pub fn killed_server_holders_counted() -> Result<(), String> {
     let reclaimed = &second.status()["counters"]["reclaimed"];
     ensure(*reclaimed == 2, || format!("reclaimed {reclaimed}, not the old make's 2"))?;
     second.assert_pool_whole(JOBS as usize)
+}
+
+/// How long strace holds the server in each `write` it makes (an answer to the kernel, a log
+/// line) before letting it go on: the moment after an answer, before the loop turn ends, made
+/// long enough to kill the server in.
+const HELD_AFTER_EACH_WRITE: Duration = Duration::from_millis(400);
+
+/// strace attached to a server, holding it in every `write` system call after the kernel took
+/// the bytes; detached (killed) when dropped.
+struct HeldAfterWrites(std::process::Child);
+
+impl HeldAfterWrites {
+    fn attach(pid: u32) -> Result<HeldAfterWrites, String> {
+        use std::io::BufRead;
+        let delay = format!("inject=write:delay_exit={}", HELD_AFTER_EACH_WRITE.as_micros());
+        let mut child = Command::new("strace")
+            .args(["-f", "-o", "/dev/null", "-e", "trace=write", "-e", &delay, "-p"])
+            .arg(pid.to_string())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("strace: {e} (scripts/test installs it)"))?;
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).map_err(|e| e.to_string())?;
+        ensure(line.contains("attached"), || format!("strace -p {pid} said {line:?}"))?;
+        // Read on, so that strace never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Ok(HeldAfterWrites(child))
+    }
+}
+
+impl Drop for HeldAfterWrites {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A fuse or cuse server SIGKILLed the moment after it answered a client, before its loop turn
+/// ended (strace holds it there): the crash books already say what the client was told. A
+/// client whose two reads were just answered counts as holding 2 for the server started after;
+/// one whose two writes back were just answered counts as holding nothing, so its tokens are not
+/// kept from the pool until it exits (for a long-lived client, for hours).
+pub fn killed_right_after_an_answer() -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::io::{BufRead, BufReader};
+    for give_back in [false, true] {
+        let mut first = Daemon::start(2);
+        let held = HeldAfterWrites::attach(first.child.id())?;
+        let role = if give_back { "take-and-return" } else { "hold" };
+        let mut client = Client(
+            Command::new(std::env::current_exe().unwrap())
+                .args([role, "2"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut said = BufReader::new(client.0.stdout.take().unwrap()).lines();
+        let mut expect = |wanted: &str| match said.next() {
+            Some(Ok(line)) if line == wanted => Ok(()),
+            other => Err(format!("the client said {other:?}, not {wanted:?}")),
+        };
+        expect("holding 2")?;
+        if give_back {
+            // A status asked after the reads is answered in a later turn: the books have
+            // counted the 2 by then whichever way they are kept.
+            let holders = first.status()["holders"].clone();
+            ensure(holders[0]["pid"] == client.pid() && holders[0]["tokens"] == 2, || {
+                format!("holders {holders}")
+            })?;
+            client.0.stdin.as_mut().unwrap().write_all(b"return\n").unwrap();
+            expect("returned 2")?;
+        }
+        kill(Pid::from_raw(first.child.id() as i32), Signal::SIGKILL).map_err(|e| e.to_string())?;
+        first.wait_exit(Duration::from_secs(10))?;
+        drop(held);
+        if super::target().backend == "cuse" {
+            steve_tests::wait_for("the dead server's node to go", Duration::from_secs(30), || {
+                fs::symlink_metadata(jobserver()).is_err().then_some(())
+            });
+        }
+        let second = Daemon::start(2);
+        let counted = !give_back;
+        let says = second.log().contains(&format!("pid {} still holds 2 token(s)", client.pid()));
+        let free = second.status()["pool"]["free"].clone();
+        ensure(says == counted && free == if counted { 0 } else { 2 }, || {
+            format!(
+                "after `{role} 2` and a SIGKILL, {free} free; the new server should{} count the \
+                 client's 2 tokens:\n{}",
+                if counted { "" } else { " not" },
+                second.log()
+            )
+        })?;
+        drop(client);
+        second.wait_for_free(2);
+        second.assert_pool_whole(2)?;
+    }
+    Ok(())
 }

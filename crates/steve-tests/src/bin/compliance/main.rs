@@ -90,7 +90,8 @@ fn main() {
             }
         }
         Some("run") => run_scenarios(&args[1..]),
-        Some("hold") => hold(args[1].parse().expect("hold COUNT")),
+        Some("hold") => hold(args[1].parse().expect("hold COUNT"), false),
+        Some("take-and-return") => hold(args[1].parse().expect("take-and-return COUNT"), true),
         Some("blocking-client") => compete(false, &args[1]),
         Some("polling-client") => compete(true, &args[1]),
         Some("grace") => grace(),
@@ -203,6 +204,11 @@ const SCENARIOS: &[Scenario] = &[
         Needs::PerProcess,
         handover::killed_server_holders_counted,
     ),
+    scenario(
+        "killed_right_after_an_answer",
+        Needs::PerProcess,
+        handover::killed_right_after_an_answer,
+    ),
     scenario("kill_storm", Needs::HostJobserver, storms::kill_storm),
     scenario("soak", Needs::HostJobserver, storms::soak),
 ];
@@ -220,6 +226,11 @@ fn run_scenarios(names: &[String]) {
         }
         let outcome = std::panic::catch_unwind(scenario.run)
             .unwrap_or_else(|panic| Err(panic_text(panic.as_ref())));
+        let left = std::mem::take(&mut *LEFT_BOOKS.lock().unwrap());
+        let outcome = outcome.and_then(|()| match left.is_empty() {
+            true => Ok(()),
+            false => Err(left.join("\n")),
+        });
         match outcome {
             Ok(()) => println!("scenario {name} ok"),
             Err(why) => println!("scenario {name} FAILED: {}", why.replace('\n', " | ")),
@@ -355,9 +366,24 @@ impl Drop for Daemon {
         if !self.reaped {
             let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
             let _ = self.child.wait();
+            // Stopped with nobody holding tokens (each scenario's clients are gone by now), it
+            // leaves no crash books; books left would count holders in the next scenario's
+            // server, at the same place: they fail this scenario instead, and go.
+            let books = self.control.with_extension("holders");
+            if fs::symlink_metadata(&books).is_ok() {
+                let _ = fs::remove_file(&books);
+                LEFT_BOOKS.lock().unwrap().push(format!(
+                    "the server left crash books behind at {}:\n{}",
+                    books.display(),
+                    self.log()
+                ));
+            }
         }
     }
 }
+
+/// What servers stopped by the harness left behind that the scenario must answer for.
+static LEFT_BOOKS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// A client process, killed and reaped when dropped, whatever path the scenario takes.
 struct Client(Child);
@@ -512,7 +538,10 @@ fn nonblocking_eagain() -> Result<(), String> {
 }
 
 /// Client role: takes `count` tokens with blocking reads, says so, and holds them forever.
-fn hold(count: usize) {
+/// Client role: `hold COUNT` reads COUNT tokens, says `holding COUNT` and waits, holding them
+/// and the jobserver open, until killed; `take-and-return COUNT` then waits for a line on its
+/// standard input, writes them back, says `returned COUNT` and waits with the jobserver open.
+fn hold(count: usize, give_back: bool) {
     let mut device = open_device(false);
     let mut byte = [0u8; 1];
     for _ in 0..count {
@@ -520,6 +549,14 @@ fn hold(count: usize) {
     }
     println!("holding {count}");
     std::io::stdout().flush().unwrap();
+    if give_back {
+        std::io::stdin().read_line(&mut String::new()).unwrap();
+        for _ in 0..count {
+            device.write_all(b"+").unwrap();
+        }
+        println!("returned {count}");
+        std::io::stdout().flush().unwrap();
+    }
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }
