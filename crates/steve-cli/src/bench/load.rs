@@ -39,6 +39,19 @@ pub enum Role {
         #[arg(long)]
         say_opened: bool,
     },
+    /// Not a client: serve the bench's minimal FUSE file server on MOUNTPOINT (its file is
+    /// `MOUNTPOINT/jobserver`: a read answers a byte, a write its length), print `ready`, and
+    /// unmount at SIGTERM.
+    FuseBaseline {
+        /// Where to mount it.
+        mountpoint: std::path::PathBuf,
+        /// Threads reading requests (1: libfuse's single-threaded loop).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Each thread on a descriptor of its own (libfuse's `clone_fd`), not all on one.
+        #[arg(long)]
+        clone_fd: bool,
+    },
     /// Read TOKENS tokens, print `held`, and keep them until killed.
     Hold {
         /// The jobserver.
@@ -73,6 +86,18 @@ pub fn run_role(role: Role) -> anyhow::Result<()> {
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
+        }
+        Role::FuseBaseline { mountpoint, threads, clone_fd } => {
+            use steve_cuse::fuse::baseline::{serve, Threading};
+            let threading = match (threads, clone_fd) {
+                (0 | 1, _) => Threading::Single,
+                (threads, false) => Threading::Shared(threads),
+                (threads, true) => Threading::Cloned(threads),
+            };
+            serve(&mountpoint, threading, || {
+                println!("ready");
+                let _ = std::io::stdout().flush();
+            })?;
         }
         Role::Hold { path, tokens } => {
             let mut file = open(&path)?;

@@ -132,6 +132,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut figures = Vec::new();
     let mut targets = vec!["pipe".to_string()];
     targets.extend(backends.iter().cloned());
+    // Beside the fuse server, what a FUSE round trip costs with nothing behind it.
+    if backends.iter().any(|name| name == "fuse") {
+        targets.extend(baselines().into_iter().map(|(name, _, _)| name));
+    }
     // With limits that read the system (never reached): what reading it costs a round trip.
     let limited: Vec<String> = backends.iter().map(|name| format!("{name}{LIMITED}")).collect();
     let server = match &args.server {
@@ -139,8 +143,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => std::env::current_exe().context("this binary")?,
     };
     let start = |name: &str| -> anyhow::Result<Target> {
+        let baseline = baselines().into_iter().find(|(known, _, _)| known == name);
         match name.strip_suffix(LIMITED) {
             _ if name == "pipe" => Target::pipe(&dir, JOBS),
+            _ if baseline.is_some() => {
+                let (name, threads, clone_fd) = baseline.expect("a baseline");
+                Target::fuse_baseline(&server, &name, &dir, threads, clone_fd)
+            }
             Some(backend) => Target::serve(&server, backend, &dir, JOBS, LIMITS),
             None => Target::serve(&server, name, &dir, JOBS, &[]),
         }
@@ -269,6 +278,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// The backends to measure: those asked for, or every server backend that works here.
+/// The minimal FUSE servers measured beside the fuse backend (`steve_cuse::fuse::baseline`),
+/// in libfuse's shapes: (name, threads, each thread on a cloned descriptor).
+fn baselines() -> Vec<(String, usize, bool)> {
+    let cpus = std::thread::available_parallelism().map_or(2, usize::from).max(2);
+    vec![
+        ("fuse baseline, 1 thread".to_string(), 1, false),
+        (format!("fuse baseline, {cpus} threads"), cpus, false),
+        (format!("fuse baseline, {cpus} threads, clone_fd"), cpus, true),
+    ]
+}
+
 fn chosen_backends(asked: &[String]) -> anyhow::Result<Vec<String>> {
     let servers = ["fifo", "fuse", "cuse"];
     if !asked.is_empty() {

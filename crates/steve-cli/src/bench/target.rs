@@ -1,5 +1,6 @@
 //! What `steve bench` measures against: a bare kernel FIFO with tokens in it and no server at
-//! all (the floor any jobserver is held to), or a `steve serve` of one backend, started afresh
+//! all (the floor any jobserver is held to), the bench's minimal FUSE server (what a FUSE round
+//! trip costs with no jobserver behind it), or a `steve serve` of one backend, started afresh
 //! for each measurement in a directory of the bench's own and stopped after it.
 
 use std::fs::{File, OpenOptions};
@@ -78,29 +79,66 @@ impl Target {
             }
             other => bail!("steve bench knows no backend {other}"),
         };
-        let announced = dir.join(format!("{backend}.out"));
-        let log = dir.join(format!("{backend}.log"));
+        let server = Target::wait_ready(command, dir, backend, "MAKEFLAGS")?;
+        Ok(Target { name: backend.into(), jobserver, server: Some(server), control, _keeper: None })
+    }
+
+    /// The bench's minimal FUSE server (`steve bench-client fuse-baseline`) on `dir/baseline`,
+    /// with `threads` threads (each on a descriptor of its own with `clone_fd`), once mounted.
+    pub fn fuse_baseline(
+        steve: &Path,
+        name: &str,
+        dir: &Path,
+        threads: usize,
+        clone_fd: bool,
+    ) -> anyhow::Result<Target> {
+        let mountpoint = dir.join("baseline");
+        let mut command = Command::new(steve);
+        command.args(["bench-client", "fuse-baseline"]).arg(&mountpoint);
+        command.args(["--threads", &threads.to_string()]);
+        if clone_fd {
+            command.arg("--clone-fd");
+        }
+        let server = Target::wait_ready(command, dir, "baseline", "ready")?;
+        Ok(Target {
+            name: name.into(),
+            jobserver: mountpoint.join("jobserver"),
+            server: Some(server),
+            control: PathBuf::new(),
+            _keeper: None,
+        })
+    }
+
+    /// Starts `command` with its output in `dir/LABEL.out` and `dir/LABEL.log`, and waits until
+    /// the output holds `word`; kills it if it exits or is slow.
+    fn wait_ready(
+        mut command: Command,
+        dir: &Path,
+        label: &str,
+        word: &str,
+    ) -> anyhow::Result<Child> {
+        let announced = dir.join(format!("{label}.out"));
+        let log = dir.join(format!("{label}.log"));
         command
             .stdin(Stdio::null())
             .stdout(File::create(&announced)?)
             .stderr(File::create(&log)?)
             .env("NO_COLOR", "1");
-        let mut server = command.spawn().context("start steve serve")?;
+        let mut server = command.spawn().with_context(|| format!("start the {label} server"))?;
         let started = Instant::now();
         loop {
-            if std::fs::read_to_string(&announced).is_ok_and(|text| text.contains("MAKEFLAGS")) {
-                break;
+            if std::fs::read_to_string(&announced).is_ok_and(|text| text.contains(word)) {
+                return Ok(server);
             }
             let failed = server.try_wait()?.is_some() || started.elapsed() > START_LIMIT;
             if failed {
                 let _ = server.kill();
                 let _ = server.wait();
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
-                bail!("steve serve --backend {backend} did not start:\n{}", log.trim_end());
+                bail!("the {label} server did not start:\n{}", log.trim_end());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(Target { name: backend.into(), jobserver, server: Some(server), control, _keeper: None })
     }
 
     /// Whether the server keeps books per process (so a killed client's tokens come back).

@@ -60,7 +60,23 @@ pub struct Processes {
     /// processes under it: a new build finds the builds running under it here, not by a walk
     /// over every process.
     descendants: HashMap<(Pid, u64), HashSet<Pid>>,
+    /// Parents of new clients that are no clients themselves (a shell, `make`'s `sh -c`, the
+    /// process that forks a thousand), with their lineage, each with a pidfd that says whether
+    /// it is still that process: the siblings after the first find their lineage here with one
+    /// poll instead of a read of `/proc/PID/stat` per ancestor.
+    ancestors: HashMap<Pid, Ancestor>,
 }
+
+/// A parent remembered in [`Processes::ancestors`].
+#[derive(Debug)]
+struct Ancestor {
+    pidfd: OwnedFd,
+    started: u64,
+    lineage: Vec<(Pid, u64)>,
+}
+
+/// The most parents remembered; all are forgotten when it is reached (a pidfd each).
+const MAX_ANCESTORS: usize = 256;
 
 /// A watched process as a handover writes it: everything but its pidfd, which goes as a
 /// descriptor of its own.
@@ -130,7 +146,12 @@ impl Processes {
             let pidfd = match descriptors.take(&format!("pid:{}", state.pid)) {
                 Ok(pidfd) => pidfd,
                 Err(_) => match pidfd_open(state.pid) {
-                    Ok(pidfd) if lineage_of(state.pid).0 == state.started => pidfd,
+                    Ok(pidfd)
+                        if parent_and_start(state.pid).map(|(_, started)| started)
+                            == Some(state.started) =>
+                    {
+                        pidfd
+                    }
                     _ => {
                         gone.push(state.pid);
                         continue;
@@ -165,14 +186,11 @@ impl Processes {
         }
         let Ok(pidfd) = pidfd_open(pid) else { return false };
         // Read after the pidfd is open: a pid reused before that has another start time.
-        let (now_started, lineage) = lineage_of(pid);
+        let Lineage { started: now_started, name, parents: lineage } = self.lineage_of(pid);
         let Ok((group, user)) = thread_group_of(pid) else { return false };
         if now_started != started || group != pid {
             return false;
         }
-        let name = fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|name| name.trim_end().to_string())
-            .unwrap_or_else(|_| "?".to_string());
         self.unregistered.push(pid);
         let owner = self.place(pid, started, &lineage, user);
         let watched = Watched { pidfd, name, threads: Vec::new(), started, lineage, owner };
@@ -201,11 +219,8 @@ impl Processes {
         let (pid, user) = thread_group_of(tid).map_err(Gone)?;
         if !self.watched.contains_key(&pid) {
             let pidfd = pidfd_open(pid).map_err(Gone)?;
-            let name = fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|name| name.trim_end().to_string())
-                .unwrap_or_else(|_| "?".to_string());
             self.unregistered.push(pid);
-            let (started, lineage) = lineage_of(pid);
+            let Lineage { started, name, parents: lineage } = self.lineage_of(pid);
             let owner = self.place(pid, started, &lineage, user);
             let watched = Watched { pidfd, name, threads: Vec::new(), started, lineage, owner };
             self.insert(pid, watched);
@@ -214,6 +229,53 @@ impl Processes {
         watched.threads.push(tid);
         self.process_of_thread.insert(tid, pid);
         Ok(pid)
+    }
+
+    /// `pid`'s start time, name and parents, nearest first, up to [`MAX_LINEAGE`]; init and
+    /// the kernel's threads (pids 1, 2 and their parent 0) end it. A parent that is a live
+    /// watched client, or one remembered in `ancestors`, gives the rest of the line at once;
+    /// a parent read from `/proc` is remembered for its next child.
+    fn lineage_of(&mut self, pid: Pid) -> Lineage {
+        let Some(stat) = stat_of(pid) else {
+            return Lineage { started: 0, name: "?".to_string(), parents: Vec::new() };
+        };
+        let parent = stat.parent;
+        let parents = match self.known_alive(parent) {
+            Some(parents) => parents,
+            None => {
+                // The pidfd first: a pid reused before it opens has another start time.
+                let pidfd = (parent > 2).then(|| pidfd_open(parent).ok()).flatten();
+                let parents = parents_from(parent);
+                if let (Some(pidfd), Some((_, started))) = (pidfd, parents.first()) {
+                    if self.ancestors.len() >= MAX_ANCESTORS {
+                        self.ancestors.clear();
+                    }
+                    let lineage = parents[1..].to_vec();
+                    self.ancestors.insert(parent, Ancestor { pidfd, started: *started, lineage });
+                }
+                parents
+            }
+        };
+        Lineage { started: stat.started, name: stat.name, parents }
+    }
+
+    /// `parent` and its line, if it is a watched client or a remembered parent that has not
+    /// exited since (its pidfd is not readable: the very process, not one given its pid).
+    fn known_alive(&mut self, parent: Pid) -> Option<Vec<(Pid, u64)>> {
+        let (started, lineage) = if let Some(watched) = self.watched.get(&parent) {
+            (!is_readable(watched.pidfd.as_fd())).then_some((watched.started, &watched.lineage))?
+        } else {
+            let ancestor = self.ancestors.get(&parent)?;
+            if is_readable(ancestor.pidfd.as_fd()) {
+                self.ancestors.remove(&parent);
+                return None;
+            }
+            (ancestor.started, &ancestor.lineage)
+        };
+        let mut parents = Vec::with_capacity(lineage.len() + 1);
+        parents.push((parent, started));
+        parents.extend(lineage.iter().take(MAX_LINEAGE - 1));
+        Some(parents)
     }
 
     /// The build a new process belongs to: its nearest client parent's, or a new one, which the
@@ -367,7 +429,8 @@ pub fn command_line(pid: u32) -> String {
 
 /// The thread-group id of thread `tid` and its real user id, from `/proc/TID/status`.
 fn thread_group_of(tid: u32) -> io::Result<(Pid, Uid)> {
-    let status = fs::read_to_string(format!("/proc/{tid}/status"))?;
+    let mut buffer = [0u8; PROC_READ];
+    let status = read_proc(&format!("/proc/{tid}/status"), &mut buffer)?;
     let field = |name: &str| -> Option<u32> {
         let value = status.lines().find_map(|line| line.strip_prefix(name))?;
         value.split_whitespace().next()?.parse().ok()
@@ -378,31 +441,66 @@ fn thread_group_of(tid: u32) -> io::Result<(Pid, Uid)> {
     }
 }
 
-/// A process's parent and start time, from `/proc/PID/stat` (after the command name, which
-/// may hold spaces and parentheses, and so is skipped to its last `)`).
+/// The most of a `/proc` file read: `status` is some 1.5 KiB, `stat` a few hundred bytes.
+const PROC_READ: usize = 4096;
+
+/// The start of `path`, a `/proc` file, in one read into `buffer`: open, read, close, where
+/// `fs::read_to_string` adds a `statx` and a read to find the end. The server reads a few
+/// for every new client process, so these are most of what connecting one costs.
+fn read_proc<'a>(path: &str, buffer: &'a mut [u8]) -> io::Result<&'a str> {
+    use std::io::Read;
+    let len = fs::File::open(path)?.read(buffer)?;
+    std::str::from_utf8(&buffer[..len])
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
+}
+
+/// What `/proc/PID/stat` says of a process: its parent, start time and command name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stat {
+    parent: Pid,
+    started: u64,
+    name: String,
+}
+
+fn stat_of(pid: Pid) -> Option<Stat> {
+    let mut buffer = [0u8; PROC_READ];
+    parse_stat(read_proc(&format!("/proc/{pid}/stat"), &mut buffer).ok()?)
+}
+
+/// A process's parent and start time, from `/proc/PID/stat`.
 pub fn parent_and_start(pid: Pid) -> Option<(Pid, u64)> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    stat_of(pid).map(|stat| (stat.parent, stat.started))
 }
 
-/// [`parent_and_start`]'s parser: the fourth field and the twenty-second.
-fn parse_stat(stat: &str) -> Option<(Pid, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+/// [`stat_of`]'s parser: the name in parentheses (which may hold spaces and parentheses, and
+/// so runs to the last `)`), the fourth field and the twenty-second.
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat.get(open + 1..close)?.to_string();
+    let mut fields = stat[close + 1..].split_whitespace();
     // After the name: state (field 3), ppid (4), ..., starttime (22).
-    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+    let parent = fields.nth(1)?.parse().ok()?;
+    let started = fields.nth(17)?.parse().ok()?;
+    Some(Stat { parent, started, name })
 }
 
-/// `pid`'s start time and its parents, nearest first, up to [`MAX_LINEAGE`]; init and the
-/// kernel's threads (pids 1, 2 and their parent 0) end it.
-fn lineage_of(pid: Pid) -> (u64, Vec<(Pid, u64)>) {
-    let Some((mut parent, started)) = parent_and_start(pid) else { return (0, Vec::new()) };
-    let mut lineage = Vec::new();
-    while parent > 2 && lineage.len() < MAX_LINEAGE {
+/// A process's start time and name, and its parents, nearest first.
+struct Lineage {
+    started: u64,
+    name: String,
+    parents: Vec<(Pid, u64)>,
+}
+
+/// `parent` and its parents, nearest first, up to [`MAX_LINEAGE`], read from `/proc`; init
+/// and the kernel's threads (pids 1, 2 and their parent 0) end it.
+fn parents_from(mut parent: Pid) -> Vec<(Pid, u64)> {
+    let mut parents = Vec::new();
+    while parent > 2 && parents.len() < MAX_LINEAGE {
         let Some((grandparent, parent_started)) = parent_and_start(parent) else { break };
-        lineage.push((parent, parent_started));
+        parents.push((parent, parent_started));
         parent = grandparent;
     }
-    (started, lineage)
+    parents
 }
 
 fn is_readable(fd: BorrowedFd<'_>) -> bool {
@@ -413,6 +511,44 @@ fn is_readable(fd: BorrowedFd<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parent_read_once_gives_its_line_to_its_next_children() {
+        let mut processes = Processes::default();
+        let spawn = || std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let (mut first, mut second) = (spawn(), spawn());
+        let read = processes.lineage_of(first.id());
+        let own = std::process::id();
+        assert_eq!(
+            read.parents,
+            [
+                vec![(own, parent_and_start(own).unwrap().1)],
+                parents_from(std::os::unix::process::parent_id())
+            ]
+            .concat()
+        );
+        assert!(processes.ancestors.contains_key(&own), "this process is remembered");
+        // The second child's line comes from what was remembered, and is the same.
+        let remembered = processes.lineage_of(second.id());
+        assert_eq!(remembered.parents, read.parents);
+        assert_eq!(remembered.name, "sleep");
+        for child in [&mut first, &mut second] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_remembered_parent_that_exited_is_forgotten() {
+        let mut processes = Processes::default();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let pidfd = pidfd_open(pid).unwrap();
+        child.wait().unwrap();
+        processes.ancestors.insert(pid, Ancestor { pidfd, started: 1, lineage: vec![(1, 0)] });
+        assert_eq!(processes.known_alive(pid), None);
+        assert!(processes.ancestors.is_empty());
+    }
 
     #[test]
     fn threads_resolve_to_their_process() {
@@ -570,10 +706,15 @@ mod tests {
         let fields = (5..=22).map(|n| n.to_string()).collect::<Vec<_>>().join(" ");
         let stat = format!("77 (a) b (c) S 41 {fields} 0 0");
         // ppid is field 4; the start time field 22.
-        assert_eq!(parse_stat(&stat), Some((41, 22)));
+        let name = "a) b (c".to_string();
+        assert_eq!(parse_stat(&stat), Some(Stat { parent: 41, started: 22, name }));
         assert_eq!(parse_stat("77 (cut short) S 41"), None);
         assert_eq!(parse_stat("no name at all"), None);
         let (parent, _) = parent_and_start(std::process::id()).unwrap();
         assert_eq!(parent, std::os::unix::process::parent_id());
+        let own = Processes::default().lineage_of(std::process::id());
+        assert_eq!(own.parents.first().map(|(pid, _)| *pid), Some(parent));
+        let comm = fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(own.name, comm.trim_end());
     }
 }

@@ -11,9 +11,14 @@
 //!
 //! - [`filesystem`]: the root directory and its one file;
 //! - [`mount`]: where to mount, finding and clearing a stale mount, mounting and unmounting;
+//! - [`clone`]: a second descriptor on a connection (`FUSE_DEV_IOC_CLONE`);
+//! - [`baseline`]: a minimal FUSE file server in libfuse's shapes, for `steve bench`;
 //! - this module: availability, options, serving until a stop signal.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod baseline;
+#[allow(unsafe_code)]
+pub mod clone;
 pub mod filesystem;
 pub mod mount;
 

@@ -46,7 +46,7 @@ const TOKEN: &[u8] = b"+";
 pub const MAX_IO: u32 = 4096;
 /// The kernel needs room for the largest request: a write of `MAX_IO` bytes with its headers,
 /// and never less than its minimum read buffer (8 KiB).
-const BUFFER_LEN: usize = 64 * 1024;
+pub const BUFFER_LEN: usize = 64 * 1024;
 /// The channel, to the event loop.
 const CHANNEL: SourceId = SourceId(0);
 /// The companion FIFO's inotify descriptor, to the event loop.
