@@ -5,7 +5,9 @@
 //! whose server works here (`steve backends`):
 //! - round trips per second of one client (read a token, write it back), alternating the
 //!   targets round by round so that a machine's drift hits them all alike; the median; also
-//!   against each server with a load and a memory limit set (never reached);
+//!   against each server with a load and a memory limit set (never reached), and beside the
+//!   fuse server against the bench's minimal FUSE server (`steve_cuse::fuse::baseline`) in
+//!   libfuse's three shapes: one thread, a thread per CPU on one descriptor, and on cloned ones;
 //! - contention: the total of 2, 8 and 32 clients at once;
 //! - scale: one client's round trips while K idle clients are connected (each took and gave
 //!   back a token, so the server watches it), how long connecting them took, and the server's
