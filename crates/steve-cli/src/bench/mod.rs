@@ -145,13 +145,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => std::env::current_exe().context("this binary")?,
     };
     let start = |name: &str| -> anyhow::Result<Target> {
-        let baseline = baselines().into_iter().find(|(known, _, _)| known == name);
+        if let Some((name, threads, clone_fd)) =
+            baselines().into_iter().find(|(known, _, _)| known == name)
+        {
+            return Target::fuse_baseline(&server, &name, &dir, threads, clone_fd);
+        }
         match name.strip_suffix(LIMITED) {
             _ if name == "pipe" => Target::pipe(&dir, JOBS),
-            _ if baseline.is_some() => {
-                let (name, threads, clone_fd) = baseline.expect("a baseline");
-                Target::fuse_baseline(&server, &name, &dir, threads, clone_fd)
-            }
             Some(backend) => Target::serve(&server, backend, &dir, JOBS, LIMITS),
             None => Target::serve(&server, name, &dir, JOBS, &[]),
         }

@@ -146,10 +146,7 @@ impl Processes {
             let pidfd = match descriptors.take(&format!("pid:{}", state.pid)) {
                 Ok(pidfd) => pidfd,
                 Err(_) => match pidfd_open(state.pid) {
-                    Ok(pidfd)
-                        if parent_and_start(state.pid).map(|(_, started)| started)
-                            == Some(state.started) =>
-                    {
+                    Ok(pidfd) if stat_of(state.pid).is_some_and(|s| s.started == state.started) => {
                         pidfd
                     }
                     _ => {

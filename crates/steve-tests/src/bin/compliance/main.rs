@@ -384,15 +384,11 @@ impl Drop for Daemon {
     }
 }
 
-/// Whether the crash books at `books` hold a record: after the 64-byte header, 16-byte records
-/// whose first four bytes, the pid, are 0 in a free slot (`steve_core::server::holder_book`).
+/// Whether the crash books at `books` name a holder of this boot (as the next server reads them).
 fn books_name_a_holder(books: &Path) -> bool {
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let bytes = fs::read(books).unwrap_or_default();
-    bytes
-        .get(64..)
-        .unwrap_or_default()
-        .chunks(16)
-        .any(|record| record.iter().take(4).any(|byte| *byte != 0))
+    !steve_core::server::holder_book::parse(&bytes, boot.trim()).is_empty()
 }
 
 /// What servers stopped by the harness left behind that the scenario must answer for.
