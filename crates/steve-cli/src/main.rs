@@ -147,6 +147,10 @@ struct ServeArgs {
     /// milliseconds [default: 500].
     #[arg(long, value_name = "MS")]
     poll_reservation_ms: Option<u64>,
+    /// cuse, fuse: threads serving the kernel connection, each reading and answering on a
+    /// clone of it [default: 1, the event loop's thread].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: Option<u16>,
     /// Hold tokens back while the 1-minute load average is at or above X.
     #[arg(long, value_name = "X")]
     load_average: Option<f64>,
@@ -438,6 +442,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dev_name: args.dev_name,
         user: args.user,
         poll_reservation: args.poll_reservation_ms.map(std::time::Duration::from_millis),
+        threads: args.threads.map(usize::from),
         fifo: match (args.fifo, args.no_fifo) {
             (Some(path), _) => Some(FifoChoice::At(path)),
             (None, true) => Some(FifoChoice::Off),

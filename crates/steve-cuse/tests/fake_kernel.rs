@@ -68,6 +68,29 @@ impl FakeKernel {
         kernel
     }
 
+    /// Connects as a CUSE device served from two threads, on two channels: the first, and the
+    /// one returned (where a real kernel connection would have a clone).
+    fn connect_two_channels(jobs: usize) -> (FakeKernel, OwnedFd) {
+        let pair = || {
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+                .unwrap()
+        };
+        let ((kernel_end, daemon_end), (second_kernel_end, second_daemon_end)) = (pair(), pair());
+        let mut kernel = FakeKernel { fd: kernel_end, next_unique: 1, session: None };
+        kernel.send(&kernel::cuse_init(1, 38));
+        let session = std::thread::spawn(move || {
+            let device = Device::new(JobCount::new(jobs).unwrap(), Duration::from_millis(500));
+            let endpoint = endpoint("/dev/steve-test");
+            let mut session = Session::start(daemon_end, "steve-test", device, endpoint).unwrap();
+            session.add_channel(second_daemon_end).unwrap();
+            session.set_threads(2).unwrap();
+            serve_in_loop("cuse", &mut session, Limits::default(), Box::new(ProcProbe::default()))
+        });
+        kernel.receive();
+        kernel.session = Some(session);
+        (kernel, second_kernel_end)
+    }
+
     /// Connects as a FUSE mount whose INIT was answered already (by fuser, in steve-fuse).
     fn mount(jobs: usize) -> FakeKernel {
         let (kernel_end, daemon_end) =
@@ -89,21 +112,12 @@ impl FakeKernel {
     }
 
     fn send(&self, message: &[u8]) {
-        assert_eq!(nix::unistd::write(&self.fd, message).unwrap(), message.len());
+        send_on(&self.fd, message);
     }
 
     /// The next message from the daemon (waiting at most 10 s: a liveness bound).
     fn receive(&self) -> Vec<u8> {
-        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&self.fd), PollFlags::POLLIN)];
-        assert_eq!(
-            poll(&mut fds, PollTimeout::from(10_000u16)).unwrap(),
-            1,
-            "no answer from the daemon"
-        );
-        let mut buffer = vec![0u8; 8192];
-        let len = nix::unistd::read(&self.fd, &mut buffer).unwrap();
-        buffer.truncate(len);
-        buffer
+        receive_on(&self.fd)
     }
 
     /// Sends a request and returns the answer to it, checking it answers that request.
@@ -154,6 +168,24 @@ impl FakeKernel {
         drop(self.fd);
         session.join().unwrap()
     }
+}
+
+fn send_on(channel: &OwnedFd, message: &[u8]) {
+    assert_eq!(nix::unistd::write(channel, message).unwrap(), message.len());
+}
+
+/// The next message from the daemon on `channel` (waiting at most 10 s: a liveness bound).
+fn receive_on(channel: &OwnedFd) -> Vec<u8> {
+    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(channel), PollFlags::POLLIN)];
+    assert_eq!(
+        poll(&mut fds, PollTimeout::from(10_000u16)).unwrap(),
+        1,
+        "no answer from the daemon"
+    );
+    let mut buffer = vec![0u8; 8192];
+    let len = nix::unistd::read(channel, &mut buffer).unwrap();
+    buffer.truncate(len);
+    buffer
 }
 
 /// What a session serving `path` tells the loop.
@@ -212,6 +244,39 @@ fn a_waiting_read_is_answered_when_a_token_comes_back() {
     assert_eq!(kernel::split_reply(&answer), (17, 0, waiting, &b"+"[..]));
     kernel.nothing_pending();
     kernel.disconnect();
+}
+
+#[test]
+fn from_two_threads_each_answer_goes_out_on_the_channel_its_request_came_on() {
+    let (mut kernel, second) = FakeKernel::connect_two_channels(1);
+    let me = std::process::id();
+    kernel.read(me, 0);
+    // A read on the second channel waits: an ioctl sent after it is answered first.
+    let waiting = kernel.unique();
+    send_on(&second, &kernel::read(waiting, me, 1, 4096, 0));
+    let probe = kernel.unique();
+    send_on(&second, &kernel::ioctl(probe, me, 1, 0x5401));
+    let (_, error, answered, _) = kernel::split_reply(&receive_on(&second));
+    assert_eq!((error, answered), (-nix::libc::ENOTTY, probe));
+    // The token written back on the first channel goes to it, on the second.
+    kernel.write(me, b"+");
+    assert_eq!(kernel::split_reply(&receive_on(&second)), (17, 0, waiting, &b"+"[..]));
+    kernel.nothing_pending();
+    // An interrupt that comes on the first channel is answered where its read waits.
+    kernel.write(me, b"+");
+    kernel.read(me, 0);
+    let interrupted = kernel.unique();
+    send_on(&second, &kernel::read(interrupted, me, 1, 4096, 0));
+    let unique = kernel.unique();
+    send_on(&second, &kernel::ioctl(unique, me, 1, 0x5401));
+    receive_on(&second);
+    let unique = kernel.unique();
+    kernel.send(&kernel::interrupt(unique, interrupted));
+    let answer = receive_on(&second);
+    assert_eq!(kernel::split_reply(&answer), (16, -nix::libc::EINTR, interrupted, &[][..]));
+    kernel.nothing_pending();
+    drop(second);
+    assert!(matches!(kernel.disconnect(), Ended::Transport(_)));
 }
 
 #[test]

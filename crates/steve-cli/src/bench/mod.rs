@@ -138,6 +138,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if backends.iter().any(|name| name == "fuse") {
         targets.extend(baselines().into_iter().map(|(name, _, _)| name));
     }
+    // The kernel-served backends also from a thread per CPU, each on a clone of the connection.
+    let threads = cpus();
+    for backend in backends.iter().filter(|name| *name != "fifo") {
+        targets.push(threaded_name(backend, threads));
+    }
     // With limits that read the system (never reached): what reading it costs a round trip.
     let limited: Vec<String> = backends.iter().map(|name| format!("{name}{LIMITED}")).collect();
     let server = match &args.server {
@@ -149,6 +154,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             baselines().into_iter().find(|(known, _, _)| known == name)
         {
             return Target::fuse_baseline(&server, &name, &dir, threads, clone_fd);
+        }
+        if let Some((backend, threads)) = parse_threaded(name) {
+            let threads = threads.to_string();
+            return Target::serve(&server, backend, &dir, JOBS, &["--threads", &threads]);
         }
         match name.strip_suffix(LIMITED) {
             _ if name == "pipe" => Target::pipe(&dir, JOBS),
@@ -283,12 +292,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// The minimal FUSE servers measured beside the fuse backend (`steve_cuse::fuse::baseline`),
 /// in libfuse's shapes: (name, threads, each thread on a cloned descriptor).
 fn baselines() -> Vec<(String, usize, bool)> {
-    let cpus = std::thread::available_parallelism().map_or(2, usize::from).max(2);
+    let cpus = cpus();
     vec![
         ("fuse baseline, 1 thread".to_string(), 1, false),
         (format!("fuse baseline, {cpus} threads"), cpus, false),
         (format!("fuse baseline, {cpus} threads, clone_fd"), cpus, true),
     ]
+}
+
+/// The threads the multi-threaded targets run: one per CPU, at least two.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from).max(2)
+}
+
+/// The target of `backend` served from `threads` threads (`--threads`).
+fn threaded_name(backend: &str, threads: usize) -> String {
+    format!("{backend}, {threads} threads")
+}
+
+/// The backend and thread count a [`threaded_name`] names.
+fn parse_threaded(name: &str) -> Option<(&str, usize)> {
+    let (backend, threads) = name.strip_suffix(" threads")?.split_once(", ")?;
+    Some((backend, threads.parse().ok()?))
 }
 
 fn chosen_backends(asked: &[String]) -> anyhow::Result<Vec<String>> {

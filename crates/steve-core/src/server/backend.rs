@@ -40,7 +40,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -167,6 +167,8 @@ pub enum ServeOption {
     /// `--fairness`, `--weights`, `--user-caps` (and `steve set`): fair shares need to know who
     /// holds each token. Every backend takes `--fairness fifo`.
     Fairness,
+    /// `--threads`: serving threads, each on a clone of a FUSE or CUSE connection.
+    Threads,
 }
 
 impl ServeOption {
@@ -181,6 +183,7 @@ impl ServeOption {
             ServeOption::PerProcessLimit => "--per-process-limit",
             ServeOption::Fifo => "--fifo",
             ServeOption::Fairness => "--fairness",
+            ServeOption::Threads => "--threads",
         }
     }
 
@@ -201,6 +204,9 @@ impl ServeOption {
             ServeOption::Fairness => {
                 "it needs a backend that accounts per process (a pipe serves its readers in the \
                  order the kernel wakes them)"
+            }
+            ServeOption::Threads => {
+                "it serves a kernel connection (a pipe's readers and writers need no server)"
             }
         }
     }
@@ -240,6 +246,8 @@ pub struct ServeConfig {
     pub user: Option<String>,
     /// [`ServeOption::PollReservation`].
     pub poll_reservation: Option<Duration>,
+    /// [`ServeOption::Threads`]: how many threads serve the kernel connection.
+    pub threads: Option<usize>,
     /// [`ServeOption::Fifo`]: a companion FIFO at this path, or none; `None` leaves it to the
     /// backend's default (on for root's machine-wide server).
     pub fifo: Option<FifoChoice>,
@@ -283,6 +291,7 @@ impl ServeConfig {
             dev_name: None,
             user: None,
             poll_reservation: None,
+            threads: None,
             fifo: None,
             trace: TraceConfig::default(),
             metrics: Vec::new(),
@@ -299,6 +308,7 @@ impl ServeConfig {
             (self.dev_name.is_some(), ServeOption::DevName),
             (self.user.is_some(), ServeOption::User),
             (self.poll_reservation.is_some(), ServeOption::PollReservation),
+            (self.threads.is_some(), ServeOption::Threads),
             (self.limits.per_process_limit.is_some(), ServeOption::PerProcessLimit),
             (self.fifo.is_some(), ServeOption::Fifo),
             (self.limits.shares.needs_accounting(), ServeOption::Fairness),
@@ -460,7 +470,7 @@ impl Context<'_> {
 /// Every method runs on the loop's thread and must not block: the loop calls
 /// [`Server::readable`] only when a descriptor is ready, and the server answers what it can
 /// now and keeps the rest for later events.
-pub trait Server {
+pub trait Server: Send {
     /// Where clients find it.
     fn endpoint(&self) -> &Endpoint;
 
@@ -469,6 +479,15 @@ pub trait Server {
 
     /// `source` is readable (or has hung up).
     fn readable(&mut self, source: SourceId, cx: &mut Context<'_>) -> Result<Flow, Error>;
+
+    /// Sources each served by a thread of its own instead of the loop's epoll (a FUSE
+    /// connection's cloned channels): the thread waits for its source to be readable, then
+    /// calls [`Server::readable`] with its id under the one lock over the loop and the server.
+    /// Each descriptor is a duplicate the thread waits on while others hold the lock. None by
+    /// default: the loop's thread serves everything.
+    fn threaded_sources(&self) -> Result<Vec<(SourceId, OwnedFd)>, Error> {
+        Ok(Vec::new())
+    }
 
     /// A process watched through [`Context::processes`] exited: reclaim what it held. The loop
     /// forgets it afterwards.

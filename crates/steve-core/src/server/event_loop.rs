@@ -12,9 +12,15 @@
 //! The loop owns what every server shares: the governor (limits and the system probe), the
 //! control plane's answers (`status`, `get`, `set`), the status report's common part, and the
 //! client processes' pidfds. The backend owns its pool and its transport.
+//!
+//! A server may also have sources served by threads of their own ([`threads`]); every event is
+//! still handled one at a time, under one lock, by the code below.
 #![forbid(unsafe_code)]
 
+mod threads;
+
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -71,6 +77,8 @@ enum Key {
     /// A metrics listener, by its place, and one of its connections.
     MetricsListener(u32),
     MetricsConnection(u32),
+    /// A serving thread has news for the loop's thread ([`threads`]).
+    Wake,
 }
 
 impl Key {
@@ -84,6 +92,7 @@ impl Key {
             Key::Pressure(index) => (5, index),
             Key::MetricsListener(index) => (6, index),
             Key::MetricsConnection(id) => (7, id),
+            Key::Wake => (8, 0),
         };
         kind << 56 | u64::from(id)
     }
@@ -99,6 +108,7 @@ impl Key {
             5 => Key::Pressure(id),
             6 => Key::MetricsListener(id),
             7 => Key::MetricsConnection(id),
+            8 => Key::Wake,
             _ => return None,
         })
     }
@@ -117,7 +127,9 @@ const LISTENER_PAUSE: Duration = Duration::from_secs(1);
 /// The event loop: set it up with [`EventLoop::new`], add signals and a control socket, and
 /// [`EventLoop::run`] a server in it.
 pub struct EventLoop {
-    epoll: Epoll,
+    /// Shared with the loop's thread, which waits on it without the lock when other threads
+    /// serve too ([`threads`]).
+    epoll: Arc<Epoll>,
     backend: &'static Backend,
     signals: Option<Signals>,
     control: Option<ControlServer>,
@@ -159,7 +171,7 @@ impl EventLoop {
             limits.shares = Shares::fifo();
         }
         Ok(EventLoop {
-            epoll,
+            epoll: Arc::new(epoll),
             backend,
             signals: None,
             control: None,
@@ -293,32 +305,52 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Serves until a stop signal or the end of the server's transport.
+    /// Serves until a stop signal or the end of the server's transport: in this thread alone,
+    /// or with a thread for each of the server's threaded sources ([`threads`]).
     pub fn run(&mut self, server: &mut dyn Server) -> Result<Ended, Error> {
         self.prime(server)?;
+        let threaded = server.threaded_sources()?;
+        if !threaded.is_empty() {
+            return threads::run(self, server, threaded);
+        }
         let mut events = [EpollEvent::empty(); BATCH];
         loop {
             self.register_new_processes()?;
-            let ready = match self.epoll.wait(&mut events, self.timeout(server)) {
-                Ok(ready) => ready,
-                Err(Errno::EINTR) => 0,
-                Err(errno) => return Err(Error::io("cannot wait for events", errno.into())),
-            };
-            let mut keys: Vec<(Key, EpollFlags)> = events[..ready]
-                .iter()
-                .filter_map(|event| Some((Key::decode(event.data())?, event.events())))
-                .collect();
-            keys.sort_by_key(|(key, _)| *key);
-            let now = Instant::now();
-            for (key, flags) in keys {
-                if let Some(ended) = self.dispatch(server, key, flags, now)? {
-                    return Ok(ended);
-                }
+            let ready = wait(&self.epoll, &mut events, self.timeout(server))?;
+            if let Some(ended) = self.turn(server, &events[..ready])? {
+                return Ok(ended);
             }
-            self.due(server, Instant::now());
-            self.collect_trace(server);
-            self.record_holdings(server);
         }
+    }
+
+    /// Handles what the epoll reported, then whatever deadline passed, then books what changed.
+    fn turn(
+        &mut self,
+        server: &mut dyn Server,
+        events: &[EpollEvent],
+    ) -> Result<Option<Ended>, Error> {
+        let mut keys: Vec<(Key, EpollFlags)> = events
+            .iter()
+            .filter_map(|event| Some((Key::decode(event.data())?, event.events())))
+            .collect();
+        keys.sort_by_key(|(key, _)| *key);
+        let now = Instant::now();
+        for (key, flags) in keys {
+            if let Some(ended) = self.dispatch(server, key, flags, now)? {
+                return Ok(Some(ended));
+            }
+        }
+        self.due(server, Instant::now());
+        self.finish_turn(server)?;
+        Ok(None)
+    }
+
+    /// What every turn ends with, on whichever thread: new processes watched, the trace
+    /// collected, and the holdings not yet booked written to the crash books.
+    fn finish_turn(&mut self, server: &mut dyn Server) -> Result<(), Error> {
+        self.collect_trace(server);
+        self.record_holdings(server);
+        self.register_new_processes()
     }
 
     /// Stamps and keeps what the server recorded, and writes out the trace file's buffer.
@@ -386,7 +418,12 @@ impl EventLoop {
     }
 
     fn timeout(&self, server: &dyn Server) -> EpollTimeout {
-        let deadline = [
+        timeout_until(self.next_deadline(server))
+    }
+
+    /// The earliest deadline of the server, the limits, the control and metrics connections.
+    fn next_deadline(&self, server: &dyn Server) -> Option<Instant> {
+        [
             server.next_deadline(),
             self.governor.next_recheck(),
             self.control.as_ref().and_then(ControlServer::next_deadline),
@@ -395,12 +432,7 @@ impl EventLoop {
         ]
         .into_iter()
         .flatten()
-        .min();
-        let Some(deadline) = deadline else { return EpollTimeout::NONE };
-        let wait = deadline.saturating_duration_since(Instant::now());
-        // Round up, so that the deadline has passed when the wait returns.
-        let millis = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        EpollTimeout::try_from(millis).unwrap_or(EpollTimeout::MAX)
+        .min()
     }
 
     fn dispatch(
@@ -448,6 +480,8 @@ impl EventLoop {
                 }
             }
             Key::MetricsConnection(id) => self.serve_metrics(server, id, flags, now),
+            // The loop's thread reads the news before the turn ([`threads`]).
+            Key::Wake => {}
             Key::Pressure(index) => {
                 if let Some(resource) = Resource::ALL.get(index as usize) {
                     debug!("the kernel says {resource} pressure crossed its high mark");
@@ -888,6 +922,24 @@ impl EventLoop {
     }
 }
 
+/// Waits on `epoll` for events until `timeout`; a signal's interruption is an empty wait.
+fn wait(epoll: &Epoll, events: &mut [EpollEvent], timeout: EpollTimeout) -> Result<usize, Error> {
+    match epoll.wait(events, timeout) {
+        Ok(ready) => Ok(ready),
+        Err(Errno::EINTR) => Ok(0),
+        Err(errno) => Err(Error::io("cannot wait for events", errno.into())),
+    }
+}
+
+/// The epoll timeout that ends at `deadline`, or never.
+fn timeout_until(deadline: Option<Instant>) -> EpollTimeout {
+    let Some(deadline) = deadline else { return EpollTimeout::NONE };
+    let wait = deadline.saturating_duration_since(Instant::now());
+    // Round up, so that the deadline has passed when the wait returns.
+    let millis = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    EpollTimeout::try_from(millis).unwrap_or(EpollTimeout::MAX)
+}
+
 impl std::fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventLoop")
@@ -912,6 +964,7 @@ mod tests {
             Key::Pressure(2),
             Key::MetricsListener(1),
             Key::MetricsConnection(u32::MAX),
+            Key::Wake,
         ];
         for key in keys {
             assert_eq!(Key::decode(key.encode()), Some(key));
@@ -919,6 +972,6 @@ mod tests {
         let mut sorted = keys.to_vec();
         sorted.sort();
         assert_eq!(sorted[0], Key::Exited(4_194_304));
-        assert_eq!(Key::decode(9 << 56), None);
+        assert_eq!(Key::decode(10 << 56), None);
     }
 }

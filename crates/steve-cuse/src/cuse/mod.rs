@@ -27,6 +27,7 @@ pub const OPTIONS: &[ServeOption] = &[
     ServeOption::DevName,
     ServeOption::User,
     ServeOption::PollReservation,
+    ServeOption::Threads,
     ServeOption::PerProcessLimit,
     ServeOption::Fairness,
     ServeOption::Fifo,
@@ -123,6 +124,7 @@ fn register(config: &ServeConfig) -> Result<Session, steve_core::server::Error> 
     };
     let device = Device::new(config.jobs, reservation);
     let mut session = Session::start(channel.into(), dev_name, device, endpoint)?;
+    session.set_threads(config.threads.unwrap_or(1))?;
     wait_for_node(&dev_path)?;
     let companion = config.companion_path(|| {
         let control = own_control(dev_name);

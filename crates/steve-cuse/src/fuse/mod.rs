@@ -84,6 +84,7 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 pub const OPTIONS: &[ServeOption] = &[
     ServeOption::Mountpoint,
     ServeOption::PollReservation,
+    ServeOption::Threads,
     ServeOption::PerProcessLimit,
     ServeOption::Fairness,
     ServeOption::Fifo,
@@ -146,6 +147,7 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     let device = Device::new(config.jobs, reservation);
     let mut session = Session::for_mount(channel, device, endpoint, owner)?;
     session.unmount_on_drop(mounted);
+    session.set_threads(config.threads.unwrap_or(1))?;
     if let Some(fifo) = config.companion_path(|| mount::companion_beside(mountpoint)) {
         let companion = Companion::create(&fifo, mode, gid, geteuid().is_root())?;
         session.serve_companion(companion);

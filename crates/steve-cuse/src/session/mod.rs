@@ -7,6 +7,13 @@
 //! The channel is non-blocking: when the loop says it is readable, every request waiting on it
 //! is handled, and a read that must wait is answered later, from whichever event frees a token.
 //!
+//! With `threads` above one, serving threads read and answer the connection, each a threaded
+//! source of the loop ([`Server::threaded_sources`]). A FUSE connection has a channel per
+//! thread (the first and clones of it, `FUSE_DEV_IOC_CLONE`); the kernel expects each answer
+//! on the channel its request was read from, so a read that waits remembers its channel. A
+//! CUSE connection cannot be cloned (the ioctl takes only /dev/fuse descriptors, and a new
+//! open of /dev/cuse is a new device), so its threads share its one channel.
+//!
 //! A session may also feed a companion FIFO (steve-fifo's [`Companion`]) from the same device:
 //! to the device the FIFO is one more process, [`COMPANION_PID`], that takes tokens one at a time
 //! as its readers take its few spares (queueing as a poller when its pipe is empty and none is
@@ -14,7 +21,7 @@
 //! lie untaken while others wait go back after the poll reservation's time.
 #![forbid(unsafe_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
@@ -47,10 +54,12 @@ pub const MAX_IO: u32 = 4096;
 /// The kernel needs room for the largest request: a write of `MAX_IO` bytes with its headers,
 /// and never less than its minimum read buffer (8 KiB).
 pub const BUFFER_LEN: usize = 64 * 1024;
-/// The channel, to the event loop.
-const CHANNEL: SourceId = SourceId(0);
 /// The companion FIFO's inotify descriptor, to the event loop.
-const COMPANION: SourceId = SourceId(1);
+const COMPANION: SourceId = SourceId(0);
+/// The channels, to the event loop: channel `n` is source `FIRST_CHANNEL + n`.
+const FIRST_CHANNEL: u32 = 1;
+/// The most channels (serving threads) a connection is given.
+pub const MAX_THREADS: usize = 64;
 /// The companion FIFO as the device sees it: a process id no process has (pid_max is at most
 /// 2^22).
 pub const COMPANION_PID: Pid = u32::MAX;
@@ -60,7 +69,7 @@ const COMPANION_BUILD: BuildId = BuildId(1 << 63);
 /// The companion FIFO's poll handle, never a kernel's.
 const COMPANION_HANDLE: PollHandle = PollHandle(u64::MAX);
 
-/// The kernel connection's name in a handover.
+/// The kernel connection's name in a handover; its clones are `channel.1`, `channel.2`, ...
 const CHANNEL_NAME: &str = "channel";
 /// The directory a root server mounted on, by name in a handover.
 const MOUNT_DIRECTORY_NAME: &str = "mount-directory";
@@ -69,7 +78,7 @@ const MOUNT_DIRECTORY_NAME: &str = "mount-directory";
 /// (so `/dev/steve` or the mount stays, and the requests that waited in it meanwhile are read
 /// now), the books as they were, and the mount to unmount at the end.
 pub fn resume(
-    _config: &steve_core::server::backend::ServeConfig,
+    config: &steve_core::server::backend::ServeConfig,
     state: &serde_json::Value,
     descriptors: &mut steve_core::handover::Descriptors,
 ) -> Result<Box<dyn Server>, steve_core::server::Error> {
@@ -111,6 +120,17 @@ pub fn resume(
     device.resumed();
     let mut session = Session::serving(channel, device, endpoint, filesystem, vec![0; BUFFER_LEN])
         .map_err(steve_core::server::Error::from)?;
+    // The predecessor's clones, with the reads waiting on them: answered on them.
+    while let Some(clone) = descriptors.take_optional(&clone_name(session.channels.len())) {
+        session.add_channel(clone).map_err(steve_core::server::Error::from)?;
+    }
+    session.waiting_on = serde_json::from_value::<Vec<(u64, usize, Pid)>>(field("waiting_on"))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, channel, _)| *channel < session.channels.len())
+        .map(|(unique, channel, pid)| (unique, (channel, pid)))
+        .collect();
+    session.set_threads(config.threads.unwrap_or(1)).map_err(steve_core::server::Error::from)?;
     session.next_fh = field("next_fh").as_u64().unwrap_or(1);
     session.unknown_opcodes =
         serde_json::from_value(field("unknown_opcodes")).map_err(|e| bad("opcodes", e))?;
@@ -134,8 +154,12 @@ pub fn resume(
 #[derive(Debug)]
 pub struct Session {
     // Dropped first: closing the connection fails the reads still waiting, before a mount is
-    // unmounted below.
-    channel: OwnedFd,
+    // unmounted below. The first channel and its clones.
+    channels: Vec<OwnedFd>,
+    /// How many threads serve the channels (1: the loop's thread serves them all).
+    threads: usize,
+    /// The channel each waiting read came on (and its caller), where it is not the first.
+    waiting_on: HashMap<u64, (usize, Pid)>,
     device: Device,
     endpoint: Endpoint,
     /// A FUSE mount's contents; `None` for a CUSE device.
@@ -211,7 +235,9 @@ impl Session {
         fcntl(&channel, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
             .map_err(|errno| Error::io("configure", "the channel", errno))?;
         Ok(Session {
-            channel,
+            channels: vec![channel],
+            threads: 1,
+            waiting_on: HashMap::new(),
             device,
             endpoint,
             filesystem,
@@ -222,6 +248,35 @@ impl Session {
             companion_woken: false,
             mounted: None,
         })
+    }
+
+    /// Serves the connection from `threads` threads, or with 1 from the loop's thread alone.
+    /// On a FUSE connection each thread reads and answers on a channel of its own (clones of
+    /// the first are made as needed); a CUSE connection's threads share its one channel.
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), Error> {
+        let threads = threads.clamp(1, MAX_THREADS);
+        while self.filesystem.is_some() && self.channels.len() < threads {
+            let clone =
+                crate::fuse::clone::clone_channel(self.channels[0].as_fd()).map_err(|source| {
+                    Error::Io {
+                        action: "clone",
+                        what: "the channel (FUSE_DEV_IOC_CLONE on /dev/fuse)".to_string(),
+                        source,
+                    }
+                })?;
+            self.add_channel(clone)?;
+        }
+        self.threads = threads;
+        Ok(())
+    }
+
+    /// Serves another channel of the same connection (a clone; a test's fake kernel gives
+    /// another socket), by the loop's thread or, with [`Session::set_threads`], by its own.
+    pub fn add_channel(&mut self, channel: OwnedFd) -> Result<(), Error> {
+        fcntl(&channel, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .map_err(|errno| Error::io("configure", "a cloned channel", errno))?;
+        self.channels.push(channel);
+        Ok(())
     }
 
     /// Feeds `companion` from this session's device from now on.
@@ -305,10 +360,10 @@ impl Session {
         self.mounted = Some(mounted);
     }
 
-    /// Handles every request waiting on the channel.
-    fn read_requests(&mut self, cx: &mut Context<'_>) -> Result<Flow, Error> {
+    /// Handles every request waiting on channel `channel`.
+    fn read_requests(&mut self, channel: usize, cx: &mut Context<'_>) -> Result<Flow, Error> {
         loop {
-            let len = match nix::unistd::read(&self.channel, &mut self.buffer) {
+            let len = match nix::unistd::read(&self.channels[channel], &mut self.buffer) {
                 Ok(0) => return Ok(Flow::Ended("the kernel closed the connection".into())),
                 Ok(len) => len,
                 Err(Errno::EAGAIN | Errno::EINTR) => return Ok(Flow::Continue),
@@ -318,8 +373,10 @@ impl Session {
                 }
                 Err(errno) => return Err(Error::io("read requests from", "the channel", errno)),
             };
-            let message = self.buffer[..len].to_vec();
-            let flow = self.handle(&message, cx);
+            // Lent out while it is handled: no copy per request.
+            let buffer = std::mem::take(&mut self.buffer);
+            let flow = self.handle(&buffer[..len], channel, cx);
+            self.buffer = buffer;
             self.send_events(cx);
             if flow != Flow::Continue {
                 return Ok(flow);
@@ -327,14 +384,14 @@ impl Session {
         }
     }
 
-    /// Handles one request.
-    fn handle(&mut self, message: &[u8], cx: &mut Context<'_>) -> Flow {
+    /// Handles one request, read from channel `channel`.
+    fn handle(&mut self, message: &[u8], channel: usize, cx: &mut Context<'_>) -> Flow {
         let (header, request) = match ll::parse(message) {
             Ok(parsed) => parsed,
             Err(error) => {
                 warn!("{error}");
                 if let Some(unique) = error.unique {
-                    self.send(&ll::reply_error(unique, nix::libc::EIO));
+                    self.send(channel, &ll::reply_error(unique, nix::libc::EIO));
                 }
                 return Flow::Continue;
             }
@@ -352,7 +409,7 @@ impl Session {
                 Ok(pid) => pid,
                 // The caller is already gone: nobody waits for an answer but the kernel.
                 Err(()) => {
-                    self.send(&ll::reply_error(unique, nix::libc::EINTR));
+                    self.send(channel, &ll::reply_error(unique, nix::libc::EINTR));
                     return Flow::Continue;
                 }
             }
@@ -382,7 +439,10 @@ impl Session {
                     }
                     ReadOutcome::WouldBlock => Some(ll::reply_error(unique, nix::libc::EAGAIN)),
                     ReadOutcome::Pending => {
-                        debug!(pid, unique, "read waits");
+                        debug!(pid, unique, channel, "read waits");
+                        if channel != 0 {
+                            self.waiting_on.insert(unique, (channel, pid));
+                        }
                         None
                     }
                 }
@@ -402,7 +462,8 @@ impl Session {
             Request::Interrupt { target } => {
                 if self.device.interrupt(RequestId(target), cx.now()) {
                     debug!(target, "waiting read interrupted");
-                    self.send(&ll::reply_error(target, nix::libc::EINTR));
+                    let on = self.channel_of(target);
+                    self.send(on, &ll::reply_error(target, nix::libc::EINTR));
                 }
                 // An interrupt is never answered itself.
                 None
@@ -416,7 +477,7 @@ impl Session {
             Request::Release { .. } => Some(ll::reply_empty(unique)),
             Request::Ioctl { .. } => Some(ll::reply_error(unique, nix::libc::ENOTTY)),
             Request::Destroy => {
-                self.send(&ll::reply_empty(unique));
+                self.send(channel, &ll::reply_empty(unique));
                 return Flow::Ended("the kernel ended the connection (DESTROY)".into());
             }
             Request::CuseInit { .. } => Some(ll::reply_error(unique, nix::libc::EPROTO)),
@@ -446,9 +507,17 @@ impl Session {
         };
         if let Some(reply) = reply {
             self.book_holdings(cx);
-            self.send(&reply);
+            self.send(channel, &reply);
         }
         Flow::Continue
+    }
+
+    /// The channel the waiting read `unique` came on, forgotten as it is answered now.
+    fn channel_of(&mut self, unique: u64) -> usize {
+        if self.waiting_on.is_empty() {
+            return 0;
+        }
+        self.waiting_on.remove(&unique).map_or(0, |(channel, _)| channel)
     }
 
     /// The process behind the calling thread, watched from now on.
@@ -492,6 +561,9 @@ impl Session {
     /// Reclaims what an exited process held, and forgets it.
     fn reap(&mut self, pid: Pid, cx: &mut Context<'_>) {
         let departed = self.device.process_exited(pid, cx.now());
+        if !self.waiting_on.is_empty() {
+            self.waiting_on.retain(|_, (_, waiter)| *waiter != pid);
+        }
         let name = cx.processes().forget(pid).unwrap_or_else(|| "?".to_string());
         if let Some(departed) = departed {
             if departed.tokens > 0 {
@@ -525,15 +597,19 @@ impl Session {
                 }
                 Event::Answer { request, pid } => {
                     debug!(pid, request = request.0, "waiting read answered");
-                    ll::reply_data(request.0, TOKEN)
+                    (self.channel_of(request.0), ll::reply_data(request.0, TOKEN))
                 }
-                Event::Interrupted { request } => ll::reply_error(request.0, nix::libc::EINTR),
+                Event::Interrupted { request } => {
+                    (self.channel_of(request.0), ll::reply_error(request.0, nix::libc::EINTR))
+                }
+                // A notification answers no request: any channel takes it.
                 Event::Wake { handle, pid } => {
                     debug!(pid, "token reserved for a poller; waking it");
-                    ll::notify_poll(handle.0)
+                    (0, ll::notify_poll(handle.0))
                 }
             };
-            self.send(&message);
+            let (channel, message) = message;
+            self.send(channel, &message);
         }
         if std::mem::take(&mut self.companion_woken) {
             self.companion_reserved(cx);
@@ -555,8 +631,9 @@ impl Session {
         self.send_events(cx);
     }
 
-    fn send(&self, message: &[u8]) {
-        match nix::unistd::write(&self.channel, message) {
+    /// Writes `message` on channel `channel`: an answer on the one its request came on.
+    fn send(&self, channel: usize, message: &[u8]) {
+        match nix::unistd::write(&self.channels[channel], message) {
             Ok(_) => {}
             // The request is gone (its caller was interrupted and gave up): nothing to answer.
             Err(Errno::ENOENT) => debug!("reply to a request the kernel dropped"),
@@ -633,7 +710,25 @@ impl Server for Session {
 
     fn sources(&self) -> Vec<(SourceId, BorrowedFd<'_>)> {
         let companion = self.companion.as_ref().map(|companion| (COMPANION, companion.watch()));
-        std::iter::once((CHANNEL, self.channel.as_fd())).chain(companion).collect()
+        let channels = self.channels.iter().enumerate().filter(|_| self.threads == 1);
+        let channels = channels.map(|(n, channel)| (channel_source(n), channel.as_fd()));
+        channels.chain(companion).collect()
+    }
+
+    fn threaded_sources(&self) -> Result<Vec<(SourceId, OwnedFd)>, steve_core::server::Error> {
+        if self.threads == 1 {
+            return Ok(Vec::new());
+        }
+        // Every channel has its thread; threads beyond the channels (CUSE) share the first.
+        let threads = self.threads.max(self.channels.len());
+        let channel_of_thread = |n: usize| if n < self.channels.len() { n } else { 0 };
+        let duplicate = |n: usize| {
+            let copy = self.channels[n].try_clone().map_err(|error| {
+                steve_core::server::Error::io("cannot duplicate a channel", error)
+            })?;
+            Ok((channel_source(n), copy))
+        };
+        (0..threads).map(channel_of_thread).map(duplicate).collect()
     }
 
     fn readable(
@@ -645,7 +740,11 @@ impl Server for Session {
             self.settle_companion(cx);
             return Ok(Flow::Continue);
         }
-        Ok(self.read_requests(cx)?)
+        let channel = (source.0 - FIRST_CHANNEL) as usize;
+        if channel >= self.channels.len() {
+            return Ok(Flow::Continue);
+        }
+        Ok(self.read_requests(channel, cx)?)
     }
 
     fn process_exited(&mut self, pid: u32, cx: &mut Context<'_>) {
@@ -708,6 +807,7 @@ impl Server for Session {
             "filesystem": &self.filesystem,
             "next_fh": self.next_fh,
             "unknown_opcodes": unknown,
+            "waiting_on": self.waiting_on.iter().map(|(unique, (channel, pid))| (unique, channel, pid)).collect::<Vec<_>>(),
             "endpoint": {
                 "path": &endpoint.path,
                 "default_control": &endpoint.default_control,
@@ -719,7 +819,9 @@ impl Server for Session {
             "mountpoint": self.mounted.as_ref().map(Mounted::mountpoint),
             "companion": companion,
         });
-        let mut descriptors = vec![(CHANNEL_NAME.to_string(), self.channel.as_fd())];
+        let mut descriptors: Vec<_> = (self.channels.iter().enumerate())
+            .map(|(n, channel)| (clone_name(n), channel.as_fd()))
+            .collect();
         if let Some(directory) = self.mounted.as_ref().and_then(Mounted::directory) {
             descriptors.push((MOUNT_DIRECTORY_NAME.to_string(), directory));
         }
@@ -800,6 +902,19 @@ impl Server for Session {
                 wait_seconds: Some((&counters.waits).into()),
             },
         }
+    }
+}
+
+/// The event loop's source for channel `n`.
+fn channel_source(n: usize) -> SourceId {
+    SourceId(FIRST_CHANNEL + n as u32)
+}
+
+/// Channel `n`'s name in a handover: the first is `channel`, its clones `channel.N`.
+fn clone_name(n: usize) -> String {
+    match n {
+        0 => CHANNEL_NAME.to_string(),
+        n => format!("{CHANNEL_NAME}.{n}"),
     }
 }
 

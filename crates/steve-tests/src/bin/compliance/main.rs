@@ -29,6 +29,7 @@ mod fairness;
 mod handover;
 mod metrics;
 mod storms;
+mod threads;
 mod traces;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -209,6 +210,7 @@ const SCENARIOS: &[Scenario] = &[
         Needs::PerProcess,
         handover::killed_right_after_an_answer,
     ),
+    scenario("served_from_threads", Needs::PerProcess, threads::served_from_threads),
     scenario("kill_storm", Needs::HostJobserver, storms::kill_storm),
     scenario("soak", Needs::HostJobserver, storms::soak),
 ];
@@ -668,9 +670,19 @@ fn poller_share(reservation_ms: u64, total: usize) -> Result<(usize, usize), Str
 fn serve_command(jobs: u32, extra: &[&str]) -> Command {
     let mut command = Command::new(env_path("STEVE_BIN"));
     command.args(["serve", "--backend", &target().backend, "-j", &jobs.to_string()]);
+    match THREADS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {}
+        threads => {
+            command.args(["--threads", &threads.to_string()]);
+        }
+    }
     command.args(place_args()).args(extra);
     command
 }
+
+/// `--threads` for the servers [`serve_command`] starts; 0 leaves the default
+/// ([`threads::served_from_threads`] sets it while it runs).
+static THREADS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Where the server goes: `--mountpoint DIR` for fuse, `--path PATH` for fifo, nothing for cuse.
 fn place_args() -> Vec<std::ffi::OsString> {
