@@ -200,8 +200,13 @@ impl Processes {
         self.watched.get(&pid).map(|watched| watched.started)
     }
 
-    /// The process of thread `tid`, watched from now on.
-    pub fn resolve(&mut self, tid: u32) -> Result<Pid, Gone> {
+    /// The process of thread `tid`, watched from now on; `user` is the user the kernel checked
+    /// its access as (a FUSE request's uid), whom its build counts under.
+    ///
+    /// A thread-group leader (most clients: make, a compiler) gets a pidfd of its own, so its
+    /// tid is its pid without reading `/proc`; any other thread's tid is refused (`ENOENT`, or
+    /// `EINVAL` before Linux 6.9), and `/proc/TID/status` says its thread group.
+    pub fn resolve(&mut self, tid: u32, user: Uid) -> Result<Pid, Gone> {
         if let Some(pid) = self.process_of_thread.get(&tid).copied() {
             // A thread id outlives nothing: once the thread exits, another process may get it.
             // Still in its process's task list, it is still that thread.
@@ -213,9 +218,21 @@ impl Processes {
                 watched.threads.retain(|thread| *thread != tid);
             }
         }
-        let (pid, user) = thread_group_of(tid).map_err(Gone)?;
+        let (pid, leader_pidfd) = match pidfd_open(tid) {
+            Ok(pidfd) => (tid, Some(pidfd)),
+            // Another thread's tid: ENOENT since Linux 6.9 (pidfds of threads), EINVAL before.
+            Err(error)
+                if matches!(error.raw_os_error(), Some(nix::libc::ENOENT | nix::libc::EINVAL)) =>
+            {
+                (thread_group_of(tid).map_err(Gone)?.0, None)
+            }
+            Err(error) => return Err(Gone(error)),
+        };
         if !self.watched.contains_key(&pid) {
-            let pidfd = pidfd_open(pid).map_err(Gone)?;
+            let pidfd = match leader_pidfd {
+                Some(pidfd) => pidfd,
+                None => pidfd_open(pid).map_err(Gone)?,
+            };
             self.unregistered.push(pid);
             let Lineage { started, name, parents: lineage } = self.lineage_of(pid);
             let owner = self.place(pid, started, &lineage, user);
@@ -509,6 +526,9 @@ fn is_readable(fd: BorrowedFd<'_>) -> bool {
 mod tests {
     use super::*;
 
+    /// The user the tests' requests come as.
+    const ME: Uid = 4321;
+
     #[test]
     fn a_parent_read_once_gives_its_line_to_its_next_children() {
         let mut processes = Processes::default();
@@ -548,10 +568,33 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_seen_before_its_leader_resolves_to_its_process_under_the_given_user() {
+        let mut processes = Processes::default();
+        let own = std::process::id();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            sender.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            stopped.recv().ok();
+        });
+        let tid = receiver.recv().unwrap();
+        assert_eq!(processes.resolve(tid, ME).unwrap(), own);
+        assert_eq!(processes.resolve(own, ME).unwrap(), own);
+        assert_eq!(processes.len(), 1);
+        let owners = processes.take_owner_changes();
+        assert_eq!(
+            owners.iter().map(|(pid, owner)| (*pid, owner.user)).collect::<Vec<_>>(),
+            [(own, ME)]
+        );
+        stop.send(()).unwrap();
+        thread.join().unwrap();
+    }
+
+    #[test]
     fn threads_resolve_to_their_process() {
         let mut processes = Processes::default();
         let own = std::process::id();
-        assert_eq!(processes.resolve(own).unwrap(), own);
+        assert_eq!(processes.resolve(own, ME).unwrap(), own);
         // Another thread of this process resolves to the same process.
         let (sender, receiver) = std::sync::mpsc::channel();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -561,7 +604,7 @@ mod tests {
         });
         let tid = receiver.recv().unwrap();
         assert_ne!(tid, own);
-        assert_eq!(processes.resolve(tid).unwrap(), own);
+        assert_eq!(processes.resolve(tid, ME).unwrap(), own);
         assert_eq!(processes.len(), 1);
         assert_eq!(processes.take_unregistered().len(), 1, "one new pidfd for the loop");
         assert!(processes.take_unregistered().is_empty());
@@ -587,7 +630,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let mut processes = Processes::default();
-        let pid = processes.resolve(child.id()).unwrap();
+        let pid = processes.resolve(child.id(), ME).unwrap();
         assert_eq!(processes.command(pid), "sleep 30");
         child.kill().unwrap();
         child.wait().unwrap();
@@ -654,15 +697,15 @@ mod tests {
         let children = sleeping_children(shell.id(), 2);
         let mut processes = Processes::default();
         // The children ask first: neither is under the other, so each is a build.
-        let first = processes.resolve(children[0]).unwrap();
-        let second = processes.resolve(children[1]).unwrap();
+        let first = processes.resolve(children[0], ME).unwrap();
+        let second = processes.resolve(children[1], ME).unwrap();
         let (a, b) = (processes.owner(first).unwrap(), processes.owner(second).unwrap());
         assert_ne!(a.build, b.build);
-        assert_eq!(a.user, nix::unistd::getuid().as_raw());
+        assert_eq!(a.user, ME, "the user the requests came as");
         assert_eq!(processes.build_root(a.build).unwrap(), first);
         assert_eq!(processes.take_owner_changes().len(), 2);
         // Then the shell: a new build, which both children join.
-        let top = processes.resolve(shell.id()).unwrap();
+        let top = processes.resolve(shell.id(), ME).unwrap();
         let build = processes.owner(top).unwrap().build;
         assert!([first, second].iter().all(|pid| processes.owner(*pid).unwrap().build == build));
         let mut changes: Vec<Pid> =
@@ -674,7 +717,7 @@ mod tests {
         assert_eq!(processes.build_root(build).unwrap(), top);
         assert!(processes.build_root(a.build).is_none(), "the joined builds are gone");
         // And this test process, the shell's parent, gathers all three in turn.
-        let own = processes.resolve(std::process::id()).unwrap();
+        let own = processes.resolve(std::process::id(), ME).unwrap();
         let outer = processes.owner(own).unwrap().build;
         assert_ne!(outer, build);
         assert!([first, second, top]

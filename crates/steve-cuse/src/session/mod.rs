@@ -405,7 +405,7 @@ impl Session {
                 | Request::Poll { .. }
         );
         let pid = if needs_caller {
-            match self.caller(header.pid, cx) {
+            match self.caller(header.pid, header.uid, cx) {
                 Ok(pid) => pid,
                 // The caller is already gone: nobody waits for an answer but the kernel.
                 Err(()) => {
@@ -528,7 +528,7 @@ impl Session {
     /// process that exits, is reaped by its parent and has its pid handed to a new process
     /// while this loop drains one batch of requests (the kernel hands pids out in a cycle, so
     /// only root forcing `ns_last_pid` comes near).
-    fn caller(&mut self, tid: u32, cx: &mut Context<'_>) -> Result<Pid, ()> {
+    fn caller(&mut self, tid: u32, uid: u32, cx: &mut Context<'_>) -> Result<Pid, ()> {
         let gone = |gone: steve_core::server::processes::Gone| {
             if matches!(gone.0.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE)) {
                 warn!(
@@ -540,7 +540,7 @@ impl Session {
                 debug!(tid, "caller gone: {}", gone.0);
             }
         };
-        let pid = cx.processes().resolve(tid).map_err(gone)?;
+        let pid = cx.processes().resolve(tid, uid).map_err(gone)?;
         self.join_new_owners(cx);
         Ok(pid)
     }
