@@ -567,17 +567,22 @@ mod tests {
         assert!(processes.ancestors.is_empty());
     }
 
-    #[test]
-    fn a_thread_seen_before_its_leader_resolves_to_its_process_under_the_given_user() {
-        let mut processes = Processes::default();
-        let own = std::process::id();
+    /// Another thread of this process, by its id, running until told to stop.
+    fn another_thread() -> (u32, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
         let (sender, receiver) = std::sync::mpsc::channel();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             sender.send(nix::unistd::gettid().as_raw() as u32).unwrap();
             stopped.recv().ok();
         });
-        let tid = receiver.recv().unwrap();
+        (receiver.recv().unwrap(), stop, thread)
+    }
+
+    #[test]
+    fn a_thread_seen_before_its_leader_resolves_to_its_process_under_the_given_user() {
+        let mut processes = Processes::default();
+        let own = std::process::id();
+        let (tid, stop, thread) = another_thread();
         assert_eq!(processes.resolve(tid, ME).unwrap(), own);
         assert_eq!(processes.resolve(own, ME).unwrap(), own);
         assert_eq!(processes.len(), 1);
@@ -596,13 +601,7 @@ mod tests {
         let own = std::process::id();
         assert_eq!(processes.resolve(own, ME).unwrap(), own);
         // Another thread of this process resolves to the same process.
-        let (sender, receiver) = std::sync::mpsc::channel();
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            sender.send(nix::unistd::gettid().as_raw() as u32).unwrap();
-            stopped.recv().ok();
-        });
-        let tid = receiver.recv().unwrap();
+        let (tid, stop, thread) = another_thread();
         assert_ne!(tid, own);
         assert_eq!(processes.resolve(tid, ME).unwrap(), own);
         assert_eq!(processes.len(), 1);
