@@ -147,8 +147,8 @@ struct ServeArgs {
     /// milliseconds [default: 500].
     #[arg(long, value_name = "MS")]
     poll_reservation_ms: Option<u64>,
-    /// cuse, fuse: threads serving the kernel connection, each reading and answering on a
-    /// clone of it [default: 1, the event loop's thread].
+    /// cuse, fuse: threads serving the kernel connection (fuse: each on a clone of it; cuse:
+    /// sharing it) [default: 1, the event loop's thread].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: Option<u16>,
     /// Hold tokens back while the 1-minute load average is at or above X.

@@ -40,9 +40,7 @@ impl FakeKernel {
 
     /// Connects with a session whose loop applies `limits`, reading the system from `probe`.
     fn connect_with(jobs: usize, governor: Option<(Limits, Box<dyn SystemProbe>)>) -> FakeKernel {
-        let (kernel_end, daemon_end) =
-            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-                .unwrap();
+        let (kernel_end, daemon_end) = seqpacket_pair();
         let mut kernel = FakeKernel { fd: kernel_end, next_unique: 1, session: None };
         kernel.send(&kernel::cuse_init(1, 38));
         let session = std::thread::spawn(move || {
@@ -71,11 +69,8 @@ impl FakeKernel {
     /// Connects as a CUSE device served from two threads, on two channels: the first, and the
     /// one returned (where a real kernel connection would have a clone).
     fn connect_two_channels(jobs: usize) -> (FakeKernel, OwnedFd) {
-        let pair = || {
-            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-                .unwrap()
-        };
-        let ((kernel_end, daemon_end), (second_kernel_end, second_daemon_end)) = (pair(), pair());
+        let (kernel_end, daemon_end) = seqpacket_pair();
+        let (second_kernel_end, second_daemon_end) = seqpacket_pair();
         let mut kernel = FakeKernel { fd: kernel_end, next_unique: 1, session: None };
         kernel.send(&kernel::cuse_init(1, 38));
         let session = std::thread::spawn(move || {
@@ -93,9 +88,7 @@ impl FakeKernel {
 
     /// Connects as a FUSE mount whose INIT was answered already (by fuser, in steve-fuse).
     fn mount(jobs: usize) -> FakeKernel {
-        let (kernel_end, daemon_end) =
-            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-                .unwrap();
+        let (kernel_end, daemon_end) = seqpacket_pair();
         let session = std::thread::spawn(move || {
             let device = Device::new(JobCount::new(jobs).unwrap(), Duration::from_millis(500));
             let file = OneFile::new("jobserver", 1000, 1000, 0o600);
@@ -168,6 +161,11 @@ impl FakeKernel {
         drop(self.fd);
         session.join().unwrap()
     }
+}
+
+/// A kernel end and a daemon end: SOCK_SEQPACKET keeps message boundaries, as the kernel does.
+fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap()
 }
 
 fn send_on(channel: &OwnedFd, message: &[u8]) {

@@ -138,7 +138,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if backends.iter().any(|name| name == "fuse") {
         targets.extend(baselines().into_iter().map(|(name, _, _)| name));
     }
-    // The kernel-served backends also from a thread per CPU, each on a clone of the connection.
+    // The kernel-served backends also from a thread per CPU (`--threads`).
     let threads = cpus();
     for backend in backends.iter().filter(|name| *name != "fifo") {
         targets.push(threaded_name(backend, threads));

@@ -167,7 +167,7 @@ pub enum ServeOption {
     /// `--fairness`, `--weights`, `--user-caps` (and `steve set`): fair shares need to know who
     /// holds each token. Every backend takes `--fairness fifo`.
     Fairness,
-    /// `--threads`: serving threads, each on a clone of a FUSE or CUSE connection.
+    /// `--threads`: threads serving a FUSE or CUSE connection (on FUSE each on a clone of it).
     Threads,
 }
 

@@ -309,13 +309,14 @@ impl EventLoop {
     /// or with a thread for each of the server's threaded sources ([`threads`]).
     pub fn run(&mut self, server: &mut dyn Server) -> Result<Ended, Error> {
         self.prime(server)?;
+        // Survivors adopted before; every turn registers what it added.
+        self.register_new_processes()?;
         let threaded = server.threaded_sources()?;
         if !threaded.is_empty() {
             return threads::run(self, server, threaded);
         }
         let mut events = [EpollEvent::empty(); BATCH];
         loop {
-            self.register_new_processes()?;
             let ready = wait(&self.epoll, &mut events, self.timeout(server))?;
             if let Some(ended) = self.turn(server, &events[..ready])? {
                 return Ok(ended);

@@ -95,7 +95,6 @@ fn serve_loop(
     let mut events = [EpollEvent::empty(); BATCH];
     loop {
         let shared = &mut **guard;
-        shared.event_loop.register_new_processes()?;
         let until = shared.event_loop.next_deadline(shared.server);
         shared.sleeping_until = until;
         let ready = MutexGuard::unlocked(guard, || wait(epoll, &mut events, timeout_until(until)))?;
