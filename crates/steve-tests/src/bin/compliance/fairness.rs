@@ -22,8 +22,8 @@
 //! A layer's crates must also end apart: cargo gives a token back only when a crate ends and no
 //! other is ready, so crates ending in one turn of cargo's loop give nothing back at the layer
 //! boundary. The workspace's crates therefore keep their tokens a moment after rustc ends,
-//! staggered across a layer (a tenth of a second here, a quarter of a compilation and at least a
-//! second where compiling is slow); holds before rustc were not enough on the VM's two shared
+//! staggered across a layer (a tenth of a second here, a quarter of a compilation and at least two
+//! seconds where compiling is slow); holds before rustc were not enough on the VM's two shared
 //! CPUs, where compilations started apart still ended together (see docs/performance.md).
 
 use std::collections::HashMap;
@@ -72,7 +72,7 @@ pub fn fair_shares() -> Result<(), String> {
     let (widths, stagger): (&[usize], _) = if compile < 1.0 {
         (&[4, 16, 16, 16], Duration::from_millis(100))
     } else {
-        (&[4, 8], Duration::from_secs_f64((compile / 4.0).max(1.0)))
+        (&[4, 8], Duration::from_secs_f64((compile / 4.0).max(2.0)))
     };
     println!(
         "figure fair_shares_scale compile {compile:.2} s, make jobs {make_job:.2} s, layers \
