@@ -219,8 +219,9 @@ enum KillWhen {
     /// While the server says it holds a token, or (tokens are scarce among a hundred makes) at
     /// this many milliseconds after it started, whatever it does then.
     Holding(u64),
-    /// While the server says it waits for a token.
-    Waiting,
+    /// While the server says it waits for a token, or at this many milliseconds after it
+    /// started (a make that found its tokens free never waits), whatever it does then.
+    Waiting(u64),
     /// At this many milliseconds after it started (fifo: a pipe cannot say who holds).
     After(u64),
 }
@@ -261,13 +262,20 @@ fn run_wave(
                     Some("by the clock")
                 }
                 KillWhen::After(_) => None,
-                KillWhen::Waiting if waiting.contains(&pid) => Some("waiting"),
-                KillWhen::Waiting => None,
+                KillWhen::Waiting(_) if waiting.contains(&pid) => Some("waiting"),
                 KillWhen::Holding(_) if holding.contains(&pid) => Some("holding"),
-                KillWhen::Holding(ms) if member.spawned.elapsed() >= Duration::from_millis(ms) => {
-                    Some(if waiting.contains(&pid) { "waiting" } else { "neither, by the clock" })
+                KillWhen::Waiting(ms) | KillWhen::Holding(ms)
+                    if member.spawned.elapsed() >= Duration::from_millis(ms) =>
+                {
+                    Some(if holding.contains(&pid) {
+                        "holding"
+                    } else if waiting.contains(&pid) {
+                        "waiting"
+                    } else {
+                        "neither, by the clock"
+                    })
                 }
-                KillWhen::Holding(_) => None,
+                KillWhen::Waiting(_) | KillWhen::Holding(_) => None,
             };
             if let Some(kind) = kind {
                 // Not reaped yet: the pid (a zombie at worst) is still this make's group.
@@ -351,15 +359,19 @@ fn stop_sampler(stop: &AtomicBool, sampler: Option<std::thread::JoinHandle<()>>)
     }
 }
 
-/// The kill storm: [`WAVES`] waves of [`WAVE_CLIENTS`] makes (four jobs of 100 ms each), half of
-/// each wave killed with its jobs: on the per-process backends a quarter while the server says
-/// they hold a token and a quarter while it says they wait, on fifo at a random moment in its
-/// first 150 ms. The figure says how many were caught in each state.
+/// The kill storm: [`WAVES`] waves of [`WAVE_CLIENTS`] makes, half of each wave killed with its
+/// jobs: on the per-process backends a quarter while the server says they hold a token and a
+/// quarter while it says they wait, on fifo at a random moment in its first 150 ms. The figure
+/// says how many were caught in each state. The survivors run four jobs of 100 ms; the victims
+/// four of 400 ms, so that even a victim that finds all its tokens free lives for several of
+/// the status reads that catch it (on a loaded machine one takes 100 ms and more).
 pub fn kill_storm() -> Result<(), String> {
     let daemon = Daemon::start_with(serve_command(JOBS, &["--trace-size", "1024"]));
     let started = first_footprint(&daemon)?;
     let dir = tempfile::tempdir().unwrap();
+    let victims_dir = dir.path().join("victims");
     project(dir.path(), 4, 0.1);
+    project(&victims_dir, 4, 0.4);
     let mut random = Random::seeded();
     let (stop, books, sampler) = start_sampler(&daemon);
     let mut warm_rss = 0;
@@ -371,13 +383,10 @@ pub fn kill_storm() -> Result<(), String> {
                 let kill = (n % 2 == 0).then(|| match (target().per_process(), n % 4) {
                     (false, _) => KillWhen::After(random.below(150)),
                     (true, 0) => KillWhen::Holding(random.below(600)),
-                    (true, _) => KillWhen::Waiting,
+                    (true, _) => KillWhen::Waiting(300),
                 });
-                Member {
-                    make: Some(start_make(&daemon, dir.path())),
-                    spawned: Instant::now(),
-                    kill,
-                }
+                let project = if kill.is_some() { victims_dir.as_path() } else { dir.path() };
+                Member { make: Some(start_make(&daemon, project)), spawned: Instant::now(), kill }
             })
             .collect();
         run_wave(&daemon, members, &mut killed).map_err(|why| format!("wave {wave}: {why}"))?;
