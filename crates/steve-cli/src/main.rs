@@ -151,6 +151,11 @@ struct ServeArgs {
     /// sharing it) [default: 1, the event loop's thread].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: Option<u16>,
+    /// fuse: take the kernel's requests through io_uring (Linux 6.14 and later, once root has
+    /// written Y to /sys/module/fuse/parameters/enable_uring): auto where the kernel offers
+    /// it, on (or fail), off [default: off].
+    #[arg(long, value_name = "auto|on|off")]
+    io_uring: Option<steve_core::server::backend::IoUringChoice>,
     /// Hold tokens back while the 1-minute load average is at or above X.
     #[arg(long, value_name = "X")]
     load_average: Option<f64>,
@@ -443,6 +448,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         user: args.user,
         poll_reservation: args.poll_reservation_ms.map(std::time::Duration::from_millis),
         threads: args.threads.map(usize::from),
+        io_uring: args.io_uring,
         fifo: match (args.fifo, args.no_fifo) {
             (Some(path), _) => Some(FifoChoice::At(path)),
             (None, true) => Some(FifoChoice::Off),

@@ -143,6 +143,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for backend in backends.iter().filter(|name| *name != "fifo") {
         targets.push(threaded_name(backend, threads));
     }
+    // And fuse through io_uring, where the kernel offers it.
+    if backends.iter().any(|name| name == "fuse") {
+        match steve_cuse::fuse::uring::enabled() {
+            Ok(()) => targets.push(IO_URING.to_string()),
+            Err(why) => eprintln!("steve bench: {IO_URING} is not measured: {why}"),
+        }
+    }
     // With limits that read the system (never reached): what reading it costs a round trip.
     let limited: Vec<String> = backends.iter().map(|name| format!("{name}{LIMITED}")).collect();
     let server = match &args.server {
@@ -161,6 +168,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         match name.strip_suffix(LIMITED) {
             _ if name == "pipe" => Target::pipe(&dir, JOBS),
+            _ if name == IO_URING => {
+                Target::serve(&server, "fuse", &dir, JOBS, &["--io-uring", "on"])
+            }
             Some(backend) => Target::serve(&server, backend, &dir, JOBS, LIMITS),
             None => Target::serve(&server, name, &dir, JOBS, &[]),
         }
@@ -299,6 +309,9 @@ fn baselines() -> Vec<(String, usize, bool)> {
         (format!("fuse baseline, {cpus} threads, clone_fd"), cpus, true),
     ]
 }
+
+/// The fuse backend served through io_uring (`--io-uring on`).
+const IO_URING: &str = "fuse, io_uring";
 
 /// The threads the multi-threaded targets run: one per CPU, at least two.
 fn cpus() -> usize {

@@ -169,6 +169,8 @@ pub enum ServeOption {
     Fairness,
     /// `--threads`: threads serving a FUSE or CUSE connection (on FUSE each on a clone of it).
     Threads,
+    /// `--io-uring`: a FUSE connection served through io_uring.
+    IoUring,
 }
 
 impl ServeOption {
@@ -184,6 +186,7 @@ impl ServeOption {
             ServeOption::Fifo => "--fifo",
             ServeOption::Fairness => "--fairness",
             ServeOption::Threads => "--threads",
+            ServeOption::IoUring => "--io-uring",
         }
     }
 
@@ -208,6 +211,34 @@ impl ServeOption {
             ServeOption::Threads => {
                 "it serves a kernel connection (a pipe's readers and writers need no server)"
             }
+            ServeOption::IoUring => {
+                "it serves a FUSE mount (the kernel serves only FUSE, not CUSE, through io_uring)"
+            }
+        }
+    }
+}
+
+/// `--io-uring`: whether a FUSE connection is served through io_uring (Linux 6.14 and later,
+/// with the fuse module's `enable_uring` set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoUringChoice {
+    /// Where the kernel offers it; `/dev/fuse` reads and writes otherwise.
+    Auto,
+    /// Always: the server does not start where the kernel does not offer it.
+    On,
+    /// Never.
+    Off,
+}
+
+impl std::str::FromStr for IoUringChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<IoUringChoice, String> {
+        match text {
+            "auto" => Ok(IoUringChoice::Auto),
+            "on" => Ok(IoUringChoice::On),
+            "off" => Ok(IoUringChoice::Off),
+            other => Err(format!("expected auto, on or off, not {other:?}")),
         }
     }
 }
@@ -248,6 +279,8 @@ pub struct ServeConfig {
     pub poll_reservation: Option<Duration>,
     /// [`ServeOption::Threads`]: how many threads serve the kernel connection.
     pub threads: Option<usize>,
+    /// [`ServeOption::IoUring`].
+    pub io_uring: Option<IoUringChoice>,
     /// [`ServeOption::Fifo`]: a companion FIFO at this path, or none; `None` leaves it to the
     /// backend's default (on for root's machine-wide server).
     pub fifo: Option<FifoChoice>,
@@ -292,6 +325,7 @@ impl ServeConfig {
             user: None,
             poll_reservation: None,
             threads: None,
+            io_uring: None,
             fifo: None,
             trace: TraceConfig::default(),
             metrics: Vec::new(),
@@ -309,6 +343,7 @@ impl ServeConfig {
             (self.user.is_some(), ServeOption::User),
             (self.poll_reservation.is_some(), ServeOption::PollReservation),
             (self.threads.is_some(), ServeOption::Threads),
+            (self.io_uring.is_some(), ServeOption::IoUring),
             (self.limits.per_process_limit.is_some(), ServeOption::PerProcessLimit),
             (self.fifo.is_some(), ServeOption::Fifo),
             (self.limits.shares.needs_accounting(), ServeOption::Fairness),

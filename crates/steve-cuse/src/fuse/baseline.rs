@@ -43,7 +43,7 @@ pub fn serve(mountpoint: &Path, threading: Threading, ready: impl FnOnce()) -> R
     stops.thread_block().map_err(|errno| io_error("block the stop signals", errno.into()))?;
     let mountpoint = mount::Mountpoint::resolve(mountpoint)?;
     let directory = mount::prepare(&mountpoint)?;
-    let (mut mounted, channel) = mount::mount(&mountpoint, directory, false)?;
+    let (mut mounted, channel) = mount::mount(&mountpoint, directory, false, false)?;
     // The threads block in read, as libfuse's do.
     fcntl(&channel, FcntlArg::F_SETFL(OFlag::empty()))
         .map_err(|errno| io_error("make the channel blocking", errno.into()))?;

@@ -21,6 +21,8 @@ pub mod baseline;
 pub mod clone;
 pub mod filesystem;
 pub mod mount;
+#[allow(unsafe_code)]
+pub mod uring;
 
 use std::path::{Path, PathBuf};
 
@@ -30,11 +32,14 @@ use nix::unistd::{getegid, geteuid, AccessFlags};
 use steve_core::accounting::device::Device;
 use steve_core::makeflags::JobserverAuth;
 use steve_core::paths::control_beside;
-use steve_core::server::backend::{Availability, Place, Places, ServeConfig, ServeOption};
+use steve_core::server::backend::{
+    Availability, IoUringChoice, Place, Places, ServeConfig, ServeOption,
+};
 use steve_core::server::{Endpoint, Server};
 
 use crate::session::Session;
 use steve_fifo::companion::Companion;
+use tracing::info;
 
 /// The kernel's FUSE device.
 pub const FUSE_PATH: &str = "/dev/fuse";
@@ -85,6 +90,7 @@ pub const OPTIONS: &[ServeOption] = &[
     ServeOption::Mountpoint,
     ServeOption::PollReservation,
     ServeOption::Threads,
+    ServeOption::IoUring,
     ServeOption::PerProcessLimit,
     ServeOption::Fairness,
     ServeOption::Fifo,
@@ -128,7 +134,8 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     let directory = mount::prepare(&mountpoint)?;
     // Others get in only where the mode lets them; the kernel checks it (default_permissions).
     let allow_other = mode & 0o077 != 0;
-    let (mounted, channel) = mount::mount(&mountpoint, directory, allow_other)?;
+    let io_uring = io_uring_wanted(config)?;
+    let (mounted, channel) = mount::mount(&mountpoint, directory, allow_other, io_uring)?;
     let mountpoint = mountpoint.path();
     let file = mountpoint.join(FILE_NAME);
     let owner =
@@ -148,11 +155,47 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     let mut session = Session::for_mount(channel, device, endpoint, owner)?;
     session.unmount_on_drop(mounted);
     session.set_threads(config.threads.unwrap_or(1))?;
+    if io_uring {
+        match uring::Ring::register(session.first_channel()) {
+            Ok(ring) => session.serve_ring(ring),
+            Err(why) if config.io_uring == Some(IoUringChoice::On) => {
+                return Err(steve_core::server::Error::usage(format!("--io-uring on: {why}")))
+            }
+            Err(why) => info!("serving through /dev/fuse: {why}"),
+        }
+    }
     if let Some(fifo) = config.companion_path(|| mount::companion_beside(mountpoint)) {
         let companion = Companion::create(&fifo, mode, gid, geteuid().is_root())?;
         session.serve_companion(companion);
     }
     Ok(session)
+}
+
+/// Whether to offer the kernel io_uring (`--io-uring`, off by default): not with `--threads`
+/// above one (the ring is served by the loop's thread), and with `on` only where root has
+/// turned it on.
+fn io_uring_wanted(config: &ServeConfig) -> Result<bool, steve_core::server::Error> {
+    let threads = config.threads.unwrap_or(1);
+    match config.io_uring.unwrap_or(IoUringChoice::Off) {
+        IoUringChoice::Off => Ok(false),
+        IoUringChoice::Auto if threads > 1 => {
+            info!("serving through /dev/fuse: --threads serves it from several threads");
+            Ok(false)
+        }
+        IoUringChoice::Auto => match uring::enabled() {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                info!("serving through /dev/fuse: {why}");
+                Ok(false)
+            }
+        },
+        IoUringChoice::On if threads > 1 => Err(steve_core::server::Error::usage(
+            "--io-uring on serves the ring from the event loop's thread: drop --threads",
+        )),
+        IoUringChoice::On => uring::enabled()
+            .map(|()| true)
+            .map_err(|why| steve_core::server::Error::usage(format!("--io-uring on: {why}"))),
+    }
 }
 
 #[cfg(test)]

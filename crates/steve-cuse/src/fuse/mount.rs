@@ -221,8 +221,13 @@ pub fn prepare(mountpoint: &Mountpoint) -> Result<OwnedFd, Error> {
 }
 
 /// fuser's part: the INIT answer. Writes are capped at what the session's buffer holds (the
-/// kernel refuses to hand requests to a buffer smaller than the largest write).
-struct Handshake;
+/// kernel refuses to hand requests to a buffer smaller than the largest write). With
+/// `io_uring`, the answer also says the server takes requests through io_uring where the kernel
+/// offers it, with a readahead of one page, so that the kernel's largest payload (and each ring
+/// entry's buffer, [`super::uring::PAYLOAD_LEN`]) stays small.
+struct Handshake {
+    io_uring: bool,
+}
 
 impl fuser::Filesystem for Handshake {
     fn init(
@@ -233,6 +238,11 @@ impl fuser::Filesystem for Handshake {
         config
             .set_max_write(crate::session::MAX_IO)
             .map_err(|nearest| std::io::Error::other(format!("max_write {nearest}")))?;
+        if self.io_uring {
+            // A kernel that does not offer it refuses the ring's entries later, and says why.
+            let _ = config.add_capabilities(fuser::InitFlags::FUSE_OVER_IO_URING);
+            let _ = config.set_max_readahead(crate::session::MAX_IO);
+        }
         Ok(())
     }
 }
@@ -277,11 +287,13 @@ fn mount_config(allow_other: bool) -> fuser::Config {
 ///
 /// As root steve mounts itself, on `/proc/self/fd/N` of the directory it holds open: the very
 /// directory it checked, wherever that is by now. Anyone else mounts through `fusermount3`
-/// (by fuser), which guards its own lookups.
+/// (by fuser), which guards its own lookups. `io_uring`: offer to take requests through
+/// io_uring (see [`Handshake`]).
 pub fn mount(
     mountpoint: &Mountpoint,
     directory: OwnedFd,
     allow_other: bool,
+    io_uring: bool,
 ) -> Result<(Mounted, OwnedFd), Error> {
     let path = mountpoint.path().to_path_buf();
     let mount_error = |source: std::io::Error| Error::Mount {
@@ -300,12 +312,12 @@ pub fn mount(
             error
         };
         let acl = config.acl;
-        let session = fuser::Session::from_fd(Handshake, fuse, acl, config)
+        let session = fuser::Session::from_fd(Handshake { io_uring }, fuse, acl, config)
             .map_err(|error| undo(mount_error(error)))?;
         check_in_place(&path).map_err(undo)?;
         (session, Some(directory))
     } else {
-        (fuser::Session::new(Handshake, &path, &config).map_err(mount_error)?, None)
+        (fuser::Session::new(Handshake { io_uring }, &path, &config).map_err(mount_error)?, None)
     };
     let channel = session.as_fd().try_clone_to_owned().map_err(|source| Error::Io {
         action: "duplicate",

@@ -14,6 +14,10 @@
 //! CUSE connection cannot be cloned (the ioctl takes only /dev/fuse descriptors, and a new
 //! open of /dev/cuse is a new device), so its threads share its one channel.
 //!
+//! On a FUSE connection the kernel may instead hand requests to ring entries the session
+//! registered ([`crate::fuse::uring`], `--io-uring`): each is answered through the entry it
+//! came in, and a read that waits remembers its entry. INTERRUPT still comes on the channel.
+//!
 //! A session may also feed a companion FIFO (steve-fifo's [`Companion`]) from the same device:
 //! to the device the FIFO is one more process, [`COMPANION_PID`], that takes tokens one at a time
 //! as its readers take its few spares (queueing as a poller when its pipe is empty and none is
@@ -45,6 +49,7 @@ use tracing::{debug, info, warn};
 use crate::error::Error;
 use crate::fuse::filesystem::OneFile;
 use crate::fuse::mount::Mounted;
+use crate::fuse::uring::{Completion, Ring};
 use crate::ll::{self, Request};
 
 /// The byte handed out as a token.
@@ -60,6 +65,8 @@ const COMPANION: SourceId = SourceId(0);
 const FIRST_CHANNEL: u32 = 1;
 /// The most channels (serving threads) a connection is given.
 pub const MAX_THREADS: usize = 64;
+/// The io_uring's descriptor, to the event loop (after every channel's).
+const RING: SourceId = SourceId(FIRST_CHANNEL + MAX_THREADS as u32);
 /// The companion FIFO as the device sees it: a process id no process has (pid_max is at most
 /// 2^22).
 pub const COMPANION_PID: Pid = u32::MAX;
@@ -128,7 +135,7 @@ pub fn resume(
         .unwrap_or_default()
         .into_iter()
         .filter(|(_, channel, _)| *channel < session.channels.len())
-        .map(|(unique, channel, pid)| (unique, (channel, pid)))
+        .map(|(unique, channel, pid)| (unique, (Route::Channel(channel), pid)))
         .collect();
     session.set_threads(config.threads.unwrap_or(1)).map_err(steve_core::server::Error::from)?;
     session.next_fh = field("next_fh").as_u64().unwrap_or(1);
@@ -153,13 +160,20 @@ pub fn resume(
 /// A CUSE or FUSE connection serving the device semantics.
 #[derive(Debug)]
 pub struct Session {
-    // Dropped first: closing the connection fails the reads still waiting, before a mount is
+    /// The FUSE connection's io_uring, when the kernel hands requests to it. Dropped first,
+    /// before the connection it serves: its buffers go with it.
+    ring: Option<Ring>,
+    /// Answers through the ring wait for one submission at the end of a batch.
+    ring_batch: bool,
+    /// A ring entry's request, put together as a channel would have given it.
+    ring_message: Vec<u8>,
+    // Dropped next: closing the connection fails the reads still waiting, before a mount is
     // unmounted below. The first channel and its clones.
     channels: Vec<OwnedFd>,
     /// How many threads serve the channels (1: the loop's thread serves them all).
     threads: usize,
-    /// The channel each waiting read came on (and its caller), where it is not the first.
-    waiting_on: HashMap<u64, (usize, Pid)>,
+    /// Where each waiting read came from (and its caller), unless the first channel.
+    waiting_on: HashMap<u64, (Route, Pid)>,
     device: Device,
     endpoint: Endpoint,
     /// A FUSE mount's contents; `None` for a CUSE device.
@@ -235,6 +249,9 @@ impl Session {
         fcntl(&channel, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
             .map_err(|errno| Error::io("configure", "the channel", errno))?;
         Ok(Session {
+            ring: None,
+            ring_batch: false,
+            ring_message: Vec::new(),
             channels: vec![channel],
             threads: 1,
             waiting_on: HashMap::new(),
@@ -268,6 +285,17 @@ impl Session {
         }
         self.threads = threads;
         Ok(())
+    }
+
+    /// The connection's first channel (a ring registers its entries on it).
+    pub fn first_channel(&self) -> BorrowedFd<'_> {
+        self.channels[0].as_fd()
+    }
+
+    /// Takes requests through `ring` too, whose entries are registered on this connection.
+    pub fn serve_ring(&mut self, ring: Ring) {
+        info!("serving FUSE requests through io_uring ({} ring entries)", ring.entries());
+        self.ring = Some(ring);
     }
 
     /// Serves another channel of the same connection (a clone; a test's fake kernel gives
@@ -375,7 +403,7 @@ impl Session {
             };
             // Lent out while it is handled: no copy per request.
             let buffer = std::mem::take(&mut self.buffer);
-            let flow = self.handle(&buffer[..len], channel, cx);
+            let flow = self.handle(&buffer[..len], Route::Channel(channel), cx);
             self.buffer = buffer;
             self.send_events(cx);
             if flow != Flow::Continue {
@@ -384,14 +412,59 @@ impl Session {
         }
     }
 
-    /// Handles one request, read from channel `channel`.
-    fn handle(&mut self, message: &[u8], channel: usize, cx: &mut Context<'_>) -> Flow {
+    /// Handles the requests the ring's entries completed with, then submits the answers (and
+    /// any new entries) at once.
+    fn read_ring(&mut self, cx: &mut Context<'_>) -> Flow {
+        let Some(ring) = self.ring.as_mut() else { return Flow::Continue };
+        let completions = ring.completions();
+        self.ring_batch = true;
+        let mut flow = Flow::Continue;
+        for completion in completions {
+            let n = match completion {
+                Completion::Request(n) => n,
+                Completion::Failed(n, errno) => {
+                    debug!(entry = n, "the kernel gave a ring entry up: {errno}");
+                    continue;
+                }
+            };
+            // Lent out while it is handled, as a channel's buffer is.
+            let mut message = std::mem::take(&mut self.ring_message);
+            let ring = self.ring.as_ref().expect("the ring serves");
+            match ring.request(n, &mut message) {
+                Ok(()) => flow = self.handle(&message, Route::Ring(n), cx),
+                Err((why, unique)) => {
+                    warn!("{why}");
+                    self.send(Route::Ring(n), &ll::reply_error(unique, nix::libc::EIO));
+                }
+            }
+            self.ring_message = message;
+            self.send_events(cx);
+            if flow != Flow::Continue {
+                break;
+            }
+        }
+        self.ring_batch = false;
+        self.flush_ring();
+        flow
+    }
+
+    /// Submits the answers queued for the ring.
+    fn flush_ring(&mut self) {
+        if let Some(ring) = self.ring.as_mut() {
+            if let Err(why) = ring.flush() {
+                warn!("{why}");
+            }
+        }
+    }
+
+    /// Handles one request, which came from `route`.
+    fn handle(&mut self, message: &[u8], route: Route, cx: &mut Context<'_>) -> Flow {
         let (header, request) = match ll::parse(message) {
             Ok(parsed) => parsed,
             Err(error) => {
                 warn!("{error}");
                 if let Some(unique) = error.unique {
-                    self.send(channel, &ll::reply_error(unique, nix::libc::EIO));
+                    self.send(route, &ll::reply_error(unique, nix::libc::EIO));
                 }
                 return Flow::Continue;
             }
@@ -409,7 +482,7 @@ impl Session {
                 Ok(pid) => pid,
                 // The caller is already gone: nobody waits for an answer but the kernel.
                 Err(()) => {
-                    self.send(channel, &ll::reply_error(unique, nix::libc::EINTR));
+                    self.send(route, &ll::reply_error(unique, nix::libc::EINTR));
                     return Flow::Continue;
                 }
             }
@@ -439,9 +512,9 @@ impl Session {
                     }
                     ReadOutcome::WouldBlock => Some(ll::reply_error(unique, nix::libc::EAGAIN)),
                     ReadOutcome::Pending => {
-                        debug!(pid, unique, channel, "read waits");
-                        if channel != 0 {
-                            self.waiting_on.insert(unique, (channel, pid));
+                        debug!(pid, unique, ?route, "read waits");
+                        if route != Route::Channel(0) {
+                            self.waiting_on.insert(unique, (route, pid));
                         }
                         None
                     }
@@ -462,7 +535,7 @@ impl Session {
             Request::Interrupt { target } => {
                 if self.device.interrupt(RequestId(target), cx.now()) {
                     debug!(target, "waiting read interrupted");
-                    let on = self.channel_of(target);
+                    let on = self.route_of(target);
                     self.send(on, &ll::reply_error(target, nix::libc::EINTR));
                 }
                 // An interrupt is never answered itself.
@@ -477,7 +550,7 @@ impl Session {
             Request::Release { .. } => Some(ll::reply_empty(unique)),
             Request::Ioctl { .. } => Some(ll::reply_error(unique, nix::libc::ENOTTY)),
             Request::Destroy => {
-                self.send(channel, &ll::reply_empty(unique));
+                self.send(route, &ll::reply_empty(unique));
                 return Flow::Ended("the kernel ended the connection (DESTROY)".into());
             }
             Request::CuseInit { .. } => Some(ll::reply_error(unique, nix::libc::EPROTO)),
@@ -507,17 +580,17 @@ impl Session {
         };
         if let Some(reply) = reply {
             self.book_holdings(cx);
-            self.send(channel, &reply);
+            self.send(route, &reply);
         }
         Flow::Continue
     }
 
-    /// The channel the waiting read `unique` came on, forgotten as it is answered now.
-    fn channel_of(&mut self, unique: u64) -> usize {
+    /// Where the waiting read `unique` came from, forgotten as it is answered now.
+    fn route_of(&mut self, unique: u64) -> Route {
         if self.waiting_on.is_empty() {
-            return 0;
+            return Route::Channel(0);
         }
-        self.waiting_on.remove(&unique).map_or(0, |(channel, _)| channel)
+        self.waiting_on.remove(&unique).map_or(Route::Channel(0), |(route, _)| route)
     }
 
     /// The process behind the calling thread, watched from now on.
@@ -561,6 +634,9 @@ impl Session {
     /// Reclaims what an exited process held, and forgets it.
     fn reap(&mut self, pid: Pid, cx: &mut Context<'_>) {
         let departed = self.device.process_exited(pid, cx.now());
+        // Its waiting reads are answered (EINTR) where they came from, a ring entry's to free
+        // the entry, before what is left of them is forgotten.
+        self.send_events(cx);
         if !self.waiting_on.is_empty() {
             self.waiting_on.retain(|_, (_, waiter)| *waiter != pid);
         }
@@ -597,19 +673,19 @@ impl Session {
                 }
                 Event::Answer { request, pid } => {
                     debug!(pid, request = request.0, "waiting read answered");
-                    (self.channel_of(request.0), ll::reply_data(request.0, TOKEN))
+                    (self.route_of(request.0), ll::reply_data(request.0, TOKEN))
                 }
                 Event::Interrupted { request } => {
-                    (self.channel_of(request.0), ll::reply_error(request.0, nix::libc::EINTR))
+                    (self.route_of(request.0), ll::reply_error(request.0, nix::libc::EINTR))
                 }
-                // A notification answers no request: any channel takes it.
+                // A notification answers no request: any channel takes it (never the ring).
                 Event::Wake { handle, pid } => {
                     debug!(pid, "token reserved for a poller; waking it");
-                    (0, ll::notify_poll(handle.0))
+                    (Route::Channel(0), ll::notify_poll(handle.0))
                 }
             };
-            let (channel, message) = message;
-            self.send(channel, &message);
+            let (route, message) = message;
+            self.send(route, &message);
         }
         if std::mem::take(&mut self.companion_woken) {
             self.companion_reserved(cx);
@@ -631,8 +707,22 @@ impl Session {
         self.send_events(cx);
     }
 
-    /// Writes `message` on channel `channel`: an answer on the one its request came on.
-    fn send(&self, channel: usize, message: &[u8]) {
+    /// Sends `message` where its request came from: written on its channel, or put in its
+    /// ring entry (submitted at once, or with the rest at the end of a batch).
+    fn send(&mut self, route: Route, message: &[u8]) {
+        let channel = match route {
+            Route::Channel(channel) => channel,
+            Route::Ring(n) => {
+                let Some(ring) = self.ring.as_mut() else { return };
+                if let Err(why) = ring.answer(n, message) {
+                    warn!("could not answer the kernel: {why}");
+                }
+                if !self.ring_batch {
+                    self.flush_ring();
+                }
+                return;
+            }
+        };
         match nix::unistd::write(&self.channels[channel], message) {
             Ok(_) => {}
             // The request is gone (its caller was interrupted and gave up): nothing to answer.
@@ -712,7 +802,8 @@ impl Server for Session {
         let companion = self.companion.as_ref().map(|companion| (COMPANION, companion.watch()));
         let channels = self.channels.iter().enumerate().filter(|_| self.threads == 1);
         let channels = channels.map(|(n, channel)| (channel_source(n), channel.as_fd()));
-        channels.chain(companion).collect()
+        let ring = self.ring.as_ref().map(|ring| (RING, ring.as_fd()));
+        channels.chain(ring).chain(companion).collect()
     }
 
     fn threaded_sources(&self) -> Result<Vec<(SourceId, OwnedFd)>, steve_core::server::Error> {
@@ -739,6 +830,9 @@ impl Server for Session {
         if source == COMPANION {
             self.settle_companion(cx);
             return Ok(Flow::Continue);
+        }
+        if source == RING {
+            return Ok(self.read_ring(cx));
         }
         let channel = (source.0 - FIRST_CHANNEL) as usize;
         if channel >= self.channels.len() {
@@ -792,6 +886,12 @@ impl Server for Session {
     }
 
     fn export(&self) -> Result<Export<'_>, String> {
+        if self.ring.is_some() {
+            // Its entries point into this process's memory, which a successor does not have.
+            return Err("this server takes requests through io_uring, whose ring entries a \
+                        successor cannot take over: restart it without a handover"
+                .to_string());
+        }
         let (companion, companion_fds) = match &self.companion {
             Some(companion) => {
                 let (state, fds) = companion.export();
@@ -807,7 +907,10 @@ impl Server for Session {
             "filesystem": &self.filesystem,
             "next_fh": self.next_fh,
             "unknown_opcodes": unknown,
-            "waiting_on": self.waiting_on.iter().map(|(unique, (channel, pid))| (unique, channel, pid)).collect::<Vec<_>>(),
+            "waiting_on": self.waiting_on.iter().filter_map(|(unique, (route, pid))| match route {
+                Route::Channel(channel) => Some((unique, channel, pid)),
+                Route::Ring(_) => None,
+            }).collect::<Vec<_>>(),
             "endpoint": {
                 "path": &endpoint.path,
                 "default_control": &endpoint.default_control,
@@ -903,6 +1006,15 @@ impl Server for Session {
             },
         }
     }
+}
+
+/// Where a request came from, and so where its answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Channel `n`: the connection, or a clone of it.
+    Channel(usize),
+    /// Ring entry `n`.
+    Ring(u32),
 }
 
 /// The event loop's source for channel `n`.

@@ -31,6 +31,7 @@ mod metrics;
 mod storms;
 mod threads;
 mod traces;
+mod uring;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
@@ -211,6 +212,11 @@ const SCENARIOS: &[Scenario] = &[
         handover::killed_right_after_an_answer,
     ),
     scenario("served_from_threads", Needs::PerProcess, threads::served_from_threads),
+    scenario(
+        "served_through_io_uring_setting_enable_uring",
+        Needs::Mount,
+        uring::served_through_io_uring_setting_enable_uring,
+    ),
     scenario("kill_storm", Needs::HostJobserver, storms::kill_storm),
     scenario("soak", Needs::HostJobserver, storms::soak),
 ];
@@ -676,6 +682,9 @@ fn serve_command(jobs: u32, extra: &[&str]) -> Command {
             command.args(["--threads", &threads.to_string()]);
         }
     }
+    if IO_URING.load(std::sync::atomic::Ordering::Relaxed) {
+        command.args(["--io-uring", "on"]);
+    }
     command.args(place_args()).args(extra);
     command
 }
@@ -683,6 +692,10 @@ fn serve_command(jobs: u32, extra: &[&str]) -> Command {
 /// `--threads` for the servers [`serve_command`] starts; 0 leaves the default
 /// ([`threads::served_from_threads`] sets it while it runs).
 static THREADS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// `--io-uring on` for the servers [`serve_command`] starts
+/// ([`uring::served_through_io_uring_setting_enable_uring`] sets it while it runs).
+static IO_URING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Where the server goes: `--mountpoint DIR` for fuse, `--path PATH` for fifo, nothing for cuse.
 fn place_args() -> Vec<std::ffi::OsString> {
