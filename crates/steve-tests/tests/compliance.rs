@@ -60,7 +60,8 @@ fn run_backend(backend: &'static str, scenarios: &[String]) -> Run {
                 ("STEVE_TEST_CAPI_PROBE", capi::probe(Link::Static).into_os_string()),
                 ("STEVE_TEST_PYTHON", clients::python_with_prometheus_client().into_os_string()),
             ];
-            let run = vm::run(&command, &env, Duration::from_secs(20 * 60));
+            // About 15 minutes on an idle CI machine; a loaded one took over 20 (2026-12-03).
+            let run = vm::run(&command, &env, Duration::from_secs(35 * 60));
             Run { output: run.output.clone(), describe: format!("in the VM\n{}", run.describe()) }
         }
         _ => {

@@ -1024,14 +1024,20 @@ fn set_jobs_moves_the_peak() -> Result<(), String> {
         .map(|n| Make::start(&daemon, 4, dir.path(), &format!("m{n}"), 24, 1.0, &log))
         .collect();
     wait_for("the makes to start", Duration::from_secs(30), || (started(&log) >= 4).then_some(()));
-    ensure(daemon.ctl(&["set", "jobs=1"]).status.success(), || "set jobs=1 failed".into())?;
+    let set = daemon.ctl(&["set", "jobs=1"]);
+    ensure(set.status.success(), || {
+        format!("set jobs=1 failed: {}", String::from_utf8_lossy(&set.stderr).trim_end())
+    })?;
     wait_for("the pool to shrink to 1", Duration::from_secs(30), || {
         (daemon.status()["pool"]["size"] == 1).then_some(())
     });
     let shrunk = timeline::now_nanos();
     std::thread::sleep(Duration::from_millis(3000));
     let grow = timeline::now_nanos();
-    ensure(daemon.ctl(&["set", "jobs=4"]).status.success(), || "set jobs=4 failed".into())?;
+    let set = daemon.ctl(&["set", "jobs=4"]);
+    ensure(set.status.success(), || {
+        format!("set jobs=4 failed: {}", String::from_utf8_lossy(&set.stderr).trim_end())
+    })?;
     for make in makes {
         ensure(make.finish(), || "a make failed".into())?;
     }
