@@ -134,8 +134,19 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     let directory = mount::prepare(&mountpoint)?;
     // Others get in only where the mode lets them; the kernel checks it (default_permissions).
     let allow_other = mode & 0o077 != 0;
-    let io_uring = io_uring_wanted(config)?;
-    let (mounted, channel) = mount::mount(&mountpoint, directory, allow_other, io_uring)?;
+    let on = config.io_uring == Some(IoUringChoice::On);
+    let ring = match io_uring_wanted(config)?.then(uring::Ring::new) {
+        None => None,
+        Some(Ok(ring)) => Some(ring),
+        Some(Err(why)) if on => {
+            return Err(steve_core::server::Error::usage(format!("--io-uring on: {why}")))
+        }
+        Some(Err(why)) => {
+            info!("serving through /dev/fuse: {why}");
+            None
+        }
+    };
+    let (mounted, channel) = mount::mount(&mountpoint, directory, allow_other, ring.is_some())?;
     let mountpoint = mountpoint.path();
     let file = mountpoint.join(FILE_NAME);
     let owner =
@@ -155,10 +166,10 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     let mut session = Session::for_mount(channel, device, endpoint, owner)?;
     session.unmount_on_drop(mounted);
     session.set_threads(config.threads.unwrap_or(1))?;
-    if io_uring {
-        match uring::Ring::register(session.first_channel()) {
-            Ok(ring) => session.serve_ring(ring),
-            Err(why) if config.io_uring == Some(IoUringChoice::On) => {
+    if let Some(mut ring) = ring {
+        match ring.register(session.first_channel()) {
+            Ok(()) => session.serve_ring(ring),
+            Err(why) if on => {
                 return Err(steve_core::server::Error::usage(format!("--io-uring on: {why}")))
             }
             Err(why) => info!("serving through /dev/fuse: {why}"),

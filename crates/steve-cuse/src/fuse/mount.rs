@@ -59,7 +59,8 @@ pub const FS_NAME: &str = "steve";
 pub enum Existing {
     /// Nothing: the directory is free to mount on.
     Nothing,
-    /// A steve mount; stale when its server is gone (the kernel answers ENOTCONN).
+    /// A steve mount; stale when its server is gone (the kernel answers ENOTCONN, or
+    /// ECONNABORTED as the connection ends).
     Steve {
         /// Whether its server is gone.
         stale: bool,
@@ -77,9 +78,13 @@ pub fn existing(mountpoint: &Path) -> Existing {
             if source == FS_NAME && (fstype == "fuse" || fstype.starts_with("fuse.")) =>
         {
             // statfs always asks the server (stat may be answered from cached attributes); a
-            // dead connection fails it with ENOTCONN.
-            let stale =
-                matches!(nix::sys::statfs::statfs(mountpoint), Err(nix::errno::Errno::ENOTCONN));
+            // dead connection fails it with ENOTCONN, and one that dies while it waits with
+            // ECONNABORTED (a server on io_uring killed by SIGKILL: the kernel ends its
+            // connection only once its ring is torn down, a moment after the process).
+            let stale = matches!(
+                nix::sys::statfs::statfs(mountpoint),
+                Err(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED)
+            );
             Existing::Steve { stale }
         }
         Some(MountEntry { fstype, .. }) => Existing::Other(fstype),

@@ -131,6 +131,8 @@ pub struct Ring {
     spare: Vec<usize>,
     /// Answers queued and not submitted yet.
     queued: usize,
+    /// Completions seen while registering, for the next [`Ring::completions`].
+    held: Vec<Completion>,
     /// Said once: the ring reached [`MAX_ENTRIES`].
     full_said: bool,
 }
@@ -155,30 +157,40 @@ pub enum Completion {
 }
 
 impl Ring {
-    /// Registers [`SPARE_PER_QUEUE`] entries on each of the kernel's queues for the FUSE
-    /// connection `channel`, whose INIT is answered. Fails, with nothing left registered, where
-    /// the kernel does not serve this connection through io_uring.
-    pub fn register(channel: BorrowedFd<'_>) -> Result<Ring, String> {
+    /// A ring with no entries yet, made before the mount: once INIT has said the server takes
+    /// requests through io_uring, the kernel holds every request until the ring's entries are
+    /// registered (or one is refused), so a ring that cannot even be made (io_uring turned off
+    /// by `kernel.io_uring_disabled`, say) must be known before INIT is answered.
+    pub fn new() -> Result<Ring, String> {
         enabled()?;
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_cqsize(COMPLETION_SLOTS)
             .build(SUBMISSION_SLOTS)
             .map_err(|error| format!("cannot set up an io_uring: {error}"))?;
-        let queues = queue_count();
-        let mut ring = Ring {
+        Ok(Ring {
             ring: Some(ring),
-            channel: channel.as_raw_fd(),
+            channel: -1,
             entries: Vec::new(),
             regions: Vec::new(),
-            spare: vec![0; queues],
+            spare: vec![0; queue_count()],
             queued: 0,
+            held: Vec::new(),
             full_said: false,
-        };
-        ring.top_up()?;
-        ring.submit().map_err(|error| format!("cannot register ring entries: {error}"))?;
-        // A refused REGISTER completes at once; an accepted one when a request comes.
+        })
+    }
+
+    /// Registers [`SPARE_PER_QUEUE`] entries on each of the kernel's queues for the FUSE
+    /// connection `channel`, whose INIT is answered. Fails where the kernel refuses them; it
+    /// then serves the connection through `channel` alone.
+    pub fn register(&mut self, channel: BorrowedFd<'_>) -> Result<(), String> {
+        self.channel = channel.as_raw_fd();
+        self.top_up()?;
+        self.submit().map_err(|error| format!("cannot register ring entries: {error}"))?;
+        // A refused REGISTER completes at once; an accepted one when a request comes, which
+        // is kept for the session.
+        self.held = self.completions();
         if let Some(Completion::Failed(_, errno)) =
-            ring.completions().into_iter().find(|done| matches!(done, Completion::Failed(..)))
+            self.held.iter().find(|done| matches!(done, Completion::Failed(..)))
         {
             return Err(match errno {
                 Errno::EOPNOTSUPP => {
@@ -188,8 +200,15 @@ impl Ring {
                 errno => format!("the kernel refused ring entries: {errno}"),
             });
         }
-        debug!(queues, entries = ring.entries.len(), "serving over FUSE io_uring");
-        Ok(ring)
+        // A request taken already waits in `held`: a no-op's completion makes the ring's
+        // descriptor readable, so that the loop comes for it (its user data names no entry).
+        if self.held.iter().any(|done| matches!(done, Completion::Request(_))) {
+            let nop = squeue::Entry128::from(opcode::Nop::new().build().user_data(u64::MAX));
+            self.push(nop).map_err(|error| format!("cannot queue a no-op: {error}"))?;
+            self.submit().map_err(|error| format!("cannot submit a no-op: {error}"))?;
+        }
+        debug!(queues = self.spare.len(), entries = self.entries.len(), "FUSE io_uring ready");
+        Ok(())
     }
 
     /// The ring's descriptor: readable when entries completed.
@@ -209,7 +228,7 @@ impl Ring {
         let ring = self.ring.as_mut().expect("the ring lives until dropped");
         let done: Vec<(u64, i32)> =
             ring.completion().map(|cqe| (cqe.user_data(), cqe.result())).collect();
-        let mut completions = Vec::with_capacity(done.len());
+        let mut completions = std::mem::take(&mut self.held);
         for (user_data, result) in done {
             let Some(entry) = self.entries.get_mut(user_data as usize) else { continue };
             if entry.in_kernel {
