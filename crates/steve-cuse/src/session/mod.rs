@@ -512,7 +512,10 @@ impl Session {
                     }
                     ReadOutcome::WouldBlock => Some(ll::reply_error(unique, nix::libc::EAGAIN)),
                     ReadOutcome::Pending => {
-                        debug!(pid, unique, ?route, "read waits");
+                        match route {
+                            Route::Channel(channel) => debug!(pid, unique, channel, "read waits"),
+                            Route::Ring(entry) => debug!(pid, unique, entry, "read waits"),
+                        }
                         if route != Route::Channel(0) {
                             self.waiting_on.insert(unique, (route, pid));
                         }
