@@ -134,17 +134,21 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     let directory = mount::prepare(&mountpoint)?;
     // Others get in only where the mode lets them; the kernel checks it (default_permissions).
     let allow_other = mode & 0o077 != 0;
+    // Where the ring cannot serve, `--io-uring on` refuses to start and `auto` serves
+    // /dev/fuse, saying why.
     let on = config.io_uring == Some(IoUringChoice::On);
+    let without_ring = |why: String| {
+        if on {
+            return Err(steve_core::server::Error::usage(format!("--io-uring on: {why}")));
+        }
+        info!("serving through /dev/fuse: {why}");
+        Ok(())
+    };
+    // Made before the mount (see `Ring::new`), which also checks that root turned it on.
     let ring = match io_uring_wanted(config)?.then(uring::Ring::new) {
-        None => None,
         Some(Ok(ring)) => Some(ring),
-        Some(Err(why)) if on => {
-            return Err(steve_core::server::Error::usage(format!("--io-uring on: {why}")))
-        }
-        Some(Err(why)) => {
-            info!("serving through /dev/fuse: {why}");
-            None
-        }
+        Some(Err(why)) => without_ring(why).map(|()| None)?,
+        None => None,
     };
     let (mounted, channel) = mount::mount(&mountpoint, directory, allow_other, ring.is_some())?;
     let mountpoint = mountpoint.path();
@@ -169,10 +173,7 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     if let Some(mut ring) = ring {
         match ring.register(session.first_channel()) {
             Ok(()) => session.serve_ring(ring),
-            Err(why) if on => {
-                return Err(steve_core::server::Error::usage(format!("--io-uring on: {why}")))
-            }
-            Err(why) => info!("serving through /dev/fuse: {why}"),
+            Err(why) => without_ring(why)?,
         }
     }
     if let Some(fifo) = config.companion_path(|| mount::companion_beside(mountpoint)) {
@@ -182,9 +183,8 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     Ok(session)
 }
 
-/// Whether to offer the kernel io_uring (`--io-uring`, off by default): not with `--threads`
-/// above one (the ring is served by the loop's thread), and with `on` only where root has
-/// turned it on.
+/// Whether to try io_uring (`--io-uring`, off by default): not with `--threads` above one
+/// (the ring is served by the loop's thread). Whether the kernel offers it, `Ring::new` finds.
 fn io_uring_wanted(config: &ServeConfig) -> Result<bool, steve_core::server::Error> {
     let threads = config.threads.unwrap_or(1);
     match config.io_uring.unwrap_or(IoUringChoice::Off) {
@@ -193,19 +193,10 @@ fn io_uring_wanted(config: &ServeConfig) -> Result<bool, steve_core::server::Err
             info!("serving through /dev/fuse: --threads serves it from several threads");
             Ok(false)
         }
-        IoUringChoice::Auto => match uring::enabled() {
-            Ok(()) => Ok(true),
-            Err(why) => {
-                info!("serving through /dev/fuse: {why}");
-                Ok(false)
-            }
-        },
         IoUringChoice::On if threads > 1 => Err(steve_core::server::Error::usage(
             "--io-uring on serves the ring from the event loop's thread: drop --threads",
         )),
-        IoUringChoice::On => uring::enabled()
-            .map(|()| true)
-            .map_err(|why| steve_core::server::Error::usage(format!("--io-uring on: {why}"))),
+        IoUringChoice::Auto | IoUringChoice::On => Ok(true),
     }
 }
 

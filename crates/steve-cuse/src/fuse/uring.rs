@@ -85,24 +85,7 @@ pub fn enabled() -> Result<(), String> {
 /// The kernel's queues: one per possible CPU (`/sys/devices/system/cpu/possible`, say `0-3`).
 pub fn queue_count() -> usize {
     let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
-    count_cpus(&possible).unwrap_or(1).max(1)
-}
-
-/// The CPUs in a CPU list such as `0-3,8-11` or `0`.
-fn count_cpus(list: &str) -> Option<usize> {
-    let mut count = 0;
-    for range in list.trim().split(',').filter(|range| !range.is_empty()) {
-        count += match range.split_once('-') {
-            Some((first, last)) => {
-                last.parse::<usize>().ok()?.checked_sub(first.parse::<usize>().ok()?)? + 1
-            }
-            None => {
-                range.parse::<usize>().ok()?;
-                1
-            }
-        };
-    }
-    (count > 0).then_some(count)
+    steve_core::cgroup::parse_cpu_list(&possible).unwrap_or(1).max(1)
 }
 
 /// One registered entry.
@@ -444,16 +427,6 @@ fn set_len(sqe: &mut squeue::Entry128, len: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists_are_counted() {
-        assert_eq!(count_cpus("0-1\n"), Some(2));
-        assert_eq!(count_cpus("0"), Some(1));
-        assert_eq!(count_cpus("0-3,8-11"), Some(8));
-        assert_eq!(count_cpus(""), None);
-        assert_eq!(count_cpus("3-1"), None);
-        assert_eq!(count_cpus("x"), None);
-    }
 
     #[test]
     fn a_command_holds_the_commit_id_and_queue() {

@@ -689,6 +689,19 @@ fn serve_command(jobs: u32, extra: &[&str]) -> Command {
     command
 }
 
+/// A scenario of the suite.
+type Run = fn() -> Result<(), String>;
+
+/// Runs `scenarios` again against servers started `with` some option (set by the caller while
+/// they run), printing `figure FIGURE NAME ok` for each that passes.
+fn rerun(scenarios: &[(&str, Run)], with: &str, figure: &str) -> Result<(), String> {
+    for (name, run) in scenarios {
+        run().map_err(|why| format!("{name} with {with}: {why}"))?;
+        println!("figure {figure} {name} ok");
+    }
+    Ok(())
+}
+
 /// `--threads` for the servers [`serve_command`] starts; 0 leaves the default
 /// ([`threads::served_from_threads`] sets it while it runs).
 static THREADS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

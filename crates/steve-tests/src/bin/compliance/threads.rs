@@ -14,10 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::{ensure, handover, serve_command, Client, Daemon, THREADS};
-
-/// A scenario of the suite.
-type Run = fn() -> Result<(), String>;
+use super::{ensure, handover, rerun, serve_command, Client, Daemon, Run, THREADS};
 
 /// Serving threads in these runs.
 const SERVING: u32 = 2;
@@ -52,11 +49,7 @@ pub fn served_from_threads() -> Result<(), String> {
         ("killed_right_after_an_answer", handover::killed_right_after_an_answer),
         ("handover_during_make", handover::handover_during_make),
     ];
-    for (name, run) in scenarios {
-        run().map_err(|why| format!("{name} with --threads {SERVING}: {why}"))?;
-        println!("figure served_from_threads {name} ok");
-    }
-    Ok(())
+    rerun(&scenarios, &format!("--threads {SERVING}"), "served_from_threads")
 }
 
 /// A server started with `--threads 2` runs a serving thread per channel beside its loop's

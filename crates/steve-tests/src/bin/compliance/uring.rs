@@ -14,13 +14,10 @@ use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{ensure, handover, serve_command, Daemon, IO_URING};
+use super::{ensure, handover, rerun, serve_command, Daemon, Run, IO_URING};
 
 /// The fuse module's switch.
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
-
-/// A scenario of the suite.
-type Run = fn() -> Result<(), String>;
 
 /// Puts `enable_uring` back as it was when dropped.
 struct Restore(String);
@@ -75,11 +72,7 @@ pub fn served_through_io_uring_setting_enable_uring() -> Result<(), String> {
         ("signal_interrupts_waiting_read", super::signal_interrupts_waiting_read),
         ("killed_right_after_an_answer", handover::killed_right_after_an_answer),
     ];
-    for (name, run) in scenarios {
-        run().map_err(|why| format!("{name} with --io-uring on: {why}"))?;
-        println!("figure served_through_io_uring {name} ok");
-    }
-    Ok(())
+    rerun(&scenarios, "--io-uring on", "served_through_io_uring")
 }
 
 /// `--io-uring on` with the parameter off: the server exits with one line naming the switch.
