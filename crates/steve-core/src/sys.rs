@@ -30,6 +30,18 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Makes `signal` interrupt a blocking system call of a thread that does not block it (the call
+/// fails with `EINTR`, no restart) and do nothing else: how a serving thread asleep in a read
+/// is woken ([`crate::server`]'s threads).
+pub fn interrupt_on(signal: nix::sys::signal::Signal) -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    extern "C" fn nothing(_: nix::libc::c_int) {}
+    let action = SigAction::new(SigHandler::Handler(nothing), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler does nothing, so it is async-signal-safe and touches no state; it
+    // replaces only `signal`'s disposition, which nothing else in the process uses.
+    unsafe { sigaction(signal, &action) }.map(drop).map_err(io::Error::from)
+}
+
 /// Makes `fds` (close-on-exec in this process) stay open across the exec of `command`, under the
 /// same numbers, without touching them in this process, where other threads may be spawning.
 pub fn inherit_fds(command: &mut Command, fds: Vec<RawFd>) {

@@ -511,8 +511,10 @@ impl Server for NamedPipeServer {
         self.trace(start);
     }
 
-    fn take_trace(&mut self) -> Vec<(Instant, Record)> {
-        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    fn drain_trace(&mut self, into: &mut Vec<(Instant, Record)>) {
+        if let Some(trace) = self.trace.as_mut() {
+            into.append(trace);
+        }
     }
 
     fn export(&self) -> Result<Export<'_>, String> {

@@ -37,7 +37,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -218,10 +218,10 @@ enum Waiting {
 pub struct Device {
     ledger: Ledger<Pid>,
     reservation: Duration,
-    processes: HashMap<Pid, Process>,
+    processes: FxHashMap<Pid, Process>,
     #[serde(with = "waiting_serde")]
     waiting: Queue,
-    reads: HashMap<RequestId, WaiterId>,
+    reads: FxHashMap<RequestId, WaiterId>,
     #[serde(skip)]
     events: Vec<Event>,
     counters: Counters,
@@ -229,17 +229,19 @@ pub struct Device {
     #[serde(skip)]
     trace: Option<Vec<(Instant, Record)>>,
     /// The processes whose count of held tokens may have changed since the server last asked
-    /// ([`Device::take_holding_changes`]): the crash books record them.
+    /// ([`Device::take_holding_changes`]): the crash books record them. A list, repeats and
+    /// all, taken after nearly every request: a set would cost a walk of all its room, which
+    /// stays as large as the busiest moment's.
     #[serde(skip)]
-    changed: HashSet<Pid>,
+    changed: Vec<Pid>,
     /// The processes a token is reserved for (no more than the pool): the deadlines are
     /// looked for here, not in every process's books.
     #[serde(skip)]
-    reserved: HashSet<Pid>,
+    reserved: FxHashSet<Pid>,
 }
 
 /// The requests waiting, by their place in the ledger's queue: who, how, and since when.
-type Queue = HashMap<WaiterId, (Pid, Waiting, Instant)>;
+type Queue = FxHashMap<WaiterId, (Pid, Waiting, Instant)>;
 
 /// The queue's entries as a list, their times as the handover writes instants.
 mod waiting_serde {
@@ -289,14 +291,14 @@ impl Device {
         Device {
             ledger: Ledger::over(pool),
             reservation,
-            processes: HashMap::new(),
-            waiting: HashMap::new(),
-            reads: HashMap::new(),
+            processes: FxHashMap::default(),
+            waiting: FxHashMap::default(),
+            reads: FxHashMap::default(),
             events: Vec::new(),
             counters: Counters::default(),
             trace: None,
-            changed: HashSet::new(),
-            reserved: HashSet::new(),
+            changed: Vec::new(),
+            reserved: FxHashSet::default(),
         }
     }
 
@@ -323,7 +325,16 @@ impl Device {
 
     /// What it did since the last call, oldest first, each with the time it was told.
     pub fn take_trace(&mut self) -> Vec<(Instant, Record)> {
-        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+        let mut taken = Vec::new();
+        self.drain_trace(&mut taken);
+        taken
+    }
+
+    /// Moves what was recorded since the last call onto the end of `into`, keeping the room.
+    pub fn drain_trace(&mut self, into: &mut Vec<(Instant, Record)>) {
+        if let Some(trace) = self.trace.as_mut() {
+            into.append(trace);
+        }
     }
 
     /// Sets `pid`'s build and user (the server finds them when it first sees the process, and
@@ -389,12 +400,12 @@ impl Device {
         let process = self.processes.entry(pid).or_default();
         process.taken_any = true;
         process.holding_since.get_or_insert(now);
-        self.changed.insert(pid);
+        self.changed.push(pid);
     }
 
     /// Clears `pid`'s holding time once it holds nothing, and checks the books.
     fn note_returns(&mut self, pid: Pid) {
-        self.changed.insert(pid);
+        self.changed.push(pid);
         if self.held_by(pid) == 0 {
             if let Some(process) = self.processes.get_mut(&pid) {
                 process.holding_since = None;
@@ -500,7 +511,7 @@ impl Device {
     /// lent is retired. `None` if the device never saw it.
     pub fn process_exited(&mut self, pid: Pid, now: Instant) -> Option<Departed> {
         let process = self.processes.remove(&pid)?;
-        self.changed.insert(pid);
+        self.changed.push(pid);
         self.reserved.remove(&pid);
         // Its build, before the ledger forgets it.
         let build = self.build_of(pid);
@@ -596,7 +607,11 @@ impl Device {
     /// request that hands out or takes back a token).
     pub fn drain_holding_changes(&mut self, mut book: impl FnMut(Pid, usize)) {
         let mut changed = std::mem::take(&mut self.changed);
-        for pid in changed.drain() {
+        if changed.len() > 1 {
+            changed.sort_unstable();
+            changed.dedup();
+        }
+        for pid in changed.drain(..) {
             book(pid, if self.processes.contains_key(&pid) { self.held_by(pid) } else { 0 });
         }
         // Given back empty, with its room kept.

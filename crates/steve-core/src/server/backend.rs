@@ -440,6 +440,18 @@ pub struct Endpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SourceId(pub u32);
 
+/// A descriptor a serving thread of its own reads ([`Server::threaded_sources`]): each read
+/// returns one whole message (a device's request), `0` or `ENODEV` when the transport ended.
+#[derive(Debug)]
+pub struct ThreadedSource {
+    /// Which source its messages are to [`Server::message`].
+    pub id: SourceId,
+    /// A descriptor of its own, in blocking mode: the thread sleeps in its reads.
+    pub fd: OwnedFd,
+    /// The buffer a read needs for the largest message.
+    pub message_len: usize,
+}
+
 /// Whether the server goes on after an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flow {
@@ -516,12 +528,23 @@ pub trait Server: Send {
     fn readable(&mut self, source: SourceId, cx: &mut Context<'_>) -> Result<Flow, Error>;
 
     /// Sources each served by a thread of its own instead of the loop's epoll (a FUSE
-    /// connection's cloned channels): the thread waits for its source to be readable, then
-    /// calls [`Server::readable`] with its id under the one lock over the loop and the server.
-    /// Each descriptor is a duplicate the thread waits on while others hold the lock. None by
-    /// default: the loop's thread serves everything.
-    fn threaded_sources(&self) -> Result<Vec<(SourceId, OwnedFd)>, Error> {
+    /// connection's cloned channels): the thread reads one whole message at a time from its
+    /// descriptor with blocking reads, outside the lock, then hands it to [`Server::message`]
+    /// under the one lock over the loop and the server. None by default: the loop's thread
+    /// serves everything.
+    fn threaded_sources(&self) -> Result<Vec<ThreadedSource>, Error> {
         Ok(Vec::new())
+    }
+
+    /// A serving thread read `message` from threaded source `source` ([`Server::threaded_sources`]).
+    fn message(
+        &mut self,
+        source: SourceId,
+        message: &[u8],
+        cx: &mut Context<'_>,
+    ) -> Result<Flow, Error> {
+        let _ = (source, message, cx);
+        Err(Error::usage("this server has no threaded sources"))
     }
 
     /// A process watched through [`Context::processes`] exited: reclaim what it held. The loop
@@ -556,9 +579,11 @@ pub trait Server: Send {
         let _ = (on, now);
     }
 
-    /// The events recorded since the last call, oldest first, each with when it happened.
-    fn take_trace(&mut self) -> Vec<(Instant, Record)> {
-        Vec::new()
+    /// Moves the events recorded since the last call onto the end of `into`, oldest first,
+    /// each with when it happened (the server keeps its buffer's room: this runs after every
+    /// request).
+    fn drain_trace(&mut self, into: &mut Vec<(Instant, Record)>) {
+        let _ = into;
     }
 
     /// Whether it keeps books per client process, which the loop then records in the crash

@@ -147,12 +147,16 @@ pub struct EventLoop {
     jobs_from: String,
     /// The event trace.
     trace: TraceLog,
+    /// The server's records as they are taken, kept for its room.
+    trace_taken: Vec<(Instant, Record)>,
     /// The metrics listeners, if any.
     metrics: MetricsServer,
     /// The service manager's store, where a restart leaves the server (`--fd-store`).
     fd_store: Option<super::fd_store::FdStore>,
     /// Who holds how many tokens, for a server started after this one dies.
     holder_book: Option<HolderBook>,
+    /// The serving threads, while they run ([`threads`]).
+    readers: Option<Arc<threads::Readers>>,
 }
 
 impl EventLoop {
@@ -184,9 +188,11 @@ impl EventLoop {
             listener_paused_until: None,
             jobs_from: "-j".to_string(),
             trace: TraceLog::off(),
+            trace_taken: Vec::new(),
             metrics: MetricsServer::default(),
             fd_store: None,
             holder_book: None,
+            readers: None,
         })
     }
 
@@ -258,11 +264,11 @@ impl EventLoop {
 
     /// Writes the holdings that changed this turn and were not booked as they changed into the
     /// crash books.
-    fn record_holdings(&mut self, server: &mut dyn Server) {
+    fn record_holdings(&mut self, server: &mut dyn Server, now: Instant) {
         if self.holder_book.is_none() {
             return;
         }
-        let mut cx = self.context(Instant::now());
+        let mut cx = self.context(now);
         for (pid, tokens) in server.take_holding_changes() {
             cx.book_holding(pid, tokens);
         }
@@ -299,7 +305,7 @@ impl EventLoop {
             }
             self.recheck_limits(server, now, true);
             self.collect_trace(server);
-            self.record_holdings(server);
+            self.record_holdings(server, now);
             self.primed = true;
         }
         Ok(())
@@ -341,25 +347,29 @@ impl EventLoop {
                 return Ok(Some(ended));
             }
         }
-        self.due(server, Instant::now());
-        self.finish_turn(server)?;
+        let now = Instant::now();
+        self.due(server, now);
+        self.finish_turn(server, now)?;
         Ok(None)
     }
 
     /// What every turn ends with, on whichever thread: new processes watched, the trace
     /// collected, and the holdings not yet booked written to the crash books.
-    fn finish_turn(&mut self, server: &mut dyn Server) -> Result<(), Error> {
+    fn finish_turn(&mut self, server: &mut dyn Server, now: Instant) -> Result<(), Error> {
         self.collect_trace(server);
-        self.record_holdings(server);
+        self.record_holdings(server, now);
         self.register_new_processes()
     }
 
     /// Stamps and keeps what the server recorded, and writes out the trace file's buffer.
     fn collect_trace(&mut self, server: &mut dyn Server) {
         if self.trace.is_on() {
-            for (at, record) in server.take_trace() {
+            let mut taken = std::mem::take(&mut self.trace_taken);
+            server.drain_trace(&mut taken);
+            for (at, record) in taken.drain(..) {
                 self.trace.record(at, record);
             }
+            self.trace_taken = taken;
             self.trace.flush();
         }
     }
@@ -604,12 +614,20 @@ impl EventLoop {
         if let Err(message) = may_change(peer, self.owner_uid) {
             return refuse(self, message, now);
         }
+        // No serving thread may take a request the successor would not know of.
+        self.quiesce_readers(server);
         let export = match server.export() {
             Ok(export) => export,
-            Err(message) => return refuse(self, message, now),
+            Err(message) => {
+                self.resume_readers();
+                return refuse(self, message, now);
+            }
         };
         let control = self.control.as_mut()?;
-        let mut stream = control.take_stream(id)?;
+        let Some(mut stream) = control.take_stream(id) else {
+            self.resume_readers();
+            return None;
+        };
         let _ = self.epoll.delete(stream.as_fd());
         info!("handing over to pid {} (uid {})", peer.pid, peer.uid);
         let (state, fds) = self.handover_state(export, now)?;
@@ -631,10 +649,12 @@ impl EventLoop {
                     peer.pid,
                     String::from_utf8_lossy(&answer)
                 );
+                self.resume_readers();
                 None
             }
             Err(error) => {
                 warn!("the successor (pid {}) did not take over ({error}): serving on", peer.pid);
+                self.resume_readers();
                 None
             }
         }
@@ -681,6 +701,7 @@ impl EventLoop {
 
     /// Leaves the whole handover in the service manager's store for the next start.
     fn store_for_restart(&mut self, server: &mut dyn Server) -> Result<(), String> {
+        self.quiesce_readers(server);
         self.collect_trace(server);
         let export = server.export()?;
         let (state, fds) =

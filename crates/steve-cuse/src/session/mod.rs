@@ -36,7 +36,7 @@ use steve_core::accounting::device::{
 };
 use steve_core::accounting::shares::{BuildId, Owner};
 use steve_core::server::backend::Export;
-use steve_core::server::{Context, Endpoint, Flow, PoolChange, Server, SourceId};
+use steve_core::server::{Context, Endpoint, Flow, PoolChange, Server, SourceId, ThreadedSource};
 use steve_core::status::{
     BackendReport, BuildReport, CompanionReport, CounterReport, HolderReport, PoolReport,
     WaiterReport,
@@ -181,6 +181,8 @@ pub struct Session {
     next_fh: u64,
     buffer: Vec<u8>,
     unknown_opcodes: HashSet<u32>,
+    /// Interrupts that came before their request was handled.
+    early_interrupts: EarlyInterrupts,
     /// The named pipe fed from the same device, if any.
     companion: Option<Companion>,
     /// The device reserved a token for the companion: it takes it after the events are sent.
@@ -261,6 +263,7 @@ impl Session {
             next_fh: 1,
             buffer,
             unknown_opcodes: HashSet::new(),
+            early_interrupts: EarlyInterrupts::default(),
             companion: None,
             companion_woken: false,
             mounted: None,
@@ -505,6 +508,12 @@ impl Session {
             Request::Read { size: 0, .. } => Some(ll::reply_data(unique, &[])),
             Request::Read { flags, .. } => {
                 let nonblocking = flags & nix::libc::O_NONBLOCK as u32 != 0;
+                if !nonblocking && self.early_interrupts.take(unique) {
+                    debug!(pid, unique, "read interrupted before it was handled");
+                    self.book_holdings(cx);
+                    self.send(route, &ll::reply_error(unique, nix::libc::EINTR));
+                    return Flow::Continue;
+                }
                 match self.device.read(pid, RequestId(unique), nonblocking, cx.now()) {
                     ReadOutcome::Token => {
                         debug!(pid, "token handed out");
@@ -540,9 +549,15 @@ impl Session {
                     debug!(target, "waiting read interrupted");
                     let on = self.route_of(target);
                     self.send(on, &ll::reply_error(target, nix::libc::EINTR));
+                    // An interrupt that found its request is never answered itself.
+                    None
+                } else {
+                    // Not waiting here: answered already, or not handled yet (read by another
+                    // serving thread, or through the ring while this came on the channel): a
+                    // read with that number that comes later is interrupted at once.
+                    self.early_interrupts.remember(target);
+                    None
                 }
-                // An interrupt is never answered itself.
-                None
             }
             // A close must never wait for this loop: a process closing its descriptors in
             // execve or exit holds locks that reading its /proc entries takes, so the companion
@@ -809,20 +824,40 @@ impl Server for Session {
         channels.chain(ring).chain(companion).collect()
     }
 
-    fn threaded_sources(&self) -> Result<Vec<(SourceId, OwnedFd)>, steve_core::server::Error> {
+    fn threaded_sources(&self) -> Result<Vec<ThreadedSource>, steve_core::server::Error> {
         if self.threads == 1 {
             return Ok(Vec::new());
         }
         // Every channel has its thread; threads beyond the channels (CUSE) share the first.
         let threads = self.threads.max(self.channels.len());
         let channel_of_thread = |n: usize| if n < self.channels.len() { n } else { 0 };
-        let duplicate = |n: usize| {
-            let copy = self.channels[n].try_clone().map_err(|error| {
-                steve_core::server::Error::io("cannot duplicate a channel", error)
-            })?;
-            Ok((channel_source(n), copy))
+        let reader = |n: usize| {
+            let cannot =
+                |error| steve_core::server::Error::io("cannot set up a channel's reader", error);
+            let fd = self.channels[n].try_clone().map_err(cannot)?;
+            // Blocking, for its reader to sleep in: a duplicate shares the channel's flags,
+            // and in this mode only readers read the channels (answers are writes, which never
+            // wait).
+            fcntl(&fd, FcntlArg::F_SETFL(OFlag::empty()))
+                .map_err(|errno| cannot(std::io::Error::from(errno)))?;
+            Ok(ThreadedSource { id: channel_source(n), fd, message_len: BUFFER_LEN })
         };
-        (0..threads).map(channel_of_thread).map(duplicate).collect()
+        (0..threads).map(channel_of_thread).map(reader).collect()
+    }
+
+    fn message(
+        &mut self,
+        source: SourceId,
+        message: &[u8],
+        cx: &mut Context<'_>,
+    ) -> Result<Flow, steve_core::server::Error> {
+        let channel = (source.0 - FIRST_CHANNEL) as usize;
+        if channel >= self.channels.len() {
+            return Ok(Flow::Continue);
+        }
+        let flow = self.handle(message, Route::Channel(channel), cx);
+        self.send_events(cx);
+        Ok(flow)
     }
 
     fn readable(
@@ -871,8 +906,8 @@ impl Server for Session {
         self.device.set_tracing(on, now);
     }
 
-    fn take_trace(&mut self) -> Vec<(Instant, Record)> {
-        self.device.take_trace()
+    fn drain_trace(&mut self, into: &mut Vec<(Instant, Record)>) {
+        self.device.drain_trace(into);
     }
 
     fn counts_holders(&self) -> bool {
@@ -1020,6 +1055,39 @@ enum Route {
     Ring(u32),
 }
 
+/// Requests the kernel sent an INTERRUPT for before this session handled them: with several
+/// serving threads (or a ring beside the channel) the interrupt may be handled first. The most
+/// recent [`EarlyInterrupts::KEPT`] are kept: the others were for requests answered already
+/// (the kernel sends one for a request whose answer crossed it).
+#[derive(Debug, Default)]
+struct EarlyInterrupts {
+    targets: HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl EarlyInterrupts {
+    const KEPT: usize = 256;
+
+    fn remember(&mut self, target: u64) {
+        if self.targets.insert(target) {
+            self.order.push_back(target);
+        }
+        while self.order.len() > Self::KEPT {
+            let oldest = self.order.pop_front().expect("longer than KEPT");
+            self.targets.remove(&oldest);
+        }
+    }
+
+    /// Whether request `unique` was interrupted before it came; forgotten then.
+    fn take(&mut self, unique: u64) -> bool {
+        if self.targets.is_empty() || !self.targets.remove(&unique) {
+            return false;
+        }
+        self.order.retain(|target| *target != unique);
+        true
+    }
+}
+
 /// The event loop's source for channel `n`.
 fn channel_source(n: usize) -> SourceId {
     SourceId(FIRST_CHANNEL + n as u32)
@@ -1044,5 +1112,36 @@ fn poll_events(readable: bool, asked: u32) -> u32 {
         revents
     } else {
         revents & asked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EarlyInterrupts;
+
+    #[test]
+    fn an_early_interrupt_is_taken_once_by_its_request() {
+        let mut early = EarlyInterrupts::default();
+        assert!(!early.take(7), "nothing was interrupted yet");
+        early.remember(7);
+        early.remember(9);
+        assert!(!early.take(8), "8 was not interrupted");
+        assert!(early.take(7));
+        assert!(!early.take(7), "taken once");
+        assert!(early.take(9));
+    }
+
+    #[test]
+    fn only_the_latest_early_interrupts_are_kept() {
+        let mut early = EarlyInterrupts::default();
+        let kept = EarlyInterrupts::KEPT as u64;
+        for target in 0..kept + 10 {
+            early.remember(target);
+        }
+        assert!(!early.take(0), "the oldest are forgotten");
+        assert!(!early.take(9));
+        assert!(early.take(10), "the latest KEPT stay");
+        assert!(early.take(kept + 9));
+        assert_eq!(early.targets.len(), early.order.len());
     }
 }
