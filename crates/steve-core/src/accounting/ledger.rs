@@ -28,7 +28,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::hash::Hash;
 
@@ -124,23 +126,23 @@ pub struct Ledger<C> {
     pool: Pool,
     /// How many tokens one client may hold; `None` is no limit.
     per_client_limit: Option<usize>,
-    holders: HashMap<C, usize>,
+    holders: FxHashMap<C, usize>,
     queue: VecDeque<Waiter<C>>,
     next_waiter: u64,
     /// The policy, with its weights and caps.
     shares: Shares,
     /// Each client's build and user, from the first time it was seen.
-    owners: HashMap<C, Owner>,
+    owners: FxHashMap<C, Owner>,
     /// Tokens held by each build and each user (no zero entries).
-    build_held: HashMap<BuildId, usize>,
-    user_held: HashMap<Uid, usize>,
+    build_held: FxHashMap<BuildId, usize>,
+    user_held: FxHashMap<Uid, usize>,
     /// Builds for clients never given an owner count down from the top of the range.
     next_own_build: u64,
     /// Tokens handed out so far, and the count when each build and user was last handed one:
     /// among groups that hold as much, the one served longest ago goes first.
     handed_out: u64,
-    build_served: HashMap<BuildId, u64>,
-    user_served: HashMap<Uid, u64>,
+    build_served: FxHashMap<BuildId, u64>,
+    user_served: FxHashMap<Uid, u64>,
 }
 
 impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
@@ -154,17 +156,17 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
         Ledger {
             pool,
             per_client_limit: None,
-            holders: HashMap::new(),
+            holders: FxHashMap::default(),
             queue: VecDeque::new(),
             next_waiter: 0,
             shares: Shares::default(),
-            owners: HashMap::new(),
-            build_held: HashMap::new(),
-            user_held: HashMap::new(),
+            owners: FxHashMap::default(),
+            build_held: FxHashMap::default(),
+            user_held: FxHashMap::default(),
             next_own_build: u64::MAX,
             handed_out: 0,
-            build_served: HashMap::new(),
-            user_served: HashMap::new(),
+            build_served: FxHashMap::default(),
+            user_served: FxHashMap::default(),
         }
     }
 
@@ -353,8 +355,8 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     pub fn is_consistent(&self) -> bool {
         let holdings: usize = self.holders.values().sum();
         let counts = self.pool.counts();
-        let mut builds: HashMap<BuildId, usize> = HashMap::new();
-        let mut users: HashMap<Uid, usize> = HashMap::new();
+        let mut builds: FxHashMap<BuildId, usize> = FxHashMap::default();
+        let mut users: FxHashMap<Uid, usize> = FxHashMap::default();
         for (client, count) in &self.holders {
             let Some(owner) = self.owners.get(client) else { return false };
             *builds.entry(owner.build).or_insert(0) += count;
@@ -482,7 +484,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
 }
 
 /// Takes `count` from `key`'s entry, dropping it at zero.
-fn decrease<K: Eq + Hash>(map: &mut HashMap<K, usize>, key: K, count: usize) {
+fn decrease<K: Eq + Hash>(map: &mut FxHashMap<K, usize>, key: K, count: usize) {
     if count == 0 {
         return;
     }

@@ -19,7 +19,7 @@
 //! file of the server's user is left alone, and the server runs without crash books.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -96,7 +96,7 @@ pub struct HolderBook {
     capacity: usize,
     path: PathBuf,
     /// Each recorded process's slot.
-    slots: HashMap<u32, usize>,
+    slots: FxHashMap<u32, usize>,
     /// Slots freed by processes that hold nothing now, reused first.
     free: Vec<usize>,
     /// The first slot never used.
@@ -205,7 +205,7 @@ impl HolderBook {
             map,
             capacity: FIRST_RECORDS,
             path: path.to_path_buf(),
-            slots: HashMap::new(),
+            slots: FxHashMap::default(),
             free: Vec::new(),
             next: 0,
             broken: false,

@@ -12,7 +12,7 @@
 //! own. A process whose parents cannot be read is a build of its own.
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -44,27 +44,27 @@ struct Watched {
 /// The processes seen, by thread-group id.
 #[derive(Debug, Default)]
 pub struct Processes {
-    watched: HashMap<Pid, Watched>,
-    process_of_thread: HashMap<u32, Pid>,
+    watched: FxHashMap<Pid, Watched>,
+    process_of_thread: FxHashMap<u32, Pid>,
     /// Processes watched since the event loop last added their pidfds to its epoll.
     unregistered: Vec<Pid>,
     /// Each build's top-level client (which may have exited since), while any of its processes
     /// is watched.
-    builds: HashMap<BuildId, Pid>,
+    builds: FxHashMap<BuildId, Pid>,
     next_build: u64,
     /// Owners set or changed since the server last asked.
     owner_changes: Vec<(Pid, Owner)>,
     /// How many watched processes each build has: a build goes when its last one does.
-    members: HashMap<BuildId, usize>,
+    members: FxHashMap<BuildId, usize>,
     /// For each process (with its start time) in a watched process's lineage, the watched
     /// processes under it: a new build finds the builds running under it here, not by a walk
     /// over every process.
-    descendants: HashMap<(Pid, u64), HashSet<Pid>>,
+    descendants: FxHashMap<(Pid, u64), FxHashSet<Pid>>,
     /// Parents of new clients that are no clients themselves (a shell, `make`'s `sh -c`, the
     /// process that forks a thousand), with their lineage, each with a pidfd that says whether
     /// it is still that process: the siblings after the first find their lineage here with one
     /// poll instead of a read of `/proc/PID/stat` per ancestor.
-    ancestors: HashMap<Pid, Ancestor>,
+    ancestors: FxHashMap<Pid, Ancestor>,
 }
 
 /// A parent remembered in [`Processes::ancestors`].
