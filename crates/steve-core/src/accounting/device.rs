@@ -400,12 +400,29 @@ impl Device {
         let process = self.processes.entry(pid).or_default();
         process.taken_any = true;
         process.holding_since.get_or_insert(now);
+        self.mark_changed(pid);
+    }
+
+    /// Counts `pid` among the processes whose holdings may have changed. Repeats are dropped
+    /// when the list is taken, or here once it is longer than the processes could make it
+    /// between two takes (a caller that never takes it keeps it bounded all the same).
+    fn mark_changed(&mut self, pid: Pid) {
+        if self.changed.last() == Some(&pid) {
+            return;
+        }
         self.changed.push(pid);
+        // At powers of two only: the processes that exited stay in it, so sorting at every
+        // push past the bound could cost that much at each.
+        let len = self.changed.len();
+        if len > 2 * self.processes.len() + 64 && len.is_power_of_two() {
+            self.changed.sort_unstable();
+            self.changed.dedup();
+        }
     }
 
     /// Clears `pid`'s holding time once it holds nothing, and checks the books.
     fn note_returns(&mut self, pid: Pid) {
-        self.changed.push(pid);
+        self.mark_changed(pid);
         if self.held_by(pid) == 0 {
             if let Some(process) = self.processes.get_mut(&pid) {
                 process.holding_since = None;
@@ -511,7 +528,7 @@ impl Device {
     /// lent is retired. `None` if the device never saw it.
     pub fn process_exited(&mut self, pid: Pid, now: Instant) -> Option<Departed> {
         let process = self.processes.remove(&pid)?;
-        self.changed.push(pid);
+        self.mark_changed(pid);
         self.reserved.remove(&pid);
         // Its build, before the ledger forgets it.
         let build = self.build_of(pid);
@@ -917,6 +934,20 @@ mod tests {
 
     fn device(jobs: usize) -> (Device, Instant) {
         (Device::over(Pool::with_target(jobs), RESERVE), Instant::now())
+    }
+
+    #[test]
+    fn the_changed_holders_are_given_once_and_stay_few_untaken() {
+        let (mut device, now) = device(2);
+        for request in 0..10_000u64 {
+            let pid = (request % 3) as Pid + 1;
+            assert_eq!(device.read(pid, RequestId(request), true, now), ReadOutcome::Token);
+            device.write(pid, 1, now).expect("its own token back");
+        }
+        // Sorted down whenever it reaches a power of two past 2 × 3 + 64: under 128.
+        assert!(device.changed.len() < 128, "{} untaken", device.changed.len());
+        assert_eq!(device.take_holding_changes(), vec![(1, 0), (2, 0), (3, 0)]);
+        assert_eq!(device.take_holding_changes(), vec![], "given once");
     }
 
     #[test]
