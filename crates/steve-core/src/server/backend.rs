@@ -452,6 +452,16 @@ pub struct ThreadedSource {
     pub message_len: usize,
 }
 
+/// What a server did with a threaded source's message ([`Server::message`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// Whether it goes on.
+    pub flow: Flow,
+    /// The answer for the thread to write back on the source, after the lock: what it tells
+    /// is in the books already.
+    pub answer: Option<Vec<u8>>,
+}
+
 /// Whether the server goes on after an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flow {
@@ -537,14 +547,22 @@ pub trait Server: Send {
     }
 
     /// A serving thread read `message` from threaded source `source` ([`Server::threaded_sources`]).
+    /// The answer to it, if the server leaves it to the thread, is written on the source once
+    /// the lock is let go, so that the next message need not wait for that write.
     fn message(
         &mut self,
         source: SourceId,
         message: &[u8],
         cx: &mut Context<'_>,
-    ) -> Result<Flow, Error> {
+    ) -> Result<Handled, Error> {
         let _ = (source, message, cx);
         Err(Error::usage("this server has no threaded sources"))
+    }
+
+    /// Writes `answer`, left by [`Server::message`], on `source` itself: for a message the
+    /// loop's thread handled, which has no reader's descriptor.
+    fn answer(&mut self, source: SourceId, answer: &[u8]) {
+        let _ = (source, answer);
     }
 
     /// A process watched through [`Context::processes`] exited: reclaim what it held. The loop

@@ -38,7 +38,9 @@ use std::path::PathBuf;
 
 use tracing::{info, warn};
 
-pub use backend::{Backend, Context, Endpoint, Flow, PoolChange, Server, SourceId, ThreadedSource};
+pub use backend::{
+    Backend, Context, Endpoint, Flow, Handled, PoolChange, Server, SourceId, ThreadedSource,
+};
 pub use error::{Error, ErrorKind};
 pub use event_loop::{Ended, EventLoop};
 

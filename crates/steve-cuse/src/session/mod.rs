@@ -36,7 +36,9 @@ use steve_core::accounting::device::{
 };
 use steve_core::accounting::shares::{BuildId, Owner};
 use steve_core::server::backend::Export;
-use steve_core::server::{Context, Endpoint, Flow, PoolChange, Server, SourceId, ThreadedSource};
+use steve_core::server::{
+    Context, Endpoint, Flow, Handled, PoolChange, Server, SourceId, ThreadedSource,
+};
 use steve_core::status::{
     BackendReport, BuildReport, CompanionReport, CounterReport, HolderReport, PoolReport,
     WaiterReport,
@@ -462,6 +464,22 @@ impl Session {
 
     /// Handles one request, which came from `route`.
     fn handle(&mut self, message: &[u8], route: Route, cx: &mut Context<'_>) -> Flow {
+        let (flow, answer) = self.handle_leaving_answer(message, route, cx);
+        if let Some(answer) = answer {
+            self.send(route, &answer);
+        }
+        flow
+    }
+
+    /// Handles one request, which came from `route`, and gives its answer for the caller to
+    /// send (the crash books already say what it tells); answers that cannot wait for that
+    /// (a request handled at once with an error, an earlier waiting read's) are sent here.
+    fn handle_leaving_answer(
+        &mut self,
+        message: &[u8],
+        route: Route,
+        cx: &mut Context<'_>,
+    ) -> (Flow, Option<Vec<u8>>) {
         let (header, request) = match ll::parse(message) {
             Ok(parsed) => parsed,
             Err(error) => {
@@ -469,7 +487,7 @@ impl Session {
                 if let Some(unique) = error.unique {
                     self.send(route, &ll::reply_error(unique, nix::libc::EIO));
                 }
-                return Flow::Continue;
+                return (Flow::Continue, None);
             }
         };
         let unique = header.unique;
@@ -486,7 +504,7 @@ impl Session {
                 // The caller is already gone: nobody waits for an answer but the kernel.
                 Err(()) => {
                     self.send(route, &ll::reply_error(unique, nix::libc::EINTR));
-                    return Flow::Continue;
+                    return (Flow::Continue, None);
                 }
             }
         } else {
@@ -512,7 +530,7 @@ impl Session {
                     debug!(pid, unique, "read interrupted before it was handled");
                     self.book_holdings(cx);
                     self.send(route, &ll::reply_error(unique, nix::libc::EINTR));
-                    return Flow::Continue;
+                    return (Flow::Continue, None);
                 }
                 match self.device.read(pid, RequestId(unique), nonblocking, cx.now()) {
                     ReadOutcome::Token => {
@@ -569,7 +587,7 @@ impl Session {
             Request::Ioctl { .. } => Some(ll::reply_error(unique, nix::libc::ENOTTY)),
             Request::Destroy => {
                 self.send(route, &ll::reply_empty(unique));
-                return Flow::Ended("the kernel ended the connection (DESTROY)".into());
+                return (Flow::Ended("the kernel ended the connection (DESTROY)".into()), None);
             }
             Request::CuseInit { .. } => Some(ll::reply_error(unique, nix::libc::EPROTO)),
             Request::Forget => None,
@@ -596,11 +614,10 @@ impl Session {
                 Some(ll::reply_error(unique, nix::libc::ENOSYS))
             }
         };
-        if let Some(reply) = reply {
+        if reply.is_some() {
             self.book_holdings(cx);
-            self.send(route, &reply);
         }
-        Flow::Continue
+        (Flow::Continue, reply)
     }
 
     /// Where the waiting read `unique` came from, forgotten as it is answered now.
@@ -850,14 +867,21 @@ impl Server for Session {
         source: SourceId,
         message: &[u8],
         cx: &mut Context<'_>,
-    ) -> Result<Flow, steve_core::server::Error> {
+    ) -> Result<Handled, steve_core::server::Error> {
         let channel = (source.0 - FIRST_CHANNEL) as usize;
         if channel >= self.channels.len() {
-            return Ok(Flow::Continue);
+            return Ok(Handled { flow: Flow::Continue, answer: None });
         }
-        let flow = self.handle(message, Route::Channel(channel), cx);
+        let (flow, answer) = self.handle_leaving_answer(message, Route::Channel(channel), cx);
         self.send_events(cx);
-        Ok(flow)
+        Ok(Handled { flow, answer })
+    }
+
+    fn answer(&mut self, source: SourceId, answer: &[u8]) {
+        let channel = (source.0 - FIRST_CHANNEL) as usize;
+        if channel < self.channels.len() {
+            self.send(Route::Channel(channel), answer);
+        }
     }
 
     fn readable(

@@ -304,21 +304,36 @@ fn serve_source(
             continue;
         };
         let now = Instant::now();
-        let flow = shared.server.message(source.id, message, &mut shared.event_loop.context(now));
+        let handled =
+            shared.server.message(source.id, message, &mut shared.event_loop.context(now));
         let finished = shared.event_loop.finish_turn(shared.server, now);
-        let flow = match flow.and_then(|flow| finished.map(|()| flow)) {
-            Ok(flow) => flow,
+        let handled = match handled.and_then(|handled| finished.map(|()| handled)) {
+            Ok(handled) => handled,
             Err(error) => return end(Err(error)),
         };
-        if let Flow::Ended(why) = flow {
-            return end(Ok(Ended::Transport(why)));
-        }
         // A deadline earlier than the loop's thread sleeps until: it must wake for it.
         let next = shared.event_loop.next_deadline(shared.server);
         if next.is_some_and(|at| shared.sleeping_until.is_none_or(|until| at < until)) {
             shared.sleeping_until = next;
             let _ = wake.write(1);
         }
+        drop(guard);
+        if let Some(answer) = handled.answer {
+            write_answer(&source.fd, &answer);
+        }
+        if let Flow::Ended(why) = handled.flow {
+            return end(Ok(Ended::Transport(why)));
+        }
+    }
+}
+
+/// Writes a message's answer on the descriptor it was read from.
+fn write_answer(fd: &std::os::fd::OwnedFd, answer: &[u8]) {
+    match nix::unistd::write(fd, answer) {
+        Ok(_) => {}
+        // The request is gone (its caller was interrupted and gave up): nothing to answer.
+        Err(Errno::ENOENT) => debug!("reply to a request the kernel dropped"),
+        Err(errno) => warn!("could not answer the kernel: {errno}"),
     }
 }
 
@@ -344,8 +359,14 @@ impl EventLoop {
         for (source, message) in late {
             let now = Instant::now();
             match server.message(source, &message, &mut self.context(now)) {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Ended(why)) => debug!("a message read as the readers stopped: {why}"),
+                Ok(handled) => {
+                    if let Some(answer) = handled.answer {
+                        server.answer(source, &answer);
+                    }
+                    if let Flow::Ended(why) = handled.flow {
+                        debug!("a message read as the readers stopped: {why}");
+                    }
+                }
                 Err(error) => warn!("a message read as the readers stopped: {error}"),
             }
         }
