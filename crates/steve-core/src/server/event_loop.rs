@@ -603,31 +603,34 @@ impl EventLoop {
         id: ConnectionId,
         peer: super::control::Peer,
     ) -> Option<Ended> {
-        let refuse = |event_loop: &mut EventLoop, message: String, now: Instant| {
-            warn!("handover to pid {} refused: {message}", peer.pid);
-            if let Some(control) = event_loop.control.as_mut() {
-                control.respond(id, &Response::Error { message }, now);
-            }
-            None
-        };
         let now = Instant::now();
         if let Err(message) = may_change(peer, self.owner_uid) {
-            return refuse(self, message, now);
+            return self.refuse_handover(id, peer, message, now);
         }
-        // No serving thread may take a request the successor would not know of.
+        // No serving thread may take a request the successor would not know of; they read on
+        // unless the successor took the server.
         self.quiesce_readers(server);
+        let ended = self.hand_over_still(server, id, peer, now);
+        if ended.is_none() {
+            self.resume_readers();
+        }
+        ended
+    }
+
+    /// The handover itself, with the serving threads still.
+    fn hand_over_still(
+        &mut self,
+        server: &mut dyn Server,
+        id: ConnectionId,
+        peer: super::control::Peer,
+        now: Instant,
+    ) -> Option<Ended> {
         let export = match server.export() {
             Ok(export) => export,
-            Err(message) => {
-                self.resume_readers();
-                return refuse(self, message, now);
-            }
+            Err(message) => return self.refuse_handover(id, peer, message, now),
         };
         let control = self.control.as_mut()?;
-        let Some(mut stream) = control.take_stream(id) else {
-            self.resume_readers();
-            return None;
-        };
+        let mut stream = control.take_stream(id)?;
         let _ = self.epoll.delete(stream.as_fd());
         info!("handing over to pid {} (uid {})", peer.pid, peer.uid);
         let (state, fds) = self.handover_state(export, now)?;
@@ -649,15 +652,28 @@ impl EventLoop {
                     peer.pid,
                     String::from_utf8_lossy(&answer)
                 );
-                self.resume_readers();
                 None
             }
             Err(error) => {
                 warn!("the successor (pid {}) did not take over ({error}): serving on", peer.pid);
-                self.resume_readers();
                 None
             }
         }
+    }
+
+    /// Answers a handover request with why it is refused.
+    fn refuse_handover(
+        &mut self,
+        id: ConnectionId,
+        peer: super::control::Peer,
+        message: String,
+        now: Instant,
+    ) -> Option<Ended> {
+        warn!("handover to pid {} refused: {message}", peer.pid);
+        if let Some(control) = self.control.as_mut() {
+            control.respond(id, &Response::Error { message }, now);
+        }
+        None
     }
 
     /// The whole handover: the loop's part and the server's `export`, and every descriptor

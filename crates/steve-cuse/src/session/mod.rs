@@ -822,6 +822,12 @@ impl Session {
         })
     }
 
+    /// The channel behind event-loop source `source`, if it is one.
+    fn channel_of(&self, source: SourceId) -> Option<usize> {
+        let channel = source.0.checked_sub(FIRST_CHANNEL)? as usize;
+        (channel < self.channels.len()).then_some(channel)
+    }
+
     /// The device semantics, for tests.
     pub fn device(&self) -> &Device {
         &self.device
@@ -868,18 +874,16 @@ impl Server for Session {
         message: &[u8],
         cx: &mut Context<'_>,
     ) -> Result<Handled, steve_core::server::Error> {
-        let channel = (source.0 - FIRST_CHANNEL) as usize;
-        if channel >= self.channels.len() {
+        let Some(channel) = self.channel_of(source) else {
             return Ok(Handled { flow: Flow::Continue, answer: None });
-        }
+        };
         let (flow, answer) = self.handle_leaving_answer(message, Route::Channel(channel), cx);
         self.send_events(cx);
         Ok(Handled { flow, answer })
     }
 
     fn answer(&mut self, source: SourceId, answer: &[u8]) {
-        let channel = (source.0 - FIRST_CHANNEL) as usize;
-        if channel < self.channels.len() {
+        if let Some(channel) = self.channel_of(source) {
             self.send(Route::Channel(channel), answer);
         }
     }
@@ -896,10 +900,7 @@ impl Server for Session {
         if source == RING {
             return Ok(self.read_ring(cx));
         }
-        let channel = (source.0 - FIRST_CHANNEL) as usize;
-        if channel >= self.channels.len() {
-            return Ok(Flow::Continue);
-        }
+        let Some(channel) = self.channel_of(source) else { return Ok(Flow::Continue) };
         Ok(self.read_requests(channel, cx)?)
     }
 
