@@ -459,7 +459,7 @@ pub struct Handled {
     pub flow: Flow,
     /// The answer for the thread to write back on the source, after the lock: what it tells
     /// is in the books already.
-    pub answer: Option<Vec<u8>>,
+    pub answer: Option<super::Answer>,
 }
 
 /// Whether the server goes on after an event.

@@ -5,6 +5,7 @@
 //! - [`backend`]: the [`Server`] trait a backend implements and the [`Backend`] descriptor it
 //!   registers;
 //! - `event_loop`: [`EventLoop`], one epoll over everything a server waits for;
+//! - `answer`: [`Answer`], the bytes written back for a request, small ones inline;
 //! - [`control`]: the control socket (`steve status`, `get`, `set`), server and client side;
 //! - [`signals`]: signals read from a signalfd, and the child supervision of `steve run`/`exec`;
 //! - [`processes`]: thread to process, a pidfd per client process, command lines;
@@ -20,6 +21,7 @@
 //! `--user`, announces the MAKEFLAGS and runs the loop until a stop signal.
 
 pub mod accounts;
+mod answer;
 pub mod backend;
 mod connection_io;
 pub mod control;
@@ -38,6 +40,7 @@ use std::path::PathBuf;
 
 use tracing::{info, warn};
 
+pub use answer::Answer;
 pub use backend::{
     Backend, Context, Endpoint, Flow, Handled, PoolChange, Server, SourceId, ThreadedSource,
 };

@@ -4,7 +4,7 @@
 //! a CUSE device.
 #![forbid(unsafe_code)]
 
-use crate::ll::{self, Attr, Dirent, InHeader, Request, ROOT_ID};
+use crate::ll::{self, Attr, Dirent, InHeader, Reply, Request, ROOT_ID};
 
 /// The node id of the jobserver file.
 pub const FILE_ID: u64 = 2;
@@ -50,7 +50,7 @@ impl OneFile {
 
     /// The reply to a filesystem request, or `None` when `request` is not one (device requests
     /// are the session's).
-    pub fn answer(&self, header: &InHeader, request: &Request<'_>) -> Option<Vec<u8>> {
+    pub fn answer(&self, header: &InHeader, request: &Request<'_>) -> Option<Reply> {
         let unique = header.unique;
         let not_found = || ll::reply_error(unique, nix::libc::ENOENT);
         let reply = match request {

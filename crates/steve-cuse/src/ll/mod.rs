@@ -1,6 +1,6 @@
 //! The kernel's FUSE/CUSE wire protocol, as far as a jobserver device needs it: requests parsed
 //! from bytes at fixed offsets (no pointer casts, no unsafe), replies and notifications built as
-//! byte vectors, each written to the channel (`/dev/cuse`, or `/dev/fuse` for a mount) in one
+//! [`Reply`]s (the request path's on the stack), each written to the channel (`/dev/cuse`, or `/dev/fuse` for a mount) in one
 //! `write`. CUSE and FUSE share every device request; a FUSE mount adds the few filesystem
 //! requests that find and describe its one file (LOOKUP, GETATTR, READDIR, ...).
 //!
@@ -345,51 +345,68 @@ pub fn parse(message: &[u8]) -> Result<(InHeader, Request<'_>), ParseError> {
     Ok((header, request))
 }
 
+/// A reply or notification, ready to write to the channel in one `write`: the request path's
+/// (a token, a write's length, an error, a poll's events, an open's handle) are kept inline,
+/// so answering a request allocates nothing.
+pub type Reply = steve_core::server::Answer;
+
 /// Builds `fuse_out_header` followed by `payload`.
-fn message(unique: u64, error: i32, payload: &[&[u8]]) -> Vec<u8> {
+fn message(unique: u64, error: i32, payload: &[&[u8]]) -> Reply {
     let len = OUT_HEADER_LEN + payload.iter().map(|part| part.len()).sum::<usize>();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&error.to_ne_bytes());
-    out.extend_from_slice(&unique.to_ne_bytes());
-    for part in payload {
-        out.extend_from_slice(part);
+    let header = header(len, error, unique);
+    // The header and up to three parts, without a list on the heap.
+    let mut parts: [&[u8]; 4] = [&header, &[], &[], &[]];
+    if payload.len() < parts.len() {
+        parts[1..=payload.len()].copy_from_slice(payload);
+        return Reply::from_parts(&parts);
     }
-    out
+    let mut out = header.to_vec();
+    out.extend(payload.iter().flat_map(|part| part.iter()));
+    Reply::from(out)
 }
 
-fn u32s(values: &[u32]) -> Vec<u8> {
-    values.iter().flat_map(|value| value.to_ne_bytes()).collect()
+/// `fuse_out_header { len, error, unique }`.
+fn header(len: usize, error: i32, unique: u64) -> [u8; OUT_HEADER_LEN] {
+    let mut header = [0u8; OUT_HEADER_LEN];
+    header[..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    header[4..8].copy_from_slice(&error.to_ne_bytes());
+    header[8..].copy_from_slice(&unique.to_ne_bytes());
+    header
+}
+
+/// `values` in the machine's byte order, on the stack.
+fn u32s<const N: usize>(values: [u32; N]) -> [[u8; 4]; N] {
+    values.map(u32::to_ne_bytes)
 }
 
 /// An error reply: `errno` is positive (`libc::EAGAIN`), sent negated as the kernel expects.
-pub fn reply_error(unique: u64, errno: i32) -> Vec<u8> {
+pub fn reply_error(unique: u64, errno: i32) -> Reply {
     message(unique, -errno, &[])
 }
 
 /// A success reply with no payload (FLUSH, RELEASE).
-pub fn reply_empty(unique: u64) -> Vec<u8> {
+pub fn reply_empty(unique: u64) -> Reply {
     message(unique, 0, &[])
 }
 
 /// A READ reply carrying `data`.
-pub fn reply_data(unique: u64, data: &[u8]) -> Vec<u8> {
+pub fn reply_data(unique: u64, data: &[u8]) -> Reply {
     message(unique, 0, &[data])
 }
 
 /// An OPEN reply: `fuse_open_out { fh, open_flags, padding }`.
-pub fn reply_open(unique: u64, fh: u64, open_flags: u32) -> Vec<u8> {
-    message(unique, 0, &[&fh.to_ne_bytes(), &u32s(&[open_flags, 0])])
+pub fn reply_open(unique: u64, fh: u64, open_flags: u32) -> Reply {
+    message(unique, 0, &[&fh.to_ne_bytes(), u32s([open_flags, 0]).as_flattened()])
 }
 
 /// A WRITE reply: `fuse_write_out { size, padding }`.
-pub fn reply_write(unique: u64, size: u32) -> Vec<u8> {
-    message(unique, 0, &[&u32s(&[size, 0])])
+pub fn reply_write(unique: u64, size: u32) -> Reply {
+    message(unique, 0, &[u32s([size, 0]).as_flattened()])
 }
 
 /// A POLL reply: `fuse_poll_out { revents, padding }`.
-pub fn reply_poll(unique: u64, revents: u32) -> Vec<u8> {
-    message(unique, 0, &[&u32s(&[revents, 0])])
+pub fn reply_poll(unique: u64, revents: u32) -> Reply {
+    message(unique, 0, &[u32s([revents, 0]).as_flattened()])
 }
 
 /// What `fuse_attr` says of an inode.
@@ -417,39 +434,39 @@ impl Attr {
             out.extend_from_slice(&value.to_ne_bytes());
         }
         // atimensec, mtimensec, ctimensec, mode, nlink, uid, gid, rdev, blksize, flags
-        out.extend_from_slice(&u32s(&[
-            0, 0, 0, self.mode, self.nlink, self.uid, self.gid, 0, 4096, 0,
-        ]));
+        out.extend_from_slice(
+            u32s([0, 0, 0, self.mode, self.nlink, self.uid, self.gid, 0, 4096, 0]).as_flattened(),
+        );
         out
     }
 }
 
 /// A LOOKUP reply: `fuse_entry_out { nodeid, generation, entry_valid, attr_valid,
 /// entry_valid_nsec, attr_valid_nsec, attr }`, both valid for `valid_seconds`.
-pub fn reply_entry(unique: u64, attr: &Attr, valid_seconds: u64) -> Vec<u8> {
+pub fn reply_entry(unique: u64, attr: &Attr, valid_seconds: u64) -> Reply {
     let mut out = Vec::new();
     for value in [attr.ino, 0, valid_seconds, valid_seconds] {
         out.extend_from_slice(&value.to_ne_bytes());
     }
-    out.extend_from_slice(&u32s(&[0, 0]));
+    out.extend_from_slice(u32s([0, 0]).as_flattened());
     out.extend_from_slice(&attr.bytes());
     message(unique, 0, &[&out])
 }
 
 /// A GETATTR reply: `fuse_attr_out { attr_valid, attr_valid_nsec, dummy, attr }`.
-pub fn reply_attr(unique: u64, attr: &Attr, valid_seconds: u64) -> Vec<u8> {
-    message(unique, 0, &[&valid_seconds.to_ne_bytes(), &u32s(&[0, 0]), &attr.bytes()])
+pub fn reply_attr(unique: u64, attr: &Attr, valid_seconds: u64) -> Reply {
+    message(unique, 0, &[&valid_seconds.to_ne_bytes(), u32s([0, 0]).as_flattened(), &attr.bytes()])
 }
 
 /// A STATFS reply for a filesystem with no space and `files` inodes: `fuse_kstatfs`.
-pub fn reply_statfs(unique: u64, files: u64) -> Vec<u8> {
+pub fn reply_statfs(unique: u64, files: u64) -> Reply {
     let mut out = Vec::new();
     // blocks, bfree, bavail, files, ffree
     for value in [0, 0, 0, files, 0] {
         out.extend_from_slice(&u64::to_ne_bytes(value));
     }
     // bsize, namelen, frsize, padding, spare[6]
-    out.extend_from_slice(&u32s(&[4096, 255, 4096, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend_from_slice(u32s([4096, 255, 4096, 0, 0, 0, 0, 0, 0, 0]).as_flattened());
     message(unique, 0, &[&out])
 }
 
@@ -467,7 +484,7 @@ pub struct Dirent<'a> {
 /// A READDIR reply: the entries from index `offset` on, as many as fit in `size` bytes, each a
 /// `fuse_dirent { ino, off, namelen, type, name }` padded to 8 bytes; `off` is the index of the
 /// entry after it, which the kernel passes back to continue.
-pub fn reply_dirents(unique: u64, entries: &[Dirent<'_>], offset: u64, size: u32) -> Vec<u8> {
+pub fn reply_dirents(unique: u64, entries: &[Dirent<'_>], offset: u64, size: u32) -> Reply {
     let mut out = Vec::new();
     for (index, entry) in entries.iter().enumerate().skip(offset.min(usize::MAX as u64) as usize) {
         let unpadded = 24 + entry.name.len();
@@ -477,7 +494,7 @@ pub fn reply_dirents(unique: u64, entries: &[Dirent<'_>], offset: u64, size: u32
         }
         out.extend_from_slice(&entry.ino.to_ne_bytes());
         out.extend_from_slice(&(index as u64 + 1).to_ne_bytes());
-        out.extend_from_slice(&u32s(&[entry.name.len() as u32, entry.kind]));
+        out.extend_from_slice(u32s([entry.name.len() as u32, entry.kind]).as_flattened());
         out.extend_from_slice(entry.name);
         out.resize(out.len() + padded - unpadded, 0);
     }
@@ -492,8 +509,8 @@ pub fn reply_cuse_init(
     max_read: u32,
     max_write: u32,
     dev_name: &str,
-) -> Vec<u8> {
-    let init_out = u32s(&[
+) -> Reply {
+    let init_out = u32s([
         KERNEL_VERSION,
         minor,
         0, // unused
@@ -514,11 +531,11 @@ pub fn reply_cuse_init(
         0, // spare[10]
     ]);
     let info = format!("DEVNAME={dev_name}\0");
-    message(unique, 0, &[&init_out, info.as_bytes()])
+    message(unique, 0, &[init_out.as_flattened(), info.as_bytes()])
 }
 
 /// A poll wake-up notification for handle `kh` (unique 0, the notify code as error).
-pub fn notify_poll(kh: u64) -> Vec<u8> {
+pub fn notify_poll(kh: u64) -> Reply {
     message(0, NOTIFY_POLL, &[&kh.to_ne_bytes()])
 }
 
@@ -564,19 +581,19 @@ pub mod kernel {
     pub fn readdir(unique: u64, nodeid: u64, offset: u64, size: u32) -> Vec<u8> {
         let mut body = 0u64.to_ne_bytes().to_vec();
         body.extend_from_slice(&offset.to_ne_bytes());
-        body.extend_from_slice(&u32s(&[size, 0]));
+        body.extend_from_slice(u32s([size, 0]).as_flattened());
         body.extend_from_slice(&[0u8; 16]);
         on_node(nodeid, request(opcode::READDIR, unique, 1, &body))
     }
 
     /// CUSE_INIT: `cuse_init_in { major, minor, unused, flags }`.
     pub fn cuse_init(unique: u64, minor: u32) -> Vec<u8> {
-        request(opcode::CUSE_INIT, unique, 0, &u32s(&[KERNEL_VERSION, minor, 0, 0]))
+        request(opcode::CUSE_INIT, unique, 0, u32s([KERNEL_VERSION, minor, 0, 0]).as_flattened())
     }
 
     /// OPEN: `fuse_open_in { flags, open_flags }`.
     pub fn open(unique: u64, pid: u32, flags: u32) -> Vec<u8> {
-        request(opcode::OPEN, unique, pid, &u32s(&[flags, 0]))
+        request(opcode::OPEN, unique, pid, u32s([flags, 0]).as_flattened())
     }
 
     /// READ: `fuse_read_in { fh, offset, size, read_flags, lock_owner, flags, padding }`.
@@ -584,9 +601,9 @@ pub mod kernel {
         let mut body = Vec::new();
         body.extend_from_slice(&fh.to_ne_bytes());
         body.extend_from_slice(&0u64.to_ne_bytes());
-        body.extend_from_slice(&u32s(&[size, 0]));
+        body.extend_from_slice(u32s([size, 0]).as_flattened());
         body.extend_from_slice(&0u64.to_ne_bytes());
-        body.extend_from_slice(&u32s(&[flags, 0]));
+        body.extend_from_slice(u32s([flags, 0]).as_flattened());
         request(opcode::READ, unique, pid, &body)
     }
 
@@ -596,9 +613,9 @@ pub mod kernel {
         let mut body = Vec::new();
         body.extend_from_slice(&fh.to_ne_bytes());
         body.extend_from_slice(&0u64.to_ne_bytes());
-        body.extend_from_slice(&u32s(&[data.len() as u32, 0]));
+        body.extend_from_slice(u32s([data.len() as u32, 0]).as_flattened());
         body.extend_from_slice(&0u64.to_ne_bytes());
-        body.extend_from_slice(&u32s(&[0, 0]));
+        body.extend_from_slice(u32s([0, 0]).as_flattened());
         body.extend_from_slice(data);
         request(opcode::WRITE, unique, pid, &body)
     }
@@ -608,7 +625,7 @@ pub mod kernel {
         let mut body = Vec::new();
         body.extend_from_slice(&fh.to_ne_bytes());
         body.extend_from_slice(&kh.to_ne_bytes());
-        body.extend_from_slice(&u32s(&[flags, events]));
+        body.extend_from_slice(u32s([flags, events]).as_flattened());
         request(opcode::POLL, unique, pid, &body)
     }
 
@@ -634,9 +651,9 @@ pub mod kernel {
     /// IOCTL: `fuse_ioctl_in { fh, flags, cmd, arg, in_size, out_size }`.
     pub fn ioctl(unique: u64, pid: u32, fh: u64, cmd: u32) -> Vec<u8> {
         let mut body = fh.to_ne_bytes().to_vec();
-        body.extend_from_slice(&u32s(&[0, cmd]));
+        body.extend_from_slice(u32s([0, cmd]).as_flattened());
         body.extend_from_slice(&0u64.to_ne_bytes());
-        body.extend_from_slice(&u32s(&[0, 0]));
+        body.extend_from_slice(u32s([0, 0]).as_flattened());
         request(opcode::IOCTL, unique, pid, &body)
     }
 
@@ -670,7 +687,7 @@ mod tests {
         assert_eq!(parse(&ioctl).unwrap().1, Request::Ioctl { cmd: 0x5401 });
     }
 
-    fn payload(reply: Vec<u8>) -> Vec<u8> {
+    fn payload(reply: Reply) -> Vec<u8> {
         let (len, _, _, payload) = kernel::split_reply(&reply);
         assert_eq!(len as usize, reply.len());
         payload.to_vec()

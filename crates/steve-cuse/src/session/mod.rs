@@ -479,7 +479,7 @@ impl Session {
         message: &[u8],
         route: Route,
         cx: &mut Context<'_>,
-    ) -> (Flow, Option<Vec<u8>>) {
+    ) -> (Flow, Option<ll::Reply>) {
         let (header, request) = match ll::parse(message) {
             Ok(parsed) => parsed,
             Err(error) => {
