@@ -185,6 +185,8 @@ pub struct Session {
     unknown_opcodes: HashSet<u32>,
     /// Interrupts that came before their request was handled.
     early_interrupts: EarlyInterrupts,
+    /// Whether the loop's thread reads on after a request, or goes back to the epoll.
+    read_ahead: ReadAhead,
     /// The named pipe fed from the same device, if any.
     companion: Option<Companion>,
     /// The device reserved a token for the companion: it takes it after the events are sent.
@@ -266,6 +268,7 @@ impl Session {
             buffer,
             unknown_opcodes: HashSet::new(),
             early_interrupts: EarlyInterrupts::default(),
+            read_ahead: ReadAhead::default(),
             companion: None,
             companion_woken: false,
             mounted: None,
@@ -393,13 +396,20 @@ impl Session {
         self.mounted = Some(mounted);
     }
 
-    /// Handles every request waiting on channel `channel`.
+    /// Handles the requests waiting on channel `channel`: every one, or (when reading on has
+    /// not paid lately, see [`ReadAhead`]) the first, the epoll saying when there are more.
     fn read_requests(&mut self, channel: usize, cx: &mut Context<'_>) -> Result<Flow, Error> {
+        let mut ahead = false;
         loop {
             let len = match nix::unistd::read(&self.channels[channel], &mut self.buffer) {
                 Ok(0) => return Ok(Flow::Ended("the kernel closed the connection".into())),
                 Ok(len) => len,
-                Err(Errno::EAGAIN | Errno::EINTR) => return Ok(Flow::Continue),
+                Err(Errno::EAGAIN | Errno::EINTR) => {
+                    if ahead {
+                        self.read_ahead.found(false);
+                    }
+                    return Ok(Flow::Continue);
+                }
                 // The kernel ended the connection (the device was removed, or unmounted).
                 Err(Errno::ENODEV) => {
                     return Ok(Flow::Ended("the kernel ended the connection".into()))
@@ -408,11 +418,18 @@ impl Session {
             };
             // Lent out while it is handled: no copy per request.
             let buffer = std::mem::take(&mut self.buffer);
+            if ahead {
+                self.read_ahead.found(true);
+            }
             let flow = self.handle(&buffer[..len], Route::Channel(channel), cx);
             self.buffer = buffer;
             self.send_events(cx);
             if flow != Flow::Continue {
                 return Ok(flow);
+            }
+            ahead = self.read_ahead.worth_trying();
+            if !ahead {
+                return Ok(Flow::Continue);
             }
         }
     }
@@ -1080,6 +1097,48 @@ enum Route {
     Ring(u32),
 }
 
+/// Whether the loop's thread reads the channel again after a request, before it goes back to
+/// the epoll. With requests queueing (many clients) the next read mostly finds one and saves a
+/// turn of the loop; with one client at a time it never does (its next request comes after
+/// the answer), and the read that finds nothing is a system call per request. So after
+/// [`ReadAhead::GIVE_UP_AFTER`] reads ahead in a row found nothing the thread stops reading on
+/// (the channel is watched level-triggered: the epoll reports it again at once if more are
+/// waiting) and tries again every [`ReadAhead::PROBE_EVERY`] requests. One miss alone (a
+/// queue that ran dry at the end of a batch) changes nothing.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    /// Reads ahead in a row that found nothing.
+    misses: u32,
+    /// Requests since the last read ahead, while reading on does not pay.
+    since_try: u32,
+}
+
+impl ReadAhead {
+    /// Reads ahead in a row that find nothing before the thread stops reading on.
+    const GIVE_UP_AFTER: u32 = 2;
+    /// How many requests go by between tries while reading on does not pay.
+    const PROBE_EVERY: u32 = 8;
+
+    /// After a request: whether to read the channel again now.
+    fn worth_trying(&mut self) -> bool {
+        if self.misses < ReadAhead::GIVE_UP_AFTER {
+            return true;
+        }
+        self.since_try += 1;
+        if self.since_try < ReadAhead::PROBE_EVERY {
+            return false;
+        }
+        self.since_try = 0;
+        true
+    }
+
+    /// What a read ahead found.
+    fn found(&mut self, request: bool) {
+        self.misses = if request { 0 } else { self.misses.saturating_add(1) };
+        self.since_try = 0;
+    }
+}
+
 /// Requests the kernel sent an INTERRUPT for before this session handled them: with several
 /// serving threads (or a ring beside the channel) the interrupt may be handled first. The most
 /// recent [`EarlyInterrupts::KEPT`] are kept: the others were for requests answered already
@@ -1142,7 +1201,46 @@ fn poll_events(readable: bool, asked: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::EarlyInterrupts;
+    use super::{EarlyInterrupts, ReadAhead};
+
+    /// Drives `ahead` through `requests` requests, each read ahead finding one as `finds` says;
+    /// which of them were followed by a read ahead.
+    fn reads_ahead(
+        ahead: &mut ReadAhead,
+        requests: usize,
+        finds: impl Fn(usize) -> bool,
+    ) -> Vec<bool> {
+        (0..requests)
+            .map(|n| {
+                let tried = ahead.worth_trying();
+                if tried {
+                    ahead.found(finds(n));
+                }
+                tried
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_client_at_a_time_stops_the_reads_ahead_but_for_a_probe() {
+        let mut ahead = ReadAhead::default();
+        // Nothing is ever waiting after a request: two misses, then one try in eight.
+        let tried = reads_ahead(&mut ahead, 2 + 3 * 8, |_| false);
+        assert_eq!(&tried[..2], &[true, true]);
+        let probes: Vec<usize> = (2..tried.len()).filter(|&n| tried[n]).collect();
+        assert_eq!(probes, vec![9, 17, 25], "every eighth request after giving up");
+        // A probe that finds a request turns reading on back on.
+        ahead.found(true);
+        assert!(reads_ahead(&mut ahead, 20, |_| true).iter().all(|tried| *tried));
+    }
+
+    #[test]
+    fn queues_that_run_dry_between_batches_keep_reading_ahead() {
+        let mut ahead = ReadAhead::default();
+        // Batches of three: two reads ahead find one, the third finds the queue empty.
+        let tried = reads_ahead(&mut ahead, 60, |n| n % 3 != 2);
+        assert!(tried.iter().all(|tried| *tried), "{tried:?}");
+    }
 
     #[test]
     fn an_early_interrupt_is_taken_once_by_its_request() {
