@@ -51,6 +51,9 @@ pub enum Role {
         /// Each thread on a descriptor of its own (libfuse's `clone_fd`), not all on one.
         #[arg(long)]
         clone_fd: bool,
+        /// FUSE over io_uring: a thread per CPU, each with a ring for its CPU's queue.
+        #[arg(long)]
+        io_uring: bool,
     },
     /// Read TOKENS tokens, print `held`, and keep them until killed.
     Hold {
@@ -87,9 +90,10 @@ pub fn run_role(role: Role) -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
-        Role::FuseBaseline { mountpoint, threads, clone_fd } => {
+        Role::FuseBaseline { mountpoint, threads, clone_fd, io_uring } => {
             use steve_cuse::fuse::baseline::{serve, Threading};
             let threading = match (threads, clone_fd) {
+                _ if io_uring => Threading::Ring,
                 (0 | 1, _) => Threading::Single,
                 (threads, false) => Threading::Shared(threads),
                 (threads, true) => Threading::Cloned(threads),

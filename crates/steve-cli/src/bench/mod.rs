@@ -7,7 +7,8 @@
 //!   targets round by round so that a machine's drift hits them all alike; the median; also
 //!   against each server with a load and a memory limit set (never reached), and beside the
 //!   fuse server against the bench's minimal FUSE server (`steve_cuse::fuse::baseline`) in
-//!   libfuse's three shapes: one thread, a thread per CPU on one descriptor, and on cloned ones;
+//!   libfuse's shapes: one thread, a thread per CPU on one descriptor, on cloned ones, and
+//!   (where root turned FUSE over io_uring on) a thread and a ring per CPU;
 //! - contention: the total of 2, 8 and 32 clients at once;
 //! - scale: one client's round trips while K idle clients are connected (each took and gave
 //!   back a token, so the server watches it), how long connecting them took, and the server's
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use steve_core::server::backend::{self, Availability};
+use steve_cuse::fuse::baseline::Threading;
 
 pub use load::{run_role, Role};
 use target::Target;
@@ -136,7 +138,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     targets.extend(backends.iter().cloned());
     // Beside the fuse server, what a FUSE round trip costs with nothing behind it.
     if backends.iter().any(|name| name == "fuse") {
-        targets.extend(baselines().into_iter().map(|(name, _, _)| name));
+        targets.extend(baselines().into_iter().map(|(name, _)| name));
     }
     // The kernel-served backends also from a thread per CPU (`--threads`).
     let threads = cpus();
@@ -146,7 +148,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // And fuse through io_uring, where the kernel offers it.
     if backends.iter().any(|name| name == "fuse") {
         match steve_cuse::fuse::uring::enabled() {
-            Ok(()) => targets.push(IO_URING.to_string()),
+            Ok(()) => targets.extend([IO_URING, IO_URING_QUEUES].map(String::from)),
             Err(why) => eprintln!("steve bench: {IO_URING} is not measured: {why}"),
         }
     }
@@ -157,10 +159,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => std::env::current_exe().context("this binary")?,
     };
     let start = |name: &str| -> anyhow::Result<Target> {
-        if let Some((name, threads, clone_fd)) =
-            baselines().into_iter().find(|(known, _, _)| known == name)
-        {
-            return Target::fuse_baseline(&server, &name, &dir, threads, clone_fd);
+        if let Some((name, threading)) = baselines().into_iter().find(|(known, _)| known == name) {
+            return Target::fuse_baseline(&server, &name, &dir, threading);
         }
         if let Some((backend, threads)) = parse_threaded(name) {
             let threads = threads.to_string();
@@ -170,6 +170,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             _ if name == "pipe" => Target::pipe(&dir, JOBS),
             _ if name == IO_URING => {
                 Target::serve(&server, "fuse", &dir, JOBS, &["--io-uring", "on"])
+            }
+            _ if name == IO_URING_QUEUES => {
+                let threads = threads.to_string();
+                Target::serve(
+                    &server,
+                    "fuse",
+                    &dir,
+                    JOBS,
+                    &["--io-uring", "on", "--threads", &threads],
+                )
             }
             Some(backend) => Target::serve(&server, backend, &dir, JOBS, LIMITS),
             None => Target::serve(&server, name, &dir, JOBS, &[]),
@@ -300,18 +310,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// The backends to measure: those asked for, or every server backend that works here.
 /// The minimal FUSE servers measured beside the fuse backend (`steve_cuse::fuse::baseline`),
-/// in libfuse's shapes: (name, threads, each thread on a cloned descriptor).
-fn baselines() -> Vec<(String, usize, bool)> {
+/// in libfuse's shapes, by name: through io_uring too where root turned it on.
+fn baselines() -> Vec<(String, Threading)> {
     let cpus = cpus();
-    vec![
-        ("fuse baseline, 1 thread".to_string(), 1, false),
-        (format!("fuse baseline, {cpus} threads"), cpus, false),
-        (format!("fuse baseline, {cpus} threads, clone_fd"), cpus, true),
-    ]
+    let mut baselines = vec![
+        ("fuse baseline, 1 thread".to_string(), Threading::Single),
+        (format!("fuse baseline, {cpus} threads"), Threading::Shared(cpus)),
+        (format!("fuse baseline, {cpus} threads, clone_fd"), Threading::Cloned(cpus)),
+    ];
+    if steve_cuse::fuse::uring::enabled().is_ok() {
+        baselines.push((BASELINE_RING.to_string(), Threading::Ring));
+    }
+    baselines
 }
 
-/// The fuse backend served through io_uring (`--io-uring on`).
+/// The baseline through io_uring: a ring and a thread per CPU.
+const BASELINE_RING: &str = "fuse baseline, io_uring, a ring per CPU";
+
+/// The fuse backend served through io_uring (`--io-uring on`): one ring, the loop's thread.
 const IO_URING: &str = "fuse, io_uring";
+/// The same with `--threads`: a ring and a pinned thread per CPU.
+const IO_URING_QUEUES: &str = "fuse, io_uring, a ring per CPU";
 
 /// The threads the multi-threaded targets run: one per CPU, at least two.
 fn cpus() -> usize {

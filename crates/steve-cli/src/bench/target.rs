@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use steve_cuse::fuse::baseline::Threading;
 
 /// How long a server may take to say it is ready.
 const START_LIMIT: Duration = Duration::from_secs(20);
@@ -84,20 +85,27 @@ impl Target {
     }
 
     /// The bench's minimal FUSE server (`steve bench-client fuse-baseline`) on `dir/baseline`,
-    /// with `threads` threads (each on a descriptor of its own with `clone_fd`), once mounted.
+    /// served as `threading` says, once mounted.
     pub fn fuse_baseline(
         steve: &Path,
         name: &str,
         dir: &Path,
-        threads: usize,
-        clone_fd: bool,
+        threading: Threading,
     ) -> anyhow::Result<Target> {
         let mountpoint = dir.join("baseline");
         let mut command = Command::new(steve);
         command.args(["bench-client", "fuse-baseline"]).arg(&mountpoint);
-        command.args(["--threads", &threads.to_string()]);
-        if clone_fd {
-            command.arg("--clone-fd");
+        match threading {
+            Threading::Single => {}
+            Threading::Shared(threads) => {
+                command.args(["--threads", &threads.to_string()]);
+            }
+            Threading::Cloned(threads) => {
+                command.args(["--threads", &threads.to_string(), "--clone-fd"]);
+            }
+            Threading::Ring => {
+                command.arg("--io-uring");
+            }
         }
         let server = Target::wait_ready(command, dir, "baseline", "ready")?;
         Ok(Target {

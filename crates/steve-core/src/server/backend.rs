@@ -440,16 +440,45 @@ pub struct Endpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SourceId(pub u32);
 
-/// A descriptor a serving thread of its own reads ([`Server::threaded_sources`]): each read
-/// returns one whole message (a device's request), `0` or `ENODEV` when the transport ended.
+/// What a serving thread of its own serves ([`Server::threaded_sources`]).
 #[derive(Debug)]
-pub struct ThreadedSource {
-    /// Which source its messages are to [`Server::message`].
-    pub id: SourceId,
-    /// A descriptor of its own, in blocking mode: the thread sleeps in its reads.
-    pub fd: OwnedFd,
-    /// The buffer a read needs for the largest message.
-    pub message_len: usize,
+pub enum ThreadedSource {
+    /// A descriptor the thread reads with blocking reads, each one whole message (a device's
+    /// request), `0` or `ENODEV` when the transport ended; an answer is written back on it.
+    Reads {
+        /// Which source its messages are to [`Server::message`].
+        id: SourceId,
+        /// A descriptor of its own, in blocking mode: the thread sleeps in its reads.
+        fd: OwnedFd,
+        /// The buffer a read needs for the largest message.
+        message_len: usize,
+    },
+    /// A queue that waits and answers its own way (a FUSE connection's io_uring queue).
+    Queue(Box<dyn MessageQueue>),
+}
+
+/// A threaded source that is not a descriptor to read: its thread sleeps in
+/// [`MessageQueue::next`], hands each message to [`Server::message`] under the one lock, and
+/// gives the answer back with [`MessageQueue::answer`] once the lock is let go.
+pub trait MessageQueue: Send + std::fmt::Debug {
+    /// Sends the answers given since the last call, then gives the next message and the
+    /// source it is from (the server's name for where its answer goes), sleeping until one
+    /// comes.
+    fn next(&mut self) -> Result<Next<'_>, Error>;
+
+    /// Answers the message [`MessageQueue::next`] gave last (sent with the next call).
+    fn answer(&mut self, answer: &[u8]);
+}
+
+/// What a [`MessageQueue`] woke with.
+#[derive(Debug)]
+pub enum Next<'a> {
+    /// A message, from the source named.
+    Message(SourceId, &'a [u8]),
+    /// A signal interrupted the wait: the thread looks whether the loop wants it still.
+    Interrupted,
+    /// The transport ended, for the reason given.
+    Ended(String),
 }
 
 /// What a server did with a threaded source's message ([`Server::message`]).
@@ -538,11 +567,12 @@ pub trait Server: Send {
     fn readable(&mut self, source: SourceId, cx: &mut Context<'_>) -> Result<Flow, Error>;
 
     /// Sources each served by a thread of its own instead of the loop's epoll (a FUSE
-    /// connection's cloned channels): the thread reads one whole message at a time from its
-    /// descriptor with blocking reads, outside the lock, then hands it to [`Server::message`]
-    /// under the one lock over the loop and the server. None by default: the loop's thread
-    /// serves everything.
-    fn threaded_sources(&self) -> Result<Vec<ThreadedSource>, Error> {
+    /// connection's cloned channels, or its io_uring queues): the thread waits for one message
+    /// at a time outside the lock (a blocking read of its descriptor, or the queue's own wait),
+    /// then hands it to [`Server::message`] under the one lock over the loop and the server.
+    /// Called once, as the loop starts: a queue moves to its thread. None by default: the
+    /// loop's thread serves everything.
+    fn threaded_sources(&mut self) -> Result<Vec<ThreadedSource>, Error> {
         Ok(Vec::new())
     }
 

@@ -42,7 +42,8 @@ use tracing::{info, warn};
 
 pub use answer::Answer;
 pub use backend::{
-    Backend, Context, Endpoint, Flow, Handled, PoolChange, Server, SourceId, ThreadedSource,
+    Backend, Context, Endpoint, Flow, Handled, MessageQueue, Next, PoolChange, Server, SourceId,
+    ThreadedSource,
 };
 pub use error::{Error, ErrorKind};
 pub use event_loop::{Ended, EventLoop};

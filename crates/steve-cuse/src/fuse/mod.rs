@@ -145,12 +145,13 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
         Ok(())
     };
     // Made before the mount (see `Ring::new`), which also checks that root turned it on.
-    let ring = match io_uring_wanted(config)?.then(uring::Ring::new) {
-        Some(Ok(ring)) => Some(ring),
-        Some(Err(why)) => without_ring(why).map(|()| None)?,
-        None => None,
+    let threads = config.threads.unwrap_or(1);
+    let rings = match io_uring_wanted(config).then(|| make_rings(threads)) {
+        Some(Ok(rings)) => rings,
+        Some(Err(why)) => without_ring(why).map(|()| Vec::new())?,
+        None => Vec::new(),
     };
-    let (mounted, channel) = mount::mount(&mountpoint, directory, allow_other, ring.is_some())?;
+    let (mounted, channel) = mount::mount(&mountpoint, directory, allow_other, !rings.is_empty())?;
     let mountpoint = mountpoint.path();
     let file = mountpoint.join(FILE_NAME);
     let owner =
@@ -169,12 +170,19 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     let device = Device::new(config.jobs, reservation);
     let mut session = Session::for_mount(channel, device, endpoint, owner)?;
     session.unmount_on_drop(mounted);
-    session.set_threads(config.threads.unwrap_or(1))?;
-    if let Some(mut ring) = ring {
-        match ring.register(session.first_channel()) {
-            Ok(()) => session.serve_ring(ring),
-            Err(why) => without_ring(why)?,
+    if !rings.is_empty() {
+        // One ring: the loop's thread serves it; a ring per queue: each has a thread.
+        let one = threads == 1;
+        match register_rings(rings, session.first_channel()) {
+            Ok(mut rings) if one => session.serve_ring(rings.remove(0)),
+            Ok(rings) => session.serve_queues(rings)?,
+            Err(why) => {
+                without_ring(why)?;
+                session.set_threads(threads)?;
+            }
         }
+    } else {
+        session.set_threads(threads)?;
     }
     if let Some(fifo) = config.companion_path(|| mount::companion_beside(mountpoint)) {
         let companion = Companion::create(&fifo, mode, gid, geteuid().is_root())?;
@@ -183,21 +191,31 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     Ok(session)
 }
 
-/// Whether to try io_uring (`--io-uring`, off by default): not with `--threads` above one
-/// (the ring is served by the loop's thread). Whether the kernel offers it, `Ring::new` finds.
-fn io_uring_wanted(config: &ServeConfig) -> Result<bool, steve_core::server::Error> {
-    let threads = config.threads.unwrap_or(1);
-    match config.io_uring.unwrap_or(IoUringChoice::Off) {
-        IoUringChoice::Off => Ok(false),
-        IoUringChoice::Auto if threads > 1 => {
-            info!("serving through /dev/fuse: --threads serves it from several threads");
-            Ok(false)
-        }
-        IoUringChoice::On if threads > 1 => Err(steve_core::server::Error::usage(
-            "--io-uring on serves the ring from the event loop's thread: drop --threads",
-        )),
-        IoUringChoice::Auto | IoUringChoice::On => Ok(true),
+/// Whether to try io_uring (`--io-uring`, off by default). Whether the kernel offers it,
+/// `Ring::new` finds.
+fn io_uring_wanted(config: &ServeConfig) -> bool {
+    config.io_uring.unwrap_or(IoUringChoice::Off) != IoUringChoice::Off
+}
+
+/// The rings to serve through, made before the mount: with one thread, one ring for every
+/// queue, which the loop's thread serves; with more, a ring for each of the kernel's queues
+/// (one per CPU, whatever `threads` says), each for a thread of its own.
+fn make_rings(threads: usize) -> Result<Vec<uring::Ring>, String> {
+    if threads == 1 {
+        return uring::Ring::new().map(|ring| vec![ring]);
     }
+    (0..uring::queue_count()).map(|queue| uring::Ring::for_queue(queue as u16)).collect()
+}
+
+/// Registers each ring's entries on the connection, whose INIT is answered.
+fn register_rings(
+    mut rings: Vec<uring::Ring>,
+    channel: std::os::fd::BorrowedFd<'_>,
+) -> Result<Vec<uring::Ring>, String> {
+    for ring in &mut rings {
+        ring.register(channel)?;
+    }
+    Ok(rings)
 }
 
 #[cfg(test)]

@@ -23,8 +23,13 @@
 //! coming back) queued in the kernel until one of them is answered, and the kernel hands a
 //! queued request only to an entry that commits, never to one newly registered. So every queue
 //! keeps [`SPARE_PER_QUEUE`] entries waiting in the kernel: whenever waiting reads leave fewer,
-//! new ones are registered with the next submission, up to [`MAX_ENTRIES`] in all (a user's
+//! new ones are registered with the next submission, up to [`MAX_ENTRIES`] in all, shared out
+//! among the rings when each queue has its own (a user's
 //! thousands of blocked threads then queue in the kernel instead of growing the server).
+//!
+//! A ring is served by one thread: the loop's ([`Ring::as_fd`] is readable when entries
+//! completed), or one of its own per queue ([`Ring::for_queue`], [`Ring::wait`]), which
+//! another thread wakes by writing an eventfd the ring keeps a read of ([`Ring::wake_on`]).
 //!
 //! The unsafe code is here alone: the buffers the kernel writes into are mapped memory the
 //! session reads only while the kernel has handed the entry back, and one field of a
@@ -41,7 +46,7 @@ use tracing::{debug, warn};
 pub const ENABLE_PARAMETER: &str = "/sys/module/fuse/parameters/enable_uring";
 /// Entries each queue keeps waiting in the kernel for new requests.
 pub const SPARE_PER_QUEUE: usize = 8;
-/// The most entries a server registers, whatever waits.
+/// The most entries a server registers, whatever waits (about 140 MiB of buffers).
 pub const MAX_ENTRIES: usize = 16_384;
 /// `fuse_uring_req_header`'s size and the offsets in it.
 const HEADER_LEN: usize = 288;
@@ -67,6 +72,10 @@ const CMD_COMMIT_AND_FETCH: u32 = 2;
 const SUBMISSION_SLOTS: u32 = 256;
 /// Completion slots (the kernel keeps any overflow: IORING_FEAT_NODROP).
 const COMPLETION_SLOTS: u32 = 4096;
+/// The user data of the no-op that makes the ring's descriptor readable, and of the read of
+/// the wake-up eventfd: neither names an entry.
+const NOP_DATA: u64 = u64::MAX;
+const WAKE_DATA: u64 = u64::MAX - 1;
 
 /// Whether root has turned FUSE over io_uring on, and if not, why.
 pub fn enabled() -> Result<(), String> {
@@ -116,8 +125,33 @@ pub struct Ring {
     queued: usize,
     /// Completions seen while registering, for the next [`Ring::completions`].
     held: Vec<Completion>,
-    /// Said once: the ring reached [`MAX_ENTRIES`].
+    /// The most entries this ring registers: [`MAX_ENTRIES`], or its share of them.
+    max_entries: usize,
+    /// Said once: the ring reached `max_entries`.
     full_said: bool,
+    /// The one queue this ring serves, or `None`: every queue.
+    only_queue: Option<u16>,
+    /// An eventfd whose count ends a [`Ring::wait`] ([`Ring::wake_on`]), and where its read
+    /// puts the count.
+    wake: Option<Wake>,
+}
+
+/// The ring's read of a wake-up eventfd.
+#[derive(Debug)]
+struct Wake {
+    eventfd: RawFd,
+    count: Box<u64>,
+    /// The read is in the kernel: nothing to queue until it completes.
+    armed: bool,
+}
+
+/// What a [`Ring::wait`] woke for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// Entries completed, or the wake-up eventfd was written.
+    Completed,
+    /// A signal came first.
+    Interrupted,
 }
 
 impl std::fmt::Debug for Ring {
@@ -158,8 +192,51 @@ impl Ring {
             spare: vec![0; queue_count()],
             queued: 0,
             held: Vec::new(),
+            max_entries: MAX_ENTRIES,
             full_said: false,
+            only_queue: None,
+            wake: None,
         })
+    }
+
+    /// A ring that serves queue `qid` alone (a thread per CPU, each with its own ring), with
+    /// its share of [`MAX_ENTRIES`]: what a server's buffers may grow to does not grow with
+    /// the machine's CPUs.
+    pub fn for_queue(qid: u16) -> Result<Ring, String> {
+        let mut ring = Ring::new()?;
+        ring.only_queue = Some(qid);
+        ring.max_entries = entries_per_queue(ring.spare.len());
+        Ok(ring)
+    }
+
+    /// Keeps a read of `eventfd` in the ring from now on, so that writing it ends a
+    /// [`Ring::wait`]: how another thread wakes the one serving this ring. The descriptor must
+    /// outlive the ring.
+    pub fn wake_on(&mut self, eventfd: BorrowedFd<'_>) {
+        self.wake = Some(Wake { eventfd: eventfd.as_raw_fd(), count: Box::new(0), armed: false });
+    }
+
+    /// Submits what is queued and sleeps until an entry completes, the wake-up eventfd is
+    /// written, or a signal comes.
+    pub fn wait(&mut self) -> std::io::Result<Waited> {
+        self.top_up().map_err(std::io::Error::other)?;
+        let wake_read = self.wake.as_mut().filter(|wake| !wake.armed).map(|wake| {
+            wake.armed = true;
+            let count = std::ptr::from_mut::<u64>(&mut *wake.count).cast::<u8>();
+            opcode::Read::new(types::Fd(wake.eventfd), count, 8).build().user_data(WAKE_DATA)
+        });
+        if let Some(read) = wake_read {
+            self.push(squeue::Entry128::from(read))?;
+        }
+        let ring = self.ring.as_mut().expect("the ring lives until dropped");
+        match ring.submit_and_wait(1) {
+            Ok(_) => {
+                self.queued = 0;
+                Ok(Waited::Completed)
+            }
+            Err(error) if error.raw_os_error() == Some(nix::libc::EINTR) => Ok(Waited::Interrupted),
+            Err(error) => Err(error),
+        }
     }
 
     /// Registers [`SPARE_PER_QUEUE`] entries on each of the kernel's queues for the FUSE
@@ -186,7 +263,7 @@ impl Ring {
         // A request taken already waits in `held`: a no-op's completion makes the ring's
         // descriptor readable, so that the loop comes for it (its user data names no entry).
         if self.held.iter().any(|done| matches!(done, Completion::Request(_))) {
-            let nop = squeue::Entry128::from(opcode::Nop::new().build().user_data(u64::MAX));
+            let nop = squeue::Entry128::from(opcode::Nop::new().build().user_data(NOP_DATA));
             self.push(nop).map_err(|error| format!("cannot queue a no-op: {error}"))?;
             self.submit().map_err(|error| format!("cannot submit a no-op: {error}"))?;
         }
@@ -213,6 +290,12 @@ impl Ring {
             ring.completion().map(|cqe| (cqe.user_data(), cqe.result())).collect();
         let mut completions = std::mem::take(&mut self.held);
         for (user_data, result) in done {
+            if user_data == WAKE_DATA {
+                if let Some(wake) = self.wake.as_mut() {
+                    wake.armed = false;
+                }
+                continue;
+            }
             let Some(entry) = self.entries.get_mut(user_data as usize) else { continue };
             if entry.in_kernel {
                 entry.in_kernel = false;
@@ -299,14 +382,16 @@ impl Ring {
     /// Queues REGISTERs of new entries until every queue has its spares (or the ring is full).
     fn top_up(&mut self) -> Result<(), String> {
         let wanted: Vec<(u16, usize)> = (self.spare.iter().enumerate())
-            .filter(|(_, &spare)| spare < SPARE_PER_QUEUE)
+            .filter(|(qid, &spare)| {
+                spare < SPARE_PER_QUEUE && self.only_queue.is_none_or(|only| only as usize == *qid)
+            })
             .map(|(qid, &spare)| (qid as u16, SPARE_PER_QUEUE - spare))
             .collect();
         let total: usize = wanted.iter().map(|(_, n)| n).sum();
         if total == 0 {
             return Ok(());
         }
-        let room = MAX_ENTRIES - self.entries.len();
+        let room = self.max_entries.saturating_sub(self.entries.len());
         if total > room && !self.full_said {
             self.full_said = true;
             warn!(
@@ -364,8 +449,9 @@ impl Ring {
     fn push(&mut self, sqe: squeue::Entry128) -> std::io::Result<()> {
         let ring = self.ring.as_mut().expect("the ring lives until dropped");
         loop {
-            // SAFETY: what `sqe` points at (a REGISTER's iovecs, and the buffers they name)
-            // lives in `self.entries` and the mapped regions until the ring is dropped.
+            // SAFETY: what `sqe` points at (a REGISTER's iovecs, and the buffers they name; the
+            // wake-up read's count) lives in `self.entries`, the mapped regions and
+            // `self.wake` until the ring is dropped.
             if unsafe { ring.submission().push(&sqe) }.is_ok() {
                 self.queued += 1;
                 return Ok(());
@@ -406,6 +492,12 @@ impl Drop for Ring {
 // with the session's reads (an entry is read only once the kernel has handed it back).
 unsafe impl Send for Ring {}
 
+/// A queue's share of [`MAX_ENTRIES`] when each of `queues` has a ring of its own (never so few
+/// that a queue cannot keep its spares and a few waiting reads).
+fn entries_per_queue(queues: usize) -> usize {
+    (MAX_ENTRIES / queues.max(1)).max(4 * SPARE_PER_QUEUE)
+}
+
 /// `fuse_uring_cmd_req { flags: 0, commit_id, qid }` in a command's 80 bytes.
 fn command(commit_id: u64, qid: u16) -> [u8; 80] {
     let mut command = [0u8; 80];
@@ -427,6 +519,14 @@ fn set_len(sqe: &mut squeue::Entry128, len: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rings_per_queue_share_the_entries_out() {
+        assert_eq!(entries_per_queue(1), MAX_ENTRIES);
+        assert_eq!(entries_per_queue(2), MAX_ENTRIES / 2);
+        assert_eq!(entries_per_queue(64), 256);
+        assert_eq!(entries_per_queue(4096), 4 * SPARE_PER_QUEUE, "a floor on huge machines");
+    }
 
     #[test]
     fn a_command_holds_the_commit_id_and_queue() {

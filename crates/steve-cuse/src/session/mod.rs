@@ -17,6 +17,9 @@
 //! On a FUSE connection the kernel may instead hand requests to ring entries the session
 //! registered ([`crate::fuse::uring`], `--io-uring`): each is answered through the entry it
 //! came in, and a read that waits remembers its entry. INTERRUPT still comes on the channel.
+//! The ring is served by the loop's thread, or with `threads` above one there is a ring per
+//! CPU's queue, each served by a thread of its own pinned to that CPU ([`queues`]); the loop's
+//! thread then serves the channel.
 //!
 //! A session may also feed a companion FIFO (steve-fifo's [`Companion`]) from the same device:
 //! to the device the FIFO is one more process, [`COMPANION_PID`], that takes tokens one at a time
@@ -25,8 +28,11 @@
 //! lie untaken while others wait go back after the poll reservation's time.
 #![forbid(unsafe_code)]
 
+mod queues;
+
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use nix::errno::Errno;
@@ -169,6 +175,10 @@ pub struct Session {
     ring_batch: bool,
     /// A ring entry's request, put together as a channel would have given it.
     ring_message: Vec<u8>,
+    /// A ring per CPU's queue, each for a thread of its own (moved to it as the loop starts),
+    /// and where answers for each queue's entries are posted.
+    queue_sources: Vec<queues::QueueSource>,
+    mailboxes: Vec<Arc<queues::Mailbox>>,
     // Dropped next: closing the connection fails the reads still waiting, before a mount is
     // unmounted below. The first channel and its clones.
     channels: Vec<OwnedFd>,
@@ -258,6 +268,8 @@ impl Session {
             ring: None,
             ring_batch: false,
             ring_message: Vec::new(),
+            queue_sources: Vec::new(),
+            mailboxes: Vec::new(),
             channels: vec![channel],
             threads: 1,
             waiting_on: HashMap::new(),
@@ -304,6 +316,24 @@ impl Session {
     pub fn serve_ring(&mut self, ring: Ring) {
         info!("serving FUSE requests through io_uring ({} ring entries)", ring.entries());
         self.ring = Some(ring);
+    }
+
+    /// Takes requests through `rings`, one per CPU's queue (ring `n` registered on queue `n`
+    /// of this connection), each served by a thread of its own; the loop's thread serves the
+    /// channel.
+    pub fn serve_queues(&mut self, rings: Vec<Ring>) -> Result<(), Error> {
+        let entries: usize = rings.iter().map(Ring::entries).sum();
+        info!(
+            "serving FUSE requests through io_uring: a ring and a thread for each of {} CPUs \
+             ({entries} ring entries)",
+            rings.len()
+        );
+        for (queue, ring) in rings.into_iter().enumerate() {
+            let (source, mailbox) = queues::QueueSource::new(ring, queue as u16)?;
+            self.queue_sources.push(source);
+            self.mailboxes.push(mailbox);
+        }
+        Ok(())
     }
 
     /// Serves another channel of the same connection (a clone; a test's fake kernel gives
@@ -559,6 +589,9 @@ impl Session {
                         match route {
                             Route::Channel(channel) => debug!(pid, unique, channel, "read waits"),
                             Route::Ring(entry) => debug!(pid, unique, entry, "read waits"),
+                            Route::Queue(queue, entry) => {
+                                debug!(pid, unique, queue, entry, "read waits")
+                            }
                         }
                         if route != Route::Channel(0) {
                             self.waiting_on.insert(unique, (route, pid));
@@ -774,6 +807,12 @@ impl Session {
                 }
                 return;
             }
+            Route::Queue(queue, entry) => {
+                if let Some(mailbox) = self.mailboxes.get(usize::from(queue)) {
+                    mailbox.post(entry, message);
+                }
+                return;
+            }
         };
         match nix::unistd::write(&self.channels[channel], message) {
             Ok(_) => {}
@@ -845,6 +884,16 @@ impl Session {
         (channel < self.channels.len()).then_some(channel)
     }
 
+    /// Where the answer to a threaded source's message goes: its channel, or its queue's ring
+    /// entry.
+    fn route_from(&self, source: SourceId) -> Option<Route> {
+        if let Some((queue, entry)) = queues::entry_of(source) {
+            return (usize::from(queue) < self.mailboxes.len())
+                .then_some(Route::Queue(queue, entry));
+        }
+        self.channel_of(source).map(Route::Channel)
+    }
+
     /// The device semantics, for tests.
     pub fn device(&self) -> &Device {
         &self.device
@@ -864,7 +913,11 @@ impl Server for Session {
         channels.chain(ring).chain(companion).collect()
     }
 
-    fn threaded_sources(&self) -> Result<Vec<ThreadedSource>, steve_core::server::Error> {
+    fn threaded_sources(&mut self) -> Result<Vec<ThreadedSource>, steve_core::server::Error> {
+        if !self.queue_sources.is_empty() {
+            let queues = std::mem::take(&mut self.queue_sources).into_iter();
+            return Ok(queues.map(|queue| ThreadedSource::Queue(Box::new(queue))).collect());
+        }
         if self.threads == 1 {
             return Ok(Vec::new());
         }
@@ -880,7 +933,7 @@ impl Server for Session {
             // wait).
             fcntl(&fd, FcntlArg::F_SETFL(OFlag::empty()))
                 .map_err(|errno| cannot(std::io::Error::from(errno)))?;
-            Ok(ThreadedSource { id: channel_source(n), fd, message_len: BUFFER_LEN })
+            Ok(ThreadedSource::Reads { id: channel_source(n), fd, message_len: BUFFER_LEN })
         };
         (0..threads).map(channel_of_thread).map(reader).collect()
     }
@@ -891,17 +944,17 @@ impl Server for Session {
         message: &[u8],
         cx: &mut Context<'_>,
     ) -> Result<Handled, steve_core::server::Error> {
-        let Some(channel) = self.channel_of(source) else {
+        let Some(route) = self.route_from(source) else {
             return Ok(Handled { flow: Flow::Continue, answer: None });
         };
-        let (flow, answer) = self.handle_leaving_answer(message, Route::Channel(channel), cx);
+        let (flow, answer) = self.handle_leaving_answer(message, route, cx);
         self.send_events(cx);
         Ok(Handled { flow, answer })
     }
 
     fn answer(&mut self, source: SourceId, answer: &[u8]) {
-        if let Some(channel) = self.channel_of(source) {
-            self.send(Route::Channel(channel), answer);
+        if let Some(route) = self.route_from(source) {
+            self.send(route, answer);
         }
     }
 
@@ -966,7 +1019,7 @@ impl Server for Session {
     }
 
     fn export(&self) -> Result<Export<'_>, String> {
-        if self.ring.is_some() {
+        if self.ring.is_some() || !self.mailboxes.is_empty() {
             // Its entries point into this process's memory, which a successor does not have.
             return Err("this server takes requests through io_uring, whose ring entries a \
                         successor cannot take over: restart it without a handover"
@@ -989,7 +1042,7 @@ impl Server for Session {
             "unknown_opcodes": unknown,
             "waiting_on": self.waiting_on.iter().filter_map(|(unique, (route, pid))| match route {
                 Route::Channel(channel) => Some((unique, channel, pid)),
-                Route::Ring(_) => None,
+                Route::Ring(_) | Route::Queue(..) => None,
             }).collect::<Vec<_>>(),
             "endpoint": {
                 "path": &endpoint.path,
@@ -1095,6 +1148,8 @@ enum Route {
     Channel(usize),
     /// Ring entry `n`.
     Ring(u32),
+    /// Entry `entry` of the ring of queue `queue`, served by a thread of its own.
+    Queue(u16, u32),
 }
 
 /// Whether the loop's thread reads the channel again after a request, before it goes back to

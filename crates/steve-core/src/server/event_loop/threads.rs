@@ -1,8 +1,9 @@
 //! Serving from several threads: each of a server's threaded sources
-//! ([`Server::threaded_sources`], a FUSE connection's cloned channels) is read by a thread of
-//! its own with blocking reads, and a thread that read a message takes the one lock over the
-//! loop and the server to hand it to [`Server::message`], so that every event is still
-//! handled one at a time by the loop's code, as with one thread.
+//! ([`Server::threaded_sources`]) is served by a thread of its own: a FUSE connection's cloned
+//! channel with blocking reads, or one of its io_uring queues ([`MessageQueue`]) with the
+//! queue's own wait. A thread that has a message takes the one lock over the loop and the
+//! server to hand it to [`Server::message`], so that every event is still handled one at a
+//! time by the loop's code, as with one thread.
 //!
 //! Why: most of a round trip through a FUSE file is waking the thread that answers it, and the
 //! system calls around it. A thread asleep in a blocking read of /dev/fuse is woken by the
@@ -18,9 +19,11 @@
 //! Before a handover, a restart and the end, the loop's thread, holding the lock, makes every
 //! reader still ([`Readers::quiesce`]), so that none takes a request from the connection once a
 //! successor has it: it sets `stopping` and interrupts the reads with [`WAKE_SIGNAL`] until
-//! every reader is parked. A reader that had read a message and waits for the lock leaves the
-//! message to the loop's thread, which handles it before the books go out.
+//! every reader is parked (a signal interrupts an io_uring wait as it does a read). A reader
+//! that had read a message and waits for the lock leaves the message to the loop's thread,
+//! which handles it before the books go out.
 
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +37,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use tracing::{debug, warn};
 
 use super::{timeout_until, wait, Ended, EventLoop, Key, BATCH};
-use crate::server::backend::{Flow, Server, SourceId, ThreadedSource};
+use crate::server::backend::{Flow, Handled, MessageQueue, Next, Server, SourceId, ThreadedSource};
 use crate::server::Error;
 
 /// What interrupts a serving thread's read (ignored by default, so nothing else sends it to a
@@ -255,7 +258,7 @@ fn serve_loop(
     }
 }
 
-/// A serving thread: reads a message from `source`, then hands it to the server under the
+/// A serving thread: waits for a message from `source`, then hands it to the server under the
 /// lock, until the source ends or the loop sends the readers away.
 fn serve_source(
     shared: &Mutex<Shared<'_>>,
@@ -272,58 +275,127 @@ fn serve_source(
         return end(Err(Error::io("cannot unblock a signal", errno.into())));
     }
     readers.state.lock().threads[reader] = Some(pthread_self());
-    let mut buffer = vec![0u8; source.message_len];
-    loop {
-        if readers.stopping.load(Ordering::SeqCst) {
-            if readers.park(reader) {
-                continue;
+    let serving = Serving { shared, readers, reader, wake };
+    let ended = match source {
+        ThreadedSource::Reads { id, fd, message_len } => serving.reads(id, &fd, message_len),
+        ThreadedSource::Queue(queue) => serving.queue(queue),
+    };
+    if let Some(ended) = ended {
+        end(ended);
+    }
+}
+
+/// What a serving thread works with.
+struct Serving<'s, 'a> {
+    shared: &'s Mutex<Shared<'a>>,
+    readers: &'s Readers,
+    reader: usize,
+    wake: &'s EventFd,
+}
+
+impl Serving<'_, '_> {
+    /// Whether to go on: parks while the loop wants the readers still; `false` once they are
+    /// sent away.
+    fn go_on(&self) -> bool {
+        while self.readers.stopping.load(Ordering::SeqCst) {
+            if !self.readers.park(self.reader) {
+                return false;
             }
-            return;
         }
-        let len = match nix::unistd::read(&source.fd, &mut buffer) {
-            Ok(0) => return end(Ok(Ended::Transport("the kernel closed the connection".into()))),
-            Ok(len) => len,
-            Err(Errno::EINTR | Errno::EAGAIN) => continue,
-            // The kernel ended the connection (the device was removed, or unmounted).
-            Err(Errno::ENODEV) => {
-                return end(Ok(Ended::Transport("the kernel ended the connection".into())))
+        true
+    }
+
+    /// Serves a descriptor read with blocking reads; how the server ended, if the thread
+    /// found it.
+    fn reads(
+        &self,
+        id: SourceId,
+        fd: &OwnedFd,
+        message_len: usize,
+    ) -> Option<Result<Ended, Error>> {
+        let mut buffer = vec![0u8; message_len];
+        loop {
+            if !self.go_on() {
+                return None;
             }
-            Err(errno) => return end(Err(Error::io("cannot read requests", errno.into()))),
-        };
-        let message = &buffer[..len];
+            let len = match nix::unistd::read(fd, &mut buffer) {
+                Ok(0) => {
+                    return Some(Ok(Ended::Transport("the kernel closed the connection".into())))
+                }
+                Ok(len) => len,
+                Err(Errno::EINTR | Errno::EAGAIN) => continue,
+                // The kernel ended the connection (the device was removed, or unmounted).
+                Err(Errno::ENODEV) => {
+                    return Some(Ok(Ended::Transport("the kernel ended the connection".into())))
+                }
+                Err(errno) => return Some(Err(Error::io("cannot read requests", errno.into()))),
+            };
+            let handled = match self.hand_over(id, &buffer[..len]) {
+                Ok(Some(handled)) => handled,
+                Ok(None) => continue,
+                Err(error) => return Some(Err(error)),
+            };
+            if let Some(answer) = handled.answer {
+                write_answer(fd, &answer);
+            }
+            if let Flow::Ended(why) = handled.flow {
+                return Some(Ok(Ended::Transport(why)));
+            }
+        }
+    }
+
+    /// Serves a queue that waits its own way; how the server ended, if the thread found it.
+    fn queue(&self, mut queue: Box<dyn MessageQueue>) -> Option<Result<Ended, Error>> {
+        loop {
+            if !self.go_on() {
+                return None;
+            }
+            let handled = match queue.next() {
+                Ok(Next::Message(id, message)) => self.hand_over(id, message),
+                Ok(Next::Interrupted) => continue,
+                Ok(Next::Ended(why)) => return Some(Ok(Ended::Transport(why))),
+                Err(error) => return Some(Err(error)),
+            };
+            let handled = match handled {
+                Ok(Some(handled)) => handled,
+                Ok(None) => continue,
+                Err(error) => return Some(Err(error)),
+            };
+            if let Some(answer) = handled.answer {
+                queue.answer(&answer);
+            }
+            if let Flow::Ended(why) = handled.flow {
+                return Some(Ok(Ended::Transport(why)));
+            }
+        }
+    }
+
+    /// Hands `message`, from source `id`, to the server under the one lock; `None` when the
+    /// loop wanted the readers still meanwhile and keeps the message for its own thread.
+    fn hand_over(&self, id: SourceId, message: &[u8]) -> Result<Option<Handled>, Error> {
         let mut guard = loop {
-            if let Some(guard) = shared.try_lock_for(STILL_POLL) {
+            if let Some(guard) = self.shared.try_lock_for(STILL_POLL) {
                 break Some(guard);
             }
-            if readers.stopping.load(Ordering::SeqCst) {
+            if self.readers.stopping.load(Ordering::SeqCst) {
                 break None;
             }
         };
         let Some(shared) = guard.as_deref_mut() else {
-            readers.leave_late(source.id, message);
-            continue;
+            self.readers.leave_late(id, message);
+            return Ok(None);
         };
         let now = Instant::now();
-        let handled =
-            shared.server.message(source.id, message, &mut shared.event_loop.context(now));
+        let handled = shared.server.message(id, message, &mut shared.event_loop.context(now));
         let finished = shared.event_loop.finish_turn(shared.server, now);
-        let handled = match handled.and_then(|handled| finished.map(|()| handled)) {
-            Ok(handled) => handled,
-            Err(error) => return end(Err(error)),
-        };
+        let handled = handled.and_then(|handled| finished.map(|()| handled))?;
         // A deadline earlier than the loop's thread sleeps until: it must wake for it.
         let next = shared.event_loop.next_deadline(shared.server);
         if next.is_some_and(|at| shared.sleeping_until.is_none_or(|until| at < until)) {
             shared.sleeping_until = next;
-            let _ = wake.write(1);
+            let _ = self.wake.write(1);
         }
-        drop(guard);
-        if let Some(answer) = handled.answer {
-            write_answer(&source.fd, &answer);
-        }
-        if let Flow::Ended(why) = handled.flow {
-            return end(Ok(Ended::Transport(why)));
-        }
+        Ok(Some(handled))
     }
 }
 

@@ -20,10 +20,10 @@ use super::{ensure, handover, rerun, serve_command, Client, Daemon, Run, THREADS
 const SERVING: u32 = 2;
 
 /// Sets the suite's servers to `--threads` for as long as it lives, even through a panic.
-struct Threaded;
+pub(super) struct Threaded;
 
 impl Threaded {
-    fn on(threads: u32) -> Threaded {
+    pub(super) fn on(threads: u32) -> Threaded {
         THREADS.store(threads, Ordering::Relaxed);
         Threaded
     }

@@ -8,13 +8,15 @@
 //! that waits for a token, one a signal or SIGKILL interrupts: an answer to a ring entry's
 //! request must go back through that entry, and the interrupt itself still comes on
 //! /dev/fuse), and those of plain traffic (makes within the pool, ENOSPC, non-blocking reads,
-//! pollers' reservations) run again against such servers.
+//! pollers' reservations) run again against such servers: once with the ring served by the
+//! loop's thread, once with `--threads 2`, a ring per CPU's queue each served by a thread of
+//! its own pinned to that CPU (answers for a queue's waiting reads then cross threads).
 
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{ensure, handover, rerun, serve_command, Daemon, Run, IO_URING};
+use super::{ensure, env_path, handover, rerun, serve_command, Daemon, Run, IO_URING};
 
 /// The fuse module's switch.
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -61,6 +63,7 @@ pub fn served_through_io_uring_setting_enable_uring() -> Result<(), String> {
     set_enable_uring("Y")?;
     let _ringed = Ringed::on();
     served_through_the_ring()?;
+    the_benchs_ring_baseline_serves_and_stops()?;
     let scenarios: [(&str, Run); 9] = [
         ("make_peak", super::make_peak),
         ("two_makes", super::two_makes),
@@ -72,7 +75,10 @@ pub fn served_through_io_uring_setting_enable_uring() -> Result<(), String> {
         ("signal_interrupts_waiting_read", super::signal_interrupts_waiting_read),
         ("killed_right_after_an_answer", handover::killed_right_after_an_answer),
     ];
-    rerun(&scenarios, "--io-uring on", "served_through_io_uring")
+    rerun(&scenarios, "--io-uring on", "served_through_io_uring")?;
+    let _threaded = super::threads::Threaded::on(2);
+    served_through_a_ring_per_queue()?;
+    rerun(&scenarios, "--io-uring on --threads 2", "served_through_io_uring_queues")
 }
 
 /// `--io-uring on` with the parameter off: the server exits with one line naming the switch.
@@ -110,6 +116,101 @@ fn auto_falls_back_while_off() -> Result<(), String> {
         format!("--io-uring auto with enable_uring off logged:\n{log}")
     })?;
     ensure(!log.contains("through io_uring ("), || format!("it served through the ring:\n{log}"))
+}
+
+/// The bench's minimal server in libfuse's io_uring shape (`steve bench-client fuse-baseline
+/// --io-uring`): a ring on every CPU's queue, round trips answered, gone at SIGTERM.
+fn the_benchs_ring_baseline_serves_and_stops() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mountpoint = dir.path().join("baseline");
+    let log_path = dir.path().join("baseline.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let mut server = std::process::Command::new(env_path("STEVE_BIN"))
+        .args(["bench-client", "fuse-baseline", "--io-uring"])
+        .arg(&mountpoint)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start the baseline: {e}"))?;
+    let mut stdout = std::io::BufReader::new(server.stdout.take().expect("piped"));
+    let mut ready = String::new();
+    let _ = std::io::BufRead::read_line(&mut stdout, &mut ready);
+    let served = std::process::Command::new(env_path("STEVE_BIN"))
+        .args(["bench-client", "round-trips"])
+        .arg(mountpoint.join("jobserver"))
+        .arg("0.3")
+        .output()
+        .map_err(|e| format!("cannot start a client: {e}"));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let started = Instant::now();
+    let stopped = loop {
+        match server.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => break Some(status),
+            None if started.elapsed() > Duration::from_secs(10) => break None,
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    if stopped.is_none() {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    ensure(ready.trim() == "ready", || format!("the baseline said {ready:?}:\n{log}"))?;
+    let served = served?;
+    let round_trips: u64 = String::from_utf8_lossy(&served.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0);
+    ensure(round_trips > 0, || format!("no round trips through the ring baseline:\n{log}"))?;
+    let rings = log.matches("served through a ring of its own").count();
+    let queues = possible_cpus();
+    ensure(rings == queues, || format!("{rings} rings for {queues} queues:\n{log}"))?;
+    ensure(stopped.is_some_and(|status| status.success()), || {
+        format!("the baseline did not end at SIGTERM within 10 s ({stopped:?}):\n{log}")
+    })
+}
+
+/// With `--threads` too, a ring per CPU's queue, each served by a thread pinned to its CPU.
+fn served_through_a_ring_per_queue() -> Result<(), String> {
+    let daemon = Daemon::start_with(serve_command(2, &[]));
+    daemon.assert_pool_whole(2)?;
+    let log = daemon.log();
+    let queues = possible_cpus();
+    ensure(log.contains(&format!("a ring and a thread for each of {queues} CPUs")), || {
+        format!("--io-uring on --threads 2 logged:\n{log}")
+    })?;
+    // Each serving thread's name and the CPUs it may run on (started once the server has said
+    // where it serves, so looked for a moment).
+    let threads = || -> Vec<(String, String)> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", daemon.child.id()));
+        let field = |status: &str, name: &str| {
+            status.lines().find_map(|line| line.strip_prefix(name)).unwrap_or("").trim().to_string()
+        };
+        (tasks.into_iter().flatten().flatten())
+            .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+            .map(|status| (field(&status, "Name:"), field(&status, "Cpus_allowed_list:")))
+            .filter(|(name, _)| name.starts_with("steve-serve-"))
+            .collect()
+    };
+    let started = Instant::now();
+    while threads().len() < queues && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut threads = threads();
+    threads.sort();
+    let pinned: Vec<(String, String)> =
+        (0..queues).map(|cpu| (format!("steve-serve-{cpu}"), cpu.to_string())).collect();
+    ensure(threads == pinned, || format!("the serving threads and their CPUs: {threads:?}"))
+}
+
+/// The kernel's FUSE queues: one per possible CPU.
+fn possible_cpus() -> usize {
+    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    steve_core::cgroup::parse_cpu_list(&possible).unwrap_or(1)
 }
 
 /// With the parameter on, the server says it registered ring entries, and serves.
