@@ -9,7 +9,10 @@
 //!
 //! Each build's token-seconds are what the server handed it: its tokens, sampled every 100 ms
 //! through the control socket (the status's `builds`), plus the implicit token its top-level
-//! client always holds, over the time all three builds are active (from their jobs' timelines).
+//! client always holds, over the time all three builds are active (from their jobs' timelines)
+//! and the server has a choice to make: from cargo's first token given back. Before that cargo
+//! holds what it took before the makes came, which no policy can take back, and how long that
+//! lasts is how long its first layer compiles (seconds on the host, tens of them in a busy VM).
 //! The seconds their jobs ran are reported beside them: on a machine whose CPUs the compilers
 //! use up (the emulated VM) a make holding a token may be slow to start its next job, which
 //! the job-seconds count against it though the server gave it its share.
@@ -179,6 +182,16 @@ fn token_seconds(samples: &[Sample], pid: u32, from: u128, to: u128) -> f64 {
         .sum()
 }
 
+/// When the build of `pid` first held fewer tokens than a sample before, after `after`: the
+/// sample before the drop (so the window may begin up to one sample early, never late).
+fn first_give_back(samples: &[Sample], pid: u32, after: u128) -> Option<u128> {
+    let tokens = |sample: &Sample| sample.builds.get(&pid).map_or(0, |(tokens, _)| *tokens);
+    samples
+        .windows(2)
+        .find(|pair| pair[1].at > after && tokens(&pair[1]) < tokens(&pair[0]))
+        .map(|pair| pair[0].at.max(after))
+}
+
 /// Seconds from the build of `pid` first showing (holding or waiting) to its first token.
 fn first_token_wait(samples: &[Sample], pid: u32) -> Option<f64> {
     let asked = samples.iter().find(|sample| sample.builds.contains_key(&pid))?.at;
@@ -250,8 +263,10 @@ fn share_run(
         format!("cargo failed ({policy}): {}", String::from_utf8_lossy(&cargo_output.stderr))
     })?;
     let builds = [cargo_log.as_path(), &make_logs[0], &make_logs[1]].map(spans_of);
-    // While all three are active: from the last first start to the first last end.
+    // While all three are active: from the last first start to the first last end; and from
+    // the policy's first choice, cargo's first token given back.
     let from = builds.iter().map(|spans| spans[0].start).max().unwrap();
+    let from = first_give_back(&samples, cargo_pid, from).unwrap_or(from);
     let to = builds.iter().map(|spans| spans.iter().map(|s| s.end).max().unwrap()).min().unwrap();
     let pids = [cargo_pid, make_pids[0], make_pids[1]];
     let tokens = pids.map(|pid| token_seconds(&samples, pid, from, to));
@@ -278,4 +293,26 @@ fn spans_of(log: &Path) -> Vec<Span> {
     spans.sort_by_key(|span| span.start);
     assert!(!spans.is_empty(), "no job ran: {}", log.display());
     spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at: u128, cargo_tokens: usize) -> Sample {
+        Sample { at, builds: HashMap::from([(7, (cargo_tokens, 0))]) }
+    }
+
+    #[test]
+    fn the_window_begins_before_cargos_first_token_back() {
+        let samples: Vec<Sample> = [(100, 3), (200, 3), (300, 3), (400, 2), (500, 3), (600, 1)]
+            .map(|(at, n)| sample(at, n))
+            .into();
+        assert_eq!(first_give_back(&samples, 7, 150), Some(300));
+        // A drop before `after` does not count; one in the pair that straddles it begins at it.
+        assert_eq!(first_give_back(&samples, 7, 350), Some(350));
+        assert_eq!(first_give_back(&samples, 7, 450), Some(500));
+        assert_eq!(first_give_back(&samples, 7, 600), None);
+        assert_eq!(first_give_back(&samples, 8, 0), None, "a build never seen gives nothing back");
+    }
 }
