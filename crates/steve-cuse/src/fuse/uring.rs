@@ -213,7 +213,12 @@ impl Ring {
     /// [`Ring::wait`]: how another thread wakes the one serving this ring. The descriptor must
     /// outlive the ring.
     pub fn wake_on(&mut self, eventfd: BorrowedFd<'_>) {
-        self.wake = Some(Wake { eventfd: eventfd.as_raw_fd(), count: Box::new(0), armed: false });
+        let eventfd = eventfd.as_raw_fd();
+        match &mut self.wake {
+            // A read of the old one may be in the kernel: its count stays where it is.
+            Some(wake) => wake.eventfd = eventfd,
+            None => self.wake = Some(Wake { eventfd, count: Box::new(0), armed: false }),
+        }
     }
 
     /// Submits what is queued and sleeps until an entry completes, the wake-up eventfd is

@@ -12,6 +12,7 @@
 //! loop's thread, once with `--threads 2`, a ring per CPU's queue each served by a thread of
 //! its own pinned to that CPU (answers for a queue's waiting reads then cross threads).
 
+use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -183,9 +184,9 @@ fn served_through_a_ring_per_queue() -> Result<(), String> {
     ensure(log.contains(&format!("a ring and a thread for each of {queues} CPUs")), || {
         format!("--io-uring on --threads 2 logged:\n{log}")
     })?;
-    // Each serving thread's name and the CPUs it may run on (started once the server has said
-    // where it serves, so looked for a moment).
-    let threads = || -> Vec<(String, String)> {
+    // Each serving thread's name and the CPUs it may run on, by name (started once the server
+    // has said where it serves, and pinned as it starts, so looked for a moment).
+    let threads = || -> BTreeSet<(String, String)> {
         let tasks = std::fs::read_dir(format!("/proc/{}/task", daemon.child.id()));
         let field = |status: &str, name: &str| {
             status.lines().find_map(|line| line.strip_prefix(name)).unwrap_or("").trim().to_string()
@@ -196,14 +197,13 @@ fn served_through_a_ring_per_queue() -> Result<(), String> {
             .filter(|(name, _)| name.starts_with("steve-serve-"))
             .collect()
     };
+    let pinned: BTreeSet<(String, String)> =
+        (0..queues).map(|cpu| (format!("steve-serve-{cpu}"), cpu.to_string())).collect();
     let started = Instant::now();
-    while threads().len() < queues && started.elapsed() < Duration::from_secs(10) {
+    while threads() != pinned && started.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut threads = threads();
-    threads.sort();
-    let pinned: Vec<(String, String)> =
-        (0..queues).map(|cpu| (format!("steve-serve-{cpu}"), cpu.to_string())).collect();
+    let threads = threads();
     ensure(threads == pinned, || format!("the serving threads and their CPUs: {threads:?}"))
 }
 
