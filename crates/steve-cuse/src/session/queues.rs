@@ -177,8 +177,9 @@ impl MessageQueue for QueueSource {
                     }
                 }
             }
-            std::mem::swap(&mut *self.mailbox.answers.lock(), &mut self.posted);
+            // Swapped out under the lock, sent without it; the emptied list keeps its room.
             let mut posted = std::mem::take(&mut self.posted);
+            std::mem::swap(&mut *self.mailbox.answers.lock(), &mut posted);
             for (entry, answer) in posted.drain(..) {
                 self.send(entry, &answer);
             }

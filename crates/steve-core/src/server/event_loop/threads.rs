@@ -330,7 +330,7 @@ impl Serving<'_, '_> {
                 }
                 Err(errno) => return Some(Err(Error::io("cannot read requests", errno.into()))),
             };
-            let handled = match self.hand_over(id, &buffer[..len]) {
+            let handled = match self.handle_locked(id, &buffer[..len]) {
                 Ok(Some(handled)) => handled,
                 Ok(None) => continue,
                 Err(error) => return Some(Err(error)),
@@ -351,7 +351,7 @@ impl Serving<'_, '_> {
                 return None;
             }
             let handled = match queue.next() {
-                Ok(Next::Message(id, message)) => self.hand_over(id, message),
+                Ok(Next::Message(id, message)) => self.handle_locked(id, message),
                 Ok(Next::Interrupted) => continue,
                 Ok(Next::Ended(why)) => return Some(Ok(Ended::Transport(why))),
                 Err(error) => return Some(Err(error)),
@@ -372,7 +372,7 @@ impl Serving<'_, '_> {
 
     /// Hands `message`, from source `id`, to the server under the one lock; `None` when the
     /// loop wanted the readers still meanwhile and keeps the message for its own thread.
-    fn hand_over(&self, id: SourceId, message: &[u8]) -> Result<Option<Handled>, Error> {
+    fn handle_locked(&self, id: SourceId, message: &[u8]) -> Result<Option<Handled>, Error> {
         let mut guard = loop {
             if let Some(guard) = self.shared.try_lock_for(STILL_POLL) {
                 break Some(guard);
