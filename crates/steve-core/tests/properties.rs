@@ -12,16 +12,31 @@ use steve_core::makeflags::{jobserver_makeflags, JobserverAuth, MakeFlags};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Acquire { client: u8, queue: bool },
-    Release { client: u8 },
-    Reclaim { client: u8 },
-    Cancel { nth_waiter: usize },
+    Acquire {
+        client: u8,
+        queue: bool,
+    },
+    Release {
+        client: u8,
+    },
+    Reclaim {
+        client: u8,
+    },
+    Cancel {
+        nth_waiter: usize,
+    },
     SetTarget(usize),
     SetAllowance(Option<usize>),
     Lend,
     Repay,
     SetPerClientLimit(Option<usize>),
     SetShares(Shares),
+    /// The client joins another build (its tokens and requests go along), or another user's.
+    Move {
+        client: u8,
+        build: u64,
+        user: Uid,
+    },
 }
 
 /// Clients 0 to 5: clients 0 and 1 are one build, 2 and 3 another, 4 and 5 one each; even
@@ -56,6 +71,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Repay),
         1 => proptest::option::of(1usize..4).prop_map(Op::SetPerClientLimit),
         1 => shares().prop_map(Op::SetShares),
+        1 => (0u8..CLIENTS, 0u64..5, 0u32..2).prop_map(|(client, build, user)| Op::Move { client, build, user }),
     ]
 }
 
@@ -71,19 +87,25 @@ struct Model {
     handed: u64,
     build_served: HashMap<BuildId, u64>,
     user_served: HashMap<Uid, u64>,
+    /// Clients moved to another build or user than [`owner_of`] gives.
+    moved: HashMap<u8, Owner>,
 }
 
 impl Model {
+    fn owner(&self, client: u8) -> Owner {
+        self.moved.get(&client).copied().unwrap_or_else(|| owner_of(client))
+    }
+
     fn holds(&self, client: u8) -> usize {
         self.held.get(&client).copied().unwrap_or(0)
     }
 
     /// What `client`'s share group holds under the policy (users for FIFO too: caps are theirs).
     fn group_holds(&self, client: u8) -> usize {
-        let owner = owner_of(client);
+        let owner = self.owner(client);
         let same = |other: u8| match self.shares.fairness {
-            Fairness::Build => owner_of(other).build == owner.build,
-            Fairness::User | Fairness::Fifo => owner_of(other).user == owner.user,
+            Fairness::Build => self.owner(other).build == owner.build,
+            Fairness::User | Fairness::Fifo => self.owner(other).user == owner.user,
         };
         (0..CLIENTS).filter(|other| same(*other)).map(|other| self.holds(other)).sum()
     }
@@ -92,13 +114,13 @@ impl Model {
     fn hand(&mut self, client: u8) {
         *self.held.entry(client).or_default() += 1;
         self.handed += 1;
-        self.build_served.insert(owner_of(client).build, self.handed);
-        self.user_served.insert(owner_of(client).user, self.handed);
+        self.build_served.insert(self.owner(client).build, self.handed);
+        self.user_served.insert(self.owner(client).user, self.handed);
     }
 
     /// When `client`'s group was last served (0: never).
     fn served(&self, client: u8) -> u64 {
-        let owner = owner_of(client);
+        let owner = self.owner(client);
         let served = match self.shares.fairness {
             Fairness::Build => self.build_served.get(&owner.build),
             Fairness::User | Fairness::Fifo => self.user_served.get(&owner.user),
@@ -107,11 +129,11 @@ impl Model {
     }
 
     fn user_holds(&self, user: Uid) -> usize {
-        (0..CLIENTS).filter(|c| owner_of(*c).user == user).map(|c| self.holds(c)).sum()
+        (0..CLIENTS).filter(|c| self.owner(*c).user == user).map(|c| self.holds(c)).sum()
     }
 
     fn may_take(&self, client: u8) -> bool {
-        let user = owner_of(client).user;
+        let user = self.owner(client).user;
         self.limit.is_none_or(|limit| self.holds(client) < limit)
             && self.shares.user_caps.get(&user).is_none_or(|cap| self.user_holds(user) < *cap)
     }
@@ -124,7 +146,7 @@ impl Model {
             return eligible.map(|(index, _)| index).next();
         }
         let ratio = |client: u8| {
-            let weight = self.shares.weights.get(&owner_of(client).user).copied().unwrap_or(1);
+            let weight = self.shares.weights.get(&self.owner(client).user).copied().unwrap_or(1);
             self.group_holds(client) as f64 / f64::from(weight)
         };
         let key = |client: u8| (ratio(client), self.served(client));
@@ -204,9 +226,10 @@ proptest! {
                 Op::Reclaim { client } => {
                     let reclaimed = ledger.reclaim(&client);
                     prop_assert_eq!(reclaimed.tokens, model.held.remove(&client).unwrap_or(0));
-                    // A build's record goes with its last client: 4 and 5 are builds alone.
-                    if client >= 4 {
-                        model.build_served.remove(&owner_of(client).build);
+                    // A build's record goes with its last client.
+                    let build = model.owner(client).build;
+                    if !(0..CLIENTS).any(|other| other != client && model.owner(other).build == build) {
+                        model.build_served.remove(&build);
                     }
                     let own: Vec<WaiterId> =
                         model.queue.iter().filter(|(_, c)| *c == client).map(|(id, _)| *id).collect();
@@ -214,6 +237,7 @@ proptest! {
                     model.queue.retain(|(_, c)| *c != client);
                     model.granted(reclaimed.grants);
                     // A new process with the same pid: the server tells the ledger its owner.
+                    model.moved.remove(&client);
                     prop_assert!(ledger.set_owner(client, owner_of(client)).is_empty());
                 }
                 Op::Cancel { nth_waiter } => {
@@ -249,6 +273,13 @@ proptest! {
                     model.shares = shares.clone();
                     let grants = ledger.set_shares(shares);
                     model.granted(grants);
+                }
+                Op::Move { client, build, user } => {
+                    let owner = Owner { build: BuildId(build), user };
+                    model.moved.insert(client, owner);
+                    let grants = ledger.set_owner(client, owner);
+                    model.granted(grants);
+                    prop_assert_eq!(ledger.owner(&client), Some(owner));
                 }
                 Op::Repay => {
                     let grants = ledger.repay();

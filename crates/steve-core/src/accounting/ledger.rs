@@ -28,8 +28,6 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use std::collections::VecDeque;
-
 use rustc_hash::FxHashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -38,12 +36,13 @@ use serde::{Deserialize, Serialize};
 
 pub use super::pool::Counts;
 use super::pool::{JobCount, Pool};
+use super::queue::{GroupKey, WaitQueue};
 use super::shares::{BuildId, Fairness, Owner, Shares, Standing, Uid, UNKNOWN_USER};
 
 /// Identifies one queued request, so a transport can answer it when it is granted or drop it
 /// when the caller gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct WaiterId(u64);
+pub struct WaiterId(pub(super) u64);
 
 impl fmt::Display for WaiterId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -115,19 +114,22 @@ struct Waiter<C> {
 }
 
 /// The token pool with per-client holdings and one queue of waiters served by fair shares.
-/// Serializable for a handover to a successor server ([`crate::handover`]).
+/// Serializable for a handover to a successor server ([`crate::handover`]): the queue goes as a
+/// list of its requests, oldest first, and the successor files them anew.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound(
-    serialize = "C: Serialize + Eq + Hash",
-    deserialize = "C: Deserialize<'de> + Eq + Hash"
+    serialize = "C: Serialize + Clone + Eq + Hash",
+    deserialize = "C: Deserialize<'de> + Clone + Eq + Hash + fmt::Debug"
 ))]
+#[serde(from = "LedgerWire<C>")]
 pub struct Ledger<C> {
     /// The counts; the ledger adds who holds what and who waits.
     pool: Pool,
     /// How many tokens one client may hold; `None` is no limit.
     per_client_limit: Option<usize>,
     holders: FxHashMap<C, usize>,
-    queue: VecDeque<Waiter<C>>,
+    #[serde(serialize_with = "queue_as_list")]
+    queue: WaitQueue<C>,
     next_waiter: u64,
     /// The policy, with its weights and caps.
     shares: Shares,
@@ -143,6 +145,67 @@ pub struct Ledger<C> {
     handed_out: u64,
     build_served: FxHashMap<BuildId, u64>,
     user_served: FxHashMap<Uid, u64>,
+    /// How many clients each build has (its record goes with its last one).
+    #[serde(skip)]
+    build_clients: FxHashMap<BuildId, usize>,
+}
+
+/// A ledger as a handover carries it: the queue a list of requests.
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "C: Deserialize<'de> + Eq + Hash"))]
+struct LedgerWire<C> {
+    pool: Pool,
+    per_client_limit: Option<usize>,
+    holders: FxHashMap<C, usize>,
+    queue: Vec<Waiter<C>>,
+    next_waiter: u64,
+    shares: Shares,
+    owners: FxHashMap<C, Owner>,
+    build_held: FxHashMap<BuildId, usize>,
+    user_held: FxHashMap<Uid, usize>,
+    next_own_build: u64,
+    handed_out: u64,
+    build_served: FxHashMap<BuildId, u64>,
+    user_served: FxHashMap<Uid, u64>,
+}
+
+impl<C: Clone + Eq + Hash + fmt::Debug> From<LedgerWire<C>> for Ledger<C> {
+    fn from(wire: LedgerWire<C>) -> Ledger<C> {
+        let mut ledger = Ledger {
+            pool: wire.pool,
+            per_client_limit: wire.per_client_limit,
+            holders: wire.holders,
+            queue: WaitQueue::default(),
+            next_waiter: wire.next_waiter,
+            shares: wire.shares,
+            owners: wire.owners,
+            build_held: wire.build_held,
+            user_held: wire.user_held,
+            next_own_build: wire.next_own_build,
+            handed_out: wire.handed_out,
+            build_served: wire.build_served,
+            user_served: wire.user_served,
+            build_clients: FxHashMap::default(),
+        };
+        for owner in ledger.owners.values() {
+            *ledger.build_clients.entry(owner.build).or_insert(0) += 1;
+        }
+        for Waiter { id, client } in wire.queue {
+            ledger.ensure_owner(&client);
+            let group = ledger.group_of(ledger.owner_or_own(&client));
+            let (standing, served) = ledger.stands(group);
+            ledger.queue.push(id, client, group, standing, served);
+        }
+        ledger
+    }
+}
+
+/// Writes the queue as the list [`LedgerWire`] reads.
+fn queue_as_list<C: Serialize + Clone + Eq + Hash, S: serde::Serializer>(
+    queue: &WaitQueue<C>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(queue.iter().map(|(id, client)| Waiter { id, client: client.clone() }))
 }
 
 impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
@@ -157,7 +220,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             pool,
             per_client_limit: None,
             holders: FxHashMap::default(),
-            queue: VecDeque::new(),
+            queue: WaitQueue::default(),
             next_waiter: 0,
             shares: Shares::default(),
             owners: FxHashMap::default(),
@@ -167,6 +230,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             handed_out: 0,
             build_served: FxHashMap::default(),
             user_served: FxHashMap::default(),
+            build_clients: FxHashMap::default(),
         }
     }
 
@@ -174,7 +238,10 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     /// and user (a build found to be part of a larger one joins it).
     pub fn set_owner(&mut self, client: C, owner: Owner) -> Vec<Grant<C>> {
         let held = self.held_by(&client);
-        if let Some(old) = self.owners.insert(client, owner) {
+        *self.build_clients.entry(owner.build).or_insert(0) += 1;
+        let old = self.owners.insert(client.clone(), owner);
+        if let Some(old) = old {
+            decrease(&mut self.build_clients, old.build, 1);
             if held > 0 {
                 decrease(&mut self.build_held, old.build, held);
                 decrease(&mut self.user_held, old.user, held);
@@ -184,6 +251,13 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             *self.build_held.entry(owner.build).or_insert(0) += held;
             *self.user_held.entry(owner.user).or_insert(0) += held;
         }
+        let group = self.group_of(owner);
+        let (standing, served) = self.stands(group);
+        self.queue.move_client(&client, group, standing, served);
+        if let Some(old) = old {
+            self.restand(old);
+        }
+        self.restand(owner);
         self.settle()
     }
 
@@ -195,6 +269,12 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     /// Changes the fairness policy, weights and caps; waiters a raised cap lets in are granted.
     pub fn set_shares(&mut self, shares: Shares) -> Vec<Grant<C>> {
         self.shares = shares;
+        // The groups (builds or users) and their weights may have changed: file every request
+        // anew (a change of policy is rare, a request's place is not).
+        let mut queue = std::mem::take(&mut self.queue);
+        queue
+            .regroup(|client| self.group_of(self.owner_or_own(client)), |group| self.stands(group));
+        self.queue = queue;
         self.settle()
     }
 
@@ -225,7 +305,9 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             } else if wait == Wait::Queue {
                 let id = WaiterId(self.next_waiter);
                 self.next_waiter += 1;
-                self.queue.push_back(Waiter { id, client });
+                let group = self.group_of(self.owner_or_own(&client));
+                let (standing, served) = self.stands(group);
+                self.queue.push(id, client, group, standing, served);
                 Acquire::Queued(id)
             } else {
                 Acquire::WouldBlock
@@ -248,6 +330,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
         let owner = self.owner_or_own(client);
         decrease(&mut self.build_held, owner.build, 1);
         decrease(&mut self.user_held, owner.user, 1);
+        self.restand(owner);
         self.pool.take_back(1);
         let grants = self.grant_waiters();
         self.debug_check();
@@ -257,23 +340,18 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     /// Forgets a client that went away: its tokens come back and its queued requests go.
     pub fn reclaim(&mut self, client: &C) -> Reclaimed<C> {
         let tokens = self.holders.remove(client).unwrap_or(0);
+        let cancelled = self.queue.remove_client(client);
         if let Some(owner) = self.owners.remove(client) {
             decrease(&mut self.build_held, owner.build, tokens);
             decrease(&mut self.user_held, owner.user, tokens);
             // A build's record goes with its last client (a user's stays: uids are few).
-            if !self.owners.values().any(|other| other.build == owner.build) {
+            decrease(&mut self.build_clients, owner.build, 1);
+            if !self.build_clients.contains_key(&owner.build) {
                 self.build_served.remove(&owner.build);
             }
+            self.restand(owner);
         }
         self.pool.take_back(tokens);
-        let mut cancelled = Vec::new();
-        self.queue.retain(|waiter| {
-            let keep = waiter.client != *client;
-            if !keep {
-                cancelled.push(waiter.id);
-            }
-            keep
-        });
         let grants = self.grant_waiters();
         self.debug_check();
         Reclaimed { tokens, cancelled, grants }
@@ -282,9 +360,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     /// Drops a queued request (the caller was interrupted or gave up). Returns whether it was
     /// still queued; a request already granted is not undone here: release its token instead.
     pub fn cancel(&mut self, waiter: WaiterId) -> bool {
-        let before = self.queue.len();
-        self.queue.retain(|queued| queued.id != waiter);
-        self.queue.len() != before
+        self.queue.remove(waiter).is_some()
     }
 
     /// Changes the configured number of tokens. Growing grants waiters at once; shrinking
@@ -336,7 +412,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
 
     /// The queued requests, oldest first.
     pub fn waiters(&self) -> impl Iterator<Item = (WaiterId, &C)> {
-        self.queue.iter().map(|waiter| (waiter.id, &waiter.client))
+        self.queue.iter()
     }
 
     /// The pool's counters as they are now.
@@ -368,6 +444,10 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             && builds == self.build_held
             && users == self.user_held
             && (counts.free == 0 || !self.has_eligible_waiter())
+            && self.queue.agrees(
+                |client| self.group_of(self.owner_or_own(client)),
+                |group| self.stands(group),
+            )
     }
 
     /// Grants what a change of the pool freed, and checks the books.
@@ -389,7 +469,10 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
     }
 
     fn has_eligible_waiter(&self) -> bool {
-        self.queue.iter().any(|waiter| self.may_take(&waiter.client))
+        if self.per_client_limit.is_none() && self.shares.user_caps.is_empty() {
+            return !self.queue.is_empty();
+        }
+        self.queue.iter().any(|(_, client)| self.may_take(client))
     }
 
     /// Gives a client seen for the first time a build of its own.
@@ -398,6 +481,7 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             let owner = Owner { build: BuildId(self.next_own_build), user: UNKNOWN_USER };
             self.next_own_build -= 1;
             self.owners.insert(client.clone(), owner);
+            *self.build_clients.entry(owner.build).or_insert(0) += 1;
         }
     }
 
@@ -408,51 +492,58 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
             .unwrap_or(Owner { build: BuildId(u64::MAX), user: UNKNOWN_USER })
     }
 
-    /// What `owner`'s group holds, with its weight.
-    fn standing(&self, owner: Owner) -> Standing {
-        let held = match self.shares.fairness {
-            Fairness::Build => self.held_by_build(owner.build),
-            Fairness::User | Fairness::Fifo => self.held_by_user(owner.user),
+    /// The share group `owner`'s requests wait in: its build and user between builds (a
+    /// build's share is weighed by its user's weight), its user otherwise (FIFO keeps users'
+    /// groups too: caps are theirs).
+    fn group_of(&self, owner: Owner) -> GroupKey {
+        match self.shares.fairness {
+            Fairness::Build => (owner.build.0, owner.user),
+            Fairness::User | Fairness::Fifo => (u64::from(owner.user), 0),
+        }
+    }
+
+    /// What `group` holds for its weight, and when it was last handed a token (0: never).
+    fn stands(&self, group: GroupKey) -> (Standing, u64) {
+        let (held, user, served) = match self.shares.fairness {
+            Fairness::Build => {
+                let build = BuildId(group.0);
+                (self.held_by_build(build), group.1, self.build_served.get(&build))
+            }
+            Fairness::User | Fairness::Fifo => {
+                let user = group.0 as Uid;
+                (self.held_by_user(user), user, self.user_served.get(&user))
+            }
         };
-        Standing { held, weight: self.shares.weight(owner.user) }
+        let standing = Standing { held, weight: self.shares.weight(user) };
+        (standing, served.copied().unwrap_or(0))
+    }
+
+    /// Refiles the groups whose standing is `owner`'s build's or user's, after it changed.
+    fn restand(&mut self, owner: Owner) {
+        let (mut from, last) = match self.shares.fairness {
+            Fairness::Build => ((owner.build.0, 0), (owner.build.0, u32::MAX)),
+            Fairness::User | Fairness::Fifo => {
+                let user = u64::from(owner.user);
+                ((user, 0), (user, 0))
+            }
+        };
+        while let Some(group) = self.queue.first_group_in(from..=last) {
+            let (standing, served) = self.stands(group);
+            self.queue.restand(group, standing, served);
+            match group.1.checked_add(1) {
+                Some(user) if group != last => from = (group.0, user),
+                _ => break,
+            }
+        }
     }
 
     /// The waiter the next free token goes to: under FIFO the oldest that may take one; under a
-    /// fair policy the oldest of the group that holds the least for its weight.
-    fn next_waiter_index(&self) -> Option<usize> {
-        let mut eligible =
-            self.queue.iter().enumerate().filter(|(_, waiter)| self.may_take(&waiter.client));
-        if self.shares.fairness == Fairness::Fifo {
-            return eligible.next().map(|(index, _)| index);
-        }
-        let mut best: Option<(usize, Standing, u64)> = None;
-        for (index, waiter) in eligible {
-            let owner = self.owner_or_own(&waiter.client);
-            let (standing, served) = (self.standing(owner), self.last_served(owner));
-            // Among equals, the group served longest ago, then the older request: a group that
-            // asks again right after a grant does not keep the place its old request had.
-            let ahead = best.is_none_or(|(_, leader, leader_served)| {
-                standing.is_below(leader) || (!leader.is_below(standing) && served < leader_served)
-            });
-            if ahead {
-                best = Some((index, standing, served));
-                // A group that holds nothing and was never served is ahead of everything after
-                // it: the scan stops (new builds by the thousand wait in O(1), not O(queue)).
-                if standing.held == 0 && served == 0 {
-                    break;
-                }
-            }
-        }
-        best.map(|(index, _, _)| index)
-    }
-
-    /// When `owner`'s group was last handed a token (0: never).
-    fn last_served(&self, owner: Owner) -> u64 {
-        let served = match self.shares.fairness {
-            Fairness::Build => self.build_served.get(&owner.build),
-            Fairness::User | Fairness::Fifo => self.user_served.get(&owner.user),
-        };
-        served.copied().unwrap_or(0)
+    /// fair policy the oldest of the group that holds the least for its weight, among equals
+    /// the group served longest ago, then the older request (a group that asks again right
+    /// after a grant does not keep the place its old request had).
+    fn next_waiter(&self) -> Option<WaiterId> {
+        let fifo = self.shares.fairness == Fairness::Fifo;
+        self.queue.next(fifo, |client| self.may_take(client))
     }
 
     fn hand_out(&mut self, client: &C) {
@@ -466,18 +557,19 @@ impl<C: Clone + Eq + Hash + fmt::Debug> Ledger<C> {
         self.handed_out += 1;
         self.build_served.insert(owner.build, self.handed_out);
         self.user_served.insert(owner.user, self.handed_out);
+        self.restand(owner);
     }
 
     /// Hands free tokens to waiters that may take one, in the order the policy says.
     fn grant_waiters(&mut self) -> Vec<Grant<C>> {
         let mut grants = Vec::new();
         while self.pool.counts().free > 0 {
-            let Some(index) = self.next_waiter_index() else {
+            let Some(waiter) = self.next_waiter() else {
                 break;
             };
-            let waiter = self.queue.remove(index).expect("index from the queue");
-            self.hand_out(&waiter.client);
-            grants.push(Grant { waiter: waiter.id, client: waiter.client });
+            let client = self.queue.remove(waiter).expect("a waiter from the queue");
+            self.hand_out(&client);
+            grants.push(Grant { waiter, client });
         }
         grants
     }
@@ -714,6 +806,42 @@ mod tests {
         ledger.release(&2).unwrap();
         assert_eq!((ledger.held_by_user(1), ledger.held_by_user(2)), (3, 3));
         assert!(ledger.is_consistent());
+    }
+
+    #[test]
+    fn a_handover_carries_the_queue_as_a_list_and_the_successor_serves_it_in_the_same_order() {
+        let mut ledger = Ledger::new(jobs(2));
+        owned(&mut ledger, 1, 1, 0);
+        owned(&mut ledger, 2, 2, 0);
+        owned(&mut ledger, 3, 3, 0);
+        // Build 1 holds both tokens; builds 2 and 3 wait, then build 2 twice more.
+        ledger.acquire(1, Wait::Queue);
+        ledger.acquire(1, Wait::Queue);
+        for client in [3, 2, 2, 2] {
+            ledger.acquire(client, Wait::Queue);
+        }
+        let json = serde_json::to_value(&ledger).unwrap();
+        // The format every earlier steve wrote and reads: the requests, oldest first.
+        let clients: Vec<u64> = json["queue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["client"].as_u64().unwrap())
+            .collect();
+        assert_eq!(clients, [3, 2, 2, 2]);
+        let mut successor: Ledger<u32> = serde_json::from_value(json).unwrap();
+        assert!(successor.is_consistent());
+        let order = |ledger: &mut Ledger<u32>| {
+            let mut granted = Vec::new();
+            while ledger.waiting() > 0 {
+                let holder = *ledger.holdings().next().unwrap().0;
+                granted.extend(ledger.release(&holder).unwrap().into_iter().map(|g| g.client));
+            }
+            granted
+        };
+        let expected = order(&mut ledger);
+        assert_eq!(expected, [3, 2, 2, 2]);
+        assert_eq!(order(&mut successor), expected);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`pool`]: the pool arithmetic (`free + held + withheld == size`, resizing, the allowance,
 //!   lending) and [`JobCount`](pool::JobCount), the one type of a `-j` value;
 //! - [`ledger`]: per-client holdings and one queue of waiters over a pool;
+//! - [`queue`]: that queue, indexed by share group so the next waiter is found in O(log n);
 //! - [`shares`]: who a free token goes to: fair shares between builds or users, or FIFO;
 //! - [`device`]: the rules of a per-process jobserver device (CUSE, FUSE), as a sans-IO state
 //!   machine over a ledger;
@@ -21,5 +22,6 @@ pub mod ledger;
 pub mod limits;
 pub mod pool;
 pub mod pressure;
+pub mod queue;
 pub mod shares;
 pub mod waits;

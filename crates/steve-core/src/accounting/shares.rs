@@ -17,6 +17,7 @@
 //! settable at run time (`steve set weights=1000:2 user-caps=1001:4`). Nothing here does I/O.
 #![forbid(unsafe_code)]
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -199,7 +200,13 @@ pub struct Standing {
 impl Standing {
     /// Whether `self` holds strictly less than `other`, each for its weight.
     pub fn is_below(self, other: Standing) -> bool {
-        (self.held as u64) * other.weight < (other.held as u64) * self.weight
+        self.cmp_share(other) == Ordering::Less
+    }
+
+    /// How what `self` holds for its weight compares with `other`'s: a total order of the
+    /// shares (holding 2 for a weight of 2 is level with holding 1 for a weight of 1).
+    pub fn cmp_share(self, other: Standing) -> Ordering {
+        ((self.held as u64) * other.weight).cmp(&((other.held as u64) * self.weight))
     }
 }
 
