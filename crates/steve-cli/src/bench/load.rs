@@ -38,6 +38,10 @@ pub enum Role {
         /// Each child prints `s` once it has the jobserver open, before it reads.
         #[arg(long)]
         say_opened: bool,
+        /// Each child first takes a token and gives it back, prints `f`, and waits for a byte
+        /// on stdin; then as with `--say-opened`.
+        #[arg(long, conflicts_with = "say_opened")]
+        served_first: bool,
     },
     /// Not a client: serve the bench's minimal FUSE file server on MOUNTPOINT (its file is
     /// `MOUNTPOINT/jobserver`: a read answers a byte, a write its length), print `ready`, and
@@ -81,10 +85,16 @@ pub fn run_role(role: Role) -> anyhow::Result<()> {
             }
             println!("{count} {}", started.elapsed().as_secs_f64());
         }
-        Role::ConnectMany { path, count, say_opened } => {
+        Role::ConnectMany { path, count, say_opened, served_first } => {
+            use crate::bench::fork::{connected_child, Pattern};
             let path = std::ffi::CString::new(path.into_os_string().into_encoded_bytes())?;
+            let pattern = match (say_opened, served_first) {
+                (_, true) => Pattern::ServedFirst,
+                (true, false) => Pattern::SayOpened,
+                (false, false) => Pattern::Idle,
+            };
             for _ in 0..count {
-                crate::bench::fork::connected_child(&path, say_opened)?;
+                connected_child(&path, pattern)?;
             }
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
@@ -214,29 +224,35 @@ pub struct ClientGroup {
     marks: File,
     /// Marks read so far beyond those waited for.
     seen: Vec<u8>,
+    /// The clients' stdin, where `--served-first` clients wait for a byte each.
+    go: Option<File>,
 }
 
 impl ClientGroup {
     /// `count` clients forked by one `steve bench-client connect-many` (see [`Role`]).
-    pub fn connect_many(
-        path: &Path,
-        count: usize,
-        say_opened: bool,
-    ) -> anyhow::Result<ClientGroup> {
+    pub fn connect_many(path: &Path, count: usize, how: &str) -> anyhow::Result<ClientGroup> {
         let (marks, marks_write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("make a pipe")?;
         let count = count.to_string();
-        let role: &[&str] = if say_opened {
-            &["connect-many", &count, "--say-opened"]
-        } else {
-            &["connect-many", &count]
-        };
-        let leader = client(role, path)
-            .stdout(marks_write)
-            .process_group(0)
-            .spawn()
-            .context("start the idle clients")?;
-        Ok(ClientGroup { leader: Some(leader), marks: marks.into(), seen: Vec::new() })
+        let role: &[&str] =
+            if how.is_empty() { &["connect-many", &count] } else { &["connect-many", &count, how] };
+        let mut command = client(role, path);
+        command.stdout(marks_write).process_group(0);
+        let mut go = None;
+        if how == "--served-first" {
+            let (go_read, go_write) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("make a pipe")?;
+            command.stdin(go_read);
+            go = Some(go_write.into());
+        }
+        let leader = command.spawn().context("start the idle clients")?;
+        Ok(ClientGroup { leader: Some(leader), marks: marks.into(), seen: Vec::new(), go })
+    }
+
+    /// Lets `count` clients waiting on their stdin go on.
+    pub fn let_go(&mut self, count: usize) -> anyhow::Result<()> {
+        let go = self.go.as_mut().context("these clients wait for nothing")?;
+        go.write_all(&vec![b'g'; count]).context("let the clients go on")
     }
 
     /// Waits until `count` marks `mark` have come (up to `limit` from `since`).
@@ -286,7 +302,7 @@ pub fn idle_clients(
     limit: Duration,
 ) -> anyhow::Result<(ClientGroup, Duration)> {
     let started = Instant::now();
-    let mut group = ClientGroup::connect_many(path, count, false)?;
+    let mut group = ClientGroup::connect_many(path, count, "")?;
     group.wait_for(b'.', count, started, limit)?;
     Ok((group, started.elapsed()))
 }
@@ -295,16 +311,26 @@ pub fn idle_clients(
 /// reader (forked, as the idle clients) opens the jobserver and blocks reading a token; once
 /// `waiting` says all of them wait, the holder is killed, and each reader that gets a token
 /// writes it back at once for the next. The rate is `count` over the time from the kill until
-/// the last reader had its token.
+/// the last reader had its token. With `served_first` each reader first took a token and gave
+/// it back, before the holder came: no reader's build is then new to the fair shares.
 pub fn hand_offs(
     path: &Path,
     count: usize,
     limit: Duration,
     waiting: &dyn Fn() -> Option<usize>,
+    served_first: bool,
 ) -> anyhow::Result<f64> {
-    let holder = Holder::start(path, JOBS_HELD)?;
     let started = Instant::now();
-    let mut group = ClientGroup::connect_many(path, count, true)?;
+    let (holder, mut group) = if served_first {
+        let mut group = ClientGroup::connect_many(path, count, "--served-first")?;
+        group.wait_for(b'f', count, started, limit)?;
+        let holder = Holder::start(path, JOBS_HELD)?;
+        group.let_go(count)?;
+        (holder, group)
+    } else {
+        let holder = Holder::start(path, JOBS_HELD)?;
+        (holder, ClientGroup::connect_many(path, count, "--say-opened")?)
+    };
     group.wait_for(b's', count, started, limit)?;
     while waiting().unwrap_or(0) < count {
         if started.elapsed() > limit {

@@ -13,7 +13,8 @@
 //! - scale: one client's round trips while K idle clients are connected (each took and gave
 //!   back a token, so the server watches it), how long connecting them took, and the server's
 //!   resident memory then;
-//! - hand-offs: K readers blocked for a token (per-process backends), handed one each in turn;
+//! - hand-offs: K readers blocked for a token (per-process backends), handed one each in turn,
+//!   readers new to the server and readers each served once before;
 //! - reclaim: from SIGKILL of a client holding 3 of 4 tokens until all 4 can be read again
 //!   (per-process backends), percentiles over many trials;
 //! - idle wake-ups: the server's context switches per second with nobody using it.
@@ -234,18 +235,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     for name in &backends {
-        for &count in &plan.scale {
-            let target = start(name)?;
-            if !target.per_process() {
-                break;
+        // Readers new to the fair shares, then readers whose builds were all served before
+        // (the fair shares then weigh every waiting build, not just the first new one).
+        for (served_first, what) in [(false, ""), (true, ", each served before")] {
+            for &count in &plan.scale {
+                let target = start(name)?;
+                if !target.per_process() {
+                    break;
+                }
+                let limit = Duration::from_secs(30 + count as u64 / 100);
+                let waiting = || target.waiting();
+                let measured =
+                    load::hand_offs(&target.jobserver, count, limit, &waiting, served_first);
+                let detail = format!("{count} readers waiting, then the pool's holder killed");
+                let measure = format!("hand-offs to {count} blocked readers{what}");
+                let measured = measured.map(|rate| (rate, detail));
+                figures.push(Figure::of(measure, name, "per s", measured));
             }
-            let limit = Duration::from_secs(30 + count as u64 / 100);
-            let waiting = || target.waiting();
-            let measured = load::hand_offs(&target.jobserver, count, limit, &waiting).map(|rate| {
-                (rate, format!("{count} readers waiting, then the pool's holder killed"))
-            });
-            let measure = format!("hand-offs to {count} blocked readers");
-            figures.push(Figure::of(measure, name, "per s", measured));
         }
     }
     for name in &backends {
