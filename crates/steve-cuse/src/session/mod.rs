@@ -29,8 +29,9 @@
 #![forbid(unsafe_code)]
 
 mod queues;
+mod routes;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
@@ -59,6 +60,7 @@ use crate::fuse::filesystem::OneFile;
 use crate::fuse::mount::Mounted;
 use crate::fuse::uring::{Completion, Ring};
 use crate::ll::{self, Request};
+use routes::{Route, WaitingRoutes};
 
 /// The byte handed out as a token.
 const TOKEN: &[u8] = b"+";
@@ -139,12 +141,12 @@ pub fn resume(
     while let Some(clone) = descriptors.take_optional(&clone_name(session.channels.len())) {
         session.add_channel(clone).map_err(steve_core::server::Error::from)?;
     }
-    session.waiting_on = serde_json::from_value::<Vec<(u64, usize, Pid)>>(field("waiting_on"))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(_, channel, _)| *channel < session.channels.len())
-        .map(|(unique, channel, pid)| (unique, (Route::Channel(channel), pid)))
-        .collect();
+    let waiting_on = serde_json::from_value::<Vec<(u64, usize, Pid)>>(field("waiting_on"));
+    for (unique, channel, pid) in waiting_on.unwrap_or_default() {
+        if channel < session.channels.len() {
+            session.waiting_on.insert(unique, Route::Channel(channel), pid);
+        }
+    }
     session.set_threads(config.threads.unwrap_or(1)).map_err(steve_core::server::Error::from)?;
     session.next_fh = field("next_fh").as_u64().unwrap_or(1);
     session.unknown_opcodes =
@@ -185,7 +187,7 @@ pub struct Session {
     /// How many threads serve the channels (1: the loop's thread serves them all).
     threads: usize,
     /// Where each waiting read came from (and its caller), unless the first channel.
-    waiting_on: HashMap<u64, (Route, Pid)>,
+    waiting_on: WaitingRoutes,
     device: Device,
     endpoint: Endpoint,
     /// A FUSE mount's contents; `None` for a CUSE device.
@@ -272,7 +274,7 @@ impl Session {
             mailboxes: Vec::new(),
             channels: vec![channel],
             threads: 1,
-            waiting_on: HashMap::new(),
+            waiting_on: WaitingRoutes::default(),
             device,
             endpoint,
             filesystem,
@@ -594,7 +596,7 @@ impl Session {
                             }
                         }
                         if route != Route::Channel(0) {
-                            self.waiting_on.insert(unique, (route, pid));
+                            self.waiting_on.insert(unique, route, pid);
                         }
                         None
                     }
@@ -672,10 +674,7 @@ impl Session {
 
     /// Where the waiting read `unique` came from, forgotten as it is answered now.
     fn route_of(&mut self, unique: u64) -> Route {
-        if self.waiting_on.is_empty() {
-            return Route::Channel(0);
-        }
-        self.waiting_on.remove(&unique).map_or(Route::Channel(0), |(route, _)| route)
+        self.waiting_on.take(unique)
     }
 
     /// The process behind the calling thread, watched from now on.
@@ -722,9 +721,7 @@ impl Session {
         // Its waiting reads are answered (EINTR) where they came from, a ring entry's to free
         // the entry, before what is left of them is forgotten.
         self.send_events(cx);
-        if !self.waiting_on.is_empty() {
-            self.waiting_on.retain(|_, (_, waiter)| *waiter != pid);
-        }
+        self.waiting_on.forget_process(pid);
         let name = cx.processes().forget(pid).unwrap_or_else(|| "?".to_string());
         if let Some(departed) = departed {
             if departed.tokens > 0 {
@@ -1040,7 +1037,7 @@ impl Server for Session {
             "filesystem": &self.filesystem,
             "next_fh": self.next_fh,
             "unknown_opcodes": unknown,
-            "waiting_on": self.waiting_on.iter().filter_map(|(unique, (route, pid))| match route {
+            "waiting_on": self.waiting_on.iter().filter_map(|(unique, route, pid)| match route {
                 Route::Channel(channel) => Some((unique, channel, pid)),
                 Route::Ring(_) | Route::Queue(..) => None,
             }).collect::<Vec<_>>(),
@@ -1139,17 +1136,6 @@ impl Server for Session {
             },
         }
     }
-}
-
-/// Where a request came from, and so where its answer goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    /// Channel `n`: the connection, or a clone of it.
-    Channel(usize),
-    /// Ring entry `n`.
-    Ring(u32),
-    /// Entry `entry` of the ring of queue `queue`, served by a thread of its own.
-    Queue(u16, u32),
 }
 
 /// Whether the loop's thread reads the channel again after a request, before it goes back to
