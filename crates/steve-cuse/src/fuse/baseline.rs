@@ -142,7 +142,7 @@ fn answer_ring(channel: BorrowedFd<'_>, qid: u16, file: &OneFile) {
                 let _ = ring.answer(n, &reply);
             }
         }
-        if ring.wait().is_err() {
+        if ring.wait(None).is_err() {
             return;
         }
     }

@@ -12,6 +12,8 @@
 //! - [`filesystem`]: the root directory and its one file;
 //! - [`mount`]: where to mount, finding and clearing a stale mount, mounting and unmounting;
 //! - [`clone`]: a second descriptor on a connection (`FUSE_DEV_IOC_CLONE`);
+//! - [`uring`]: FUSE over io_uring, and [`starvation`]: a ring queue starved of entries, and how
+//!   it is got going again;
 //! - [`baseline`]: a minimal FUSE file server in libfuse's shapes, for `steve bench`;
 //! - this module: availability, options, serving until a stop signal.
 #![deny(unsafe_code)]
@@ -21,6 +23,7 @@ pub mod baseline;
 pub mod clone;
 pub mod filesystem;
 pub mod mount;
+pub mod starvation;
 #[allow(unsafe_code)]
 pub mod uring;
 

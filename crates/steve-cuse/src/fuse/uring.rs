@@ -27,6 +27,10 @@
 //! among the rings when each queue has its own (a user's
 //! thousands of blocked threads then queue in the kernel instead of growing the server).
 //!
+//! That keeps a queue going while the server keeps up; a burst faster than it, or the cap,
+//! can still starve a queue, which the server then notices and gets going again by answering
+//! a waiting read `EINTR` ([`super::starvation`]).
+//!
 //! A ring is served by one thread: the loop's ([`Ring::as_fd`] is readable when entries
 //! completed), or one of its own per queue ([`Ring::for_queue`], [`Ring::wait`]), which
 //! another thread wakes by writing an eventfd the ring keeps a read of ([`Ring::wake_on`]).
@@ -37,10 +41,13 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
+use std::time::Instant;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use nix::errno::Errno;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+use super::starvation::{self, Kick, Starvation};
 
 /// Where root turns FUSE over io_uring on (`Y`) or off (`N`); absent when the kernel has none.
 pub const ENABLE_PARAMETER: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -106,6 +113,12 @@ struct Entry {
     memory: NonNull<u8>,
     /// The kernel holds it, waiting for a request (it is counted in its queue's spares).
     in_kernel: bool,
+    /// The kernel gave it up: it holds no request and never comes back.
+    given_up: bool,
+    /// The epoch ([`Starvation::epoch`]) it last went into the kernel in, and the one it last
+    /// committed an answer in.
+    armed_at: u64,
+    committed_at: Option<u64>,
     /// The two `iovec`s its REGISTER points at (the kernel reads them as it is submitted).
     _iovecs: Box<[nix::libc::iovec; 2]>,
 }
@@ -134,6 +147,10 @@ pub struct Ring {
     /// An eventfd whose count ends a [`Ring::wait`] ([`Ring::wake_on`]), and where its read
     /// puts the count.
     wake: Option<Wake>,
+    /// Which queues may have run out of entries with requests queued in the kernel.
+    starvation: Starvation,
+    /// Said once: a queue was starved and a waiting read interrupted.
+    kick_said: bool,
 }
 
 /// The ring's read of a wake-up eventfd.
@@ -152,6 +169,8 @@ pub enum Waited {
     Completed,
     /// A signal came first.
     Interrupted,
+    /// The deadline passed first.
+    TimedOut,
 }
 
 impl std::fmt::Debug for Ring {
@@ -196,6 +215,8 @@ impl Ring {
             full_said: false,
             only_queue: None,
             wake: None,
+            starvation: Starvation::new(queue_count()),
+            kick_said: false,
         })
     }
 
@@ -222,8 +243,8 @@ impl Ring {
     }
 
     /// Submits what is queued and sleeps until an entry completes, the wake-up eventfd is
-    /// written, or a signal comes.
-    pub fn wait(&mut self) -> std::io::Result<Waited> {
+    /// written, a signal comes, or `deadline` passes.
+    pub fn wait(&mut self, deadline: Option<Instant>) -> std::io::Result<Waited> {
         self.top_up().map_err(std::io::Error::other)?;
         let wake_read = self.wake.as_mut().filter(|wake| !wake.armed).map(|wake| {
             wake.armed = true;
@@ -234,13 +255,29 @@ impl Ring {
             self.push(squeue::Entry128::from(read))?;
         }
         let ring = self.ring.as_mut().expect("the ring lives until dropped");
-        match ring.submit_and_wait(1) {
+        let waited = match deadline {
+            None => ring.submit_and_wait(1),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let timespec = types::Timespec::from(left);
+                let args = types::SubmitArgs::new().timespec(&timespec);
+                ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match waited {
             Ok(_) => {
                 self.queued = 0;
                 Ok(Waited::Completed)
             }
-            Err(error) if error.raw_os_error() == Some(nix::libc::EINTR) => Ok(Waited::Interrupted),
-            Err(error) => Err(error),
+            Err(error) => match error.raw_os_error() {
+                // What was queued went in all the same.
+                Some(nix::libc::ETIME) => {
+                    self.queued = 0;
+                    Ok(Waited::TimedOut)
+                }
+                Some(nix::libc::EINTR) => Ok(Waited::Interrupted),
+                _ => Err(error),
+            },
         }
     }
 
@@ -294,6 +331,7 @@ impl Ring {
         let done: Vec<(u64, i32)> =
             ring.completion().map(|cqe| (cqe.user_data(), cqe.result())).collect();
         let mut completions = std::mem::take(&mut self.held);
+        let mut came_back = false;
         for (user_data, result) in done {
             if user_data == WAKE_DATA {
                 if let Some(wake) = self.wake.as_mut() {
@@ -305,14 +343,45 @@ impl Ring {
             if entry.in_kernel {
                 entry.in_kernel = false;
                 self.spare[entry.qid as usize] -= 1;
+                self.starvation.back(entry.qid, entry.armed_at);
+                came_back = true;
             }
             let n = user_data as u32;
             completions.push(match result {
                 0 => Completion::Request(n),
-                error => Completion::Failed(n, Errno::from_raw(-error)),
+                error => {
+                    entry.given_up = true;
+                    Completion::Failed(n, Errno::from_raw(-error))
+                }
             });
         }
+        if self.starvation.reaped(came_back, Instant::now) {
+            debug!(spare = ?self.spare, "a ring queue may have run out of entries");
+        }
         completions
+    }
+
+    /// When to look at a starved queue again if nothing comes meanwhile ([`Ring::kick`]).
+    pub fn kick_due(&self) -> Option<Instant> {
+        self.starvation.due()
+    }
+
+    /// With every completion reaped: the waiting read to interrupt (answer `EINTR`, through
+    /// its entry) so that a starved queue's entry commits and fetches what the kernel queued.
+    pub fn kick(&mut self, now: Instant) -> Option<Kick> {
+        let kick = self.starvation.kick(now, &EntryFacts(&self.entries))?;
+        let queue = self.entries[kick.entry as usize].qid;
+        if !self.kick_said {
+            self.kick_said = true;
+            info!(
+                queue,
+                "FUSE ring: a queue ran out of entries while requests came; waiting reads are \
+                 answered EINTR (their callers read again) until the kernel's queued requests \
+                 are through"
+            );
+        }
+        debug!(queue, entry = kick.entry, request = kick.request, "starved ring queue kicked");
+        Some(kick)
     }
 
     /// The request entry `n` holds, as `/dev/fuse` would have given it (`fuse_in_header`, the
@@ -373,6 +442,9 @@ impl Ring {
         self.push(sqe).map_err(|error| format!("cannot queue an answer: {error}"))?;
         let entry = &mut self.entries[n as usize];
         entry.in_kernel = true;
+        entry.armed_at = self.starvation.epoch();
+        entry.committed_at = Some(entry.armed_at);
+        self.starvation.arm(entry.qid);
         self.spare[entry.qid as usize] += 1;
         Ok(())
     }
@@ -386,11 +458,15 @@ impl Ring {
 
     /// Queues REGISTERs of new entries until every queue has its spares (or the ring is full).
     fn top_up(&mut self) -> Result<(), String> {
+        let starvation = &mut self.starvation;
         let wanted: Vec<(u16, usize)> = (self.spare.iter().enumerate())
-            .filter(|(qid, &spare)| {
-                spare < SPARE_PER_QUEUE && self.only_queue.is_none_or(|only| only as usize == *qid)
+            .filter(|(qid, _)| self.only_queue.is_none_or(|only| only as usize == *qid))
+            .map(|(qid, &spare)| {
+                // After a kick's commit, one fresh entry for the kicked read's next request.
+                let fresh = usize::from(starvation.take_fresh(qid as u16));
+                (qid as u16, SPARE_PER_QUEUE.saturating_sub(spare).max(fresh))
             })
-            .map(|(qid, &spare)| (qid as u16, SPARE_PER_QUEUE - spare))
+            .filter(|(_, count)| *count > 0)
             .collect();
         let total: usize = wanted.iter().map(|(_, n)| n).sum();
         if total == 0 {
@@ -445,7 +521,17 @@ impl Ring {
             .build()
             .user_data(n as u64);
         set_len(&mut sqe, 2);
-        self.entries.push(Entry { qid, memory, in_kernel: true, _iovecs: iovecs });
+        let armed_at = self.starvation.epoch();
+        self.entries.push(Entry {
+            qid,
+            memory,
+            in_kernel: true,
+            given_up: false,
+            armed_at,
+            committed_at: None,
+            _iovecs: iovecs,
+        });
+        self.starvation.arm(qid);
         self.spare[qid as usize] += 1;
         self.push(sqe).map_err(|error| format!("cannot queue a ring entry: {error}"))
     }
@@ -480,6 +566,31 @@ impl Ring {
         }
         self.queued = 0;
         Ok(())
+    }
+}
+
+/// The ring's entries as [`Starvation::kick`] asks about them.
+struct EntryFacts<'a>(&'a [Entry]);
+
+impl starvation::Entries for EntryFacts<'_> {
+    fn in_kernel(&self, n: u32) -> bool {
+        self.0.get(n as usize).is_some_and(|entry| entry.in_kernel)
+    }
+
+    fn committed_and_kept(&self, queue: u16, since: u64) -> bool {
+        self.0.iter().any(|entry| {
+            entry.qid == queue && entry.in_kernel && entry.committed_at.is_some_and(|c| c >= since)
+        })
+    }
+
+    fn parked(&self, queue: u16) -> Option<(u32, u64)> {
+        let (n, entry) = (self.0.iter().enumerate())
+            .find(|(_, entry)| entry.qid == queue && !entry.in_kernel && !entry.given_up)?;
+        // SAFETY: the entry is out of the kernel, which writes its buffers no more until it is
+        // answered; the request id lies in the header slot's `fuse_in_header`.
+        let header = unsafe { std::slice::from_raw_parts(entry.memory.as_ptr(), IN_HEADER_LEN) };
+        let unique = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        Some((n as u32, unique))
     }
 }
 

@@ -25,6 +25,10 @@ pub const OUT_HEADER_LEN: usize = 16;
 /// Size of `cuse_init_out`: eight words and ten spare ones.
 pub const CUSE_INIT_OUT_LEN: usize = 72;
 
+/// The bit the kernel sets in an INTERRUPT's own request id (`FUSE_INT_REQ_BIT`): the id of
+/// the request it interrupts, with this bit.
+pub const INTERRUPT_BIT: u64 = 1;
+
 /// Opcodes this server handles.
 pub mod opcode {
     /// FUSE_LOOKUP: a name in a directory.
@@ -539,7 +543,8 @@ pub fn notify_poll(kh: u64) -> Reply {
     message(0, NOTIFY_POLL, &[&kh.to_ne_bytes()])
 }
 
-/// Builds requests as the kernel sends them; for tests that play the kernel.
+/// Builds requests as the kernel sends them: for tests that play the kernel, and the INTERRUPT
+/// a starved ring queue's thread gives the session ([`crate::fuse::starvation`]).
 pub mod kernel {
     use super::*;
 

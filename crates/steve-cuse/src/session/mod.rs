@@ -502,6 +502,20 @@ impl Session {
         flow
     }
 
+    /// With the loop's one ring quiet and one of its queues perhaps starved of entries: reaps
+    /// what came, then plays the kernel's INTERRUPT of the waiting read the ring names, which
+    /// answers it EINTR through its entry (`fuse::starvation`).
+    fn kick_ring(&mut self, cx: &mut Context<'_>) {
+        if self.read_ring(cx) != Flow::Continue {
+            return;
+        }
+        let Some(kick) = self.ring.as_mut().and_then(|ring| ring.kick(cx.now())) else { return };
+        let interrupt = ll::kernel::interrupt(kick.request | ll::INTERRUPT_BIT, kick.request);
+        let _ = self.handle(&interrupt, Route::Ring(kick.entry), cx);
+        self.send_events(cx);
+        self.flush_ring();
+    }
+
     /// Submits the answers queued for the ring.
     fn flush_ring(&mut self) {
         if let Some(ring) = self.ring.as_mut() {
@@ -977,11 +991,15 @@ impl Server for Session {
 
     fn next_deadline(&self) -> Option<Instant> {
         let companion = self.companion_deadline();
-        self.device.next_deadline().into_iter().chain(companion).min()
+        let ring = self.ring.as_ref().and_then(Ring::kick_due);
+        self.device.next_deadline().into_iter().chain(companion).chain(ring).min()
     }
 
     fn deadline(&mut self, cx: &mut Context<'_>) {
         let now = cx.now();
+        if self.ring.as_ref().and_then(Ring::kick_due).is_some_and(|due| due <= now) {
+            self.kick_ring(cx);
+        }
         self.device.expire(now);
         if self.companion_deadline().is_some_and(|due| due <= now) {
             self.yield_companion_spare(now);

@@ -19,6 +19,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -184,13 +185,23 @@ impl MessageQueue for QueueSource {
                 self.send(entry, &answer);
             }
             self.posted = posted;
-            let waited = self.ring.wait().map_err(|error| {
+            let due = self.ring.kick_due();
+            let waited = self.ring.wait(due).map_err(|error| {
                 steve_core::server::Error::io("cannot wait on a FUSE ring", error)
             })?;
             if waited == Waited::Interrupted {
                 return Ok(Next::Interrupted);
             }
             self.completed.extend(self.ring.completions());
+            if waited == Waited::TimedOut && self.completed.is_empty() {
+                // Quiet, with the queue perhaps starved of entries: the kernel's own INTERRUPT
+                // of one waiting read, for the session to answer EINTR through its entry.
+                if let Some(kick) = self.ring.kick(Instant::now()) {
+                    let unique = kick.request | ll::INTERRUPT_BIT;
+                    self.message = ll::kernel::interrupt(unique, kick.request);
+                    return Ok(Next::Message(entry_source(self.queue, kick.entry), &self.message));
+                }
+            }
         }
     }
 

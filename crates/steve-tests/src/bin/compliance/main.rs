@@ -98,6 +98,7 @@ fn main() {
         Some("polling-client") => compete(true, &args[1]),
         Some("grace") => grace(),
         Some("wait-one") => wait_one(),
+        Some("open-then-read") => open_then_read(),
         Some("wait-with-handler") => wait_with_handler(),
         Some("try-open") => try_open(),
         Some("swap-on-create") => swap_on_create(&args[1..]),
@@ -1190,6 +1191,20 @@ fn c_library() -> Result<(), String> {
     println!("figure c_library_peak {peak}");
     ensure((2..=4).contains(&peak), || format!("peak {peak} with 3 tokens and the implicit one"))?;
     daemon.assert_pool_whole(3)
+}
+
+/// Client role: opens the jobserver, says `open`, waits for a line on its standard input, then
+/// takes a token with a blocking read (read again after `EINTR`, as clients do), gives it
+/// back and says `done`.
+fn open_then_read() {
+    let mut device = open_device(false);
+    println!("open");
+    std::io::stdout().flush().unwrap();
+    std::io::stdin().read_line(&mut String::new()).unwrap();
+    let mut byte = [0u8; 1];
+    device.read_exact(&mut byte).unwrap();
+    device.write_all(&byte).unwrap();
+    println!("done");
 }
 
 /// Client role: one blocking read, which the scenario makes wait; says what came of it.

@@ -65,7 +65,7 @@ pub fn served_through_io_uring_setting_enable_uring() -> Result<(), String> {
     let _ringed = Ringed::on();
     served_through_the_ring()?;
     the_benchs_ring_baseline_serves_and_stops()?;
-    let scenarios: [(&str, Run); 9] = [
+    let scenarios: [(&str, Run); 10] = [
         ("make_peak", super::make_peak),
         ("two_makes", super::two_makes),
         ("enospc_and_grace", super::enospc_and_grace),
@@ -75,11 +75,123 @@ pub fn served_through_io_uring_setting_enable_uring() -> Result<(), String> {
         ("killed_while_waiting", super::killed_while_waiting),
         ("signal_interrupts_waiting_read", super::signal_interrupts_waiting_read),
         ("killed_right_after_an_answer", handover::killed_right_after_an_answer),
+        ("a_starved_queue_gets_going", a_starved_queue_gets_going),
     ];
     rerun(&scenarios, "--io-uring on", "served_through_io_uring")?;
     let _threaded = super::threads::Threaded::on(2);
     served_through_a_ring_per_queue()?;
     rerun(&scenarios, "--io-uring on --threads 2", "served_through_io_uring_queues")
+}
+
+/// A ring queue starved of entries gets going again. Every request comes from CPU 0, so to one
+/// queue; the server is stopped (SIGSTOP) while twenty blocking reads and then the one token's
+/// return come: the first reads take the queue's spare entries, the rest and the return wait
+/// in the kernel, which hands them only to an entry that commits. Once the server goes on,
+/// the reads it has wait for the token, so nothing would commit again: the server must notice
+/// and answer one waiting read EINTR (its caller reads again) to fetch what the kernel holds.
+/// Before that (e.g. with `Ring::kick` answering nothing) the return never arrived.
+fn a_starved_queue_gets_going() -> Result<(), String> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let daemon = Daemon::start(1);
+    let server = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+    let here = nix::unistd::Pid::from_raw(0);
+    let cpus = sched_getaffinity(here).map_err(|e| e.to_string())?;
+    let mut cpu0 = CpuSet::new();
+    cpu0.set(0).map_err(|e| e.to_string())?;
+    // The clients inherit this thread's CPU.
+    sched_setaffinity(here, &cpu0).map_err(|e| e.to_string())?;
+    let mut clients = Vec::new();
+    let outcome = starve_and_wait(server, &mut clients);
+    let _ = nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGCONT);
+    sched_setaffinity(here, &cpus).map_err(|e| e.to_string())?;
+    if let Err(why) = outcome {
+        // The server goes first: a client whose request it never took cannot die before.
+        let log = daemon.log();
+        drop(daemon);
+        return Err(format!("{why}\n{log}"));
+    }
+    drop(clients);
+    daemon.assert_pool_whole(1)
+}
+
+/// [`a_starved_queue_gets_going`]'s clients, with the server stopped meanwhile.
+fn starve_and_wait(server: nix::unistd::Pid, clients: &mut Vec<StdioClient>) -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    let start = |role: &[&str]| -> Result<StdioClient, String> {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(role)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start a client: {e}"))?;
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        Ok(StdioClient { child, stdout })
+    };
+    clients.push(start(&["take-and-return", "1"])?);
+    clients[0].expect("holding 1", Duration::from_secs(10))?;
+    for _ in 0..20 {
+        clients.push(start(&["open-then-read"])?);
+        clients.last_mut().expect("just started").expect("open", Duration::from_secs(10))?;
+    }
+    let (holder, readers) = clients.split_first_mut().expect("started");
+    kill(server, Signal::SIGSTOP).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(200));
+    for reader in readers.iter_mut() {
+        reader.say("go")?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    holder.say("go")?;
+    std::thread::sleep(Duration::from_millis(300));
+    kill(server, Signal::SIGCONT).map_err(|e| e.to_string())?;
+    holder
+        .expect("returned 1", Duration::from_secs(10))
+        .map_err(|why| format!("the return: {why}"))?;
+    for (n, reader) in readers.iter_mut().enumerate() {
+        reader
+            .expect("done", Duration::from_secs(20))
+            .map_err(|why| format!("reader {n}: {why}"))?;
+    }
+    Ok(())
+}
+
+/// A client role with its standard input and output piped (killed when dropped).
+struct StdioClient {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl StdioClient {
+    /// Writes `line` to its standard input.
+    fn say(&mut self, line: &str) -> Result<(), String> {
+        let stdin = self.child.stdin.as_mut().expect("piped");
+        std::io::Write::write_all(stdin, format!("{line}\n").as_bytes()).map_err(|e| e.to_string())
+    }
+
+    /// Waits up to `limit` for it to say `line`.
+    fn expect(&mut self, line: &str, limit: Duration) -> Result<(), String> {
+        use std::os::fd::AsFd;
+        if self.stdout.buffer().is_empty() {
+            let mut ready = [nix::poll::PollFd::new(
+                self.stdout.get_ref().as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let millis = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+            let _ = nix::poll::poll(&mut ready, nix::poll::PollTimeout::from(millis));
+            if ready[0].revents().is_none_or(|events| events.is_empty()) {
+                return Err(format!("did not say {line:?} within {limit:?}"));
+            }
+        }
+        let mut said = String::new();
+        std::io::BufRead::read_line(&mut self.stdout, &mut said).map_err(|e| e.to_string())?;
+        ensure(said.trim() == line, || format!("said {said:?}, not {line:?}"))
+    }
+}
+
+impl Drop for StdioClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `--io-uring on` with the parameter off: the server exits with one line naming the switch.
