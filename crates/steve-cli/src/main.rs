@@ -148,8 +148,9 @@ struct ServeArgs {
     #[arg(long, value_name = "MS")]
     poll_reservation_ms: Option<u64>,
     /// cuse, fuse: threads serving the kernel connection (fuse: each on a clone of it; cuse:
-    /// sharing it; fuse with --io-uring: a ring and a thread per CPU, whatever N says)
-    /// [default: 1, the event loop's thread].
+    /// sharing it; 1: the event loop's thread alone; fuse with --io-uring and N > 1: a ring
+    /// and a thread per CPU, whatever N says) [default: fuse a thread per CPU, at most 4;
+    /// cuse 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: Option<u16>,
     /// fuse: take the kernel's requests through io_uring (Linux 6.14 and later, once root has

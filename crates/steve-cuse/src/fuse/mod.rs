@@ -148,7 +148,7 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
         Ok(())
     };
     // Made before the mount (see `Ring::new`), which also checks that root turned it on.
-    let threads = config.threads.unwrap_or(1);
+    let threads = config.threads.unwrap_or_else(default_threads);
     let rings = match io_uring_wanted(config).then(|| make_rings(threads)) {
         Some(Ok(rings)) => rings,
         Some(Err(why)) => without_ring(why).map(|()| Vec::new())?,
@@ -193,6 +193,21 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
     }
     Ok(session)
 }
+
+/// The threads serving a FUSE connection unless `--threads` says: a reader per CPU this
+/// process may run on, each on a clone of the connection (and with io_uring a ring per CPU,
+/// whatever the count), at most [`DEFAULT_THREADS_MOST`]. On the 2-CPU test machine two
+/// readers answer 1.3 – 2x the round trips of the loop's thread alone with one and two clients,
+/// and up to 1.7x with more (docs/performance.md, "A reader per CPU by default").
+pub fn default_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    cpus.min(DEFAULT_THREADS_MOST)
+}
+
+/// The most readers by default: every request is handled under one lock, so beyond a few
+/// readers more only wait; and the kernel wakes the reader that has waited longest, so each
+/// one more makes every reader's cache colder. Not measured beyond 2 CPUs.
+const DEFAULT_THREADS_MOST: usize = 4;
 
 /// Whether to try io_uring (`--io-uring`, off by default). Whether the kernel offers it,
 /// `Ring::new` finds.

@@ -147,7 +147,13 @@ pub fn resume(
             session.waiting_on.insert(unique, Route::Channel(channel), pid);
         }
     }
-    session.set_threads(config.threads.unwrap_or(1)).map_err(steve_core::server::Error::from)?;
+    // The same default as a server started afresh: a reader per CPU on a mount, one on CUSE.
+    let threads = match (config.threads, session.filesystem.is_some()) {
+        (Some(threads), _) => threads,
+        (None, true) => crate::fuse::default_threads(),
+        (None, false) => 1,
+    };
+    session.set_threads(threads).map_err(steve_core::server::Error::from)?;
     session.next_fh = field("next_fh").as_u64().unwrap_or(1);
     session.unknown_opcodes =
         serde_json::from_value(field("unknown_opcodes")).map_err(|e| bad("opcodes", e))?;

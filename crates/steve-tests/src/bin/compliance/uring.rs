@@ -9,7 +9,7 @@
 //! request must go back through that entry, and the interrupt itself still comes on
 //! /dev/fuse), and those of plain traffic (makes within the pool, ENOSPC, non-blocking reads,
 //! pollers' reservations) run again against such servers: once with the ring served by the
-//! loop's thread, once with `--threads 2`, a ring per CPU's queue each served by a thread of
+//! loop's thread (`--threads 1`), once with `--threads 2`, a ring per CPU's queue each served by a thread of
 //! its own pinned to that CPU (answers for a queue's waiting reads then cross threads).
 
 use std::collections::BTreeSet;
@@ -63,6 +63,9 @@ pub fn served_through_io_uring_setting_enable_uring() -> Result<(), String> {
     auto_falls_back_while_off()?;
     set_enable_uring("Y")?;
     let _ringed = Ringed::on();
+    // First the one ring the loop's thread serves (`--threads 1`; a fuse server's default is
+    // a thread per CPU, and with it a ring per queue).
+    let loop_alone = super::threads::Threaded::on(1);
     served_through_the_ring()?;
     the_benchs_ring_baseline_serves_and_stops()?;
     let scenarios: [(&str, Run); 10] = [
@@ -77,7 +80,8 @@ pub fn served_through_io_uring_setting_enable_uring() -> Result<(), String> {
         ("killed_right_after_an_answer", handover::killed_right_after_an_answer),
         ("a_starved_queue_gets_going", a_starved_queue_gets_going),
     ];
-    rerun(&scenarios, "--io-uring on", "served_through_io_uring")?;
+    rerun(&scenarios, "--io-uring on --threads 1", "served_through_io_uring")?;
+    drop(loop_alone);
     let _threaded = super::threads::Threaded::on(2);
     served_through_a_ring_per_queue()?;
     rerun(&scenarios, "--io-uring on --threads 2", "served_through_io_uring_queues")
