@@ -9,7 +9,9 @@
 //!   fuse server against the bench's minimal FUSE server (`steve_cuse::fuse::baseline`) in
 //!   libfuse's shapes: one thread, a thread per CPU on one descriptor, on cloned ones, and
 //!   (where root turned FUSE over io_uring on) a thread and a ring per CPU;
-//! - contention: the total of 2, 8 and 32 clients at once;
+//! - contention: the total of 2, 8 and 32 clients at once; where they outnumber the tokens,
+//!   also against pools of a token each, as the FUSE baselines (which answer every read)
+//!   behave;
 //! - scale: one client's round trips while K idle clients are connected (each took and gave
 //!   back a token, so the server watches it), how long connecting them took, and the server's
 //!   resident memory then;
@@ -141,10 +143,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if backends.iter().any(|name| name == "fuse") {
         targets.extend(baselines().into_iter().map(|(name, _)| name));
     }
-    // The kernel-served backends also from a thread per CPU (`--threads`).
+    // The kernel-served backends also in their other shape: fuse, served from a thread per
+    // CPU by default, from the loop's thread alone; cuse from a thread per CPU (`--threads`).
     let threads = cpus();
     for backend in backends.iter().filter(|name| *name != "fifo") {
-        targets.push(threaded_name(backend, threads));
+        targets.push(threaded_name(backend, other_threads(backend, threads)));
     }
     // And fuse through io_uring, where the kernel offers it.
     if backends.iter().any(|name| name == "fuse") {
@@ -159,18 +162,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(path) => path.clone(),
         None => std::env::current_exe().context("this binary")?,
     };
-    let start = |name: &str| -> anyhow::Result<Target> {
+    // A target by name, its pool of `jobs` tokens.
+    let start_with = |name: &str, jobs: usize| -> anyhow::Result<Target> {
         if let Some((name, threading)) = baselines().into_iter().find(|(known, _)| known == name) {
             return Target::fuse_baseline(&server, &name, &dir, threading);
         }
         if let Some((backend, threads)) = parse_threaded(name) {
             let threads = threads.to_string();
-            return Target::serve(&server, backend, &dir, JOBS, &["--threads", &threads]);
+            return Target::serve(&server, backend, &dir, jobs, &["--threads", &threads]);
         }
         match name.strip_suffix(LIMITED) {
-            _ if name == "pipe" => Target::pipe(&dir, JOBS),
+            _ if name == "pipe" => Target::pipe(&dir, jobs),
             _ if name == IO_URING => {
-                Target::serve(&server, "fuse", &dir, JOBS, &["--io-uring", "on"])
+                Target::serve(&server, "fuse", &dir, jobs, &["--io-uring", "on", "--threads", "1"])
             }
             _ if name == IO_URING_QUEUES => {
                 let threads = threads.to_string();
@@ -178,25 +182,37 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     &server,
                     "fuse",
                     &dir,
-                    JOBS,
+                    jobs,
                     &["--io-uring", "on", "--threads", &threads],
                 )
             }
-            Some(backend) => Target::serve(&server, backend, &dir, JOBS, LIMITS),
-            None => Target::serve(&server, name, &dir, JOBS, &[]),
+            Some(backend) => Target::serve(&server, backend, &dir, jobs, LIMITS),
+            None => Target::serve(&server, name, &dir, jobs, &[]),
         }
     };
+    // A target by name; one named `…, a token each` gets a token for each of `clients`.
+    let start = |name: &str, clients: usize| match name.strip_suffix(TOKEN_EACH) {
+        Some(name) => start_with(name, clients),
+        None => start_with(name, JOBS),
+    };
     for clients in std::iter::once(1).chain(plan.contention.iter().copied()) {
-        // One client also against the servers with limits set, alternated with the rest.
-        let targets: Vec<&String> = if clients == 1 {
-            targets.iter().chain(&limited).collect()
+        // One client also against the servers with limits set; more clients than tokens also
+        // against pools with a token for each (the FUSE baselines answer every read at once:
+        // with 4 tokens, steve's clients take turns, and its figure is the hand-offs' pace).
+        // All alternated with the rest.
+        let targets: Vec<String> = if clients == 1 {
+            targets.iter().chain(&limited).cloned().collect()
+        } else if clients > JOBS {
+            let each = targets.iter().filter(|name| is_server(name));
+            let each: Vec<String> = each.map(|name| format!("{name}{TOKEN_EACH}")).collect();
+            targets.iter().cloned().chain(each).collect()
         } else {
-            targets.iter().collect()
+            targets.clone()
         };
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
         for _ in 0..plan.rounds {
             for (index, name) in targets.iter().enumerate() {
-                let target = start(name)?;
+                let target = start(name, clients)?;
                 samples[index].push(load::round_trips(&target.jobserver, clients, plan.seconds)?);
             }
         }
@@ -211,7 +227,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     for name in &backends {
         for &count in &plan.scale {
-            let target = start(name)?;
+            let target = start(name, JOBS)?;
             // Half a minute and then some: a server whose cost grows with its clients shows.
             let limit = Duration::from_secs(30 + count as u64 / 100);
             // The median of up to three: one client's rate swings with where the scheduler
@@ -239,7 +255,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         // (the fair shares then weigh every waiting build, not just the first new one).
         for (served_first, what) in [(false, ""), (true, ", each served before")] {
             for &count in &plan.scale {
-                let target = start(name)?;
+                let target = start(name, JOBS)?;
                 if !target.per_process() {
                     break;
                 }
@@ -255,7 +271,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     for name in &backends {
-        let target = start(name)?;
+        let target = start(name, JOBS)?;
         if !target.per_process() {
             continue;
         }
@@ -284,7 +300,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         });
     }
     for name in &backends {
-        let target = start(name)?;
+        let target = start(name, JOBS)?;
         std::thread::sleep(Duration::from_millis(300));
         let before = target.context_switches().unwrap_or(0);
         std::thread::sleep(Duration::from_secs_f64(plan.idle_seconds));
@@ -333,7 +349,8 @@ fn baselines() -> Vec<(String, Threading)> {
 /// The baseline through io_uring: a ring and a thread per CPU.
 const BASELINE_RING: &str = "fuse baseline, io_uring, a ring per CPU";
 
-/// The fuse backend served through io_uring (`--io-uring on`): one ring, the loop's thread.
+/// The fuse backend served through io_uring (`--io-uring on --threads 1`): one ring, the
+/// loop's thread.
 const IO_URING: &str = "fuse, io_uring";
 /// The same with `--threads`: a ring and a pinned thread per CPU.
 const IO_URING_QUEUES: &str = "fuse, io_uring, a ring per CPU";
@@ -343,14 +360,36 @@ fn cpus() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from).max(2)
 }
 
+/// A target's name with a token for each client: `fuse, a token each`.
+const TOKEN_EACH: &str = ", a token each";
+
+/// Whether target `name` is a pool of tokens (the pipe or a steve server), not a baseline.
+fn is_server(name: &str) -> bool {
+    !name.starts_with("fuse baseline")
+}
+
+/// The threads of `backend`'s other shape than its default: the loop's thread alone for
+/// fuse where it serves from several by default, else `threads`.
+fn other_threads(backend: &str, threads: usize) -> usize {
+    if backend == "fuse" && steve_cuse::fuse::default_threads() > 1 {
+        1
+    } else {
+        threads
+    }
+}
+
 /// The target of `backend` served from `threads` threads (`--threads`).
 fn threaded_name(backend: &str, threads: usize) -> String {
-    format!("{backend}, {threads} threads")
+    match threads {
+        1 => format!("{backend}, 1 thread"),
+        _ => format!("{backend}, {threads} threads"),
+    }
 }
 
 /// The backend and thread count a [`threaded_name`] names.
 fn parse_threaded(name: &str) -> Option<(&str, usize)> {
-    let (backend, threads) = name.strip_suffix(" threads")?.split_once(", ")?;
+    let name = name.strip_suffix(" threads").or_else(|| name.strip_suffix(" thread"))?;
+    let (backend, threads) = name.split_once(", ")?;
     Some((backend, threads.parse().ok()?))
 }
 
@@ -473,6 +512,24 @@ impl Drop for RemoveOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threaded_targets_name_says_its_backend_and_threads() {
+        for (backend, threads) in [("fuse", 1), ("fuse", 2), ("cuse", 16)] {
+            let name = threaded_name(backend, threads);
+            assert_eq!(parse_threaded(&name), Some((backend, threads)), "{name}");
+            let each = format!("{name}{TOKEN_EACH}");
+            assert_eq!(
+                each.strip_suffix(TOKEN_EACH).and_then(parse_threaded),
+                Some((backend, threads))
+            );
+        }
+        assert_eq!(threaded_name("fuse", 1), "fuse, 1 thread");
+        assert_eq!(parse_threaded("fuse"), None);
+        assert_eq!(parse_threaded("fuse, limits set"), None);
+        assert!(!is_server("fuse baseline, 2 threads, clone_fd"));
+        assert!(is_server("pipe") && is_server("fuse, 1 thread"));
+    }
 
     #[test]
     fn a_name_planted_where_the_bench_makes_its_directory_is_passed_over() {
