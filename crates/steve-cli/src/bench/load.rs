@@ -287,8 +287,15 @@ impl Drop for ClientGroup {
         if let Some(mut leader) = self.leader.take() {
             let group = nix::unistd::Pid::from_raw(-(leader.id() as i32));
             let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-            // Its children, orphaned, are reaped by init.
+            // Its children, orphaned, are reaped by init: until the last is gone, the kernel
+            // tearing thousands down would take the CPUs from the next measurement.
             let _ = leader.wait();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while nix::sys::signal::kill(group, None) != Err(nix::errno::Errno::ESRCH)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
