@@ -197,8 +197,10 @@ fn set_up(config: &ServeConfig) -> Result<Session, steve_core::server::Error> {
 /// The threads serving a FUSE connection unless `--threads` says: a reader per CPU this
 /// process may run on, each on a clone of the connection (and with io_uring a ring per CPU,
 /// whatever the count), at most [`DEFAULT_THREADS_MOST`]. On the 2-CPU test machine two
-/// readers answer 1.3 – 2x the round trips of the loop's thread alone with one and two clients,
-/// and up to 1.7x with more (docs/performance.md, "A reader per CPU by default").
+/// readers answer 1.2 – 2.5x the round trips of the loop's thread alone with one and two
+/// clients, 1.2 – 1.6x with 8 or 32 that each have a token, and only 32 clients taking turns
+/// on 4 tokens go faster through the loop alone (docs/performance.md, "`steve bench`
+/// (2026-12-06)").
 pub fn default_threads() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     cpus.min(DEFAULT_THREADS_MOST)
