@@ -4,9 +4,10 @@
 //! come late (a read that waits, one a signal interrupts, a token reclaimed from a killed
 //! holder for a waiting reader, the crash books at a SIGKILL, a handover during a build) run
 //! again in the shape the suite's servers are not in by default: cuse from two threads, fuse
-//! (a thread per CPU by default, which is checked first) from the loop's thread alone. An answer written on another channel than its request came on
-//! is lost to the kernel, and the client waiting for it hangs. And a read waiting on a clone
-//! when the server is taken over gets its token from the successor.
+//! (a thread per CPU by default, which is checked first) from the loop's thread alone. An
+//! answer written on another channel than its request came on is lost to the kernel, and the
+//! client waiting for it hangs. And a read waiting on a clone when the server is taken over
+//! gets its token from the successor.
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;

@@ -9,8 +9,9 @@
 //! request must go back through that entry, and the interrupt itself still comes on
 //! /dev/fuse), and those of plain traffic (makes within the pool, ENOSPC, non-blocking reads,
 //! pollers' reservations) run again against such servers: once with the ring served by the
-//! loop's thread (`--threads 1`), once with `--threads 2`, a ring per CPU's queue each served by a thread of
-//! its own pinned to that CPU (answers for a queue's waiting reads then cross threads).
+//! loop's thread (`--threads 1`), once with `--threads 2`, a ring per CPU's queue each served
+//! by a thread of its own pinned to that CPU (answers for a queue's waiting reads then cross
+//! threads).
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
