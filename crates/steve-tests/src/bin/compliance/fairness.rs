@@ -52,15 +52,15 @@ const SAMPLE: Duration = Duration::from_millis(100);
 /// VM's 0.9 – 3.4 s: a line at 1 s put a VM probe of 0.94 s on the host's side, whose 16-crate
 /// layers then held each token 9.4 s and left the makes too slow to ask (index 0.87).
 const SLOW_COMPILE: f64 = 0.3;
-/// The fairness index the fair run must reach: on the host, and on an emulated machine. There
-/// the compilers and the makes' jobs share two slow CPUs, so the more tokens the makes get, the
-/// slower cargo's compilations run and the longer each of cargo's tokens stays out: cargo's
-/// token-seconds grow with the policy's fairness itself. Measured 2026-12-05 in the VM with
-/// the makes' first tokens within 2 s: 0.87 and 0.88 (and the binary of 6b4b51b, before the
-/// ledger's index, 0.92), cargo's compilations held 9 – 22 s under fair shares against 5 – 8 s
-/// under FIFO; the host, where that does not happen, stays at 0.98.
+/// The fairness index the fair run must reach on the host (0.98 – 0.99 measured; FIFO 0.84 –
+/// 0.87). On an emulated machine it is reported, not asserted: there the compilers and the
+/// makes' jobs share two slow CPUs, so the more tokens the makes get, the slower cargo's
+/// compilations run and the longer each of cargo's tokens stays out, and cargo's token-seconds
+/// grow with the policy's fairness itself. In the test VM (2026-12-05 and 06) the fair run gave
+/// 0.74 – 0.99 and the FIFO run 0.86 – 0.93: the index there cannot tell the policies apart
+/// (cargo's compilations held 9 – 22 s under fair shares against 5 – 8 s under FIFO). There the
+/// makes' first tokens ([`wait_bound`]) are what shows the policy.
 const FAIR_INDEX: f64 = 0.9;
-const FAIR_INDEX_EMULATED: f64 = 0.8;
 
 /// What one run measured.
 struct ShareRun {
@@ -84,9 +84,9 @@ struct ShareRun {
 }
 
 /// The scenario: the fair run must give each make a token by the first token cargo gives back
-/// after it asked, or within one job length if that comes sooner ([`wait_bound`]), and reach
-/// a fairness index of [`FAIR_INDEX`] ([`FAIR_INDEX_EMULATED`] on an emulated machine); the FIFO
-/// run is measured and reported beside it.
+/// after it asked, or within one job length if that is longer ([`wait_bound`]), and on the
+/// host reach a fairness index of [`FAIR_INDEX`]; the FIFO run is measured and reported beside
+/// it.
 pub fn fair_shares() -> Result<(), String> {
     let compile = one_compilation()?;
     let make_job = (compile / 3.0).max(0.3);
@@ -136,10 +136,17 @@ pub fn fair_shares() -> Result<(), String> {
             )
         })?;
     }
-    let floor = if compile < SLOW_COMPILE { FAIR_INDEX } else { FAIR_INDEX_EMULATED };
-    ensure(fair.jain >= floor, || {
+    if compile >= SLOW_COMPILE {
+        println!(
+            "figure fair_shares_index_not_judged emulated machine (a compile takes {compile:.2} \
+             s): index {:.2} fair, {:.2} FIFO",
+            fair.jain, fifo.jain
+        );
+        return Ok(());
+    }
+    ensure(fair.jain >= FAIR_INDEX, || {
         format!(
-            "fairness index {:.2} with --fairness build (at least {floor} here): {:?}",
+            "fairness index {:.2} with --fairness build (at least {FAIR_INDEX}): {:?}",
             fair.jain, fair.tokens
         )
     })
