@@ -229,15 +229,20 @@ fn first_give_back(samples: &[Sample], pid: u32, after: u128) -> Option<u128> {
 /// A first layer slower than the median job (the emulated VM: 16.6 s against 14.25) waits
 /// longer than a job without the policy being at fault.
 fn wait_bound(samples: &[Sample], pid: u32, cargo: u32, job_length: f64) -> f64 {
-    let asked = samples.iter().find(|sample| sample.builds.contains_key(&pid)).map(|s| s.at);
+    let asked = first_seen(samples, pid);
     let back = asked.and_then(|asked| Some((first_give_back(samples, cargo, asked)?, asked)));
     let until_back = back.map_or(0.0, |(back, asked)| back.saturating_sub(asked) as f64 / 1e9);
     until_back.max(job_length) + 2.0 * SAMPLE.as_secs_f64()
 }
 
+/// When the build of `pid` first showed (holding or waiting).
+fn first_seen(samples: &[Sample], pid: u32) -> Option<u128> {
+    samples.iter().find(|sample| sample.builds.contains_key(&pid)).map(|sample| sample.at)
+}
+
 /// Seconds from the build of `pid` first showing (holding or waiting) to its first token.
 fn first_token_wait(samples: &[Sample], pid: u32) -> Option<f64> {
-    let asked = samples.iter().find(|sample| sample.builds.contains_key(&pid))?.at;
+    let asked = first_seen(samples, pid)?;
     let got = samples.iter().find(|s| s.builds.get(&pid).is_some_and(|(tokens, _)| *tokens > 0))?;
     Some(got.at.saturating_sub(asked) as f64 / 1e9)
 }

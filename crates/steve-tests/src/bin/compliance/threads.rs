@@ -69,27 +69,20 @@ fn by_default_a_reader_per_cpu_on_fuse() -> Result<(), String> {
         "fuse" if cpus > 1 => cpus.min(4),
         _ => 0,
     };
-    let daemon = Daemon::start(2);
-    let names = serving_threads(&daemon, wanted);
-    let serving = names.iter().filter(|name| name.starts_with("steve-serve-")).count();
-    ensure(serving == wanted, || {
-        format!("by default, {wanted} serving threads wanted; the server's threads are {names:?}")
-    })
+    serving_threads_are(wanted, "by default")
 }
 
 /// A server started with `--threads 2` runs a serving thread per channel beside its loop's.
 fn serving_threads_are_there() -> Result<(), String> {
-    let daemon = Daemon::start(2);
-    let names = serving_threads(&daemon, SERVING as usize);
-    let serving = names.iter().filter(|name| name.starts_with("steve-serve-")).count();
-    ensure(serving == SERVING as usize, || {
-        format!("--threads {SERVING}: the server's threads are {names:?}")
-    })
+    serving_threads_are(SERVING as usize, &format!("--threads {SERVING}"))
 }
 
-/// The names of `daemon`'s threads once `wanted` of them serve (they start once it has said
-/// where it serves, so looked for a moment), or after 10 s.
-fn serving_threads(daemon: &Daemon, wanted: usize) -> Vec<String> {
+/// A server started as the suite's servers are now (`started_how` says how, for the failure)
+/// runs `wanted` serving threads: looked for until that many serve (they start once it has
+/// said where it serves) or 10 s have passed, and with none wanted a moment for any that
+/// would start.
+fn serving_threads_are(wanted: usize, started_how: &str) -> Result<(), String> {
+    let daemon = Daemon::start(2);
     let names = || -> Vec<String> {
         let tasks = std::fs::read_dir(format!("/proc/{}/task", daemon.child.id()));
         tasks
@@ -105,11 +98,15 @@ fn serving_threads(daemon: &Daemon, wanted: usize) -> Vec<String> {
     while serving(&names()) < wanted && started.elapsed().as_secs() < 10 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // None wanted: a moment for any that would start, or none could ever be seen.
     if wanted == 0 {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    names()
+    let names = names();
+    ensure(serving(&names) == wanted, || {
+        format!(
+            "{started_how}: {wanted} serving threads wanted; the server's threads are {names:?}"
+        )
+    })
 }
 
 /// A client blocked in a read on the second channel while a successor takes the server over
